@@ -1,0 +1,60 @@
+"""The edgert exception family.
+
+Every error edgert raises on purpose derives from :class:`EdgeRTError`, so an application that
+embeds the runtime can catch one type. A message says what was wrong, where (op name, tensor name,
+file offset) and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EdgeRTError(Exception):
+    """Base class of every error edgert raises on purpose."""
+
+
+class ModelFormatError(EdgeRTError):
+    """A `.edgert` file is malformed: truncated, wrong identifier, offsets or indices out of range."""
+
+
+class ModelImportError(EdgeRTError):
+    """An ONNX model could not be imported (malformed protobuf, missing initializer, ...)."""
+
+
+class UnsupportedOpError(EdgeRTError):
+    """One or more operators (or an operator's dtype/attribute combination) are not supported.
+
+    ``ops`` lists ``(op_type, node_name, reason)`` for every offending node, so that a user sees all
+    of them at once rather than one per conversion attempt.
+    """
+
+    def __init__(self, message: str, ops: list[tuple[str, str, str]] | None = None):
+        super().__init__(message)
+        self.ops = list(ops or [])
+
+
+class ShapeError(EdgeRTError):
+    """Shapes do not fit: a wrong input shape, or an op whose inputs cannot be broadcast."""
+
+
+class DTypeError(EdgeRTError):
+    """An input or tensor has the wrong element type."""
+
+
+class InputError(EdgeRTError):
+    """A feed names an unknown input, misses a required input, or is otherwise unusable."""
+
+
+class KernelError(EdgeRTError):
+    """An op's kernel rejected its attributes or inputs while preparing (axis out of range, ...)."""
+
+
+__all__ = [
+    "EdgeRTError",
+    "ModelFormatError",
+    "ModelImportError",
+    "UnsupportedOpError",
+    "ShapeError",
+    "DTypeError",
+    "InputError",
+    "KernelError",
+]

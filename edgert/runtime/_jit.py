@@ -1,0 +1,53 @@
+"""Numba settings for every CPU kernel, in one place.
+
+* ``cache=True`` always: compiled machine code goes to an on-disk cache so that only the first
+  process on a machine pays compile time. The cache folder is ``$EDGERT_CACHE_DIR/numba``,
+  else ``$NUMBA_CACHE_DIR``, else ``~/.cache/edgert/numba`` (``$XDG_CACHE_HOME`` honoured):
+  site-packages is often read-only, which would silently disable Numba's default cache.
+* ``nogil=True``: kernels release the GIL so an app can run interpreters on several threads.
+* fastmath without ``nnan``/``ninf``: NaN and Inf must propagate exactly as in NumPy/ONNX
+  (a max-pool over a NaN must return NaN), while reassociation and contraction let LLVM
+  vectorize reductions.
+* Nothing is compiled at import: kernels carry no signatures and compile on first call.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+
+def cache_dir() -> pathlib.Path:
+    """The folder where compiled kernels are cached."""
+    if os.environ.get("EDGERT_CACHE_DIR"):
+        return pathlib.Path(os.environ["EDGERT_CACHE_DIR"]) / "numba"
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return pathlib.Path(os.environ["NUMBA_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "edgert" / "numba"
+
+
+os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())
+
+import numba  # noqa: E402  (must follow NUMBA_CACHE_DIR)
+
+numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+def njit(fn=None, *, parallel: bool = False, fastmath: bool = True):
+    """``numba.njit`` with edgert's flags. Use as ``@njit`` or ``@njit(parallel=True)``."""
+
+    def wrap(f):
+        return numba.njit(
+            cache=True,
+            nogil=True,
+            parallel=parallel,
+            fastmath=set(FASTMATH) if fastmath else False,
+        )(f)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+prange = numba.prange

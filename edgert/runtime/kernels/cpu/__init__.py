@@ -1,0 +1,34 @@
+"""CPU kernels, one module per family, registered explicitly.
+
+Each family module exposes ``register(reg)`` which adds its kernels to a
+:class:`~edgert.runtime.registry.KernelRegistry`. Importing a module compiles nothing: Numba
+kernels compile (or load from the on-disk cache) on first call.
+"""
+
+from __future__ import annotations
+
+from edgert.runtime.registry import KernelRegistry
+
+_REGISTRY: KernelRegistry | None = None
+
+
+def registry() -> KernelRegistry:
+    """The CPU kernel registry (built on first use)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from edgert.runtime.kernels.cpu import (
+            conv,
+            elementwise,
+            gemm,
+            normalization,
+            pooling,
+            reduce,
+            resize,
+            shape,
+        )
+
+        reg = KernelRegistry("cpu")
+        for family in (conv, gemm, pooling, elementwise, reduce, normalization, shape, resize):
+            family.register(reg)
+        _REGISTRY = reg
+    return _REGISTRY

@@ -1,0 +1,7 @@
+"""CPU kernels: normalization family."""
+
+from edgert.runtime.registry import KernelRegistry
+
+
+def register(reg: KernelRegistry) -> None:
+    pass

@@ -1,0 +1,170 @@
+"""The kernel contract and the per-device kernel registries.
+
+A kernel follows TFLite's contract, split in two:
+
+* ``prepare(inputs)`` — every check and every computation that depends only on shapes, dtypes,
+  attributes and constant inputs: validate (axes in range, no zero divisors...), infer output
+  shapes and dtypes, pre-pack weights. Re-run whenever an input shape changes. Raises
+  :class:`~edgert.errors.KernelError` / :class:`~edgert.errors.ShapeError` /
+  :class:`~edgert.errors.DTypeError` with the op's name in the message.
+* ``invoke(inputs, outputs)`` — compute only, writing into the ``outputs`` arrays that the memory
+  planner placed in the arena. No validation, no allocation.
+
+A kernel instance belongs to one operator of one interpreter, so ``prepare`` may store whatever
+``invoke`` needs on ``self``.
+
+Data-dependent output shapes (NonZero, a Reshape whose shape is computed at run time...): when
+``prepare`` cannot know a shape it returns ``TensorInfo(None, dtype)``. The interpreter then calls
+``invoke(inputs, [None, ...])`` and the kernel returns the list of output arrays it allocated.
+
+Values known at prepare time: ``TensorInfo.value`` carries the data of constant inputs and of
+small tensors the interpreter could compute before running (shape arithmetic such as
+Shape→Gather→Concat). A kernel may rely on it (e.g. Reshape's target shape) and a kernel whose
+output depends only on input *shapes* (Shape, Size) sets ``value`` on its outputs.
+
+Kernels are registered explicitly per op type, domain and opset-version range; a registry rejects
+duplicates. Kernels are resolved once per operator at prepare, never per invoke.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgert.errors import EdgeRTError, KernelError, ShapeError
+
+MAX_OPSET = 10_000
+
+
+@dataclass
+class TensorInfo:
+    """What ``prepare`` knows about a tensor."""
+
+    shape: tuple[int, ...] | None  # None: only known after invoke
+    dtype: np.dtype
+    value: np.ndarray | None = None  # data, when known at prepare time
+
+    @property
+    def size(self) -> int:
+        if self.shape is None:
+            raise ValueError("size of a tensor with unknown shape")
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class OpContext:
+    """The operator a kernel instance serves."""
+
+    op_type: str
+    name: str
+    attrs: dict[str, Any]
+    domain: str = ""
+    version: int = 0
+    num_threads: int = 1
+
+
+class Kernel:
+    """Base class of CPU (and CUDA) kernels. Subclasses override ``prepare`` and ``invoke``."""
+
+    # Set True on kernels whose invoke is cheap and that the interpreter may run at prepare time
+    # when all their inputs are known (shape arithmetic). Heavy kernels leave it False.
+    foldable: ClassVar[bool] = False
+
+    def __init__(self, op: OpContext):
+        self.op = op
+        self.attrs = op.attrs
+
+    # ----- contract -----------------------------------------------------------------------------
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        raise NotImplementedError
+
+    def invoke(
+        self, inputs: list[np.ndarray | None], outputs: list[np.ndarray | None]
+    ) -> list[np.ndarray] | None:
+        raise NotImplementedError
+
+    # ----- helpers for subclasses ---------------------------------------------------------------
+    def where(self) -> str:
+        return f"{self.op.op_type} '{self.op.name}'" if self.op.name else self.op.op_type
+
+    def error(self, message: str, cls: type[EdgeRTError] = KernelError) -> EdgeRTError:
+        """An error naming this op; ``raise self.error("axis 5 out of range for rank 4")``."""
+        return cls(f"{self.where()}: {message}")
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def require_inputs(self, inputs: list[TensorInfo | None], min_count: int, max_count: int):
+        present = len(inputs)
+        if present < min_count or present > max_count:
+            raise self.error(f"expects {min_count}..{max_count} inputs, got {present}")
+        for i in range(min_count):
+            if inputs[i] is None:
+                raise self.error(f"required input {i} is missing")
+
+    def normalize_axis(self, axis: int, rank: int) -> int:
+        if not -rank <= axis < max(rank, 1):
+            raise self.error(f"axis {axis} is out of range for rank {rank}")
+        return axis + rank if axis < 0 else axis
+
+    def const_input(self, inputs: list[TensorInfo | None], i: int, what: str) -> np.ndarray | None:
+        """Value of optional input ``i`` that must be known at prepare (None if omitted)."""
+        info = inputs[i] if i < len(inputs) else None
+        if info is None:
+            return None
+        if info.value is None:
+            raise self.error(f"{what} (input {i}) must be a constant or computable from shapes")
+        return info.value
+
+
+def broadcast_shapes(where: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy/ONNX multidirectional broadcasting, with an edgert error naming ``where``."""
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(
+            f"{where}: shapes {', '.join(str(tuple(s)) for s in shapes)} cannot be broadcast"
+        ) from None
+
+
+class KernelRegistry:
+    """Maps ``(domain, op_type)`` and an opset-version range to a kernel class."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._table: dict[tuple[str, str], list[tuple[int, int, type[Kernel]]]] = {}
+
+    def add(
+        self,
+        op_type: str,
+        kernel: type[Kernel],
+        domain: str = "",
+        since: int = 1,
+        until: int = MAX_OPSET,
+    ) -> None:
+        """Register ``kernel`` for opset versions ``since..until`` (inclusive) of an op."""
+        entries = self._table.setdefault((domain, op_type), [])
+        for lo, hi, other in entries:
+            if lo <= until and since <= hi:
+                raise ValueError(
+                    f"{self.device} registry: {domain or 'ai.onnx'}.{op_type} versions "
+                    f"{since}..{until} overlap {other.__name__} ({lo}..{hi})"
+                )
+        entries.append((since, until, kernel))
+
+    def lookup(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> type[Kernel] | None:
+        for lo, hi, kernel in self._table.get((domain, op_type), ()):
+            if lo <= (version or MAX_OPSET) <= hi:
+                return kernel
+        return None
+
+    def supports(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> bool:
+        return self.lookup(op_type, domain, version) is not None
+
+    def op_types(self) -> list[str]:
+        return sorted(f"{d}.{o}" if d else o for d, o in self._table)
