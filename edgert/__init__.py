@@ -24,3 +24,16 @@ __all__ = [
     "InputError",
     "KernelError",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: `import edgert` stays light; converting pulls in onnx only when asked for.
+    if name == "convert":
+        from edgert.converter import convert
+
+        return convert
+    if name == "Interpreter":
+        from edgert.runtime import Interpreter
+
+        return Interpreter
+    raise AttributeError(f"module 'edgert' has no attribute {name!r}")

@@ -64,7 +64,6 @@ def ort_node(
     domain: str = "",
 ) -> list[np.ndarray]:
     """Run a single-node ONNX model in onnxruntime (the independent reference)."""
-    import onnx
     import onnxruntime as ort
     from onnx import helper
 
@@ -80,7 +79,7 @@ def ort_node(
         feeds[name] = x
     out_names = [f"out{i}" for i in range(num_outputs)]
     node = helper.make_node(op_type, names, out_names, domain=domain, **(attrs or {}))
-    outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in out_names]
+    outputs = [helper.make_empty_tensor_value_info(n) for n in out_names]
     graph = helper.make_graph([node], "g", graph_inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, opset)])
     model.ir_version = 10

@@ -1,0 +1,471 @@
+"""The ``edgert`` command line.
+
+    edgert convert model.onnx -o model.edgert      ONNX -> .edgert
+    edgert run model.edgert --input x=x.npy        run once, print or save the outputs
+    edgert inspect model.edgert|model.onnx         inputs/outputs, op histogram, parameters, size
+    edgert bench model.edgert|model.onnx           load / first-run / steady-state latency
+
+Every command accepts an ``.onnx`` model where a ``.edgert`` one is expected: it is converted in
+memory first (this needs the ``convert`` extra: ``pip install edgert[convert]``).
+Errors print one ``edgert: error: ...`` line and exit with status 1 (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from edgert.errors import EdgeRTError, InputError
+
+
+class CLIError(EdgeRTError):
+    """A problem with the command line's arguments or files."""
+
+
+# ----- helpers ----------------------------------------------------------------------------------
+def _read_model_arg(path: str) -> tuple[bytes | str, str]:
+    """Return something Interpreter/read_model accepts, converting an ONNX file in memory."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise CLIError(f"no such file: {path}")
+    if p.is_dir():
+        raise CLIError(f"{path} is a folder, expected a model file")
+    if p.suffix.lower() == ".onnx":
+        convert = _converter()
+        return convert(str(p)), "onnx"
+    return str(p), "edgert"
+
+
+def _converter():
+    try:
+        from edgert.converter import convert
+    except ModuleNotFoundError as exc:  # onnx missing: runtime-only install
+        raise CLIError(
+            f"reading ONNX needs the convert extra ({exc.name} is not installed): "
+            "pip install 'edgert[convert]'"
+        ) from None
+    return convert
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x") if d != "")
+    except ValueError:
+        raise CLIError(f"bad shape {text!r}: write it like 1x3x224x224") from None
+    if not dims or any(d < 0 for d in dims):
+        raise CLIError(f"bad shape {text!r}: write it like 1x3x224x224")
+    return dims
+
+
+def _name_value(text: str, what: str) -> tuple[str | None, str]:
+    if "=" in text:
+        name, value = text.split("=", 1)
+        if not name:
+            raise CLIError(f"bad {what} {text!r}: expected NAME=VALUE")
+        return name, value
+    return None, text
+
+
+def _load_array_file(path: str) -> dict[str, np.ndarray] | np.ndarray:
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise CLIError(f"no such input file: {path}")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise CLIError(f"cannot read {path} as .npy/.npz: {exc}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            return {k: data[k] for k in data.files}
+    return data
+
+
+def _collect_feeds(interp, input_args: list[str], shape_args: list[str], seed: int,
+                   random_missing: bool) -> dict[str, np.ndarray]:
+    names = interp.input_names
+    feeds: dict[str, np.ndarray] = {}
+    for arg in input_args:
+        name, path = _name_value(arg, "--input")
+        data = _load_array_file(path)
+        if isinstance(data, dict):
+            if name is not None:
+                if name not in data:
+                    raise CLIError(f"{path} has no array named {name!r} (it has {list(data)})")
+                feeds[name] = data[name]
+            else:
+                for key, arr in data.items():
+                    if key in names:
+                        feeds[key] = arr
+        else:
+            if name is None:
+                if len(names) != 1:
+                    raise CLIError(
+                        f"the model has {len(names)} inputs {names}: write --input NAME=FILE.npy"
+                    )
+                name = names[0]
+            feeds[name] = data
+    unknown = [k for k in feeds if k not in names]
+    if unknown:
+        raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for arg in shape_args:
+        name, text = _name_value(arg, "--shape")
+        if name is None:
+            if len(names) != 1:
+                raise CLIError(f"the model has {len(names)} inputs: write --shape NAME=1x3x224x224")
+            name = names[0]
+        if name not in names:
+            raise InputError(f"--shape names unknown input {name!r}; inputs are {names}")
+        shapes[name] = _parse_shape(text)
+    missing = [n for n in names if n not in feeds]
+    if missing and not random_missing:
+        raise InputError(
+            f"no data for input(s) {missing}: pass --input NAME=FILE.npy, or --random to use "
+            "random data"
+        )
+    rng = np.random.default_rng(seed)
+    for detail in interp.get_input_details():
+        name = detail["name"]
+        if name in feeds:
+            continue
+        sig = [int(d) for d in detail["shape_signature"]]
+        if name in shapes:
+            shape = shapes[name]
+        elif any(d < 0 for d in sig):
+            dims = ", ".join(detail["dim_names"]) if detail["dim_names"] else ""
+            raise InputError(
+                f"input '{name}' has dynamic dimensions {tuple(sig)} {dims}: give its shape with "
+                f"--shape {name}=" + "x".join(str(d if d >= 0 else 1) for d in sig)
+            )
+        else:
+            shape = tuple(sig)
+        feeds[name] = _random_array(rng, shape, np.dtype(detail["dtype"]))
+    return feeds
+
+
+def _random_array(rng: np.random.Generator, shape, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    if dtype.kind in "iu":
+        return rng.integers(0, 10, size=shape).astype(dtype)
+    raise CLIError(f"cannot make random data of dtype {dtype}; pass --input")
+
+
+def _summarize(name: str, arr: np.ndarray) -> str:
+    head = f"{name}: {arr.dtype} {tuple(arr.shape)}"
+    if arr.size == 0:
+        return head + " (empty)"
+    if arr.dtype.kind in "fiub":
+        flat = arr.reshape(-1)
+        with np.printoptions(precision=5, suppress=True, threshold=8, edgeitems=4):
+            body = np.array2string(flat[:8])
+        extra = ""
+        if arr.dtype.kind == "f":
+            extra = f" min={np.nanmin(arr):.5g} max={np.nanmax(arr):.5g} mean={np.nanmean(arr):.5g}"
+            if arr.ndim == 2 and 1 < arr.shape[1] <= 1000:
+                extra += f"\n  argmax per row: {np.argmax(arr, axis=1).tolist()[:32]}"
+        return f"{head}{extra}\n  first values: {body}"
+    return head
+
+
+def _rss_peak_bytes() -> int:
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:  # pragma: no cover - non-POSIX
+        return 0
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+# ----- commands ---------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    src = pathlib.Path(args.model)
+    if not src.exists():
+        raise CLIError(f"no such file: {args.model}")
+    out = pathlib.Path(args.output) if args.output else src.with_suffix(".edgert")
+    convert = _converter()
+    t0 = time.perf_counter()
+    data = convert(str(src), str(out))
+    dt = time.perf_counter() - t0
+    print(f"wrote {out} ({_format_bytes(len(data))}) in {dt * 1000:.0f} ms")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgert.runtime import Interpreter
+
+    model, _ = _read_model_arg(args.model)
+    t0 = time.perf_counter()
+    interp = Interpreter(model, num_threads=args.threads)
+    t_load = time.perf_counter() - t0
+    feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, args.random)
+    t1 = time.perf_counter()
+    outputs = interp.run(feeds)
+    t_run = time.perf_counter() - t1
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"saved {len(outputs)} output(s) to {args.output}")
+    for name, arr in outputs.items():
+        print(_summarize(name, arr))
+    print(f"load {t_load * 1000:.1f} ms, first run {t_run * 1000:.1f} ms"
+          " (includes kernel compilation or cache load on a fresh machine)")
+    if args.time_runs:
+        times = []
+        for _ in range(args.time_runs):
+            t = time.perf_counter()
+            interp.run(feeds)
+            times.append(time.perf_counter() - t)
+        print(f"steady state over {args.time_runs} runs: median {statistics.median(times) * 1e3:.3f} ms,"
+              f" min {min(times) * 1e3:.3f} ms")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edgert.format import read_model
+
+    p = pathlib.Path(args.model)
+    model_arg, kind = _read_model_arg(args.model)
+    model = read_model(model_arg)
+    g = model.main
+    hist: dict[str, int] = {}
+    for op in g.operators:
+        key = f"{op.domain}.{op.op_type}" if op.domain else op.op_type
+        hist[key] = hist.get(key, 0) + 1
+    params = sum(int(t.data.size) for t in g.tensors if t.data is not None)
+    weight_bytes = sum(int(t.data.nbytes) for t in g.tensors if t.data is not None)
+
+    def describe(i: int) -> dict[str, Any]:
+        t = g.tensors[i]
+        from edgert import dtypes
+
+        shape = [
+            (t.shape_signature[k] if t.shape_signature and t.shape_signature[k] else "?")
+            if d < 0 else d
+            for k, d in enumerate(t.shape)
+        ]
+        return {"name": t.name, "dtype": dtypes.name(t.dtype),
+                "shape": None if t.unknown_rank else shape}
+
+    info = {
+        "file": str(p),
+        "format": kind,
+        "file_bytes": p.stat().st_size,
+        "inputs": [describe(i) for i in g.inputs],
+        "outputs": [describe(i) for i in g.outputs],
+        "operators": len(g.operators),
+        "op_histogram": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "parameters": params,
+        "weight_bytes": weight_bytes,
+        "tensors": len(g.tensors),
+        "subgraphs": len(model.subgraphs),
+        "metadata": model.metadata,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{p.name}: {kind} model, {_format_bytes(info['file_bytes'])}")
+    for key in ("inputs", "outputs"):
+        print(f"{key}:")
+        for d in info[key]:
+            print(f"  {d['name']}: {d['dtype']} {d['shape']}")
+    print(f"operators: {info['operators']}  parameters: {params:,} ({_format_bytes(weight_bytes)})")
+    print("op histogram:")
+    for op, n in info["op_histogram"].items():
+        print(f"  {op:<28} {n}")
+    if model.metadata:
+        print("metadata:")
+        for k, v in model.metadata.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.runs is not None and args.runs < 1:
+        raise CLIError("--runs must be at least 1")
+    if args.warmup < 0:
+        raise CLIError("--warmup must be >= 0")
+    from edgert.runtime import Interpreter
+
+    t_import = time.perf_counter()
+    model, kind = _read_model_arg(args.model)
+    t_convert = time.perf_counter() - t_import
+    t0 = time.perf_counter()
+    interp = Interpreter(model, num_threads=args.threads)
+    t_load = time.perf_counter() - t0
+    feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, True)
+    for name, arr in feeds.items():
+        interp.resize_tensor_input(name, arr.shape)
+    t0 = time.perf_counter()
+    interp.allocate_tensors()
+    t_alloc = time.perf_counter() - t0
+    for name, arr in feeds.items():
+        interp.set_tensor(name, arr)
+    t0 = time.perf_counter()
+    interp.invoke()
+    t_first = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        interp.invoke()
+    times: list[float] = []
+    deadline = time.perf_counter() + args.duration if args.duration else None
+    runs = args.runs if args.runs is not None else (None if deadline else 50)
+    progress = _progress(runs, disable=args.json or not sys.stderr.isatty())
+    while True:
+        t = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t)
+        progress.update(1)
+        if runs is not None and len(times) >= runs:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+    progress.close()
+    arr = np.array(times) * 1e3
+    result = {
+        "model": args.model,
+        "threads": args.threads,
+        "convert_ms": t_convert * 1e3 if kind == "onnx" else 0.0,
+        "load_ms": t_load * 1e3,
+        "allocate_ms": t_alloc * 1e3,
+        "first_inference_ms": t_first * 1e3,
+        "runs": len(times),
+        "latency_ms": {
+            "min": float(arr.min()),
+            "median": float(np.median(arr)),
+            "mean": float(arr.mean()),
+            "p90": float(np.percentile(arr, 90)),
+            "p99": float(np.percentile(arr, 99)),
+            "max": float(arr.max()),
+            "std": float(arr.std()),
+        },
+        "arena_bytes": interp.stats.arena_bytes,
+        "peak_rss_bytes": _rss_peak_bytes(),
+        "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if kind == "onnx":
+        print(f"convert (in memory): {result['convert_ms']:.1f} ms")
+    print(f"load: {result['load_ms']:.2f} ms   allocate: {result['allocate_ms']:.2f} ms   "
+          f"first inference: {result['first_inference_ms']:.2f} ms")
+    lat = result["latency_ms"]
+    print(f"latency over {len(times)} runs (ms): min {lat['min']:.3f}  median {lat['median']:.3f}  "
+          f"mean {lat['mean']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
+          f"max {lat['max']:.3f}  std {lat['std']:.3f}")
+    print(f"arena: {_format_bytes(result['arena_bytes'])}   peak RSS: "
+          f"{_format_bytes(result['peak_rss_bytes'])}")
+    return 0
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int | None, disable: bool):
+    if disable:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        return _NoProgress()
+    return tqdm(total=total, unit="run", leave=False)
+
+
+# ----- parser -----------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgert import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edgert",
+        description="Convert ONNX models to .edgert and run them on the edgert runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert an ONNX model to .edgert")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("-o", "--output", help="output .edgert file (default: next to the input)")
+    p.set_defaults(func=cmd_convert)
+
+    def add_inputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--input", action="append", metavar="NAME=FILE",
+                       help="input data from .npy (NAME=FILE.npy) or .npz (FILE.npz maps names); "
+                            "repeatable")
+        p.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                       help="shape of a random input with dynamic dims, e.g. input=1x3x224x224")
+        p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+        p.add_argument("--threads", type=_positive_int, default=None,
+                       help="compute threads (default: all cores)")
+
+    p = sub.add_parser("run", help="run a model once and print or save its outputs")
+    p.add_argument("model", help=".edgert or .onnx file")
+    add_inputs(p)
+    p.add_argument("--random", action="store_true", help="random data for inputs not given")
+    p.add_argument("-o", "--output", help="save all outputs to this .npz file")
+    p.add_argument("--time", dest="time_runs", type=_positive_int, default=0, metavar="N",
+                   help="also time N further runs and print the median")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="show a model's inputs, outputs, ops and size")
+    p.add_argument("model", help=".edgert or .onnx file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="measure load time and inference latency")
+    p.add_argument("model", help=".edgert or .onnx file (.onnx is converted in memory)")
+    add_inputs(p)
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs after the first (default 5)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs (default 50)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="time runs for this many seconds instead (with --runs: whichever first)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeRTError as exc:
+        print(f"edgert: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

