@@ -116,7 +116,7 @@ def test_data_dependent_shapes_run_dynamically():
     model = _model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
     )
     interp = Interpreter(convert(model))
     for seed in (0, 1):
@@ -156,8 +156,8 @@ def test_unsupported_ops_are_reported_together():
     model = _model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
-        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])],
     )
     with pytest.raises(UnsupportedOpError) as info:
         convert(model)

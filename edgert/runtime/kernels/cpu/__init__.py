@@ -20,6 +20,8 @@ def registry() -> KernelRegistry:
             conv,
             elementwise,
             gemm,
+            indexing,
+            movement,
             normalization,
             pooling,
             reduce,
@@ -28,7 +30,8 @@ def registry() -> KernelRegistry:
         )
 
         reg = KernelRegistry("cpu")
-        for family in (conv, gemm, pooling, elementwise, reduce, normalization, shape, resize):
+        for family in (conv, gemm, pooling, elementwise, reduce, normalization, shape, movement,
+                       indexing, resize):
             family.register(reg)
         _REGISTRY = reg
     return _REGISTRY

@@ -1,7 +1,202 @@
-"""CPU kernels: gemm family."""
+"""CPU kernels: Gemm and MatMul (float32/float64), with an optional fused activation.
 
-from edgert.runtime.registry import KernelRegistry
+Both hand the multiplication to BLAS through ``np.matmul(..., out=planned_buffer)``: OpenBLAS
+beats anything Numba would compile for these shapes, and ``out=`` keeps invoke allocation-free.
+What ``prepare`` does to make invoke cheap:
+
+* a constant ``B`` is transposed (``transB``) into an owned contiguous array once, and ``alpha``
+  folded into it, so invoke is one BLAS call;
+* Gemm's ``C`` is classified once: a per-column vector (the usual FC bias, shape ``(N,)`` or
+  ``(1, N)``), a per-row vector (``(M, 1)``), a scalar, or a full ``(M, N)`` matrix. Vectors and
+  scalars are added by the Numba epilogue together with the fused activation, in one pass over Y;
+  ``beta`` is folded into a constant ``C``;
+* MatMul with a batched ``A`` and a 2-D ``B`` (a Linear layer over ``(batch, seq, K)``) runs as
+  one ``(batch·seq, K) @ (K, N)`` GEMM instead of one small GEMM per batch item.
+
+Fused activations come from the ``activation`` / ``activation_params`` attributes that the graph
+optimizer sets on ``edgert.Gemm`` / ``edgert.MatMul`` (see :mod:`.epilogue`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.errors import ShapeError
+from edgert.runtime.kernels.cpu.conv import float_dtype, owned
+from edgert.runtime.kernels.cpu.epilogue import (
+    apply_col_bias_activation,
+    epilogue,
+    parse_activation,
+)
+from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
+
+_C_NONE, _C_COL, _C_ROW, _C_FULL = "none", "col", "row", "full"
+
+
+class GemmKernel(Kernel):
+    """ONNX Gemm: ``Y = alpha * A' @ B' + beta * C`` with ``A' = A.T if transA`` (same for B)."""
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        self.require_inputs(inputs, 2, 3)
+        a, b = inputs[0], inputs[1]
+        c = inputs[2] if len(inputs) > 2 else None
+        dt = float_dtype(self, [(a, "A"), (b, "B"), (c, "C")])
+        for info, name in ((a, "A"), (b, "B")):
+            if len(info.shape) != 2:
+                raise self.error(f"input {name} must be 2-D, got shape {info.shape}", ShapeError)
+        self.trans_a = bool(int(self.attr("transA", 0)))
+        self.trans_b = bool(int(self.attr("transB", 0)))
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.beta = float(self.attr("beta", 1.0))
+        m, k = (a.shape[1], a.shape[0]) if self.trans_a else a.shape
+        kb, n = (b.shape[1], b.shape[0]) if self.trans_b else b.shape
+        if k != kb:
+            raise self.error(
+                f"inner dimensions differ: A{' (transposed)' if self.trans_a else ''} is "
+                f"{m}x{k}, B{' (transposed)' if self.trans_b else ''} is {kb}x{n}",
+                ShapeError,
+            )
+        self.act = parse_activation(self.where(), self.attrs)
+        self.params = self.act.params(dt)
+        self.dtype = dt
+        self.empty = np.zeros(0, dt)
+
+        # B' (and alpha) packed once when B is constant.
+        self.b_packed = None
+        self.alpha_folded = False
+        if b.value is not None:
+            bp = np.asarray(b.value, dtype=dt)
+            bp = owned(bp.T if self.trans_b else bp, dt)
+            if self.alpha != 1.0:
+                bp *= dt.type(self.alpha)
+                self.alpha_folded = True
+            self.b_packed = bp
+
+        # C: how it broadcasts over (M, N), and beta folded into it when it is constant.
+        self.c_mode = _C_NONE
+        self.c_packed = None
+        if c is not None and self.beta != 0.0:
+            cs = tuple(c.shape)
+            cs2 = (1,) * (2 - len(cs)) + cs
+            # Unidirectional broadcasting: C must stretch to (M, N), never the other way.
+            if len(cs) > 2 or any(d not in (1, full) for d, full in zip(cs2, (m, n))):
+                raise self.error(
+                    f"C of shape {cs} does not broadcast to the output shape ({m}, {n})",
+                    ShapeError,
+                )
+            if cs2 == (m, n) and not (m == 1 or n == 1):
+                self.c_mode = _C_FULL
+            elif cs2[0] == 1:
+                self.c_mode = _C_COL  # (1, N), (N,), (1, 1) or scalar: one value per column
+            else:
+                self.c_mode = _C_ROW  # (M, 1)
+            self.c_shape2 = cs2
+            if c.value is not None:
+                self.c_packed = self._pack_c(np.asarray(c.value, dtype=dt), m, n)
+        return [TensorInfo((m, n), dt)]
+
+    def _pack_c(self, c: np.ndarray, m: int, n: int) -> np.ndarray:
+        """C in the form the epilogue takes, scaled by beta: a vector for col/row, else (M, N)."""
+        c2 = c.reshape(self.c_shape2)
+        if self.c_mode == _C_COL:
+            vec = np.broadcast_to(c2, (1, n))[0]
+        elif self.c_mode == _C_ROW:
+            vec = np.broadcast_to(c2, (m, 1))[:, 0]
+        else:
+            vec = c2
+        out = owned(vec, self.dtype)
+        if self.beta != 1.0:
+            out *= self.dtype.type(self.beta)
+        return out
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return None
+        a = inputs[0].T if self.trans_a else inputs[0]
+        if self.b_packed is not None:
+            b = self.b_packed
+        else:
+            b = inputs[1].T if self.trans_b else inputs[1]
+        np.matmul(a, b, out=y)
+        if self.alpha != 1.0 and not self.alpha_folded:
+            y *= self.dtype.type(self.alpha)
+        code = self.act.code
+        p0, p1 = self.params
+        if self.c_mode == _C_NONE:
+            epilogue(y, self.empty, self.act, self.params)
+            return None
+        c = self.c_packed
+        if c is None:
+            # A computed C: packed per call (small for the usual bias vectors).
+            c = self._pack_c(np.asarray(inputs[2]), y.shape[0], y.shape[1])
+        if self.c_mode == _C_COL:
+            apply_col_bias_activation(y, c, code, p0, p1)
+        elif self.c_mode == _C_ROW:
+            epilogue(y, c, self.act, self.params)
+        else:
+            np.add(y, c, out=y)
+            epilogue(y, self.empty, self.act, self.params)
+        return None
+
+
+class MatMulKernel(Kernel):
+    """ONNX MatMul: NumPy ``matmul`` semantics (batch broadcasting, 1-D operands promoted)."""
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        self.require_inputs(inputs, 2, 2)
+        a, b = inputs[0], inputs[1]
+        dt = float_dtype(self, [(a, "A"), (b, "B")])
+        sa, sb = tuple(a.shape), tuple(b.shape)
+        if len(sa) == 0 or len(sb) == 0:
+            raise self.error(f"inputs must have rank >= 1, got shapes {sa} and {sb}", ShapeError)
+        # Promote 1-D operands as numpy.matmul does: A (K,) -> (1, K), B (K,) -> (K, 1).
+        pa = (1,) + sa if len(sa) == 1 else sa
+        pb = sb + (1,) if len(sb) == 1 else sb
+        if pa[-1] != pb[-2]:
+            raise self.error(
+                f"inner dimensions differ: A {sa} has {pa[-1]} columns, B {sb} has {pb[-2]} rows",
+                ShapeError,
+            )
+        batch = broadcast_shapes(self.where(), pa[:-2], pb[:-2])
+        out = batch + (pa[-2], pb[-1])
+        if len(sa) == 1:
+            out = out[:-2] + out[-1:]
+        if len(sb) == 1:
+            out = out[:-1]
+        self.act = parse_activation(self.where(), self.attrs)
+        self.params = self.act.params(dt)
+        self.empty = np.zeros(0, dt)
+        self.b_packed = owned(b.value, dt) if b.value is not None else None
+        # A Linear layer over a batch: fold A's batch axes into its rows, one GEMM in total.
+        self.flat = len(sa) >= 3 and len(sb) <= 2
+        self.k = pa[-1]
+        self.out_shape = out
+        return [TensorInfo(out, dt)]
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return None
+        a = inputs[0]
+        b = self.b_packed if self.b_packed is not None else inputs[1]
+        if self.flat:
+            a = np.ascontiguousarray(a)
+            rows = a.size // self.k
+            if b.ndim == 2:
+                np.matmul(a.reshape(rows, self.k), b, out=y.reshape(rows, b.shape[1]))
+            else:
+                np.matmul(a.reshape(rows, self.k), b, out=y.reshape(rows))
+        else:
+            np.matmul(a, b, out=y)
+        if self.act.active:
+            y2 = y.reshape(-1, y.shape[-1]) if y.ndim >= 2 else y.reshape(1, -1)
+            epilogue(y2, self.empty, self.act, self.params)
+        return None
 
 
 def register(reg: KernelRegistry) -> None:
-    pass
+    reg.add("Gemm", GemmKernel)
+    reg.add("MatMul", MatMulKernel)
+    reg.add("Gemm", GemmKernel, domain="edgert")
+    reg.add("MatMul", MatMulKernel, domain="edgert")

@@ -1,7 +1,414 @@
-"""CPU kernels: pooling family."""
+"""CPU kernels: MaxPool, AveragePool, LpPool and their Global forms (1-D, 2-D, 3-D, float32/64).
 
-from edgert.runtime.registry import KernelRegistry
+Semantics are the newest ONNX opset's (kernel_shape, strides, pads, auto_pad, dilations,
+ceil_mode, count_include_pad, storage_order, the optional MaxPool ``Indices`` output). The window
+geometry, including ``auto_pad`` and ``ceil_mode``, is resolved by
+:func:`edgert.runtime.kernels.cpu.conv.sliding_window`: ``SAME_*`` pads include the dilation as
+the spec says, and with ``ceil_mode`` a window that would start inside the end padding is dropped.
+
+As in :mod:`.conv`, every spatial rank is viewed as 3-D (leading axes of size 1) so one compiled
+kernel per dtype serves 1-D, 2-D and 3-D pooling. Kernels run in parallel over ``N × C``.
+
+Numerical choices:
+
+* MaxPool propagates NaN as NumPy's ``max`` does: once a window holds a NaN the result is NaN
+  (``not v <= best`` is true for a NaN ``v``; a plain ``v > best`` would skip it). onnxruntime is
+  not consistent here (its result depends on where the NaN sits in the window).
+* Window sums (AveragePool, LpPool, the Global forms) accumulate in float64, so a large global
+  average of float32 data does not lose digits.
+* AveragePool with ``count_include_pad`` divides by the window's size clipped to the padded input
+  (a ``ceil_mode`` window hanging past the end padding counts only up to it), as onnxruntime and
+  PyTorch do; a window that covers no input element yields 0.
+* Pads must be smaller than the kernel (onnxruntime's rule), so a window can cover padding only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.errors import ShapeError
+from edgert.runtime._jit import njit, prange
+from edgert.runtime.kernels.cpu.conv import Window, as3d, float_dtype, sliding_window, tap_ranges
+from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+
+_AVG, _LP = 0, 2
+_G_AVG, _G_MAX, _G_LP = 0, 1, 2
+
+
+# ----- Numba kernels ------------------------------------------------------------------------------
+# Output rows are built tap by tap over each tap's valid range (see the performance note in
+# conv.py: inner loops run over slices, so they vectorize and carry no bounds tests).
+@njit(parallel=True)
+def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
+    """``y[t, o] = max`` over the window of ``x[t]``; ``ind`` gets the flat input index if asked.
+
+    ``x``: ``(N*C, D, H, W)``; ``y`` and ``ind``: ``(N*C, OD, OH, OW)`` (``ind`` may be empty).
+    The value update ``v > cur or v != v`` keeps a NaN once it is in (``NaN > v`` is false) and
+    takes a NaN when it arrives; the index update takes the first valid element, then only a
+    strictly larger one or the first NaN, in window order (onnxruntime's tie rule).
+
+    ``one`` must be 1.0, passed at run time: multiplying the selected value by it keeps LLVM from
+    turning ``yseg[i] = v if ... else yseg[i]`` into a masked store (``vmaskmovps``), which made
+    the loop 6x slower than an unconditional store.
+    """
+    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
+    sd, sh, sw = geo[3], geo[4], geo[5]
+    dd, dh = geo[6], geo[7]
+    pd, ph = geo[9], geo[10]
+    nc, d_n, h_n, w_n = x.shape
+    od_n, oh_n = y.shape[1], y.shape[2]
+    plane = d_n * h_n * w_n
+    taps = tap_ranges(geo)
+    lowest = y.dtype.type(-np.inf)
+    # Flat-index step along the innermost axis: 1 (row-major) or D*H (column-major).
+    step = 1 if storage_order == 0 else d_n * h_n
+    for t in prange(nc):
+        for od in range(od_n):
+            for oh in range(oh_n):
+                yrow = y[t, od, oh]
+                yrow[:] = lowest
+                if want_indices:
+                    irow = ind[t, od, oh]
+                    irow[:] = -1
+                for kd in range(kd_n):
+                    iz = od * sd - pd + kd * dd
+                    if iz < 0 or iz >= d_n:
+                        continue
+                    for kh in range(kh_n):
+                        iy = oh * sh - ph + kh * dh
+                        if iy < 0 or iy >= h_n:
+                            continue
+                        src = x[t, iz, iy]
+                        for kw in range(kw_n):
+                            off, lo, hi = taps[kw, 0], taps[kw, 1], taps[kw, 2]
+                            if hi == lo:
+                                continue
+                            yseg = yrow[lo:hi]
+                            xseg = src[lo * sw + off :]
+                            if want_indices:
+                                iseg = irow[lo:hi]
+                                # flat index of x[t, iz, iy, (lo + i) * sw + off]
+                                if storage_order == 0:
+                                    base = t * plane + (iz * h_n + iy) * w_n + lo * sw + off
+                                else:
+                                    base = t * plane + iz + d_n * iy + (lo * sw + off) * step
+                                for i in range(hi - lo):
+                                    v = xseg[i * sw]
+                                    cur = yseg[i]
+                                    if iseg[i] < 0 or v > cur or (v != v and cur == cur):
+                                        yseg[i] = v
+                                        iseg[i] = base + i * sw * step
+                            elif sw == 1:
+                                xc = src[lo + off : hi + off]
+                                for i in range(hi - lo):
+                                    v = xc[i]
+                                    cur = yseg[i]
+                                    yseg[i] = (v if (v > cur or v != v) else cur) * one
+                            else:
+                                xs = src[lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                                for i in range(hi - lo):
+                                    v = xs[i]
+                                    cur = yseg[i]
+                                    yseg[i] = (v if (v > cur or v != v) else cur) * one
+
+
+@njit(parallel=True)
+def _sum_pool(x, y, geo, inv_outer, inv_w, mode, p):
+    """Average (``mode`` 0) or Lp (``mode`` 2) pooling, row by row.
+
+    The divisor of an average is separable: ``inv_outer[od * OH + oh] * inv_w[ow]`` holds
+    1 / (window count along D·H) × 1 / (count along W), with 0 for an empty window; ``prepare``
+    computes the counts for ``count_include_pad`` either way.
+    """
+    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
+    sd, sh, sw = geo[3], geo[4], geo[5]
+    dd, dh = geo[6], geo[7]
+    pd, ph = geo[9], geo[10]
+    nc, d_n, h_n, w_n = x.shape
+    od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
+    taps = tap_ranges(geo)
+    zero = y.dtype.type(0.0)
+    inv_p = 1.0 / p
+    for t in prange(nc):
+        for od in range(od_n):
+            for oh in range(oh_n):
+                yrow = y[t, od, oh]
+                yrow[:] = zero
+                for kd in range(kd_n):
+                    iz = od * sd - pd + kd * dd
+                    if iz < 0 or iz >= d_n:
+                        continue
+                    for kh in range(kh_n):
+                        iy = oh * sh - ph + kh * dh
+                        if iy < 0 or iy >= h_n:
+                            continue
+                        src = x[t, iz, iy]
+                        for kw in range(kw_n):
+                            off, lo, hi = taps[kw, 0], taps[kw, 1], taps[kw, 2]
+                            if hi == lo:
+                                continue
+                            yseg = yrow[lo:hi]
+                            if mode == _LP:
+                                xs = src[lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                                if p == 2:
+                                    for i in range(hi - lo):
+                                        v = xs[i]
+                                        yseg[i] += v * v
+                                elif p == 1:
+                                    for i in range(hi - lo):
+                                        yseg[i] += abs(xs[i])
+                                else:
+                                    for i in range(hi - lo):
+                                        yseg[i] += abs(xs[i]) ** p
+                            elif sw == 1:
+                                xseg = src[lo + off : hi + off]
+                                for i in range(hi - lo):
+                                    yseg[i] += xseg[i]
+                            else:
+                                xs = src[lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                                for i in range(hi - lo):
+                                    yseg[i] += xs[i]
+                if mode == _LP:
+                    if p == 2:
+                        for i in range(ow_n):
+                            yrow[i] = np.sqrt(yrow[i])
+                    elif p != 1:
+                        for i in range(ow_n):
+                            yrow[i] = yrow[i] ** inv_p
+                else:
+                    scale = inv_outer[od * oh_n + oh]
+                    for i in range(ow_n):
+                        yrow[i] = yrow[i] * (scale * inv_w[i])
+
+
+@njit(parallel=True)
+def _global_pool(x, y, mode, p):
+    """Reduce each row of ``x`` ``(N*C, S)`` into ``y[row]``: average, max or Lp norm."""
+    nc, size = x.shape
+    inv_p = 1.0 / p
+    for t in prange(nc):
+        row = x[t]
+        if mode == _G_MAX:
+            best = row[0]
+            for i in range(1, size):
+                v = row[i]
+                if best == best and not v <= best:  # NaN propagates (see module docstring)
+                    best = v
+            y[t] = best
+        elif mode == _G_AVG:
+            acc = 0.0
+            for i in range(size):
+                acc += row[i]
+            y[t] = acc / size
+        else:
+            acc = 0.0
+            if p == 2:
+                for i in range(size):
+                    v = np.float64(row[i])
+                    acc += v * v
+            else:
+                for i in range(size):
+                    acc += abs(np.float64(row[i])) ** p
+            y[t] = acc**inv_p
+
+
+def _inverse_counts(win: Window, include_pad: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The separable reciprocal divisors of AveragePool: ``(inv_outer[OD*OH], inv_w[OW])``.
+
+    Along each axis, output position ``o`` averages over the taps ``o*s - pb + k*d`` that fall
+    inside the input (``count_include_pad=0``), or inside the padded input clipped at its end
+    (``count_include_pad=1``; a ceil_mode window hanging past the end padding is cut there).
+    An empty window gets 0, so its output is 0 as in onnxruntime.
+    """
+    counts = []
+    for i in range(len(win.kernel)):
+        k, s, d = win.kernel[i], win.strides[i], win.dilations[i]
+        n, pe, o = win.in_shape[i], win.pads_end[i], win.out_shape[i]
+        starts = np.arange(o, dtype=np.int64) * s - win.pads_begin[i]
+        if include_pad:
+            ends = np.minimum(starts + k * d, n + pe)
+            c = 1 + (ends - starts - 1) // d
+        else:
+            taps = starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * d
+            c = ((taps >= 0) & (taps < n)).sum(axis=1)
+        counts.append(c.astype(np.float64))
+    counts = [np.ones(1)] * (3 - len(counts)) + counts
+    outer = (counts[0][:, None] * counts[1][None, :]).ravel()
+
+    def inv(c: np.ndarray) -> np.ndarray:
+        return np.divide(1.0, c, out=np.zeros_like(c), where=c > 0)
+
+    return inv(outer), inv(counts[2])
+
+
+# ----- kernels ------------------------------------------------------------------------------------
+class _PoolBase(Kernel):
+    """Shared prepare for the windowed pools: validation, geometry, output shape."""
+
+    def _prepare_window(self, inputs: list[TensorInfo | None], ceil_allowed: bool = True):
+        self.require_inputs(inputs, 1, 1)
+        x = inputs[0]
+        dt = float_dtype(self, [(x, "X")])
+        rank = len(x.shape)
+        if not 3 <= rank <= 5:
+            raise self.error(
+                f"input X must have rank 3, 4 or 5 (N, C, spatial...), got shape {x.shape}",
+                ShapeError,
+            )
+        nsp = rank - 2
+        ks = self.attr("kernel_shape")
+        if ks is None or len(ks) == 0:
+            raise self.error("attribute 'kernel_shape' is required")
+        ks = tuple(int(k) for k in ks)
+        if len(ks) != nsp:
+            raise self.error(
+                f"kernel_shape {list(ks)} has {len(ks)} axes but X of shape {x.shape} has {nsp} "
+                "spatial axes",
+                ShapeError,
+            )
+        if any(k < 1 for k in ks):
+            raise self.error(f"kernel_shape {list(ks)} must be positive")
+        ceil_mode = int(self.attr("ceil_mode", 0))
+        if ceil_mode not in (0, 1):
+            raise self.error(f"attribute 'ceil_mode' = {ceil_mode} must be 0 or 1")
+        win = sliding_window(
+            self, tuple(x.shape[2:]), ks, ceil_mode=bool(ceil_mode),
+            check_pad_smaller_than_kernel=True,
+        )
+        self.dtype = dt
+        self.win = win
+        self.geo = win.geo()
+        self.in3 = as3d(win.in_shape)
+        self.out3 = as3d(win.out_shape)
+        y_shape = tuple(x.shape[:2]) + win.out_shape
+        return x, dt, y_shape
+
+    def _views(self, x: np.ndarray, y: np.ndarray):
+        nc = x.shape[0] * x.shape[1]
+        return (
+            np.ascontiguousarray(x).reshape((nc,) + self.in3),
+            y.reshape((nc,) + self.out3),
+        )
+
+
+class MaxPoolKernel(_PoolBase):
+    """ONNX MaxPool: outputs Y and the optional int64 ``Indices`` (flat index into X)."""
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        x, dt, y_shape = self._prepare_window(inputs)
+        self.storage_order = int(self.attr("storage_order", 0))
+        if self.storage_order not in (0, 1):
+            raise self.error(f"attribute 'storage_order' = {self.storage_order} must be 0 or 1")
+        self.no_indices = np.zeros((0, 0, 0, 0), np.int64)
+        self.one = dt.type(1.0)
+        return [TensorInfo(y_shape, dt), TensorInfo(y_shape, np.dtype(np.int64))]
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return None
+        x4, y4 = self._views(inputs[0], y)
+        ind = outputs[1] if len(outputs) > 1 else None
+        if ind is not None:
+            _max_pool(x4, y4, ind.reshape(y4.shape), self.geo, self.storage_order, True, self.one)
+        else:
+            _max_pool(x4, y4, self.no_indices, self.geo, self.storage_order, False, self.one)
+        return None
+
+
+class AveragePoolKernel(_PoolBase):
+    """ONNX AveragePool (``count_include_pad``, ``ceil_mode``, ``dilations``)."""
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        x, dt, y_shape = self._prepare_window(inputs)
+        include = int(self.attr("count_include_pad", 0))
+        if include not in (0, 1):
+            raise self.error(f"attribute 'count_include_pad' = {include} must be 0 or 1")
+        self.inv_outer, self.inv_w = _inverse_counts(self.win, bool(include))
+        return [TensorInfo(y_shape, dt)]
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return None
+        x4, y4 = self._views(inputs[0], y)
+        _sum_pool(x4, y4, self.geo, self.inv_outer, self.inv_w, _AVG, 1)
+        return None
+
+
+def _p_attr(kernel: Kernel) -> int:
+    p = int(kernel.attr("p", 2))
+    if p < 1:
+        raise kernel.error(f"attribute 'p' = {p} must be >= 1")
+    return p
+
+
+class LpPoolKernel(_PoolBase):
+    """ONNX LpPool: ``(sum |x|^p)^(1/p)`` over each window; pads contribute nothing."""
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        x, dt, y_shape = self._prepare_window(inputs)
+        self.p = _p_attr(self)
+        self.unused = np.zeros(0)
+        return [TensorInfo(y_shape, dt)]
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return None
+        x4, y4 = self._views(inputs[0], y)
+        _sum_pool(x4, y4, self.geo, self.unused, self.unused, _LP, self.p)
+        return None
+
+
+class _GlobalPoolBase(Kernel):
+    mode = _G_AVG
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        self.require_inputs(inputs, 1, 1)
+        x = inputs[0]
+        dt = float_dtype(self, [(x, "X")])
+        if len(x.shape) < 3:
+            raise self.error(
+                f"input X must have rank >= 3 (N, C, spatial...), got shape {x.shape}", ShapeError
+            )
+        if any(d == 0 for d in x.shape[2:]):
+            raise self.error(f"input X has an empty spatial axis: {x.shape}", ShapeError)
+        self.p = _p_attr(self) if self.mode == _G_LP else 1
+        return [TensorInfo(tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2), dt)]
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return None
+        x = np.ascontiguousarray(inputs[0])
+        nc = x.shape[0] * x.shape[1]
+        _global_pool(x.reshape(nc, -1), y.reshape(nc), self.mode, self.p)
+        return None
+
+
+class GlobalAveragePoolKernel(_GlobalPoolBase):
+    """ONNX GlobalAveragePool: the mean over all spatial axes (float64 accumulation)."""
+
+    mode = _G_AVG
+
+
+class GlobalMaxPoolKernel(_GlobalPoolBase):
+    """ONNX GlobalMaxPool: the max over all spatial axes, NaN-propagating."""
+
+    mode = _G_MAX
+
+
+class GlobalLpPoolKernel(_GlobalPoolBase):
+    """ONNX GlobalLpPool: the Lp norm over all spatial axes."""
+
+    mode = _G_LP
 
 
 def register(reg: KernelRegistry) -> None:
-    pass
+    reg.add("MaxPool", MaxPoolKernel)
+    reg.add("AveragePool", AveragePoolKernel)
+    reg.add("LpPool", LpPoolKernel)
+    reg.add("GlobalAveragePool", GlobalAveragePoolKernel)
+    reg.add("GlobalMaxPool", GlobalMaxPoolKernel)
+    reg.add("GlobalLpPool", GlobalLpPoolKernel)

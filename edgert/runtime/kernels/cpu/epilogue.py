@@ -1,0 +1,246 @@
+"""Fused bias + activation epilogue shared by Conv, ConvTranspose, Gemm and MatMul.
+
+The graph optimizer folds an activation that follows one of those ops into the op itself, as two
+node attributes:
+
+* ``activation``: ``"Relu"``, ``"Clip"``, ``"LeakyRelu"``, ``"Sigmoid"``, ``"HardSigmoid"``,
+  ``"HardSwish"``, ``"Tanh"`` or ``"Gelu"`` (the exact erf form, not the tanh approximation);
+* ``activation_params``: floats: Clip ``[min, max]``, LeakyRelu ``[alpha]``, HardSigmoid
+  ``[alpha, beta]``; nothing for the others. Missing values take the ONNX defaults.
+
+Applying the activation while the output tile is still in cache saves a full pass over memory,
+and adding the bias in the same loop saves another. An absent ``activation`` means none.
+
+Numerical traps handled here:
+
+* NaN propagates: ``Relu(NaN)`` is NaN as in NumPy (``v if not v < 0``), so a NaN produced
+  upstream is not silently turned into 0.
+* Sigmoid is evaluated in the form whose ``exp`` cannot overflow for the branch that is kept.
+* Each activation has its own loop, chosen once per row, so LLVM sees a branch-free body that it
+  can vectorize (a per-element ``switch`` would not be hoisted reliably).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgert.runtime._jit import njit, prange
+
+ACT_NONE = 0
+ACT_RELU = 1
+ACT_CLIP = 2
+ACT_LEAKY_RELU = 3
+ACT_SIGMOID = 4
+ACT_HARD_SIGMOID = 5
+ACT_HARD_SWISH = 6
+ACT_TANH = 7
+ACT_GELU = 8
+
+# name -> (code, default parameters). Defaults are the ONNX attribute defaults of each op.
+_ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
+    "Relu": (ACT_RELU, ()),
+    "Clip": (ACT_CLIP, (-math.inf, math.inf)),
+    "LeakyRelu": (ACT_LEAKY_RELU, (0.01,)),
+    "Sigmoid": (ACT_SIGMOID, ()),
+    "HardSigmoid": (ACT_HARD_SIGMOID, (0.2, 0.5)),
+    "HardSwish": (ACT_HARD_SWISH, ()),
+    "Tanh": (ACT_TANH, ()),
+    "Gelu": (ACT_GELU, ()),
+}
+
+ACTIVATION_NAMES = tuple(_ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A parsed fused activation: its code and two parameters (unused ones are 0)."""
+
+    code: int = ACT_NONE
+    p0: float = 0.0
+    p1: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.code != ACT_NONE
+
+    def params(self, dtype: np.dtype) -> tuple:
+        """The parameters as scalars of ``dtype``, so float32 kernels stay in float32."""
+        t = np.dtype(dtype).type
+        return t(self.p0), t(self.p1)
+
+
+def parse_activation(where: str, attrs: dict) -> Activation:
+    """Read the ``activation`` / ``activation_params`` attributes of a fused node.
+
+    Args:
+        where: the op's description for error messages (``Kernel.where()``).
+        attrs: the node's attributes.
+
+    Raises:
+        KernelError: unknown activation name or too many parameters.
+    """
+    from edgert.errors import KernelError
+
+    name = attrs.get("activation")
+    params = attrs.get("activation_params")
+    if name is None or name == "" or name == "None":
+        if params:
+            raise KernelError(f"{where}: activation_params given without an activation")
+        return Activation()
+    if isinstance(name, bytes):
+        name = name.decode()
+    if name not in _ACTIVATIONS:
+        raise KernelError(
+            f"{where}: unsupported fused activation {name!r}; "
+            f"expected one of {', '.join(ACTIVATION_NAMES)}"
+        )
+    code, defaults = _ACTIVATIONS[name]
+    values = [float(v) for v in (params or [])]
+    if len(values) > len(defaults):
+        raise KernelError(
+            f"{where}: activation {name} takes at most {len(defaults)} parameter(s), "
+            f"got {len(values)}"
+        )
+    full = values + list(defaults[len(values) :])
+    full += [0.0] * (2 - len(full))
+    return Activation(code, full[0], full[1])
+
+
+# ----- row loops ---------------------------------------------------------------------------------
+@njit
+def _clip(v, lo, hi):
+    # Two ordered tests: NaN fails both and passes through; lo > hi yields hi (ONNX Clip rule).
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+@njit
+def act_row(row, b, act, p0, p1):
+    """``row[i] = act(row[i] + b)`` in place for a 1-D contiguous ``row``."""
+    n = row.shape[0]
+    one = row.dtype.type(1.0)
+    zero = row.dtype.type(0.0)
+    half = row.dtype.type(0.5)
+    sixth = row.dtype.type(1.0 / 6.0)
+    if act == ACT_NONE:
+        if b != zero:
+            for i in range(n):
+                row[i] = row[i] + b
+    elif act == ACT_RELU:
+        for i in range(n):
+            v = row[i] + b
+            row[i] = zero if v < zero else v
+    elif act == ACT_CLIP:
+        for i in range(n):
+            row[i] = _clip(row[i] + b, p0, p1)
+    elif act == ACT_LEAKY_RELU:
+        for i in range(n):
+            v = row[i] + b
+            row[i] = v * p0 if v < zero else v
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            v = row[i] + b
+            if v >= zero:
+                row[i] = one / (one + math.exp(-v))
+            else:
+                e = math.exp(v)
+                row[i] = e / (one + e)
+    elif act == ACT_HARD_SIGMOID:
+        for i in range(n):
+            row[i] = _clip(p0 * (row[i] + b) + p1, zero, one)
+    elif act == ACT_HARD_SWISH:
+        for i in range(n):
+            v = row[i] + b
+            row[i] = v * _clip(sixth * v + half, zero, one)
+    elif act == ACT_TANH:
+        for i in range(n):
+            row[i] = math.tanh(row[i] + b)
+    elif act == ACT_GELU:
+        k = row.dtype.type(0.7071067811865476)
+        for i in range(n):
+            v = row[i] + b
+            row[i] = half * v * (one + math.erf(v * k))
+
+
+@njit
+def act_row_vec(row, bias, act, p0, p1):
+    """``row[i] = act(row[i] + bias[i])`` in place (a bias per column)."""
+    n = row.shape[0]
+    one = row.dtype.type(1.0)
+    zero = row.dtype.type(0.0)
+    half = row.dtype.type(0.5)
+    sixth = row.dtype.type(1.0 / 6.0)
+    if act == ACT_NONE:
+        for i in range(n):
+            row[i] = row[i] + bias[i]
+    elif act == ACT_RELU:
+        for i in range(n):
+            v = row[i] + bias[i]
+            row[i] = zero if v < zero else v
+    elif act == ACT_CLIP:
+        for i in range(n):
+            row[i] = _clip(row[i] + bias[i], p0, p1)
+    elif act == ACT_LEAKY_RELU:
+        for i in range(n):
+            v = row[i] + bias[i]
+            row[i] = v * p0 if v < zero else v
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            v = row[i] + bias[i]
+            if v >= zero:
+                row[i] = one / (one + math.exp(-v))
+            else:
+                e = math.exp(v)
+                row[i] = e / (one + e)
+    elif act == ACT_HARD_SIGMOID:
+        for i in range(n):
+            row[i] = _clip(p0 * (row[i] + bias[i]) + p1, zero, one)
+    elif act == ACT_HARD_SWISH:
+        for i in range(n):
+            v = row[i] + bias[i]
+            row[i] = v * _clip(sixth * v + half, zero, one)
+    elif act == ACT_TANH:
+        for i in range(n):
+            row[i] = math.tanh(row[i] + bias[i])
+    elif act == ACT_GELU:
+        k = row.dtype.type(0.7071067811865476)
+        for i in range(n):
+            v = row[i] + bias[i]
+            row[i] = half * v * (one + math.erf(v * k))
+
+
+@njit(parallel=True)
+def apply_bias_activation(out2d, bias, act, p0, p1):
+    """In place: ``out2d[r, :] = act(out2d[r, :] + bias[r % len(bias)])``, parallel over rows.
+
+    ``bias`` may be empty (no bias). Its length must divide the number of rows: a conv output
+    viewed as ``(N * M, P)`` takes the ``M`` per-channel biases, repeated for each image.
+    ``p0``/``p1`` must be scalars of ``out2d``'s dtype (see :meth:`Activation.params`).
+    """
+    rows = out2d.shape[0]
+    nb = bias.shape[0]
+    zero = out2d.dtype.type(0.0)
+    for r in prange(rows):
+        b = bias[r % nb] if nb > 0 else zero
+        act_row(out2d[r], b, act, p0, p1)
+
+
+@njit(parallel=True)
+def apply_col_bias_activation(out2d, bias, act, p0, p1):
+    """In place: ``out2d[r, c] = act(out2d[r, c] + bias[c])`` (Gemm's ``C`` of shape ``(N,)``)."""
+    rows = out2d.shape[0]
+    for r in prange(rows):
+        act_row_vec(out2d[r], bias, act, p0, p1)
+
+
+def epilogue(out2d: np.ndarray, bias: np.ndarray, act: Activation, params: tuple) -> None:
+    """Apply a per-row bias and ``act`` to ``out2d`` in place; a no-op when there is neither."""
+    if out2d.size == 0 or (bias.shape[0] == 0 and not act.active):
+        return
+    apply_bias_activation(out2d, bias, act.code, params[0], params[1])
