@@ -326,7 +326,7 @@ def _calibrate(
     del calib  # VGG-19: each copy of the weights is 550 MB
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     del data
-    values = dict(zip(names, sess.run(names, random_feeds(sess, seed))))
+    values = dict(zip(names, sess.run(names, random_feeds(sess, seed)), strict=True))
     for x, mean, var in probes:
         act = values[x].astype(np.float64)
         axes = (0,) + tuple(range(2, act.ndim))
@@ -466,6 +466,7 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -24,8 +24,8 @@ PyTorch's outputs for them, keyed ``b<k>_in_<input name>`` and ``b<k>_out_<outpu
 Exporter: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) with
 ``dynamic_axes``, opset 17. It needs no package beyond torch (and onnx), and its graphs are the
 kind that most deployed ONNX files have. The declared output shapes are then rewritten from the
-reference outputs (the exporter mislabels one, see ``_declare_output_shapes``). Run from the repository root (needs torch, not an edgert
-dependency)::
+reference outputs (the exporter mislabels one, see ``_declare_output_shapes``). Run from the
+repository root (needs torch, not an edgert dependency)::
 
     python scripts/export_torch_models.py [--out tests/data] [names...]
 """
@@ -262,7 +262,7 @@ def export(name: str, out_dir: pathlib.Path, seed: int = 0) -> tuple[pathlib.Pat
             outs = outs if isinstance(outs, tuple) else (outs,)
             for n in input_names:
                 ref[f"{key}_in_{n}"] = feeds[n]
-            for n, y in zip(output_names, outs):
+            for n, y in zip(output_names, outs, strict=True):
                 ref[f"{key}_out_{n}"] = y.numpy()
 
     dynamic_axes = dict(in_axes)

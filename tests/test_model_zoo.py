@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from model_zoo import (
     TORCH_MODELS,
     digits_documented_accuracy,
@@ -60,7 +59,7 @@ def test_torch_export_matches_pytorch_reference(name):
         feeds = {n: ref[f"{key}_in_{n}"] for n in in_names}
         batch_sizes.add(feeds[in_names[0]].shape[0])
         got = sess.run(out_names, feeds)
-        for n, g in zip(out_names, got):
+        for n, g in zip(out_names, got, strict=True):
             want = ref[f"{key}_out_{n}"]
             assert g.shape == want.shape
             np.testing.assert_allclose(g, want, rtol=RTOL, atol=ATOL, err_msg=f"{name} {key} {n}")
@@ -126,7 +125,9 @@ def test_light_model_is_valid_and_keeps_topology(name):
     assert _real_inputs(model) == _real_inputs(source)
     assert [o.name for o in model.graph.output] == [o.name for o in source.graph.output]
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    want = collections.Counter(n.op_type for n in source.graph.node if n.op_type != "ConstantOfShape")
+    want = collections.Counter(
+        n.op_type for n in source.graph.node if n.op_type != "ConstantOfShape"
+    )
     assert ops == want
     # Every ConstantOfShape output is now an initializer of the same shape; shape inputs gone.
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
