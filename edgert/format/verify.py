@@ -201,7 +201,12 @@ def _check_subgraph(sg: SubGraphDef, where: str) -> None:
 
 
 def _check_tensor(t: TensorDef, label: str) -> None:
-    if not isinstance(t.dtype, (int, np.integer)) or not dtypes.is_known(int(t.dtype)):
+    # dtype 0 (undefined) is allowed for computed tensors: the runtime's kernels infer every
+    # intermediate dtype in prepare, and ONNX shape inference cannot always give one.
+    undefined_ok = isinstance(t.dtype, (int, np.integer)) and int(t.dtype) == 0 and t.data is None
+    if not undefined_ok and (
+        not isinstance(t.dtype, (int, np.integer)) or not dtypes.is_known(int(t.dtype))
+    ):
         raise ModelFormatError(f"{label}: unknown dtype code {t.dtype!r}")
     shape = tuple(t.shape)
     if len(shape) > MAX_RANK:
@@ -215,7 +220,7 @@ def _check_tensor(t: TensorDef, label: str) -> None:
             )
         if d > 0:
             count *= int(d)
-    item = 8 if t.dtype == dtypes.STRING else dtypes.itemsize(int(t.dtype))
+    item = 8 if t.dtype in (dtypes.STRING, dtypes.UNDEFINED) else dtypes.itemsize(int(t.dtype))
     if count * item > _INT64_MAX:
         raise ModelFormatError(
             f"{label}: shape {shape} of {dtypes.name(int(t.dtype))} needs {count * item} bytes, "

@@ -32,6 +32,7 @@ from edgert.errors import (
     EdgeRTError,
     InputError,
     KernelError,
+    ModelFormatError,
     ShapeError,
     UnsupportedOpError,
 )
@@ -116,6 +117,8 @@ class Interpreter:
         self._input_shapes: dict[int, tuple[int, ...] | None] = {}
         for i in g.inputs:
             t = g.tensors[i]
+            if not dtypes.is_known(t.dtype):
+                raise ModelFormatError(f"model input '{t.name}' has no element type (dtype {t.dtype})")
             known = not t.unknown_rank and all(d >= 0 for d in t.shape)
             self._input_shapes[i] = tuple(t.shape) if known else None
         self._arrays: list[np.ndarray | None] = [None] * len(g.tensors)
@@ -176,7 +179,7 @@ class Interpreter:
             "shape": np.array(shape, dtype=np.int64),
             "shape_signature": np.array(t.shape, dtype=np.int64),
             "dim_names": tuple(t.shape_signature or ()),
-            "dtype": dtypes.to_numpy(t.dtype).type,
+            "dtype": self._dtype_of(index).type,
             "quantization": (float(scales[0]), int(zps[0])) if len(scales) == 1 else (0.0, 0),
             "quantization_parameters": {
                 "scales": np.asarray(scales, np.float32),
@@ -184,6 +187,13 @@ class Interpreter:
                 "quantized_dimension": q.axis if q is not None else 0,
             },
         }
+
+    def _dtype_of(self, index: int) -> np.dtype:
+        code = self._graph.tensors[index].dtype
+        if code:
+            return dtypes.to_numpy(code)
+        arr = self._arrays[index]  # dtype left undefined in the file: the kernel's inferred one
+        return arr.dtype if arr is not None else np.dtype(np.float32)
 
     def resize_tensor_input(self, input_index: int | str, shape) -> None:
         """Set a model input's shape (e.g. a new batch size); the next call re-plans memory."""
