@@ -34,8 +34,13 @@ def check(op: str, inputs: list, attrs: dict, const=(), domain: str = "") -> np.
 
 # ----- Gemm -------------------------------------------------------------------------------------
 C_SHAPES = {
-    "none": None, "col_vec": (5,), "row_1n": (1, 5), "col_m1": (4, 1), "full": (4, 5),
-    "scalar": (), "one_one": (1, 1),
+    "none": None,
+    "col_vec": (5,),
+    "row_1n": (1, 5),
+    "col_m1": (4, 1),
+    "full": (4, 5),
+    "scalar": (),
+    "one_one": (1, 1),
 }
 
 
@@ -50,29 +55,32 @@ def test_gemm(trans_a, trans_b, c_shape, const):
     inputs = [a, b]
     if C_SHAPES[c_shape] is not None:
         inputs.append(rand(rng, *C_SHAPES[c_shape]))
-    check("Gemm", inputs, dict(transA=trans_a, transB=trans_b, alpha=0.7, beta=1.3), const)
+    check("Gemm", inputs, {"transA": trans_a, "transB": trans_b, "alpha": 0.7, "beta": 1.3}, const)
 
 
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (2.5, 0.0), (1.0, -0.5)])
 def test_gemm_alpha_beta(alpha, beta):
     rng = np.random.default_rng(2)
     a, b, c = rand(rng, 6, 7), rand(rng, 7, 3), rand(rng, 6, 3)
-    check("Gemm", [a, b, c], dict(alpha=alpha, beta=beta), (1, 2))
-    check("Gemm", [a, b, c], dict(alpha=alpha, beta=beta), ())
+    check("Gemm", [a, b, c], {"alpha": alpha, "beta": beta}, (1, 2))
+    check("Gemm", [a, b, c], {"alpha": alpha, "beta": beta}, ())
 
 
 def test_gemm_float64():
     rng = np.random.default_rng(3)
-    a, b, c = (rand(rng, 4, 6, dtype=np.float64), rand(rng, 5, 6, dtype=np.float64),
-               rand(rng, 5, dtype=np.float64))
-    got = check("Gemm", [a, b, c], dict(transB=1, alpha=0.5), (1, 2))
+    a, b, c = (
+        rand(rng, 4, 6, dtype=np.float64),
+        rand(rng, 5, 6, dtype=np.float64),
+        rand(rng, 5, dtype=np.float64),
+    )
+    got = check("Gemm", [a, b, c], {"transB": 1, "alpha": 0.5}, (1, 2))
     assert got.dtype == np.float64
 
 
 def test_gemm_fully_connected_batch_one():
     rng = np.random.default_rng(4)
     a, b, c = rand(rng, 1, 64), rand(rng, 10, 64), rand(rng, 10)
-    check("Gemm", [a, b, c], dict(transB=1), (1, 2))
+    check("Gemm", [a, b, c], {"transB": 1}, (1, 2))
 
 
 # ----- MatMul -----------------------------------------------------------------------------------
@@ -120,7 +128,7 @@ def activation_ref(y: np.ndarray, name: str, params: list[float]) -> np.ndarray:
     if name == "Relu":
         return np.maximum(y, 0)
     if name == "Clip":
-        lo, hi = (params + [-np.inf, np.inf][len(params):])[:2]
+        lo, hi = (params + [-np.inf, np.inf][len(params) :])[:2]
         return np.minimum(np.maximum(y, lo), hi)
     if name == "LeakyRelu":
         alpha = params[0] if params else 0.01
@@ -128,7 +136,7 @@ def activation_ref(y: np.ndarray, name: str, params: list[float]) -> np.ndarray:
     if name == "Sigmoid":
         return 1 / (1 + np.exp(-y))
     if name == "HardSigmoid":
-        alpha, beta = (params + [0.2, 0.5][len(params):])[:2]
+        alpha, beta = (params + [0.2, 0.5][len(params) :])[:2]
         return np.clip(alpha * y + beta, 0, 1)
     if name == "HardSwish":
         return y * np.clip(y / 6 + 0.5, 0, 1)
@@ -140,9 +148,17 @@ def activation_ref(y: np.ndarray, name: str, params: list[float]) -> np.ndarray:
 
 
 FUSED = [
-    ("Relu", []), ("Clip", [-0.5, 0.7]), ("Clip", [0.0]), ("LeakyRelu", [0.2]), ("LeakyRelu", []),
-    ("Sigmoid", []), ("HardSigmoid", [0.3, 0.4]), ("HardSigmoid", []), ("HardSwish", []),
-    ("Tanh", []), ("Gelu", []),
+    ("Relu", []),
+    ("Clip", [-0.5, 0.7]),
+    ("Clip", [0.0]),
+    ("LeakyRelu", [0.2]),
+    ("LeakyRelu", []),
+    ("Sigmoid", []),
+    ("HardSigmoid", [0.3, 0.4]),
+    ("HardSigmoid", []),
+    ("HardSwish", []),
+    ("Tanh", []),
+    ("Gelu", []),
 ]
 FUSED_IDS = [f"{n}{p}" for n, p in FUSED]
 
@@ -154,20 +170,23 @@ def test_gemm_fused_activation(name, params, c_shape):
     inputs = [rand(rng, 4, 6) * 2, rand(rng, 5, 6)]
     if c_shape is not None:
         inputs.append(rand(rng, *c_shape))
-    attrs = dict(transB=1, alpha=0.8, beta=1.2)
+    attrs = {"transB": 1, "alpha": 0.8, "beta": 1.2}
     fused = dict(attrs, activation=name, activation_params=params)
     got = run_kernel("Gemm", inputs, fused, const_inputs=(1, 2), domain="edgert")[0]
     want = activation_ref(ort_node("Gemm", inputs, attrs)[0], name, params)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("shapes", [((2, 3, 6), (6, 5)), ((6,), (6, 5)), ((2, 3, 6), (6,))],
-                         ids=["batched", "vec_mat", "mat_vec"])
+@pytest.mark.parametrize(
+    "shapes",
+    [((2, 3, 6), (6, 5)), ((6,), (6, 5)), ((2, 3, 6), (6,))],
+    ids=["batched", "vec_mat", "mat_vec"],
+)
 @pytest.mark.parametrize("name,params", FUSED[:6], ids=FUSED_IDS[:6])
 def test_matmul_fused_activation(name, params, shapes):
     rng = np.random.default_rng(11)
     inputs = [rand(rng, *shapes[0]), rand(rng, *shapes[1])]
-    fused = dict(activation=name, activation_params=params)
+    fused = {"activation": name, "activation_params": params}
     got = run_kernel("MatMul", inputs, fused, const_inputs=(1,), domain="edgert")[0]
     want = activation_ref(ort_node("MatMul", inputs, {})[0], name, params)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
@@ -179,7 +198,7 @@ def test_epilogue_row_bias_against_numpy(name, params):
     rng = np.random.default_rng(12)
     y = (rand(rng, 6, 37) * 4).astype(np.float32)
     bias = rand(rng, 3)  # length divides the rows: row r takes bias[r % 3]
-    act = parse_activation("t", dict(activation=name, activation_params=params))
+    act = parse_activation("t", {"activation": name, "activation_params": params})
     out = y.copy()
     apply_bias_activation(out, bias, act.code, *act.params(np.float32))
     want = activation_ref(y + np.tile(bias, 2)[:, None], name, params)
@@ -191,7 +210,7 @@ def test_epilogue_col_bias_against_numpy(name, params):
     rng = np.random.default_rng(13)
     y = (rand(rng, 5, 9) * 4).astype(np.float32)
     bias = rand(rng, 9)
-    act = parse_activation("t", dict(activation=name, activation_params=params))
+    act = parse_activation("t", {"activation": name, "activation_params": params})
     out = y.copy()
     apply_col_bias_activation(out, bias, act.code, *act.params(np.float32))
     np.testing.assert_allclose(out, activation_ref(y + bias, name, params), rtol=RTOL, atol=ATOL)
@@ -202,7 +221,7 @@ def test_epilogue_extremes_and_nan():
     y = np.array([[-1000.0, -88.0, -20.0, 0.0, 20.0, 88.0, 1000.0, np.nan]], np.float32)
     empty = np.zeros(0, np.float32)
     for name, params in FUSED:
-        act = parse_activation("t", dict(activation=name, activation_params=params))
+        act = parse_activation("t", {"activation": name, "activation_params": params})
         out = y.copy()
         with np.errstate(over="ignore", invalid="ignore"):
             want = activation_ref(y, name, params)
@@ -223,35 +242,71 @@ def test_epilogue_float64_and_bias_only():
 
 def test_parse_activation():
     assert parse_activation("op", {}) == Activation()
-    assert not parse_activation("op", dict(activation="")).active
-    relu6 = parse_activation("op", dict(activation="Clip", activation_params=[0.0, 6.0]))
+    assert not parse_activation("op", {"activation": ""}).active
+    relu6 = parse_activation("op", {"activation": "Clip", "activation_params": [0.0, 6.0]})
     assert (relu6.p0, relu6.p1) == (0.0, 6.0)
-    assert parse_activation("op", dict(activation="LeakyRelu")).p0 == 0.01
-    hs = parse_activation("op", dict(activation="HardSigmoid"))
+    assert parse_activation("op", {"activation": "LeakyRelu"}).p0 == 0.01
+    hs = parse_activation("op", {"activation": "HardSigmoid"})
     assert (hs.p0, hs.p1) == (0.2, 0.5)
     with pytest.raises(KernelError, match="op: unsupported fused activation 'Mish'"):
-        parse_activation("op", dict(activation="Mish"))
+        parse_activation("op", {"activation": "Mish"})
     with pytest.raises(KernelError, match="op: activation Relu takes at most 0 parameter"):
-        parse_activation("op", dict(activation="Relu", activation_params=[1.0]))
+        parse_activation("op", {"activation": "Relu", "activation_params": [1.0]})
     with pytest.raises(KernelError, match="activation_params given without an activation"):
-        parse_activation("op", dict(activation_params=[1.0]))
+        parse_activation("op", {"activation_params": [1.0]})
 
 
 # ----- errors ------------------------------------------------------------------------------------
 ERRORS = [
     ("gemm_rank", "Gemm", [(2, 3, 4), (4, 5)], {}, ShapeError, "input A must be 2-D"),
-    ("gemm_inner", "Gemm", [(3, 4), (5, 6)], {}, ShapeError,
-     "inner dimensions differ: A is 3x4, B is 5x6"),
-    ("gemm_inner_trans", "Gemm", [(3, 4), (5, 6)], dict(transB=1), ShapeError,
-     "B (transposed) is 6x5"),
-    ("gemm_c_shape", "Gemm", [(3, 4), (4, 5), (3, 4)], {}, ShapeError,
-     "C of shape (3, 4) does not broadcast to the output shape (3, 5)"),
-    ("gemm_c_rank3", "Gemm", [(3, 4), (4, 5), (1, 3, 5)], {}, ShapeError,
-     "C of shape (1, 3, 5) does not broadcast"),
-    ("gemm_activation", "Gemm", [(3, 4), (4, 5)], dict(activation="Softplus"), KernelError,
-     "unsupported fused activation 'Softplus'"),
-    ("matmul_inner", "MatMul", [(3, 4), (5, 6)], {}, ShapeError,
-     "inner dimensions differ: A (3, 4) has 4 columns, B (5, 6) has 5 rows"),
+    (
+        "gemm_inner",
+        "Gemm",
+        [(3, 4), (5, 6)],
+        {},
+        ShapeError,
+        "inner dimensions differ: A is 3x4, B is 5x6",
+    ),
+    (
+        "gemm_inner_trans",
+        "Gemm",
+        [(3, 4), (5, 6)],
+        {"transB": 1},
+        ShapeError,
+        "B (transposed) is 6x5",
+    ),
+    (
+        "gemm_c_shape",
+        "Gemm",
+        [(3, 4), (4, 5), (3, 4)],
+        {},
+        ShapeError,
+        "C of shape (3, 4) does not broadcast to the output shape (3, 5)",
+    ),
+    (
+        "gemm_c_rank3",
+        "Gemm",
+        [(3, 4), (4, 5), (1, 3, 5)],
+        {},
+        ShapeError,
+        "C of shape (1, 3, 5) does not broadcast",
+    ),
+    (
+        "gemm_activation",
+        "Gemm",
+        [(3, 4), (4, 5)],
+        {"activation": "Softplus"},
+        KernelError,
+        "unsupported fused activation 'Softplus'",
+    ),
+    (
+        "matmul_inner",
+        "MatMul",
+        [(3, 4), (5, 6)],
+        {},
+        ShapeError,
+        "inner dimensions differ: A (3, 4) has 4 columns, B (5, 6) has 5 rows",
+    ),
     ("matmul_batch", "MatMul", [(2, 3, 4), (3, 4, 5)], {}, ShapeError, "cannot be broadcast"),
     ("matmul_scalar", "MatMul", [(), (4, 5)], {}, ShapeError, "inputs must have rank >= 1"),
 ]
@@ -283,3 +338,25 @@ def test_registered_for_onnx_and_edgert_domains():
     for op in ("Gemm", "MatMul"):
         assert reg.lookup(op, "", 1) is reg.lookup(op, "", 22) is not None
         assert reg.lookup(op, "edgert") is reg.lookup(op, "")
+
+
+def test_set_blas_threads():
+    """NumPy's bundled OpenBLAS can be aligned with the interpreter's thread count."""
+    from edgert.runtime.kernels.cpu import gemm
+
+    found = gemm._openblas()
+    if found is None:
+        pytest.skip("no OpenBLAS with a known set_num_threads entry point in this process")
+    lib, setter_name = found
+    getter = getattr(lib, setter_name.replace("set_num_threads", "get_num_threads"), None)
+    before = getter() if getter is not None else None
+    try:
+        assert gemm.set_blas_threads(1)
+        if getter is not None:
+            assert getter() == 1
+        a = np.ones((64, 64), np.float32)
+        np.testing.assert_array_equal(a @ a, np.full((64, 64), 64, np.float32))
+    finally:
+        if before is not None:
+            gemm.set_blas_threads(before)
+    assert not gemm.set_blas_threads(0)

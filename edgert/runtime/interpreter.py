@@ -236,10 +236,7 @@ class Interpreter:
         """Run the model on the inputs set with :meth:`set_tensor`."""
         if not self._prepared:
             self.allocate_tensors()
-        if self._num_threads is not None:
-            import numba
-
-            numba.set_num_threads(min(self._num_threads, numba.config.NUMBA_NUM_THREADS))
+        _set_threads(self._num_threads)
         arrays = self._arrays
         for step in self._steps:
             try:
@@ -518,6 +515,27 @@ class Interpreter:
         for idx, val in zip(step.outputs, results):
             if idx >= 0:
                 arrays[idx] = val
+
+
+_threads_in_effect: int | None = None
+
+
+def _set_threads(requested: int | None) -> None:
+    """Give Numba's pool and NumPy's BLAS the same thread count (None: every core).
+
+    Numba's setting is per calling thread and cheap; the BLAS one is process-wide and goes
+    through ctypes, so it is only changed when the count changes.
+    """
+    global _threads_in_effect
+    import numba
+
+    n = min(requested or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    if n != _threads_in_effect:
+        from edgert.runtime.kernels.cpu.gemm import set_blas_threads
+
+        set_blas_threads(n)
+        _threads_in_effect = n
 
 
 def _unsupported_message(missing: list[tuple[str, str, str]]) -> str:

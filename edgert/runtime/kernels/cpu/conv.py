@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgert.errors import DTypeError, KernelError, ShapeError
+from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import njit, prange
 from edgert.runtime.kernels.cpu.epilogue import act_row, epilogue, parse_activation
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
@@ -86,7 +86,9 @@ def auto_pad_attr(kernel: Kernel) -> str:
     if isinstance(mode, bytes):
         mode = mode.decode()
     if mode not in AUTO_PADS:
-        raise kernel.error(f"attribute 'auto_pad' = {mode!r}; expected one of {', '.join(AUTO_PADS)}")
+        raise kernel.error(
+            f"attribute 'auto_pad' = {mode!r}; expected one of {', '.join(AUTO_PADS)}"
+        )
     return mode
 
 
@@ -190,8 +192,13 @@ def sliding_window(
         pe.append(e)
         out.append(o)
     return Window(
-        tuple(kshape), tuple(strides), tuple(dilations), tuple(pb), tuple(pe),
-        tuple(in_shape), tuple(out),
+        tuple(kshape),
+        tuple(strides),
+        tuple(dilations),
+        tuple(pb),
+        tuple(pe),
+        tuple(in_shape),
+        tuple(out),
     )
 
 
@@ -225,10 +232,8 @@ def valid_range(n_out, n_in, stride, offset):
     if offset < 0:
         lo = (-offset + stride - 1) // stride
     hi = (n_in - 1 - offset) // stride + 1  # Python floor division: negative stays negative
-    if hi > n_out:
-        hi = n_out
-    if hi < lo:
-        hi = lo
+    hi = min(hi, n_out)
+    hi = max(hi, lo)
     return lo, hi
 
 
@@ -492,7 +497,7 @@ class ConvKernel(Kernel):
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
-            return None
+            return
         x = np.ascontiguousarray(inputs[0])
         w = self.w_packed
         if w is None:
@@ -507,10 +512,16 @@ class ConvKernel(Kernel):
         act, (p0, p1) = self.act, self.params
         if self.path == _DEPTHWISE:
             _depthwise(
-                x.reshape((n_img, c_in) + self.in3), w, bias,
-                y.reshape((n_img, m_out) + self.out3), self.geo, act.code, p0, p1,
+                x.reshape((n_img, c_in) + self.in3),
+                w,
+                bias,
+                y.reshape((n_img, m_out) + self.out3),
+                self.geo,
+                act.code,
+                p0,
+                p1,
             )
-            return None
+            return
         if self.path == _POINTWISE:
             if g == 1:
                 np.matmul(w[0], x.reshape(n_img, c_in, -1), out=y.reshape(n_img, m_out, p_out))
@@ -520,7 +531,7 @@ class ConvKernel(Kernel):
                         w, x[n].reshape(g, c_in // g, -1), out=y[n].reshape(g, m_out // g, p_out)
                     )
             epilogue(y.reshape(n_img * m_out, p_out), bias, act, self.params)
-            return None
+            return
         col = self.col
         x4 = x.reshape((n_img, c_in) + self.in3)
         col_g = col.reshape(g, col.shape[0] // g, p_out)
@@ -532,7 +543,6 @@ class ConvKernel(Kernel):
             else:
                 np.matmul(w, col_g, out=yn.reshape(g, m_out // g, p_out))
             epilogue(yn, bias, act, self.params)
-        return None
 
 
 # ----- ConvTranspose ------------------------------------------------------------------------------
@@ -634,13 +644,12 @@ class ConvTransposeKernel(Kernel):
         p_in = int(np.prod(in_sp))
         self.p_in = p_in
         self.mk = m_per_group * k_size  # GEMM rows per group
-        # Wᵀ per group: (G, M/G * K, C/G), so that col = Wᵀ @ X[n] is a plain BLAS call.
+        # Wᵀ per group: (G, M/G * K, C/G), so that col = Wᵀ @ X[n] is one batched BLAS call.
+        # A constant W is packed contiguous once; a computed one is passed as the transposed view
+        # (NumPy hands BLAS the transpose flag, measured as fast as a contiguous operand).
         self.w_packed = None
-        self.w_buf = None
         if w.value is not None:
-            self.w_packed = self._pack(np.asarray(w.value, dtype=dt))
-        else:
-            self.w_buf = np.empty((group, self.mk, c_in // group), dt)
+            self.w_packed = np.array(self._wt_view(np.asarray(w.value, dtype=dt)), order="C")
         self.b_packed = np.zeros(0, dt)
         if b is not None and b.value is not None:
             self.b_packed = owned(b.value, dt)
@@ -648,22 +657,18 @@ class ConvTransposeKernel(Kernel):
         self.col = np.empty((m_out * k_size, p_in), dt)
         return [TensorInfo((n_img, m_out) + tuple(out), dt)]
 
-    def _pack(self, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _wt_view(self, w: np.ndarray) -> np.ndarray:
         g = self.group
-        view = w.reshape(g, w.shape[0] // g, self.mk).transpose(0, 2, 1)
-        if out is None:
-            return np.array(view, order="C", copy=True)
-        np.copyto(out, view)
-        return out
+        return w.reshape(g, w.shape[0] // g, self.mk).transpose(0, 2, 1)
 
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
-            return None
+            return
         x = np.ascontiguousarray(inputs[0])
         w = self.w_packed
         if w is None:
-            w = self._pack(inputs[1], self.w_buf)
+            w = self._wt_view(np.ascontiguousarray(inputs[1]))
         bias = self.b_packed
         if self.has_bias_input and bias.shape[0] == 0:
             bias = np.ascontiguousarray(inputs[2])
@@ -678,7 +683,6 @@ class ConvTransposeKernel(Kernel):
         for n in range(n_img):
             np.matmul(w, x[n].reshape(g, c_in // g, self.p_in), out=col_g)
             _col2im(col, y5[n], bias, self.geo, code, p0, p1)
-        return None
 
 
 def register(reg: KernelRegistry) -> None:

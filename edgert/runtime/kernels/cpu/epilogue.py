@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgert.errors import KernelError
 from edgert.runtime._jit import njit, prange
 
 ACT_NONE = 0
@@ -82,8 +83,6 @@ def parse_activation(where: str, attrs: dict) -> Activation:
     Raises:
         KernelError: unknown activation name or too many parameters.
     """
-    from edgert.errors import KernelError
-
     name = attrs.get("activation")
     params = attrs.get("activation_params")
     if name is None or name == "" or name == "None":
@@ -113,9 +112,9 @@ def parse_activation(where: str, attrs: dict) -> Activation:
 @njit
 def _clip(v, lo, hi):
     # Two ordered tests: NaN fails both and passes through; lo > hi yields hi (ONNX Clip rule).
-    if v < lo:
+    if v < lo:  # noqa: PLR1730 (min/max would not promise NaN pass-through)
         v = lo
-    if v > hi:
+    if v > hi:  # noqa: PLR1730
         v = hi
     return v
 
@@ -135,7 +134,7 @@ def act_row(row, b, act, p0, p1):
     elif act == ACT_RELU:
         for i in range(n):
             v = row[i] + b
-            row[i] = zero if v < zero else v
+            row[i] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
     elif act == ACT_CLIP:
         for i in range(n):
             row[i] = _clip(row[i] + b, p0, p1)
@@ -182,7 +181,7 @@ def act_row_vec(row, bias, act, p0, p1):
     elif act == ACT_RELU:
         for i in range(n):
             v = row[i] + bias[i]
-            row[i] = zero if v < zero else v
+            row[i] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
     elif act == ACT_CLIP:
         for i in range(n):
             row[i] = _clip(row[i] + bias[i], p0, p1)

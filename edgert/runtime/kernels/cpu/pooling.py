@@ -12,17 +12,22 @@ kernel per dtype serves 1-D, 2-D and 3-D pooling. Kernels run in parallel over `
 Numerical choices:
 
 * MaxPool propagates NaN as NumPy's ``max`` does: once a window holds a NaN the result is NaN
-  (``not v <= best`` is true for a NaN ``v``; a plain ``v > best`` would skip it). onnxruntime is
-  not consistent here (its result depends on where the NaN sits in the window).
-* Window sums (AveragePool, LpPool, the Global forms) accumulate in float64, so a large global
-  average of float32 data does not lose digits.
+  (a NaN is taken when it arrives and, since ``v > NaN`` is false, never replaced; a plain
+  ``v > best`` would skip it). onnxruntime is not consistent here: its result depends on where
+  the NaN sits in the window.
+* The Global forms accumulate in float64, so a large global average of float32 data keeps its
+  digits; windowed sums (a few dozen terms at most) accumulate in the tensor's dtype, as
+  onnxruntime does, which keeps the row loops vectorized.
 * AveragePool with ``count_include_pad`` divides by the window's size clipped to the padded input
   (a ``ceil_mode`` window hanging past the end padding counts only up to it), as onnxruntime and
   PyTorch do; a window that covers no input element yields 0.
-* Pads must be smaller than the kernel (onnxruntime's rule), so a window can cover padding only.
+* Pads must be smaller than the kernel (onnxruntime's rule). Should a dilated window still miss
+  every input element, MaxPool gives -inf and index -1 (onnxruntime gives the lowest float).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -43,7 +48,7 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
     """``y[t, o] = max`` over the window of ``x[t]``; ``ind`` gets the flat input index if asked.
 
     ``x``: ``(N*C, D, H, W)``; ``y`` and ``ind``: ``(N*C, OD, OH, OW)`` (``ind`` may be empty).
-    The value update ``v > cur or v != v`` keeps a NaN once it is in (``NaN > v`` is false) and
+    The value update ``v > cur or isnan(v)`` keeps a NaN once it is in (``NaN > v`` is false) and
     takes a NaN when it arrives; the index update takes the first valid element, then only a
     strictly larger one or the first NaN, in window order (onnxruntime's tie rule).
 
@@ -95,7 +100,11 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
                                 for i in range(hi - lo):
                                     v = xseg[i * sw]
                                     cur = yseg[i]
-                                    if iseg[i] < 0 or v > cur or (v != v and cur == cur):
+                                    if (
+                                        iseg[i] < 0
+                                        or v > cur
+                                        or (math.isnan(v) and not math.isnan(cur))
+                                    ):
                                         yseg[i] = v
                                         iseg[i] = base + i * sw * step
                             elif sw == 1:
@@ -103,13 +112,13 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
                                 for i in range(hi - lo):
                                     v = xc[i]
                                     cur = yseg[i]
-                                    yseg[i] = (v if (v > cur or v != v) else cur) * one
+                                    yseg[i] = (v if (v > cur or math.isnan(v)) else cur) * one
                             else:
                                 xs = src[lo * sw + off : (hi - 1) * sw + off + 1 : sw]
                                 for i in range(hi - lo):
                                     v = xs[i]
                                     cur = yseg[i]
-                                    yseg[i] = (v if (v > cur or v != v) else cur) * one
+                                    yseg[i] = (v if (v > cur or math.isnan(v)) else cur) * one
 
 
 @njit(parallel=True)
@@ -124,7 +133,7 @@ def _sum_pool(x, y, geo, inv_outer, inv_w, mode, p):
     sd, sh, sw = geo[3], geo[4], geo[5]
     dd, dh = geo[6], geo[7]
     pd, ph = geo[9], geo[10]
-    nc, d_n, h_n, w_n = x.shape
+    nc, d_n, h_n = x.shape[0], x.shape[1], x.shape[2]
     od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
     taps = tap_ranges(geo)
     zero = y.dtype.type(0.0)
@@ -192,7 +201,7 @@ def _global_pool(x, y, mode, p):
             best = row[0]
             for i in range(1, size):
                 v = row[i]
-                if best == best and not v <= best:  # NaN propagates (see module docstring)
+                if not math.isnan(best) and not v <= best:  # NaN propagates (module docstring)
                     best = v
             y[t] = best
         elif mode == _G_AVG:
@@ -245,7 +254,7 @@ def _inverse_counts(win: Window, include_pad: bool) -> tuple[np.ndarray, np.ndar
 class _PoolBase(Kernel):
     """Shared prepare for the windowed pools: validation, geometry, output shape."""
 
-    def _prepare_window(self, inputs: list[TensorInfo | None], ceil_allowed: bool = True):
+    def _prepare_window(self, inputs: list[TensorInfo | None]) -> tuple[np.dtype, tuple]:
         self.require_inputs(inputs, 1, 1)
         x = inputs[0]
         dt = float_dtype(self, [(x, "X")])
@@ -272,7 +281,10 @@ class _PoolBase(Kernel):
         if ceil_mode not in (0, 1):
             raise self.error(f"attribute 'ceil_mode' = {ceil_mode} must be 0 or 1")
         win = sliding_window(
-            self, tuple(x.shape[2:]), ks, ceil_mode=bool(ceil_mode),
+            self,
+            tuple(x.shape[2:]),
+            ks,
+            ceil_mode=bool(ceil_mode),
             check_pad_smaller_than_kernel=True,
         )
         self.dtype = dt
@@ -281,7 +293,7 @@ class _PoolBase(Kernel):
         self.in3 = as3d(win.in_shape)
         self.out3 = as3d(win.out_shape)
         y_shape = tuple(x.shape[:2]) + win.out_shape
-        return x, dt, y_shape
+        return dt, y_shape
 
     def _views(self, x: np.ndarray, y: np.ndarray):
         nc = x.shape[0] * x.shape[1]
@@ -295,7 +307,7 @@ class MaxPoolKernel(_PoolBase):
     """ONNX MaxPool: outputs Y and the optional int64 ``Indices`` (flat index into X)."""
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
-        x, dt, y_shape = self._prepare_window(inputs)
+        dt, y_shape = self._prepare_window(inputs)
         self.storage_order = int(self.attr("storage_order", 0))
         if self.storage_order not in (0, 1):
             raise self.error(f"attribute 'storage_order' = {self.storage_order} must be 0 or 1")
@@ -306,21 +318,20 @@ class MaxPoolKernel(_PoolBase):
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
-            return None
+            return
         x4, y4 = self._views(inputs[0], y)
         ind = outputs[1] if len(outputs) > 1 else None
         if ind is not None:
             _max_pool(x4, y4, ind.reshape(y4.shape), self.geo, self.storage_order, True, self.one)
         else:
             _max_pool(x4, y4, self.no_indices, self.geo, self.storage_order, False, self.one)
-        return None
 
 
 class AveragePoolKernel(_PoolBase):
     """ONNX AveragePool (``count_include_pad``, ``ceil_mode``, ``dilations``)."""
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
-        x, dt, y_shape = self._prepare_window(inputs)
+        dt, y_shape = self._prepare_window(inputs)
         include = int(self.attr("count_include_pad", 0))
         if include not in (0, 1):
             raise self.error(f"attribute 'count_include_pad' = {include} must be 0 or 1")
@@ -330,10 +341,9 @@ class AveragePoolKernel(_PoolBase):
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
-            return None
+            return
         x4, y4 = self._views(inputs[0], y)
         _sum_pool(x4, y4, self.geo, self.inv_outer, self.inv_w, _AVG, 1)
-        return None
 
 
 def _p_attr(kernel: Kernel) -> int:
@@ -347,7 +357,7 @@ class LpPoolKernel(_PoolBase):
     """ONNX LpPool: ``(sum |x|^p)^(1/p)`` over each window; pads contribute nothing."""
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
-        x, dt, y_shape = self._prepare_window(inputs)
+        dt, y_shape = self._prepare_window(inputs)
         self.p = _p_attr(self)
         self.unused = np.zeros(0)
         return [TensorInfo(y_shape, dt)]
@@ -355,10 +365,9 @@ class LpPoolKernel(_PoolBase):
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
-            return None
+            return
         x4, y4 = self._views(inputs[0], y)
         _sum_pool(x4, y4, self.geo, self.unused, self.unused, _LP, self.p)
-        return None
 
 
 class _GlobalPoolBase(Kernel):
@@ -380,11 +389,10 @@ class _GlobalPoolBase(Kernel):
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
-            return None
+            return
         x = np.ascontiguousarray(inputs[0])
         nc = x.shape[0] * x.shape[1]
         _global_pool(x.reshape(nc, -1), y.reshape(nc), self.mode, self.p)
-        return None
 
 
 class GlobalAveragePoolKernel(_GlobalPoolBase):
