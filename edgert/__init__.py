@@ -32,6 +32,10 @@ def __getattr__(name: str):
         from edgert.converter import convert
 
         return convert
+    if name == "quantize":
+        import edgert.quantize as quantize  # a callable module: edgert.quantize(model, ...)
+
+        return quantize
     if name == "Interpreter":
         from edgert.runtime import Interpreter
 

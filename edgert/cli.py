@@ -1,6 +1,7 @@
 """The ``edgert`` command line.
 
     edgert convert model.onnx -o model.edgert      ONNX -> .edgert
+    edgert optimize in.onnx -o out.onnx            ONNX -> optimized ONNX
     edgert run model.edgert --input x=x.npy        run once, print or save the outputs
     edgert inspect model.edgert|model.onnx         inputs/outputs, op histogram, parameters, size
     edgert bench model.edgert|model.onnx           load / first-run / steady-state latency
@@ -203,9 +204,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.output) if args.output else src.with_suffix(".edgert")
     convert = _converter()
     t0 = time.perf_counter()
-    data = convert(str(src), str(out))
+    data = convert(str(src), str(out), level=args.level, verbose=args.verbose)
     dt = time.perf_counter() - t0
     print(f"wrote {out} ({_format_bytes(len(data))}) in {dt * 1000:.0f} ms")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """``edgert optimize``: ONNX -> IR -> optimizer -> ONNX, checked with onnx.checker."""
+    src = pathlib.Path(args.model)
+    if not src.exists():
+        raise CLIError(f"no such file: {args.model}")
+    try:
+        import onnx
+
+        from edgert.importer import export_onnx, import_onnx
+        from edgert.optimizer import optimize
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"optimize needs the convert extra ({exc.name} is not installed)") from None
+    graph = import_onnx(str(src))
+    report = optimize(graph, args.level, verbose=args.verbose, allow_fused=args.allow_fused)
+    model = export_onnx(graph)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise EdgeRTError(f"the optimized model does not pass onnx.checker: {exc}") from None
+    onnx.save(model, args.output)
+    print(f"wrote {args.output}: {report.nodes_before} -> {report.nodes_after} nodes "
+          f"({report.seconds * 1000:.0f} ms)")
     return 0
 
 
@@ -308,7 +334,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model, kind = _read_model_arg(args.model)
     t_convert = time.perf_counter() - t_import
     t0 = time.perf_counter()
-    interp = Interpreter(model, num_threads=args.threads)
+    # device="cuda": CudaInterpreter.invoke synchronizes the GPU before returning (issue 8).
+    interp = Interpreter(model, num_threads=args.threads, device=args.device)
     t_load = time.perf_counter() - t0
     feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, True)
     for name, arr in feeds.items():
@@ -340,6 +367,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     arr = np.array(times) * 1e3
     result = {
         "model": args.model,
+        "device": args.device,
         "threads": args.threads,
         "convert_ms": t_convert * 1e3 if kind == "onnx" else 0.0,
         "load_ms": t_load * 1e3,
@@ -417,7 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an ONNX model to .edgert")
     p.add_argument("model", help="input .onnx file")
     p.add_argument("-o", "--output", help="output .edgert file (default: next to the input)")
+    p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2,
+                   help="graph optimization level (default 2; 0 = none)")
+    p.add_argument("--verbose", action="store_true", help="print the optimizer's per-pass report")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("optimize", help="optimize an ONNX model, write ONNX")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2,
+                   help="optimization level (default 2)")
+    p.add_argument("--allow-fused", action="store_true",
+                   help="allow edgert-domain fused ops (only the edgert runtime runs them)")
+    p.add_argument("--verbose", action="store_true", help="print the per-pass report")
+    p.set_defaults(func=cmd_optimize)
 
     def add_inputs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--input", action="append", metavar="NAME=FILE",
@@ -451,7 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None,
                    help="time runs for this many seconds instead (with --runs: whichever first)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where to run (cuda needs numba-cuda and a GPU; default cpu)")
     p.set_defaults(func=cmd_bench)
+
+    from edgert.quantize.cli import add_quantize_parser  # issue 5: edgert quantize
+
+    add_quantize_parser(sub)
     return parser
 
 

@@ -3,7 +3,8 @@
 The pipeline of :func:`convert`:
 
 1. import — :func:`edgert.importer.import_onnx` (skipped when given an :class:`~edgert.ir.Graph`);
-2. optimize — ``edgert.optimizer.optimize(graph, level)`` when ``level > 0``;
+2. optimize — ``edgert.optimizer.optimize(graph, level, allow_fused=True)`` when ``level > 0``
+   (the `.edgert` runtime runs the fused ``edgert``-domain ops);
 3. check — every node (control-flow bodies included) must have a kernel in the CPU registry; all
    nodes without one are reported together in one :class:`~edgert.errors.UnsupportedOpError`;
 4. lower — :func:`lower` turns the IR into the plain :class:`~edgert.format.ModelDef` objects;
@@ -58,9 +59,10 @@ def convert(
     *,
     check_ops: bool = True,
     metadata: dict[str, str] | None = None,
-    level: int = 0,
+    level: int = 2,
     base_dir: str | os.PathLike | None = None,
     registry: KernelRegistry | None = None,
+    verbose: bool = False,
 ) -> bytes:
     """Convert an ONNX model (or an IR graph) into a `.edgert` model.
 
@@ -72,7 +74,9 @@ def convert(
         check_ops: check every operator against the kernel registry first.
         metadata: extra ``name -> value`` entries for the file's metadata (they win over the
             entries edgert writes).
-        level: graph optimization level; 0 converts the graph as imported.
+        level: graph optimization level (see :mod:`edgert.optimizer`): 0 converts the graph as
+            imported, 1 basic, 2 extended (the default).
+        verbose: print the optimizer's per-pass report.
         base_dir: folder of the model's external data (see :func:`edgert.importer.import_onnx`).
         registry: the kernel registry to check against; defaults to the CPU registry.
 
@@ -95,7 +99,7 @@ def convert(
         from edgert.importer import import_onnx
 
         graph = import_onnx(model, base_dir=base_dir)
-    graph = _optimize(graph, level)
+    graph = _optimize(graph, level, verbose)
     if check_ops:
         check_supported(graph, registry)
     model_def = lower(graph)
@@ -106,7 +110,7 @@ def convert(
     return write_model(model_def, None if output is None else os.fspath(output))
 
 
-def _optimize(graph: Graph, level: int) -> Graph:
+def _optimize(graph: Graph, level: int, verbose: bool = False) -> Graph:
     """The optimizer seam: level 0 leaves the graph alone; > 0 needs ``edgert.optimizer``."""
     if not isinstance(level, int) or level < 0:
         raise EdgeRTError(f"optimization level must be a non-negative integer, got {level!r}")
@@ -119,7 +123,7 @@ def _optimize(graph: Graph, level: int) -> Graph:
             f"optimization level {level} was requested, but this build of edgert has no "
             "optimizer (edgert.optimizer.optimize); convert with level=0"
         ) from None
-    result = optimize(graph, level)
+    result = optimize(graph, level, verbose=verbose, allow_fused=True)
     return result if isinstance(result, Graph) else graph
 
 

@@ -282,8 +282,9 @@ def test_optimizer_seam(monkeypatch, captured):
         convert(_mlp(), level=-1, registry=reg)
     seen = []
 
-    def fake_optimize(graph, level):
+    def fake_optimize(graph, level, **options):
         seen.append(level)
+        assert options.get("allow_fused") is True  # .edgert output runs fused ops
         graph.metadata["optimized"] = "yes"
         return True
 

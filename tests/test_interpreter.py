@@ -170,5 +170,10 @@ def test_bad_num_threads_and_device():
     data = convert(_mlp())
     with pytest.raises(Exception, match="num_threads"):
         Interpreter(data, num_threads=0)
-    with pytest.raises(Exception, match="cuda"):
-        Interpreter(data, device="cuda")
+    with pytest.raises(Exception, match="unknown device"):
+        Interpreter(data, device="tpu")
+    from edgert.runtime.cuda_interpreter import cuda_available
+
+    if not cuda_available():  # without numba-cuda and a GPU (or the simulator): a clear error
+        with pytest.raises(Exception, match="device='cuda'"):
+            Interpreter(data, device="cuda")

@@ -19,11 +19,14 @@ def registry() -> KernelRegistry:
         from edgert.runtime.kernels.cpu import (
             conv,
             elementwise,
+            fused,
             gemm,
             indexing,
+            misc,
             movement,
             normalization,
             pooling,
+            quantized,
             reduce,
             resize,
             shape,
@@ -31,7 +34,9 @@ def registry() -> KernelRegistry:
 
         reg = KernelRegistry("cpu")
         for family in (conv, gemm, pooling, elementwise, reduce, normalization, shape, movement,
-                       indexing, resize):
+                       indexing, resize, quantized, fused):
+            family.register(reg)
+        for family in (misc,):  # ONNX-conformance families (issue 3)
             family.register(reg)
         _REGISTRY = reg
     return _REGISTRY

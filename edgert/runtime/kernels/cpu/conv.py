@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
-from edgert.runtime._jit import njit, prange
+from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu.epilogue import act_row, epilogue, parse_activation
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
@@ -300,6 +300,54 @@ def _im2col(x, col, geo):
 
 
 @njit(parallel=True)
+def _im2col_batch(x, col, geo):
+    """:func:`_im2col` for every image at once: ``x`` ``(N, C, D, H, W)``, ``col``
+    ``(N, C * K, P)``. One parallel region for the whole batch instead of one per image."""
+    rows = col.shape[1]
+    for r in prange(x.shape[0] * rows):
+        n = r // rows
+        _im2col_row(x[n], col[n], geo, r - n * rows)
+
+
+@njit
+def _im2col_row(x, col, geo, r):
+    """Row ``r`` of :func:`_im2col` (one ``(c, kd, kh, kw)`` tap over all output positions)."""
+    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
+    sd, sh, sw = geo[3], geo[4], geo[5]
+    dd, dh, dw = geo[6], geo[7], geo[8]
+    pd, ph, pw = geo[9], geo[10], geo[11]
+    od_n, oh_n, ow_n = geo[15], geo[16], geo[17]
+    d_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
+    k_n = kd_n * kh_n * kw_n
+    zero = col.dtype.type(0.0)
+    c = r // k_n
+    t = r - c * k_n
+    kd = t // (kh_n * kw_n)
+    kh = (t // kw_n) % kh_n
+    kw = t % kw_n
+    dst = col[r]
+    off = kw * dw - pw
+    lo, hi = valid_range(ow_n, w_n, sw, off)
+    for od in range(od_n):
+        iz = od * sd - pd + kd * dd
+        for oh in range(oh_n):
+            iy = oh * sh - ph + kh * dh
+            seg = dst[(od * oh_n + oh) * ow_n : (od * oh_n + oh + 1) * ow_n]
+            if iz < 0 or iz >= d_n or iy < 0 or iy >= h_n or hi == lo:
+                seg[:] = zero
+                continue
+            seg[:lo] = zero
+            seg[hi:] = zero
+            dseg = seg[lo:hi]
+            if sw == 1:
+                dseg[:] = x[c, iz, iy, lo + off : hi + off]
+            else:
+                sseg = x[c, iz, iy, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                for i in range(hi - lo):
+                    dseg[i] = sseg[i]
+
+
+@njit(parallel=True)
 def _depthwise(x, w, bias, y, geo, act, p0, p1):
     """Direct conv with one input channel per group: ``y[n, m] = x[n, m // mult] ⋆ w[m]``.
 
@@ -404,6 +452,16 @@ def _col2im(col, y, bias, geo, act, p0, p1):
                 act_row(ym[oz, oy], b, act, p0, p1)
 
 
+# Serial twins: layers with less work than PARALLEL_MIN_WORK output elements skip the parallel
+# launch (5 µs at one thread, tens of µs at two on a loaded machine).
+_im2col_batch_serial = serial_twin(_im2col_batch)
+_depthwise_serial = serial_twin(_depthwise)
+
+# The batched column matrix costs N times one image's; above this many bytes the images go one
+# by one through a single-image buffer instead.
+COL_BATCH_BYTES = 32 << 20
+
+
 # ----- Conv -------------------------------------------------------------------------------------
 _POINTWISE, _DEPTHWISE, _IM2COL = "pointwise", "depthwise", "im2col"
 
@@ -483,7 +541,16 @@ class ConvKernel(Kernel):
             self.b_packed = owned(b.value, dt)
         self.has_bias_input = b is not None
         # Scratch for the column matrix, reused by every invoke.
-        self.col = np.empty((c_in * k_size, p_out), dt) if self.path == _IM2COL else None
+        self.col = None
+        if self.path == _IM2COL:
+            per_image = c_in * k_size * p_out * dt.itemsize
+            self.col_batch = n_img > 1 and n_img * per_image <= COL_BATCH_BYTES
+            rows = n_img if self.col_batch else 1
+            self.col = np.empty((rows * c_in * k_size, p_out), dt)
+            self.im2col = _im2col_batch if per_image // dt.itemsize >= PARALLEL_MIN_WORK \
+                else _im2col_batch_serial
+        self.depthwise = _depthwise if n_img * m_out * p_out >= PARALLEL_MIN_WORK \
+            else _depthwise_serial
         y_shape = (n_img, m_out) + win.out_shape
         return [TensorInfo(y_shape, dt)]
 
@@ -511,7 +578,7 @@ class ConvKernel(Kernel):
         p_out = self.p_out
         act, (p0, p1) = self.act, self.params
         if self.path == _DEPTHWISE:
-            _depthwise(
+            self.depthwise(
                 x.reshape((n_img, c_in) + self.in3),
                 w,
                 bias,
@@ -532,14 +599,26 @@ class ConvKernel(Kernel):
                     )
             epilogue(y.reshape(n_img * m_out, p_out), bias, act, self.params)
             return
-        col = self.col
-        x4 = x.reshape((n_img, c_in) + self.in3)
-        col_g = col.reshape(g, col.shape[0] // g, p_out)
+        x5 = x.reshape((n_img, c_in) + self.in3)
+        rows = c_in * self.ksize
+        if self.col_batch:
+            # All images: one im2col launch, one batched GEMM, one epilogue.
+            col = self.col.reshape(n_img, rows, p_out)
+            self.im2col(x5, col, self.geo)
+            if g == 1:
+                np.matmul(w[0], col, out=y.reshape(n_img, m_out, p_out))
+            else:
+                np.matmul(w, col.reshape(n_img, g, rows // g, p_out),
+                          out=y.reshape(n_img, g, m_out // g, p_out))
+            epilogue(y.reshape(n_img * m_out, p_out), bias, act, self.params)
+            return
+        col = self.col.reshape(1, rows, p_out)
+        col_g = self.col.reshape(g, rows // g, p_out)
         for n in range(n_img):
-            _im2col(x4[n], col, self.geo)
+            self.im2col(x5[n : n + 1], col, self.geo)
             yn = y[n].reshape(m_out, p_out)
             if g == 1:
-                np.matmul(w[0], col, out=yn)
+                np.matmul(w[0], col[0], out=yn)
             else:
                 np.matmul(w, col_g, out=yn.reshape(g, m_out // g, p_out))
             epilogue(yn, bias, act, self.params)

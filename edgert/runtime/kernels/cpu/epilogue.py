@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgert.errors import KernelError
-from edgert.runtime._jit import njit, prange
+from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -238,8 +238,24 @@ def apply_col_bias_activation(out2d, bias, act, p0, p1):
         act_row_vec(out2d[r], bias, act, p0, p1)
 
 
+# Serial twins for small outputs (a parallel launch costs more than the work there).
+apply_bias_activation_serial = serial_twin(apply_bias_activation)
+apply_col_bias_activation_serial = serial_twin(apply_col_bias_activation)
+
+
 def epilogue(out2d: np.ndarray, bias: np.ndarray, act: Activation, params: tuple) -> None:
     """Apply a per-row bias and ``act`` to ``out2d`` in place; a no-op when there is neither."""
     if out2d.size == 0 or (bias.shape[0] == 0 and not act.active):
         return
-    apply_bias_activation(out2d, bias, act.code, params[0], params[1])
+    if out2d.size < PARALLEL_MIN_WORK:
+        apply_bias_activation_serial(out2d, bias, act.code, params[0], params[1])
+    else:
+        apply_bias_activation(out2d, bias, act.code, params[0], params[1])
+
+
+def col_epilogue(out2d: np.ndarray, bias: np.ndarray, code: int, p0, p1) -> None:
+    """``out2d[r, c] = act(out2d[r, c] + bias[c])`` in place, serial for small outputs."""
+    if out2d.size < PARALLEL_MIN_WORK:
+        apply_col_bias_activation_serial(out2d, bias, code, p0, p1)
+    else:
+        apply_col_bias_activation(out2d, bias, code, p0, p1)

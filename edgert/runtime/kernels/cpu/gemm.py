@@ -27,11 +27,7 @@ import numpy as np
 
 from edgert.errors import ShapeError
 from edgert.runtime.kernels.cpu.conv import float_dtype, owned
-from edgert.runtime.kernels.cpu.epilogue import (
-    apply_col_bias_activation,
-    epilogue,
-    parse_activation,
-)
+from edgert.runtime.kernels.cpu.epilogue import col_epilogue, epilogue, parse_activation
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 _C_NONE, _C_COL, _C_ROW, _C_FULL = "none", "col", "row", "full"
@@ -187,7 +183,7 @@ class GemmKernel(Kernel):
             # A computed C: packed per call (small for the usual bias vectors).
             c = self._pack_c(np.asarray(inputs[2]), y.shape[0], y.shape[1])
         if self.c_mode == _C_COL:
-            apply_col_bias_activation(y, c, code, p0, p1)
+            col_epilogue(y, c, code, p0, p1)
         elif self.c_mode == _C_ROW:
             epilogue(y, c, self.act, self.params)
         else:

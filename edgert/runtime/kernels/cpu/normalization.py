@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
-from edgert.runtime._jit import njit, prange
+from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu.elementwise import planned_view
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
@@ -654,18 +654,24 @@ class _AxisKernel(_FloatKernel):
         raise NotImplementedError
 
 
+# Small inputs (a classifier's logits) run serially: a parallel launch costs more than the work.
+_softmax_serial = serial_twin(_softmax)
+
+
 class Softmax(_AxisKernel):
     COERCE_2D_BEFORE = 13
 
     def run(self, x, out, outer, n, inner):
-        _softmax(x, out, outer, n, inner, False)
+        fn = _softmax_serial if x.size < PARALLEL_MIN_WORK else _softmax
+        fn(x, out, outer, n, inner, False)
 
 
 class LogSoftmax(_AxisKernel):
     COERCE_2D_BEFORE = 13
 
     def run(self, x, out, outer, n, inner):
-        _softmax(x, out, outer, n, inner, True)
+        fn = _softmax_serial if x.size < PARALLEL_MIN_WORK else _softmax
+        fn(x, out, outer, n, inner, True)
 
 
 class Hardmax(_AxisKernel):

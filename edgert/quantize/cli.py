@@ -1,0 +1,38 @@
+"""``edgert quantize``: the command-line front of :func:`edgert.quantize.quantize`."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+
+def add_quantize_parser(sub) -> None:
+    """Add the ``quantize`` subcommand to the ``edgert`` parser's subparsers."""
+    p = sub.add_parser("quantize", help="quantize a float ONNX model to int8 (or fp16 weights)")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("-o", "--output", required=True, help="output .edgert (or .onnx) file")
+    p.add_argument("--calibration", metavar="DATA",
+                   help=".npz/.npy file or folder of them (needed for --mode int8)")
+    p.add_argument("--method", default="minmax",
+                   choices=("minmax", "moving_average", "percentile", "entropy"))
+    p.add_argument("--mode", default="int8", choices=("int8", "fp16", "dynamic"))
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    p.add_argument("--format", default="edgert", choices=("edgert", "onnx"),
+                   help="onnx writes a QDQ model that onnxruntime runs")
+    p.add_argument("--max-samples", type=int, default=None, help="calibrate on at most N samples")
+    p.add_argument("--report", action="store_true", help="print per-tensor SQNR, worst first")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from edgert.errors import EdgeRTError
+    from edgert.quantize import quantize
+
+    if not pathlib.Path(args.model).exists():
+        raise EdgeRTError(f"no such file: {args.model}")
+    _, rep = quantize(args.model, args.output, calibration=args.calibration, method=args.method,
+                      per_channel=not args.per_tensor, mode=args.mode, format=args.format,
+                      report=args.report, max_samples=args.max_samples, progress=True)
+    print(f"wrote {args.output}")
+    print(rep.summary())
+    return 0

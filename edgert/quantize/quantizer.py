@@ -1,0 +1,606 @@
+"""The int8 rewriter: a float IR graph plus calibrated ranges -> an int8 IR graph.
+
+The rewrite walks the float graph in order and builds a new graph. Every tensor may exist in a
+float form, an int8 form, or both; a form is created on demand:
+
+* an op with an int8 kernel asks for the int8 form of its inputs (``edgert.Quantize`` is
+  inserted after a float producer, once) and produces only an int8 output;
+* an op without one asks for the float form (``edgert.Dequantize`` after an int8 producer, once)
+  and stays float — it is listed in :attr:`QuantizeResult.float_ops`.
+
+So int8 chains stay int8 (residual Add, Concat and pooling included), and the model's inputs and
+outputs stay float. Rules per op (the new ops are documented in
+:mod:`edgert.runtime.kernels.cpu.quantized`):
+
+* Conv / Gemm / MatMul with constant weights: weights symmetric int8 per output channel (or per
+  tensor), bias int32 with scale ``x_scale * w_scale``; a following Relu/Clip that is the only
+  reader is folded into the output range and clamp.
+* Add / Mul (broadcasting; a constant operand is quantized per tensor), Concat (inputs rescaled).
+* MaxPool / AveragePool / GlobalAveragePool: output keeps the input's parameters.
+* Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish: a 256-entry lookup table.
+* Softmax: output scale 1/256, zero point -128 (the TFLite convention).
+* Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Identity, Pad (constant mode): the
+  same op moves int8 data; the output keeps the input's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgert import dtypes
+from edgert.ir import Graph, Node, Value
+
+QMIN, QMAX = -128, 127
+MOVE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Identity")
+LUT_OPS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
+
+
+def f32(x: float) -> float:
+    """``x`` rounded to float32: scales are stored as float32, so compute with those values."""
+    return float(np.float32(x))
+
+
+def activation_params(lo: float, hi: float) -> tuple[float, int]:
+    """Asymmetric int8 ``(scale, zero_point)`` for the range ``[lo, hi]`` (0 always included,
+    so that zero padding and ReLU's 0 are exact)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-12:
+        return 1.0 / 255.0, 0
+    scale = f32((hi - lo) / 255.0)
+    zp = int(round(QMIN - lo / scale))
+    return scale, min(max(zp, QMIN), QMAX)
+
+
+def quantize_array(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zp
+    return np.clip(q, QMIN, QMAX).astype(np.int8)
+
+
+def weight_params(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """Symmetric scales ``max|w| / 127`` per output channel (axis 0) or one per tensor."""
+    a = np.abs(w.reshape(w.shape[0], -1)) if per_channel else np.abs(w.reshape(1, -1))
+    m = a.max(axis=1).astype(np.float64)
+    return np.where(m > 0, m / 127.0, 1.0).astype(np.float32)
+
+
+def quantize_weight(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    s = scales.reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.clip(np.rint(w.astype(np.float32) / s), -127, 127).astype(np.int8)
+
+
+def quantize_bias(b: np.ndarray, x_scale: float, w_scales: np.ndarray) -> np.ndarray:
+    s = np.float32(x_scale) * w_scales.astype(np.float32)
+    q = np.rint(b.astype(np.float64) / s.astype(np.float64))
+    return np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
+
+
+@dataclass
+class QuantizeResult:
+    """The rewritten graph and what happened to each op."""
+
+    graph: Graph
+    int8_ops: dict[str, int] = field(default_factory=dict)
+    float_ops: list[tuple[str, str, str]] = field(default_factory=list)  # (op, name, reason)
+    # float tensor name -> its int8 value in the new graph (for the SQNR report)
+    qvalues: dict[str, Value] = field(default_factory=dict)
+
+
+class _Rewriter:
+    def __init__(self, src: Graph, ranges: dict[str, tuple[float, float]], per_channel: bool):
+        self.src = src
+        self.ranges = ranges
+        self.per_channel = per_channel
+        g = Graph(src.name)
+        g.opset = dict(src.opset)
+        g.opset.setdefault("edgert", 1)
+        g.metadata = dict(src.metadata)
+        for v in src.values():
+            g._names.add(v.name)
+        for n in src.nodes:
+            if n.name:
+                g._names.add(n.name)
+        self.g = g
+        self.fmap: dict[str, Value] = {}
+        self.qmap: dict[str, Value] = {}
+        self.result = QuantizeResult(g)
+        self.consumers = {v.name: len(v.consumers) + sum(o is v for o in src.outputs)
+                          for v in src.values()}
+
+    # ----- forms of a tensor --------------------------------------------------------------------
+    def _copy_value(self, v: Value) -> Value:
+        nv = Value(v.name, v.dtype, v.shape, v.const)
+        nv.meta = dict(v.meta)
+        if v.const is not None:
+            self.g.constants[v.name] = nv
+        return nv
+
+    def float_of(self, v: Value | None) -> Value | None:
+        if v is None:
+            return None
+        if v.name in self.fmap:
+            return self.fmap[v.name]
+        if v.const is not None or v.name not in self.qmap:
+            nv = self._copy_value(v)
+            self.fmap[v.name] = nv
+            return nv
+        q = self.qmap[v.name]
+        scale, zp, _ = q.quant
+        nv = Value(v.name, dtypes.FLOAT, v.shape)
+        self.g.add_node("Dequantize", [q], [nv], {"scale": [float(scale[0])],
+                                                  "zero_point": [int(zp[0])]},
+                        name=self.g.unique_name(v.name + "_dequant"), domain="edgert")
+        self.fmap[v.name] = nv
+        return nv
+
+    def params_of(self, v: Value) -> tuple[float, int] | None:
+        if v.name in self.qmap:
+            s, z, _ = self.qmap[v.name].quant
+            return float(s[0]), int(z[0])
+        if v.const is not None and v.const.dtype.kind == "f" and v.const.size:
+            return activation_params(float(v.const.min()), float(v.const.max()))
+        r = self.ranges.get(v.name)
+        return None if r is None else activation_params(*r)
+
+    def int8_of(self, v: Value) -> Value:
+        if v.name in self.qmap:
+            return self.qmap[v.name]
+        scale, zp = self.params_of(v)
+        if v.const is not None:
+            q = self.g.add_constant(v.name + "_q", quantize_array(v.const, scale, zp))
+            q.quant = (np.array([scale], np.float32), np.array([zp], np.int64), 0)
+            self.qmap[v.name] = q
+            return q
+        f = self.float_of(v)
+        q = self.new_q(v, scale, zp)
+        self.g.add_node("Quantize", [f], [q], {"scale": scale, "zero_point": zp},
+                        name=self.g.unique_name(v.name + "_quant"), domain="edgert")
+        return q
+
+    def new_q(self, v: Value, scale: float, zp: int, axis: int = 0) -> Value:
+        q = self.g.new_value(v.name + "_q", dtypes.INT8, v.shape)
+        q.quant = (np.array([scale], np.float32), np.array([zp], np.int64), axis)
+        self.qmap[v.name] = q
+        self.result.qvalues[v.name] = q
+        return q
+
+    def quantizable(self, v: Value | None) -> bool:
+        return (v is not None and v.const is None and v.dtype == dtypes.FLOAT
+                and (v.name in self.qmap or v.name in self.ranges))
+
+    # ----- the walk -----------------------------------------------------------------------------
+    def run(self) -> QuantizeResult:
+        skip: set[int] = set()
+        for node in self.src.nodes:
+            if id(node) in skip:
+                continue
+            reason = self.try_int8(node, skip)
+            if reason is None:
+                key = node.op_type
+                self.result.int8_ops[key] = self.result.int8_ops.get(key, 0) + 1
+                continue
+            if any(self.quantizable(v) for v in node.inputs):
+                self.result.float_ops.append((node.op_type, node.name, reason))
+            self.copy_float(node)
+        self.g.inputs = [self.float_of(v) for v in self.src.inputs]
+        self.g.outputs = [self.float_of(v) for v in self.src.outputs]
+        return self.result
+
+    def copy_float(self, node: Node) -> None:
+        ins = [self.float_of(v) for v in node.inputs]
+        outs = []
+        for o in node.outputs:
+            nv = Value(o.name, o.dtype, o.shape)
+            nv.meta = dict(o.meta)
+            self.fmap[o.name] = nv
+            outs.append(nv)
+        self.g.add_node(node.op_type, ins, outs, dict(node.attrs), name=node.name,
+                        domain=node.domain, version=node.version)
+
+    def try_int8(self, node: Node, skip: set[int]) -> str | None:
+        """Emit the int8 form of ``node`` and return None, or return why it stays float."""
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") and not (node.domain == "edgert"
+                                                       and op in ("Conv", "Gemm", "MatMul")):
+            return f"no int8 kernel for {node.domain}.{op}"
+        x = node.input(0)
+        if not self.quantizable(x):
+            return "its input has no calibrated range"
+        live_outs = [o for o in node.outputs if not o.meta.get("omitted")]
+        if len(live_outs) != 1 or live_outs[0].dtype != dtypes.FLOAT:
+            return "more than one output"
+        y = live_outs[0]
+        if op in ("Conv", "Gemm", "MatMul"):
+            return self.linear(node, x, y, skip)
+        if op in ("Add", "Mul"):
+            return self.binary(node, y, skip)
+        if op == "Concat":
+            if not all(self.quantizable(v) or (v is not None and v.const is not None
+                                               and v.const.dtype.kind == "f")
+                       for v in node.inputs):
+                return "an input has no calibrated range"
+            return self.concat(node, y)
+        if op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
+            return self.pool(node, x, y)
+        if op in MOVE_OPS or op == "Pad":
+            return self.move(node, x, y)
+        if op in LUT_OPS:
+            return self.lut(node, x, y)
+        if op == "Softmax":
+            return self.softmax(node, x, y)
+        return f"no int8 kernel for {op}"
+
+    def out_params(self, y: Value) -> tuple[float, int] | None:
+        r = self.ranges.get(y.name)
+        return None if r is None else activation_params(*r)
+
+    # ----- Conv / Gemm / MatMul -----------------------------------------------------------------
+    def fused_activation(self, node: Node, y: Value, skip: set[int]):
+        """``(final output value, clamp lo, hi in real units)`` with a following Relu/Clip."""
+        act = node.attrs.get("activation")
+        if act is not None:
+            params = list(node.attrs.get("activation_params", []))
+            if act == "Relu":
+                return y, 0.0, math.inf, None
+            if act == "Clip":
+                lo = params[0] if len(params) > 0 else -math.inf
+                hi = params[1] if len(params) > 1 else math.inf
+                return y, lo, hi, None
+            return None, 0.0, 0.0, f"fused activation {act} has no int8 form"
+        if len(y.consumers) == 1 and y not in self.src.outputs:
+            nxt = y.consumers[0]
+            if nxt.op_type == "Relu" and nxt.domain == "":
+                skip.add(id(nxt))
+                return nxt.outputs[0], 0.0, math.inf, None
+            if nxt.op_type == "Clip" and nxt.domain == "":
+                lo, hi = _clip_bounds(nxt)
+                if lo is not None:
+                    skip.add(id(nxt))
+                    return nxt.outputs[0], lo, hi, None
+        return y, -math.inf, math.inf, None
+
+    def linear(self, node: Node, x: Value, y: Value, skip: set[int]) -> str | None:
+        op = node.op_type
+        w = node.input(1)
+        if w is None or w.const is None or w.const.dtype.kind != "f":
+            return "the weight is not a constant float tensor"
+        wf = w.const.astype(np.float32)
+        bias = None
+        attrs: dict = {}
+        if op == "Conv":
+            if wf.ndim < 3:
+                return "weight rank < 3"
+            b = node.input(2)
+            if b is not None:
+                if b.const is None:
+                    return "the bias is not a constant"
+                bias = b.const.astype(np.float32).reshape(-1)
+            for k in ("strides", "pads", "dilations", "group", "auto_pad", "kernel_shape"):
+                if k in node.attrs:
+                    attrs[k] = node.attrs[k]
+            qop = "QConv"
+        else:
+            if wf.ndim != 2 or x.rank is None or x.rank < 1:
+                return "the weight is not 2-D"
+            if op == "Gemm":
+                if node.attrs.get("transA", 0) or x.rank != 2:
+                    return "transA=1 or a non-2-D input"
+                alpha = float(node.attrs.get("alpha", 1.0))
+                beta = float(node.attrs.get("beta", 1.0))
+                wf = (wf if node.attrs.get("transB", 0) else wf.T) * np.float32(alpha)
+                c = node.input(2)
+                if c is not None:
+                    if c.const is None:
+                        return "C is not a constant"
+                    try:
+                        bias = np.broadcast_to(c.const.astype(np.float32) * beta,
+                                               (1, wf.shape[0])).reshape(-1)
+                    except ValueError:
+                        return "C does not broadcast to a per-output bias"
+            else:
+                wf = wf.T
+            wf = np.ascontiguousarray(wf)
+            qop = "QGemm"
+        final, lo, hi, why = self.fused_activation(node, y, skip)
+        if why:
+            return why
+        out = self.out_params(final)
+        if out is None:
+            return "its output has no calibrated range"
+        if node.domain == "edgert" and final is y and node.attrs.get("activation"):
+            pass  # the optimizer's fused activation: the calibrated range is post-activation
+        xs, xz = self.params_of(x)
+        w_scales = weight_params(wf, self.per_channel)
+        wq = quantize_weight(wf, w_scales)
+        ys, yz = out
+        attrs.update(x_scale=xs, x_zero_point=xz, w_scale=[float(s) for s in w_scales],
+                     y_scale=ys, y_zero_point=yz)
+        act_min, act_max = _qbound(lo, ys, yz, QMIN), _qbound(hi, ys, yz, QMAX)
+        if act_min > act_max:
+            return "empty activation range"
+        attrs.update(act_min=act_min, act_max=act_max)
+        xq = self.int8_of(x)
+        wv = self.g.add_constant(w.name + "_q", wq)
+        wv.quant = (w_scales.astype(np.float32), np.zeros(w_scales.size, np.int64), 0)
+        ins = [xq, wv]
+        if bias is not None:
+            bv = self.g.add_constant((node.input(2).name if node.input(2) else w.name) + "_q",
+                                     quantize_bias(bias, xs, np.broadcast_to(
+                                         w_scales, (wf.shape[0],))))
+            bv.quant = ((np.float32(xs) * np.broadcast_to(w_scales, (wf.shape[0],))).astype(
+                np.float32), np.zeros(wf.shape[0], np.int64), 0)
+            ins.append(bv)
+        yq = self.new_q(final, ys, yz)
+        self.g.add_node(qop, ins, [yq], attrs, name=node.name, domain="edgert")
+        return None
+
+    # ----- elementwise --------------------------------------------------------------------------
+    def binary(self, node: Node, y: Value, skip: set[int]) -> str | None:
+        a, b = node.input(0), node.input(1)
+        for v in (a, b):
+            if not (self.quantizable(v) or (v is not None and v.const is not None
+                                            and v.const.dtype.kind == "f")):
+                return "an input has no calibrated range"
+        # A residual Add followed by its only reader Relu (ResNet) folds the Relu into the clamp.
+        final, lo, hi, why = self.fused_activation(node, y, skip)
+        if why:
+            return why
+        out = self.out_params(final)
+        if out is None:
+            return "its output has no calibrated range"
+        (sa, za), (sb, zb) = self.params_of(a), self.params_of(b)
+        ys, yz = out
+        if node.op_type == "Add":
+            twice = 2.0 * max(sa, sb)
+            if twice / ((1 << 20) * ys) >= 2**30:
+                return "output scale too small for the inputs"
+        aq, bq = self.int8_of(a), self.int8_of(b)
+        attrs = dict(a_scale=sa, a_zero_point=za, b_scale=sb, b_zero_point=zb, y_scale=ys,
+                     y_zero_point=yz, act_min=_qbound(lo, ys, yz, QMIN),
+                     act_max=_qbound(hi, ys, yz, QMAX))
+        yq = self.new_q(final, ys, yz)
+        self.g.add_node("Q" + node.op_type, [aq, bq], [yq], attrs, name=node.name,
+                        domain="edgert")
+        return None
+
+    def concat(self, node: Node, y: Value) -> str | None:
+        out = self.out_params(y)
+        if out is None:
+            return "its output has no calibrated range"
+        ins = [self.int8_of(v) for v in node.inputs]
+        params = [(float(q.quant[0][0]), int(q.quant[1][0])) for q in ins]
+        yq = self.new_q(y, *out)
+        self.g.add_node("QConcat", ins, [yq], dict(axis=int(node.attrs.get("axis", 0)),
+                                                   scales=[p[0] for p in params],
+                                                   zero_points=[p[1] for p in params],
+                                                   y_scale=out[0], y_zero_point=out[1]),
+                        name=node.name, domain="edgert")
+        return None
+
+    def pool(self, node: Node, x: Value, y: Value) -> str | None:
+        if node.op_type == "AveragePool" and node.attrs.get("ceil_mode", 0):
+            return "ceil_mode with averaging"
+        xq = self.int8_of(x)
+        s, z = self.params_of(x)
+        yq = self.new_q(y, s, z)
+        self.g.add_node("Q" + node.op_type, [xq], [yq], dict(node.attrs), name=node.name,
+                        domain="edgert")
+        return None
+
+    def move(self, node: Node, x: Value, y: Value) -> str | None:
+        if node.op_type == "Pad":
+            mode = node.attrs.get("mode", "constant")
+            if isinstance(mode, bytes):
+                mode = mode.decode()
+            if mode != "constant":
+                return f"Pad mode {mode}"
+        for v in node.inputs[1:]:
+            if v is not None and v.const is None:
+                return "a shape parameter is computed at run time"
+        xq = self.int8_of(x)
+        s, z = self.params_of(x)
+        ins = [xq]
+        attrs = dict(node.attrs)
+        if node.op_type == "Pad":
+            cv = node.input(2)
+            value = float(attrs.pop("value", 0.0)) if cv is None else float(cv.const.reshape(-1)[0]) \
+                if cv.const.size else 0.0
+            pads = node.input(1)
+            if pads is None:  # opset < 11: pads is an attribute
+                pads = self.g.add_constant(node.name + "_pads",
+                                           np.asarray(attrs.pop("pads"), np.int64))
+            else:
+                pads = self.float_of(pads)
+            qv = quantize_array(np.array([value]), s, z).reshape(())
+            ins += [pads, self.g.add_constant(node.name + "_padvalue", qv)]
+            if node.input(3) is not None:
+                ins.append(self.float_of(node.input(3)))
+        else:
+            ins += [self.float_of(v) for v in node.inputs[1:]]
+        yq = self.new_q(y, s, z)
+        self.g.add_node(node.op_type, ins, [yq], attrs, name=node.name,
+                        version=max(node.version, 11) if node.op_type == "Pad" else node.version)
+        return None
+
+    def lut(self, node: Node, x: Value, y: Value) -> str | None:
+        out = self.out_params(y)
+        if out is None:
+            return "its output has no calibrated range"
+        fn = _lut_function(node)
+        if fn is None:
+            return "Clip bounds are not constants"
+        xs, xz = self.params_of(x)
+        ys, yz = out
+        q = np.arange(QMIN, QMAX + 1, dtype=np.float64)
+        real = fn(np.float32(xs) * (q - xz).astype(np.float32)).astype(np.float32)
+        table = np.clip(np.rint(real / np.float32(ys)) + yz, QMIN, QMAX).astype(int)
+        xq = self.int8_of(x)
+        yq = self.new_q(y, ys, yz)
+        self.g.add_node("QLut", [xq], [yq], {"table": [int(t) for t in table]}, name=node.name,
+                        domain="edgert")
+        return None
+
+    def softmax(self, node: Node, x: Value, y: Value) -> str | None:
+        axis = int(node.attrs.get("axis", -1 if node.version >= 13 else 1))
+        rank = x.rank
+        if rank is None:
+            return "unknown rank"
+        axis = axis + rank if axis < 0 else axis
+        if node.version < 13 and axis != rank - 1:
+            return "opset < 13 Softmax over several axes"
+        xs, xz = self.params_of(x)
+        xq = self.int8_of(x)
+        ys, yz = 1.0 / 256.0, -128
+        yq = self.new_q(y, ys, yz)
+        self.g.add_node("QSoftmax", [xq], [yq], dict(axis=axis, x_scale=xs, x_zero_point=xz,
+                                                     y_scale=ys, y_zero_point=yz),
+                        name=node.name, domain="edgert")
+        return None
+
+
+def _qbound(r: float, scale: float, zp: int, default: int) -> int:
+    """A real clamp bound as an int8 value (inside [-128, 127]); infinite -> ``default``."""
+    if math.isinf(r):
+        return default
+    return int(min(max(round(r / scale) + zp, QMIN), QMAX))
+
+
+def fold_batchnorm(graph: Graph) -> int:
+    """Fold ``Conv -> BatchNormalization`` (constants, Conv output read only by the BN) into
+    the Conv: ``W' = W * g / sqrt(v + eps)`` per output channel, ``b' = (b - m) * g / sqrt(v +
+    eps) + beta``. Used when :mod:`edgert.optimizer` is not available. Returns the fold count."""
+    count = 0
+    for bn in list(graph.nodes):
+        if bn.op_type != "BatchNormalization" or bn.domain:
+            continue
+        x = bn.input(0)
+        conv = x.producer if x is not None else None
+        params = bn.inputs[1:5]
+        if (conv is None or conv.op_type != "Conv" or conv.domain or len(x.consumers) != 1
+                or x in graph.outputs or any(p is None or p.const is None for p in params)
+                or conv.input(1) is None or conv.input(1).const is None
+                or (conv.input(2) is not None and conv.input(2).const is None)
+                or sum(not o.meta.get("omitted") for o in bn.outputs) != 1):
+            continue
+        gamma, beta, mean, var = (p.const.astype(np.float64) for p in params)
+        factor = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        w = conv.input(1).const.astype(np.float64)
+        b = conv.input(2).const.astype(np.float64) if conv.input(2) is not None else 0.0
+        wv = graph.add_constant(conv.input(1).name + "_bn",
+                                (w * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(
+                                    np.float32))
+        bv = graph.add_constant(conv.name + "_bn_bias",
+                                ((b - mean) * factor + beta).astype(np.float32))
+        graph.set_input(conv, 1, wv)
+        if len(conv.inputs) > 2:
+            graph.set_input(conv, 2, bv)
+        else:
+            conv.inputs.append(bv)
+            bv.consumers.append(conv)
+        y = bn.outputs[0]
+        graph.remove_node(bn)
+        graph.replace_all_uses(y, x)
+        x.name, y.name = y.name, x.name  # keep the model's tensor name on the surviving value
+        count += 1
+    return count
+
+
+def _clip_bounds(node: Node) -> tuple[float | None, float]:
+    if node.version and node.version < 11:
+        return float(node.attrs.get("min", -math.inf)), float(node.attrs.get("max", math.inf))
+    lo, hi = -math.inf, math.inf
+    for i, which in ((1, "lo"), (2, "hi")):
+        v = node.input(i)
+        if v is None:
+            continue
+        if v.const is None:
+            return None, 0.0
+        if which == "lo":
+            lo = float(v.const.reshape(-1)[0])
+        else:
+            hi = float(v.const.reshape(-1)[0])
+    return lo, hi
+
+
+def _lut_function(node: Node):
+    op, a = node.op_type, node.attrs
+    if op == "Relu":
+        return lambda r: np.maximum(r, 0)
+    if op == "Clip":
+        lo, hi = _clip_bounds(node)
+        if lo is None:
+            return None
+        return lambda r: np.clip(r, lo, hi)
+    if op == "LeakyRelu":
+        alpha = float(a.get("alpha", 0.01))
+        return lambda r: np.where(r >= 0, r, r * alpha)
+    if op == "Sigmoid":
+        return lambda r: 1.0 / (1.0 + np.exp(-r.astype(np.float64)))
+    if op == "Tanh":
+        return np.tanh
+    if op == "HardSigmoid":
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        return lambda r: np.clip(alpha * r + beta, 0, 1)
+    if op == "HardSwish":
+        return lambda r: r * np.clip(r / 6.0 + 0.5, 0, 1)
+    return None
+
+
+def quantize_graph(
+    graph: Graph, ranges: dict[str, tuple[float, float]], per_channel: bool = True
+) -> QuantizeResult:
+    """Rewrite ``graph`` (left unchanged) into an int8 graph using the calibrated ``ranges``."""
+    return _Rewriter(graph, ranges, per_channel).run()
+
+
+# ----- weight-only modes --------------------------------------------------------------------------
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def weights_only(graph: Graph, mode: str, per_channel: bool = True) -> QuantizeResult:
+    """fp16 or int8 ("dynamic") storage of the float weights of Conv/Gemm/MatMul, in place.
+
+    The weight is stored small and turned back into float32 by a ``Cast`` (fp16) or an
+    ``edgert.Dequantize`` (int8, per output channel) that the interpreter folds at prepare time:
+    the file shrinks 2x/4x, activations stay float. (Activations are not quantized at run time.)
+    """
+    result = QuantizeResult(graph)
+    for node in list(graph.nodes):
+        if node.op_type not in WEIGHT_OPS:
+            continue
+        w = node.input(1)
+        if w is None or w.const is None or w.const.dtype != np.float32 or w.const.size < 16:
+            continue
+        if mode == "fp16":
+            c = graph.add_constant(w.name + "_fp16", w.const.astype(np.float16))
+            out = graph.new_value(w.name + "_fp32", dtypes.FLOAT, list(w.const.shape))
+            graph.insert_before(node, "Cast", [c], [out], {"to": dtypes.FLOAT},
+                                name=graph.unique_name(w.name + "_cast"), version=13)
+        else:
+            wf = w.const
+            # Conv and ConvTranspose/Gemm/MatMul keep their layouts; scale along axis 0 for Conv
+            # (output channels), along the last axis for MatMul/Gemm weights [K, N].
+            axis = 0 if node.op_type == "Conv" else (
+                0 if node.op_type == "Gemm" and node.attrs.get("transB", 0) else wf.ndim - 1)
+            if node.op_type == "ConvTranspose":
+                axis = 1
+            moved = np.moveaxis(wf, axis, 0)
+            scales = weight_params(moved, per_channel)
+            q = np.moveaxis(quantize_weight(moved, scales), 0, axis)
+            c = graph.add_constant(w.name + "_q", np.ascontiguousarray(q))
+            c.quant = (scales, np.zeros(scales.size, np.int64), axis)
+            out = graph.new_value(w.name + "_dq", dtypes.FLOAT, list(wf.shape))
+            graph.insert_before(node, "Dequantize", [c], [out],
+                                {"scale": [float(s) for s in scales],
+                                 "zero_point": [0] * scales.size, "axis": axis},
+                                name=graph.unique_name(w.name + "_dequant"), domain="edgert")
+        for i, v in enumerate(node.inputs):
+            if v is w:
+                graph.set_input(node, i, out)
+        result.int8_ops[node.op_type] = result.int8_ops.get(node.op_type, 0) + 1
+    for name in [n for n, v in graph.constants.items() if not v.consumers
+                 and v not in graph.outputs]:
+        del graph.constants[name]
+    return result

@@ -1,0 +1,280 @@
+"""CPU kernel: ``edgert.FusedElementwise`` — a chain of elementwise ops in one pass over memory.
+
+The graph optimizer (:func:`edgert.optimizer.elementwise.fuse_elementwise`) replaces a group of
+elementwise nodes (residual ``Add -> Relu`` tails, ``BatchNormalization -> Relu`` pre-activations,
+decomposed Gelu...) by one node that runs a small *program* over registers. Instead of generating
+Python source per model, the program uses a closed set of opcodes interpreted by one Numba
+kernel, compiled once and cached like every other kernel.
+
+Node attributes:
+
+* ``program`` (ints): 5 per instruction ``[opcode, dst, src1, src2, src3]`` over registers;
+  registers ``0..n_inputs-1`` hold the inputs, the result is the last instruction's ``dst``.
+* ``params`` (floats): 2 per instruction (``p0, p1``: LeakyRelu alpha, HardSigmoid alpha/beta).
+* ``modes`` (ints): one per input: 0 = full tensor of the output shape, 1 = scalar (one element),
+  2 = a vector indexed by the channel (axis 1) of the output.
+
+Why blocks: the output is cut in blocks of ``BLOCK`` elements; each instruction runs as its own
+tight loop over the block's registers (which stay in L1), so the opcode dispatch costs once per
+block, not once per element, and LLVM vectorizes each loop. Blocks run in parallel.
+
+Numerical traps: Numba's ``/`` raises on a zero divisor (Python error model), so DIV spells
+out IEEE division; Relu/Clip/Max keep NaN as NumPy does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgert.errors import DTypeError, ShapeError
+from edgert.runtime._jit import njit, prange
+from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+
+# Opcodes. Binary ops read src1, src2; unary ops src1; CLIP reads x=src1, lo=src2, hi=src3.
+OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_MAX, OP_MIN = 0, 1, 2, 3, 4, 5
+OP_RELU, OP_SIGMOID, OP_TANH, OP_EXP, OP_NEG, OP_ABS = 10, 11, 12, 13, 14, 15
+OP_SQRT, OP_ERF, OP_RECIPROCAL = 16, 17, 18
+OP_LEAKY_RELU, OP_HARD_SIGMOID, OP_HARD_SWISH = 19, 20, 21
+OP_CLIP, OP_LOG = 22, 23
+
+BINARY_OPS = {"Add": OP_ADD, "Sub": OP_SUB, "Mul": OP_MUL, "Div": OP_DIV, "Max": OP_MAX,
+              "Min": OP_MIN}
+UNARY_OPS = {"Relu": OP_RELU, "Sigmoid": OP_SIGMOID, "Tanh": OP_TANH, "Exp": OP_EXP,
+             "Neg": OP_NEG, "Abs": OP_ABS, "Sqrt": OP_SQRT, "Erf": OP_ERF,
+             "Reciprocal": OP_RECIPROCAL, "LeakyRelu": OP_LEAKY_RELU,
+             "HardSigmoid": OP_HARD_SIGMOID, "HardSwish": OP_HARD_SWISH, "Log": OP_LOG}
+_KNOWN = set(BINARY_OPS.values()) | set(UNARY_OPS.values()) | {OP_CLIP}
+
+MODE_FULL, MODE_SCALAR, MODE_CHANNEL = 0, 1, 2
+BLOCK = 2048
+# Inputs travel to Numba as a tuple padded to this length: one compiled specialization serves
+# every node (a tuple of each length would compile the whole kernel again, ~10 s each cold).
+MAX_INPUTS = 8
+
+
+@njit
+def _run_op(op, d, s1, s2, s3, p0, p1, m):
+    """One instruction over ``m`` elements of the register rows ``d = f(s1, s2, s3)``."""
+    zero = d.dtype.type(0.0)
+    one = d.dtype.type(1.0)
+    half = d.dtype.type(0.5)
+    sixth = d.dtype.type(1.0 / 6.0)
+    if op == OP_ADD:
+        for j in range(m):
+            d[j] = s1[j] + s2[j]
+    elif op == OP_SUB:
+        for j in range(m):
+            d[j] = s1[j] - s2[j]
+    elif op == OP_MUL:
+        for j in range(m):
+            d[j] = s1[j] * s2[j]
+    elif op == OP_DIV:
+        for j in range(m):
+            b = s2[j]
+            if b != zero:
+                d[j] = s1[j] / b
+            else:
+                a = s1[j]
+                if a != a or a == zero:
+                    d[j] = math.nan
+                else:
+                    d[j] = math.copysign(math.inf, a) * math.copysign(1.0, b)
+    elif op == OP_MAX:
+        for j in range(m):
+            a = s1[j]
+            b = s2[j]
+            d[j] = a if (a > b or a != a) else b
+    elif op == OP_MIN:
+        for j in range(m):
+            a = s1[j]
+            b = s2[j]
+            d[j] = a if (a < b or a != a) else b
+    elif op == OP_RELU:
+        for j in range(m):
+            v = s1[j]
+            d[j] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
+    elif op == OP_SIGMOID:
+        for j in range(m):
+            v = s1[j]
+            if v >= zero:
+                d[j] = one / (one + math.exp(-v))
+            else:
+                e = math.exp(v)
+                d[j] = e / (one + e)
+    elif op == OP_TANH:
+        for j in range(m):
+            d[j] = math.tanh(s1[j])
+    elif op == OP_EXP:
+        for j in range(m):
+            d[j] = math.exp(s1[j])
+    elif op == OP_NEG:
+        for j in range(m):
+            d[j] = -s1[j]
+    elif op == OP_ABS:
+        for j in range(m):
+            d[j] = abs(s1[j])
+    elif op == OP_SQRT:
+        for j in range(m):
+            v = s1[j]
+            d[j] = math.sqrt(v) if v >= zero else math.nan
+    elif op == OP_ERF:
+        for j in range(m):
+            d[j] = math.erf(s1[j])
+    elif op == OP_RECIPROCAL:
+        for j in range(m):
+            v = s1[j]
+            d[j] = one / v if v != zero else math.copysign(math.inf, v)
+    elif op == OP_LEAKY_RELU:
+        for j in range(m):
+            v = s1[j]
+            d[j] = v * p0 if v < zero else v
+    elif op == OP_HARD_SIGMOID:
+        for j in range(m):
+            v = p0 * s1[j] + p1
+            if v < zero:  # noqa: PLR1730
+                v = zero
+            if v > one:  # noqa: PLR1730
+                v = one
+            d[j] = v
+    elif op == OP_HARD_SWISH:
+        for j in range(m):
+            x = s1[j]
+            v = sixth * x + half
+            if v < zero:  # noqa: PLR1730
+                v = zero
+            if v > one:  # noqa: PLR1730
+                v = one
+            d[j] = x * v
+    elif op == OP_CLIP:
+        for j in range(m):
+            v = s1[j]
+            if v < s2[j]:  # noqa: PLR1730 (NaN passes through both tests)
+                v = s2[j]
+            if v > s3[j]:  # noqa: PLR1730
+                v = s3[j]
+            d[j] = v
+    elif op == OP_LOG:
+        for j in range(m):
+            v = s1[j]
+            if v > zero:
+                d[j] = math.log(v)
+            elif v == zero:
+                d[j] = -math.inf
+            else:
+                d[j] = math.nan
+
+
+@njit(parallel=True)
+def fused_eval(out, ins, nin, modes, inner, nch, prog, params, nreg):
+    """Run ``prog`` over every element of the flat ``out`` (see the module docstring)."""
+    n = out.shape[0]
+    nblocks = (n + BLOCK - 1) // BLOCK
+    res = prog[prog.shape[0] - 1, 1]
+    for bi in prange(nblocks):
+        start = bi * BLOCK
+        stop = min(n, start + BLOCK)
+        m = stop - start
+        regs = np.empty((nreg, BLOCK), out.dtype)
+        for k in range(nin):
+            a = ins[k]
+            mode = modes[k]
+            if mode == MODE_FULL:
+                for j in range(m):
+                    regs[k, j] = a[start + j]
+            elif mode == MODE_SCALAR:
+                v = a[0]
+                for j in range(m):
+                    regs[k, j] = v
+            else:
+                for j in range(m):
+                    regs[k, j] = a[((start + j) // inner) % nch]
+        for pc in range(prog.shape[0]):
+            _run_op(prog[pc, 0], regs[prog[pc, 1]], regs[prog[pc, 2]], regs[prog[pc, 3]],
+                    regs[prog[pc, 4]], params[pc, 0], params[pc, 1], m)
+        for j in range(m):
+            out[start + j] = regs[res, j]
+
+
+class FusedElementwiseKernel(Kernel):
+    """``edgert.FusedElementwise``: one output, float32/float64, inputs full/scalar/per-channel."""
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        modes = [int(m) for m in self.attr("modes", [])]
+        prog = np.asarray(self.attr("program", []), dtype=np.int64)
+        params = np.asarray(self.attr("params", []), dtype=np.float64)
+        if len(inputs) > MAX_INPUTS:
+            raise self.error(f"takes at most {MAX_INPUTS} inputs, got {len(inputs)}")
+        if not inputs or len(modes) != len(inputs) or any(x is None for x in inputs):
+            raise self.error(f"expects one present input per mode ({len(modes)}), "
+                             f"got {len(inputs)}")
+        if prog.size == 0 or prog.size % 5 or params.size != 2 * (prog.size // 5):
+            raise self.error("program must hold 5 ints and params 2 floats per instruction")
+        prog = prog.reshape(-1, 5)
+        nreg = int(prog[:, 1:].max()) + 1
+        if prog.min() < 0 or nreg < len(inputs) or any(int(o) not in _KNOWN for o in prog[:, 0]):
+            raise self.error("program has an unknown opcode or a negative register")
+        if any(int(d) < len(inputs) for d in prog[:, 1]):
+            raise self.error("program writes an input register")
+        full = [x for x, m in zip(inputs, modes) if m == MODE_FULL]
+        if not full:
+            raise self.error("needs at least one full-shape input")
+        shape = full[0].shape
+        dtype = np.dtype(full[0].dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise self.error(f"supports float32/float64, got {dtype}", DTypeError)
+        nch = shape[1] if len(shape) > 1 else 1
+        for i, (x, m) in enumerate(zip(inputs, modes)):
+            if np.dtype(x.dtype) != dtype:
+                raise self.error(f"input {i} is {x.dtype}, expected {dtype}", DTypeError)
+            ok = (
+                (m == MODE_FULL and x.shape == shape)
+                or (m == MODE_SCALAR and x.size == 1)
+                or (m == MODE_CHANNEL and len(shape) > 1 and x.size == nch)
+            )
+            if not ok:
+                raise self.error(f"input {i} of shape {x.shape} does not fit mode {m} for "
+                                 f"output shape {shape}", ShapeError)
+        inner = 1
+        for d in shape[2:]:
+            inner *= d
+        self.const_copies = [
+            None if x.value is None else np.array(x.value, dtype=dtype, order="C").reshape(-1)
+            for x in inputs
+        ]
+        self.modes = np.asarray(modes, dtype=np.int64)
+        self.prog = np.ascontiguousarray(prog)
+        self.params = np.ascontiguousarray(params.reshape(-1, 2).astype(dtype))
+        self.nreg = nreg
+        self.inner = max(inner, 1)
+        self.nch = max(nch, 1)
+        return [TensorInfo(tuple(shape), dtype)]
+
+    def invoke(self, inputs, outputs):
+        out = outputs[0]
+        if out.size == 0:
+            return None
+        # Numba indexes a tuple at run time only when every element has one type, so all
+        # inputs must be writable C arrays: constants (often read-only views of the mapped
+        # file) were copied once at prepare.
+        flat = [
+            self.const_copies[i] if self.const_copies[i] is not None else _writable(x)
+            for i, x in enumerate(inputs)
+        ]
+        flat += [flat[0]] * (MAX_INPUTS - len(flat))
+        target = out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, out.dtype)
+        fused_eval(target, tuple(flat), len(inputs), self.modes, self.inner, self.nch, self.prog,
+                   self.params, self.nreg)
+        if not out.flags.c_contiguous:
+            out[...] = target.reshape(out.shape)
+        return None
+
+
+def _writable(x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return flat if flat.flags.writeable else flat.copy()
+
+
+def register(reg: KernelRegistry) -> None:
+    reg.add("FusedElementwise", FusedElementwiseKernel, domain="edgert")

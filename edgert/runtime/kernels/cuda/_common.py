@@ -1,0 +1,163 @@
+"""What every CUDA kernel family shares: the ``numba.cuda`` import, launch sizes, the kernel mixin.
+
+``numba.cuda`` comes from the optional ``numba-cuda`` package (``pip install edgert[cuda]``);
+older Numba releases also ship a built-in ``numba.cuda``, which works the same for what edgert
+uses. Only modules under ``edgert.runtime.kernels.cuda`` and ``edgert.runtime.cuda_interpreter``
+import it, and only when a CUDA interpreter is created, so the CPU runtime never loads it.
+
+Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` runs every kernel in Numba's CUDA simulator (pure
+Python, one thread at a time): slow, but it executes the same kernel source, which is how the
+test suite checks the CUDA kernels against the CPU ones on machines without a GPU.
+
+How a CUDA kernel is written: it subclasses the CPU kernel of the same op together with
+:class:`CudaKernel`, so ``prepare`` (validation, shape inference, weight packing) is the CPU
+kernel's, unchanged, and only ``invoke`` is replaced by device code. ``invoke`` receives device
+arrays (views into the interpreter's device arena, or constants uploaded once) and launches
+kernels on the interpreter's stream; it never copies to or from the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgert.errors import EdgeRTError
+from edgert.runtime.registry import Kernel
+
+try:  # the optional extra; CudaInterpreter turns its absence into a clear error
+    from numba import cuda
+except ImportError:  # pragma: no cover - depends on the installation
+    cuda = None  # type: ignore[assignment]
+
+# Threads per block for the 1-D elementwise-style launches. 256 keeps 8 warps per block, enough
+# to hide memory latency without limiting occupancy by registers on any recent GPU.
+THREADS = 256
+MAX_RANK = 8  # the strided-copy kernels index up to this many dimensions
+
+
+def simulating() -> bool:
+    """True when Numba runs CUDA kernels in its simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    from numba.core import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def require_cuda() -> Any:
+    """The ``numba.cuda`` module, or a clear error saying why the CUDA path is unavailable."""
+    if cuda is None:
+        raise EdgeRTError(
+            "device='cuda' needs numba-cuda: install it with `pip install edgert[cuda]` "
+            "(or `pip install numba-cuda`), or use device='cpu'"
+        )
+    try:
+        ok = cuda.is_available()
+    except Exception:  # a broken driver installation: report it the same way
+        ok = False
+    if not ok:
+        raise EdgeRTError(
+            "device='cuda': no usable CUDA GPU or driver was found (numba.cuda.is_available() is "
+            "False); use device='cpu', or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in "
+            "Numba's (slow) simulator"
+        )
+    return cuda
+
+
+def blocks(n: int, threads: int = THREADS) -> int:
+    """Blocks for a 1-D grid-stride launch over ``n`` items (at least 1, capped)."""
+    return max(1, min(math.ceil(n / threads), 65535))
+
+
+def is_device_array(x: Any) -> bool:
+    """True for Numba device arrays and any object with ``__cuda_array_interface__``."""
+    return hasattr(x, "__cuda_array_interface__") or (
+        hasattr(x, "copy_to_host") and not isinstance(x, np.ndarray)
+    )
+
+
+def as_device_array(x: Any):
+    """A Numba device array for ``x`` (zero-copy for CuPy / PyTorch CUDA tensors)."""
+    if hasattr(x, "copy_to_host"):
+        return x
+    return cuda.as_cuda_array(x)
+
+
+def to_device(a: np.ndarray, stream=0):
+    """Upload a host array (made C-contiguous first: mapped weights may be strided views)."""
+    return cuda.to_device(np.ascontiguousarray(a), stream=stream)
+
+
+def strides_for(shape: tuple[int, ...], rank: int = MAX_RANK) -> np.ndarray:
+    """C-order element strides of ``shape``, right-aligned in an ``int64[rank]`` table."""
+    st = np.zeros(rank, np.int64)
+    step = 1
+    for k in range(len(shape) - 1, -1, -1):
+        st[rank - len(shape) + k] = step
+        step *= int(shape[k])
+    return st
+
+
+def padded_shape(shape: tuple[int, ...], rank: int = MAX_RANK) -> np.ndarray:
+    """``shape`` right-aligned in an ``int64[rank]`` table, padded with 1s in front."""
+    out = np.ones(rank, np.int64)
+    for k, d in enumerate(shape):
+        out[rank - len(shape) + k] = int(d)
+    return out
+
+
+def broadcast_strides(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+    """Element strides that read ``in_shape`` broadcast to ``out_shape`` (0 on stretched axes)."""
+    st = strides_for(tuple(in_shape))
+    pad = padded_shape(tuple(in_shape))
+    st[pad == 1] = 0
+    del out_shape  # the output's rank is implied by the right alignment
+    return st
+
+
+class CudaKernel:
+    """Mixin for CUDA kernels; list it first: ``class CudaConv(CudaKernel, ConvKernel)``.
+
+    Attributes:
+        CPU: the CPU kernel class this one mirrors. Its ``invoke`` is what the interpreter calls
+            when it folds the op at prepare time (on host values) and when it runs the op on the
+            host because ``prepare`` cleared :attr:`on_device`.
+        on_device: set by ``prepare``; False asks the interpreter to run this op with the CPU
+            ``invoke`` (for a case the device code does not cover: a dtype, a computed
+            parameter), copying its inputs and outputs. The interpreter reports such ops.
+    """
+
+    device: ClassVar[str] = "cuda"
+    CPU: ClassVar[type[Kernel]]
+    on_device: bool = True
+    stream: Any = 0
+
+    def host_invoke(self, inputs, outputs):
+        """The CPU kernel's ``invoke`` on host arrays (used for folding and fallbacks)."""
+        return self.CPU.invoke(self, inputs, outputs)  # type: ignore[arg-type]
+
+    def upload(self, host: np.ndarray | None, name: str):
+        """Device copy of a prepare-time constant (packed weights...), made once per shape.
+
+        Weights do not change between prepares (only input shapes do), so a re-plan after
+        ``resize_tensor_input`` keeps the device copy made at load. Small tables (geometry,
+        broadcast strides) do change with shapes: they are keyed by their contents. Launching a
+        kernel with a host array would copy it synchronously at every call, hence uploads.
+        """
+        if host is None:
+            return None
+        host = np.ascontiguousarray(host)
+        cache = self.__dict__.setdefault("_uploads", {})
+        key = (name, host.shape, host.dtype.str, host.tobytes() if host.size <= 64 else b"")
+        dev = cache.get(key)
+        if dev is None:
+            dev = to_device(host)
+            cache[key] = dev
+        return dev
+
+    def upload_plan(self, plan: tuple, tag: int = 0) -> tuple:
+        """``plan`` with its NumPy tables replaced by device copies (scalars kept)."""
+        return tuple(
+            self.upload(v, f"plan{tag}.{k}") if isinstance(v, np.ndarray) else v
+            for k, v in enumerate(plan)
+        )

@@ -1,0 +1,108 @@
+"""CUDA kernels: BatchNormalization (inference), Softmax and LogSoftmax.
+
+* BatchNormalization: the CPU ``prepare`` folds the four parameters into a per-channel affine
+  ``y = a[c] * x + b[c]`` (in float64, then rounded once); the device applies it, one thread per
+  element. Usually the optimizer has already folded BN into the preceding Conv; this serves the
+  models where it could not.
+* Softmax / LogSoftmax along an axis viewed as ``(outer, n, inner)``: one thread per
+  ``(outer, inner)`` slice, three passes (max, sum of exp, write). The max skips NaN (``v > m``)
+  and a NaN then poisons the sum, as in the CPU kernel and onnxruntime. The sum accumulates in
+  float64 like the CPU kernel.
+
+Device coverage: float32 with constant BN parameters; other cases run on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgert.runtime.kernels.cpu import normalization as cpu
+from edgert.runtime.kernels.cuda._common import THREADS, CudaKernel, blocks, cuda
+from edgert.runtime.registry import KernelRegistry
+
+F32 = np.dtype(np.float32)
+
+
+@cuda.jit
+def _channel_affine(x, y, channels, spatial, a, b):
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        c = (i // spatial) % channels
+        y[i] = x[i] * a[c] + b[c]
+
+
+@cuda.jit
+def _softmax(x, y, outer, n, inner, log):
+    for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
+        o = t // inner
+        j = t % inner
+        base = o * n * inner + j
+        m = -math.inf
+        for k in range(n):
+            v = x[base + k * inner]
+            if v > m:
+                m = v
+        s = 0.0
+        for k in range(n):
+            s += math.exp(x[base + k * inner] - m)
+        if log:
+            shift = m + math.log(s)
+            for k in range(n):
+                y[base + k * inner] = x[base + k * inner] - shift
+        else:
+            inv = 1.0 / s
+            for k in range(n):
+                y[base + k * inner] = math.exp(x[base + k * inner] - m) * inv
+
+
+class CudaBatchNormalization(CudaKernel, cpu.BatchNormalization):
+    CPU = cpu.BatchNormalization
+
+    def prepare(self, inputs):
+        outs = super().prepare(inputs)
+        self.on_device = np.dtype(outs[0].dtype) == F32 and self._static
+        if self.on_device:
+            self._d_a = self.upload(np.asarray(self._a, F32), "a")
+            self._d_b = self.upload(np.asarray(self._b, F32), "b")
+        return outs
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size:
+            _channel_affine[blocks(y.size), THREADS, self.stream](
+                inputs[0].reshape(-1), y.reshape(-1), self._channels, max(self._spatial, 1),
+                self._d_a, self._d_b,
+            )
+
+
+class _CudaSoftmaxBase(CudaKernel):
+    LOG = False
+
+    def prepare(self, inputs):
+        outs = super().prepare(inputs)
+        self.on_device = np.dtype(outs[0].dtype) == F32
+        return outs
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        outer, n, inner = self._dims
+        if y.size:
+            _softmax[blocks(outer * inner), THREADS, self.stream](
+                inputs[0].reshape(-1), y.reshape(-1), outer, n, inner, self.LOG
+            )
+
+
+class CudaSoftmax(_CudaSoftmaxBase, cpu.Softmax):
+    CPU = cpu.Softmax
+
+
+class CudaLogSoftmax(_CudaSoftmaxBase, cpu.LogSoftmax):
+    CPU = cpu.LogSoftmax
+    LOG = True
+
+
+def register(reg: KernelRegistry) -> None:
+    reg.add("BatchNormalization", CudaBatchNormalization)
+    reg.add("Softmax", CudaSoftmax)
+    reg.add("LogSoftmax", CudaLogSoftmax)

@@ -1,0 +1,153 @@
+"""The CUDA executor end to end: whole models against the CPU interpreter and onnxruntime.
+
+Simulator on machines without a GPU (tiny shapes), the GPU where there is one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cuda_helpers import require_cuda_or_skip
+from edgert.converter import convert
+from edgert.errors import DTypeError, EdgeRTError, InputError, ShapeError
+from edgert.runtime import Interpreter
+
+require_cuda_or_skip()
+
+RTOL, ATOL = 1e-4, 1e-5
+RNG = np.random.default_rng(7)
+
+
+def _f(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _small_cnn(with_lrn: bool = False, batch="N"):
+    """Conv-BN-Relu-MaxPool, two branches concatenated, GlobalAveragePool, Flatten, Gemm, Softmax."""
+    inits = {
+        "w1": _f(4, 3, 3, 3) * 0.5, "b1": _f(4),
+        "g": RNG.uniform(0.5, 1.5, 4).astype(np.float32), "beta": _f(4), "mean": _f(4),
+        "var": RNG.uniform(0.5, 1.5, 4).astype(np.float32),
+        "w2": _f(3, 4, 1, 1), "w3": _f(2, 1, 3, 3), "fc": _f(5, 5), "fcb": _f(5),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"]),
+        helper.make_node("Slice", ["p1", "s0", "s1", "s_ax"], ["p1s"]),
+        helper.make_node("Conv", ["p1s", "w3"], ["c3"], group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["c2", "c3"], ["cat"], axis=1),
+    ]
+    inits.update({"s0": np.array([1], np.int64), "s1": np.array([3], np.int64),
+                  "s_ax": np.array([1], np.int64)})
+    last = "cat"
+    if with_lrn:
+        nodes.append(helper.make_node("LRN", ["cat"], ["lrn"], size=3))
+        last = "lrn"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [last], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ort(model, feeds):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = _small_cnn()
+    return model, convert(model)
+
+
+def test_small_cnn_matches_cpu_and_onnxruntime_entirely_on_device(cnn):
+    model, data = cnn
+    x = _f(2, 3, 6, 6)
+    gpu = Interpreter(data, device="cuda")
+    assert type(gpu).__name__ == "CudaInterpreter"
+    got = gpu.run({"x": x})["y"]
+    assert gpu.host_ops == []  # every op ran on the device
+    np.testing.assert_allclose(got, Interpreter(data).run({"x": x})["y"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, _ort(model, {"x": x}), rtol=RTOL, atol=ATOL)
+
+
+def test_resize_replans_and_keeps_weights_on_device(cnn):
+    model, data = cnn
+    gpu = Interpreter(data, device="cuda")
+    x1 = _f(1, 3, 6, 6)
+    np.testing.assert_allclose(gpu.run({"x": x1})["y"], _ort(model, {"x": x1}), rtol=RTOL,
+                               atol=ATOL)
+    conv = next(s.kernel for s in gpu._steps if s.kernel.op.op_type == "Conv")
+    w_before = conv._d_w
+    x3 = _f(3, 3, 6, 6)
+    np.testing.assert_allclose(gpu.run({"x": x3})["y"], _ort(model, {"x": x3}), rtol=RTOL,
+                               atol=ATOL)
+    assert conv._d_w is w_before  # uploaded once, at load
+    assert gpu.stats.arena_bytes > 0
+
+
+def test_device_arrays_in_and_out(cnn):
+    from numba import cuda
+
+    model, data = cnn
+    gpu = Interpreter(data, device="cuda")
+    x = _f(2, 3, 6, 6)
+    out = gpu.run({"x": cuda.to_device(x)})["y"]
+    assert not isinstance(out, np.ndarray) and hasattr(out, "copy_to_host")
+    np.testing.assert_allclose(out.copy_to_host(), _ort(model, {"x": x}), rtol=RTOL, atol=ATOL)
+    host = gpu.run({"x": cuda.to_device(x)}, device_outputs=False)["y"]
+    assert isinstance(host, np.ndarray)
+    # The TFLite-style API with a device array.
+    gpu.set_tensor("x", cuda.to_device(x))
+    gpu.invoke()
+    np.testing.assert_allclose(gpu.get_tensor("y"), host, rtol=0, atol=0)
+
+
+def test_ops_without_cuda_kernel_run_on_host_and_are_reported():
+    model = _small_cnn(with_lrn=True)
+    data = convert(model)
+    gpu = Interpreter(data, device="cuda")
+    x = _f(1, 3, 6, 6)
+    got = gpu.run({"x": x})["y"]
+    assert [w.split()[0] for w in gpu.host_ops] == ["LRN"]
+    np.testing.assert_allclose(got, _ort(model, {"x": x}), rtol=RTOL, atol=ATOL)
+
+
+def test_bad_inputs_give_clear_errors(cnn):
+    from numba import cuda
+
+    _, data = cnn
+    gpu = Interpreter(data, device="cuda")
+    with pytest.raises(DTypeError, match="'x'"):
+        gpu.run({"x": cuda.to_device(np.zeros((1, 3, 6, 6), np.float64))})
+    with pytest.raises(ShapeError, match="'x'"):
+        gpu.run({"x": np.zeros((1, 4, 6, 6), np.float32)})
+    with pytest.raises(InputError, match="missing"):
+        gpu.run({})
+
+
+def test_no_cuda_gives_a_clear_error(monkeypatch, cnn):
+    from edgert.runtime.kernels.cuda import _common
+
+    monkeypatch.setattr(_common.cuda, "is_available", lambda: False)
+    with pytest.raises(EdgeRTError, match="no usable CUDA GPU"):
+        Interpreter(cnn[1], device="cuda")
+    monkeypatch.setattr(_common, "cuda", None)
+    with pytest.raises(EdgeRTError, match="pip install edgert\\[cuda\\]"):
+        Interpreter(cnn[1], device="cuda")

@@ -1,0 +1,243 @@
+"""Every CUDA kernel against the CPU kernel of the same op (which is tested against onnxruntime).
+
+Runs in Numba's CUDA simulator where there is no GPU (small shapes: the simulator runs each
+thread in Python), on the GPU where there is one. Skipped when numba.cuda is unusable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuda_helpers import check_same, require_cuda_or_skip, run_cuda_kernel
+
+require_cuda_or_skip()
+
+RNG = np.random.default_rng(1234)
+
+
+def rnd(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+# ----- conv ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs",
+    [
+        ((2, 3, 6, 5), (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}),  # dense, padded (implicit GEMM)
+        ((1, 4, 7, 7), (18, 2, 3, 3), {"group": 2, "strides": [2, 2], "pads": [1, 0, 0, 1]}),
+        ((1, 4, 6, 6), (4, 1, 3, 3), {"group": 4, "dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+        ((2, 3, 9), (17, 3, 2), {"strides": [2]}),  # 1-D, 17 channels: two row tiles
+        ((1, 2, 4, 4, 3), (3, 2, 2, 2, 2), {"pads": [1, 0, 1, 0, 1, 0]}),  # 3-D, direct path
+        ((1, 3, 3, 3), (9, 3, 1, 1), {}),  # pointwise
+    ],
+)
+def test_conv_matches_cpu(x_shape, w_shape, attrs):
+    x, w, b = rnd(*x_shape), rnd(*w_shape), rnd(w_shape[0])
+    check_same("Conv", [x, w, b], attrs, const_inputs=(1, 2))
+
+
+def test_conv_without_bias():
+    check_same("Conv", [rnd(1, 2, 4, 4), rnd(9, 2, 3, 3)], {"strides": [2, 2]}, const_inputs=(1,))
+
+
+@pytest.mark.parametrize(
+    "act, params",
+    [("Relu", None), ("Clip", [-0.5, 0.7]), ("LeakyRelu", [0.2]), ("Sigmoid", None),
+     ("HardSigmoid", [0.3, 0.4]), ("HardSwish", None), ("Tanh", None), ("Gelu", None)],
+)
+def test_conv_fused_activation(act, params):
+    x, w, b = rnd(1, 3, 5, 5), rnd(5, 3, 3, 3), rnd(5)
+    attrs = {"activation": act, "pads": [1, 1, 1, 1]}
+    if params:
+        attrs["activation_params"] = params
+    check_same("Conv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")
+
+
+def test_conv_depthwise_fused_relu_keeps_nan():
+    x = rnd(1, 3, 4, 4)
+    x[0, 1, 2, 2] = np.nan
+    w, b = rnd(3, 1, 3, 3), rnd(3)
+    got = check_same("Conv", [x, w, b], {"group": 3, "pads": [1, 1, 1, 1], "activation": "Relu"},
+                     const_inputs=(1, 2), domain="edgert")
+    assert np.isnan(got[0][0, 1]).any()
+
+
+def test_conv_falls_back_without_constant_weights_or_float32():
+    x, w = rnd(1, 2, 4, 4), rnd(3, 2, 3, 3)
+    run_cuda_kernel("Conv", [x, w], {}, const_inputs=(), expect_device=False)
+    run_cuda_kernel("Conv", [x.astype(np.float64), w.astype(np.float64)], {}, const_inputs=(1,),
+                    expect_device=False)
+
+
+# ----- gemm / matmul ------------------------------------------------------------------------------
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_transposes_alpha_beta(trans_a, trans_b):
+    m, k, n = 5, 19, 3  # K not a multiple of the 16x16 tile: two K steps
+    a = rnd(k, m) if trans_a else rnd(m, k)
+    b = rnd(n, k) if trans_b else rnd(k, n)
+    attrs = {"transA": trans_a, "transB": trans_b, "alpha": 0.5, "beta": 2.0}
+    check_same("Gemm", [a, b, rnd(n)], attrs, const_inputs=(1, 2))  # C per column
+    check_same("Gemm", [a, b, rnd(m, 1)], attrs, const_inputs=(2,))  # C per row, B computed
+
+
+def test_gemm_full_c_no_c_and_several_tiles():
+    a, b = rnd(3, 5), rnd(5, 18)  # N = 18: two column tiles
+    check_same("Gemm", [a, b, rnd(3, 18)], {"beta": 0.5}, const_inputs=(1, 2))  # full C
+    check_same("Gemm", [a, b], {"alpha": 2.0}, const_inputs=(1,))  # no C
+
+
+def test_gemm_fused_activation_and_fallback():
+    a, b, c = rnd(3, 7), rnd(7, 4), rnd(4)
+    check_same("Gemm", [a, b, c], {"activation": "Clip", "activation_params": [-0.2, 0.3]},
+               const_inputs=(1, 2), domain="edgert")
+    run_cuda_kernel("Gemm", [a, b, c], {}, const_inputs=(1,), expect_device=False)  # C computed
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, const_b",
+    [
+        ((4, 17), (17, 3), True),
+        ((2, 3, 5), (5, 6), True),  # Linear over a batch: folded into one GEMM
+        ((3, 4, 5), (3, 5, 2), False),  # batched
+        ((1, 4, 5), (3, 5, 2), False),  # A broadcast over the batch
+        ((3, 4, 5), (5, 2), False),
+        ((5,), (5, 3), True),  # 1-D operands promoted
+        ((2, 4, 5), (5,), False),
+    ],
+)
+def test_matmul_matches_cpu(a_shape, b_shape, const_b):
+    check_same("MatMul", [rnd(*a_shape), rnd(*b_shape)], {}, const_inputs=(1,) if const_b else ())
+
+
+def test_matmul_multi_axis_broadcast_runs_on_cpu():
+    run_cuda_kernel("MatMul", [rnd(2, 1, 3, 4), rnd(1, 2, 4, 2)], {}, expect_device=False)
+
+
+# ----- pooling ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [2, 2], "strides": [2, 2]},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+        {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 0, 1, 0]},
+    ],
+)
+def test_max_pool_with_indices_and_nan(attrs):
+    x = rnd(2, 3, 7, 6)
+    x[1, 2, 3, 3] = np.nan
+    check_same("MaxPool", [x], attrs)
+
+
+@pytest.mark.parametrize("include", [0, 1])
+@pytest.mark.parametrize("ceil", [0, 1])
+def test_average_pool(include, ceil):
+    attrs = {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 1, 1, 0],
+             "count_include_pad": include, "ceil_mode": ceil}
+    check_same("AveragePool", [rnd(1, 2, 7, 6)], attrs)
+    check_same("AveragePool", [rnd(1, 2, 9)], {"kernel_shape": [3], "count_include_pad": include})
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pools(op):
+    x = rnd(2, 3, 4, 5)
+    x[0, 1, 2, 2] = np.nan
+    check_same(op, [x])
+
+
+# ----- elementwise --------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+def test_binary_broadcasting(op):
+    check_same(op, [rnd(2, 3, 4), rnd(3, 1)])
+    check_same(op, [rnd(1, 4), rnd(3, 1)])
+    check_same(op, [rnd(5), rnd(5)])
+
+
+def test_binary_integer_runs_on_cpu():
+    a = np.arange(6, dtype=np.int64)
+    run_cuda_kernel("Div", [a, a + 1], {}, expect_device=False)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Sum", "Mean"])
+def test_variadic(op):
+    a, b, c = rnd(2, 3), rnd(3), rnd(4, 2, 1)
+    a[0, 1] = np.nan
+    check_same(op, [a, b, c])
+    check_same(op, [a])
+
+
+@pytest.mark.parametrize(
+    "op, attrs",
+    [("Relu", {}), ("Sigmoid", {}), ("Tanh", {}), ("LeakyRelu", {"alpha": 0.3}),
+     ("HardSigmoid", {"alpha": 0.4, "beta": 0.3}), ("HardSwish", {}), ("Exp", {}), ("Log", {}),
+     ("Sqrt", {}), ("Abs", {}), ("Neg", {}), ("Reciprocal", {}), ("Floor", {}), ("Ceil", {}),
+     ("Erf", {}), ("Elu", {"alpha": 0.7}), ("Softplus", {}), ("Gelu", {}),
+     ("Gelu", {"approximate": "tanh"})],
+)
+def test_unary(op, attrs):
+    x = rnd(3, 7) * 3
+    x[0, :3] = [0.0, -0.0, np.nan]
+    check_same(op, [x], attrs)
+
+
+def test_clip_constant_bounds_and_computed_fallback():
+    x = rnd(4, 5)
+    lo, hi = np.array(-0.3, np.float32), np.array(0.4, np.float32)
+    check_same("Clip", [x, lo, hi], {}, const_inputs=(1, 2))
+    check_same("Clip", [x, None, hi], {}, const_inputs=(2,))
+    check_same("Clip", [x], {})
+    run_cuda_kernel("Clip", [x, lo], {}, const_inputs=(), expect_device=False)
+
+
+# ----- normalization ------------------------------------------------------------------------------
+def test_batch_norm():
+    c = 3
+    params = [RNG.uniform(0.5, 1.5, c).astype(np.float32), rnd(c), rnd(c),
+              RNG.uniform(0.5, 1.5, c).astype(np.float32)]
+    check_same("BatchNormalization", [rnd(2, c, 3, 2), *params], {"epsilon": 1e-3},
+               const_inputs=(1, 2, 3, 4))
+    check_same("BatchNormalization", [rnd(2, c), *params], {}, const_inputs=(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis, version", [(-1, 13), (1, 13), (0, 13), (1, 11)])
+def test_softmax(op, axis, version):
+    x = rnd(2, 3, 4) * 4
+    check_same(op, [x], {"axis": axis}, version=version)
+
+
+# ----- data movement ------------------------------------------------------------------------------
+def test_flat_copies():
+    x = rnd(2, 3, 4)
+    check_same("Reshape", [x, np.array([4, -1], np.int64)], {}, const_inputs=(1,))
+    check_same("Flatten", [x], {"axis": 2})
+    check_same("Squeeze", [rnd(2, 1, 3), np.array([1], np.int64)], {}, const_inputs=(1,))
+    check_same("Unsqueeze", [x, np.array([0], np.int64)], {}, const_inputs=(1,))
+    check_same("Identity", [x])
+    check_same("Dropout", [x], {}, version=13)  # output and mask (all True)
+
+
+def test_transpose_slice_concat():
+    x = rnd(2, 3, 4, 5)
+    check_same("Transpose", [x], {"perm": [0, 3, 1, 2]})
+    check_same("Transpose", [x], {})
+    starts, ends = np.array([1, -1], np.int64), np.array([4, -5], np.int64)
+    axes, steps = np.array([3, 2], np.int64), np.array([2, -2], np.int64)
+    check_same("Slice", [x, starts, ends, axes, steps], {}, const_inputs=(1, 2, 3, 4))
+    check_same("Concat", [rnd(2, 1, 3), rnd(2, 4, 3), rnd(2, 2, 3)], {"axis": 1})
+    check_same("Concat", [rnd(2, 3), rnd(1, 3)], {"axis": 0})
+    ints = np.arange(12, dtype=np.int64).reshape(3, 4)
+    check_same("Transpose", [ints], {})
+
+
+def test_every_cuda_kernel_has_a_test():
+    """The registry's CUDA ops all appear in this file (a new kernel needs a test here)."""
+    import pathlib
+
+    from edgert.runtime.kernels.cuda import registry
+
+    text = pathlib.Path(__file__).read_text()
+    ops = {o.split(".")[-1] for o in registry().op_types()}
+    untested = sorted(o for o in ops if f'"{o}"' not in text)
+    assert untested == []

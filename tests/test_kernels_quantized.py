@@ -1,0 +1,208 @@
+"""Int8 kernels (edgert.Q*) bit-exact against NumPy goldens of the same integer arithmetic.
+
+The goldens below are written independently of the kernels: plain NumPy int64 arithmetic, a
+direct (non-im2col) convolution over a zero-point-padded input, and their own fixed-point
+multiplier derivation (TFLite's QuantizeMultiplier: ``real = M * 2**(e-31)``, single rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgert.errors import KernelError
+from tests.helpers import run_kernel
+
+RNG = np.random.default_rng(5)
+
+
+def golden_multiplier(real: float) -> tuple[int, int]:
+    if real == 0:
+        return 0, 1
+    q, e = math.frexp(real)
+    m = int(round(q * 2**31))
+    if m == 2**31:
+        m, e = m // 2, e + 1
+    if 31 - e > 62:
+        return 0, 1
+    return m, 31 - e
+
+
+def golden_requant(acc: np.ndarray, real) -> np.ndarray:
+    acc = np.asarray(acc, np.int64)
+    real = np.broadcast_to(np.asarray(real, np.float64), acc.shape)
+    out = np.empty(acc.shape, np.int64)
+    for idx in np.ndindex(acc.shape):  # tiny test shapes: clarity over speed
+        m, s = golden_multiplier(float(real[idx]))
+        out[idx] = (int(acc[idx]) * m + (1 << (s - 1))) >> s
+    return out
+
+
+def i8(shape) -> np.ndarray:
+    return RNG.integers(-128, 128, size=shape).astype(np.int8)
+
+
+def golden_conv(x, w, b, xs, xz, ws, ys, yz, stride, pad, group, lo=-128, hi=127):
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    xp = np.full((n, c, h + 2 * pad, wd + 2 * pad), xz, np.int64)
+    xp[:, :, pad:pad + h, pad:pad + wd] = x
+    xp -= xz
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (wd + 2 * pad - kw) // stride + 1
+    acc = np.zeros((n, m, oh, ow), np.int64)
+    mg = m // group
+    for oc in range(m):
+        g = oc // mg
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                acc[:, oc] += np.einsum("nchw,c->nhw", patch, w[oc, :, i, j].astype(np.int64))
+    acc += b.reshape(1, -1, 1, 1)
+    real = (np.float32(xs) * ws.astype(np.float32)).astype(np.float64) / ys
+    y = golden_requant(acc, real.reshape(1, -1, 1, 1)) + yz
+    return np.clip(y, lo, hi).astype(np.int8)
+
+
+@pytest.mark.parametrize("group,cin,cout,stride,pad", [
+    (1, 3, 4, 1, 1),   # plain 3x3
+    (2, 4, 6, 2, 1),   # grouped, strided
+    (5, 5, 10, 1, 1),  # depthwise with multiplier 2
+])
+def test_qconv_bit_exact(group, cin, cout, stride, pad):
+    x = i8((2, cin, 6, 5))
+    w = RNG.integers(-127, 128, size=(cout, cin // group, 3, 3)).astype(np.int8)
+    b = RNG.integers(-2000, 2000, size=cout).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, cout).astype(np.float32)
+    attrs = dict(strides=[stride] * 2, pads=[pad] * 4, group=group, x_scale=0.05,
+                 x_zero_point=-3, w_scale=[float(s) for s in ws], y_scale=0.11,
+                 y_zero_point=7, act_min=-100, act_max=120)
+    got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    want = golden_conv(x, w, b, np.float32(0.05), -3, ws, float(np.float32(0.11)), 7, stride,
+                       pad, group, -100, 120)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_qconv_pointwise_bit_exact():
+    x = i8((1, 8, 4, 4))
+    w = RNG.integers(-127, 128, size=(5, 8, 1, 1)).astype(np.int8)
+    b = RNG.integers(-500, 500, size=5).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, 5).astype(np.float32)
+    attrs = dict(x_scale=0.02, x_zero_point=10, w_scale=[float(s) for s in ws], y_scale=0.03,
+                 y_zero_point=-5)
+    got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    want = golden_conv(x, w, b, np.float32(0.02), 10, ws, float(np.float32(0.03)), -5, 1, 0, 1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_qgemm_bit_exact():
+    x = i8((3, 2, 7))
+    w = RNG.integers(-127, 128, size=(4, 7)).astype(np.int8)
+    b = RNG.integers(-900, 900, size=4).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, 4).astype(np.float32)
+    attrs = dict(x_scale=0.04, x_zero_point=-20, w_scale=[float(s) for s in ws],
+                 y_scale=0.07, y_zero_point=3)
+    got = run_kernel("QGemm", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    acc = (x.astype(np.int64) + 20) @ w.astype(np.int64).T + b
+    real = (np.float32(0.04) * ws).astype(np.float64) / float(np.float32(0.07))
+    want = np.clip(golden_requant(acc, real) + 3, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_qadd_broadcast_bit_exact():
+    a, b = i8((2, 3, 4)), i8((3, 1))
+    sa, sb, so = (float(np.float32(v)) for v in (0.05, 0.02, 0.06))
+    attrs = dict(a_scale=sa, a_zero_point=4, b_scale=sb, b_zero_point=-9, y_scale=so,
+                 y_zero_point=-2)
+    got = run_kernel("QAdd", [a, b], attrs, domain="edgert")[0]
+    twice = 2 * max(sa, sb)
+    ab, bb = np.broadcast_arrays(a.astype(np.int64), b.astype(np.int64))
+    va = golden_requant((ab - 4) << 20, sa / twice)
+    vb = golden_requant((bb + 9) << 20, sb / twice)
+    want = golden_requant(va + vb, twice / (2**20 * so)) - 2
+    np.testing.assert_array_equal(got, np.clip(want, -128, 127).astype(np.int8))
+    # and, where it does not saturate, it is within one step of the real-valued sum
+    real = sa * (ab - 4) + sb * (bb + 9)
+    inside = (got > -128) & (got < 127)
+    assert np.max(np.abs((got.astype(np.float64) + 2) * so - real)[inside]) <= so
+
+
+def test_qmul_bit_exact():
+    a, b = i8((4, 5)), i8((5,))
+    attrs = dict(a_scale=0.1, a_zero_point=0, b_scale=0.05, b_zero_point=3, y_scale=0.5,
+                 y_zero_point=1)
+    got = run_kernel("QMul", [a, b], attrs, domain="edgert")[0]
+    prod = (a.astype(np.int64)) * (b.astype(np.int64) - 3)
+    want = golden_requant(prod, float(np.float32(0.1)) * float(np.float32(0.05))
+                          / float(np.float32(0.5))) + 1
+    np.testing.assert_array_equal(got, np.clip(want, -128, 127).astype(np.int8))
+
+
+def test_qconcat_rescales():
+    a, b = i8((1, 2, 3)), i8((1, 3, 3))
+    attrs = dict(axis=1, scales=[0.1, 0.05], zero_points=[0, 5], y_scale=0.1, y_zero_point=0)
+    got = run_kernel("QConcat", [a, b], attrs, domain="edgert")[0]
+    want_b = golden_requant(b.astype(np.int64) - 5,
+                            float(np.float32(0.05)) / float(np.float32(0.1)))
+    np.testing.assert_array_equal(got[:, :2], a)
+    np.testing.assert_array_equal(got[:, 2:], np.clip(want_b, -128, 127).astype(np.int8))
+
+
+def test_qpools_bit_exact():
+    x = i8((2, 3, 5, 5))
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    got = run_kernel("QMaxPool", [x], attrs, domain="edgert")[0]
+    xp = np.full((2, 3, 7, 7), -128, np.int64)
+    xp[:, :, 1:6, 1:6] = x
+    want = np.max([xp[:, :, i:i + 6:2, j:j + 6:2] for i in range(3) for j in range(3)], axis=0)
+    np.testing.assert_array_equal(got, want.astype(np.int8))
+    # average, pads excluded from the count; rounding half away from zero
+    got = run_kernel("QAveragePool", [x], attrs, domain="edgert")[0]
+    ones = np.zeros((2, 3, 7, 7), np.int64)
+    ones[:, :, 1:6, 1:6] = 1
+    xz = np.where(ones > 0, xp, 0)
+    s = np.sum([xz[:, :, i:i + 6:2, j:j + 6:2] for i in range(3) for j in range(3)], axis=0)
+    c = np.sum([ones[:, :, i:i + 6:2, j:j + 6:2] for i in range(3) for j in range(3)], axis=0)
+    want = np.sign(s) * ((np.abs(s) * 2 + c) // (2 * c))
+    np.testing.assert_array_equal(got, want.astype(np.int8))
+    got = run_kernel("QGlobalAveragePool", [x], {}, domain="edgert")[0]
+    s = x.astype(np.int64).reshape(2, 3, -1).sum(-1)
+    want = np.sign(s) * ((np.abs(s) * 2 + 25) // 50)
+    np.testing.assert_array_equal(got.reshape(2, 3), want.astype(np.int8))
+
+
+def test_quantize_dequantize_lut():
+    x = RNG.normal(size=(3, 7)).astype(np.float32) * 3
+    q = run_kernel("Quantize", [x], dict(scale=0.02, zero_point=-4), domain="edgert")[0]
+    want = np.clip(np.rint(x / np.float32(0.02)) - 4, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(q, want)
+    d = run_kernel("Dequantize", [q], dict(scale=[0.02], zero_point=[-4]), domain="edgert")[0]
+    np.testing.assert_array_equal(d, (q.astype(np.float32) + 4) * np.float32(0.02))
+    table = list(range(127, -129, -1))
+    y = run_kernel("QLut", [q], dict(table=table), domain="edgert")[0]
+    np.testing.assert_array_equal(y, np.array(table, np.int8)[q.astype(np.int64) + 128])
+
+
+def test_qsoftmax_close_to_float():
+    x = i8((4, 10))
+    y = run_kernel("QSoftmax", [x], dict(axis=1, x_scale=0.1, x_zero_point=0,
+                                         y_scale=1 / 256, y_zero_point=-128), domain="edgert")[0]
+    r = x.astype(np.float64) * float(np.float32(0.1))
+    p = np.exp(r - r.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    want = np.clip(np.rint(p * 256) - 128, -128, 127)
+    assert np.max(np.abs(y.astype(np.int64) - want)) <= 1  # float32 vs float64 at exact ties
+
+
+def test_bad_attributes_raise():
+    x = i8((1, 2, 3, 3))
+    w = i8((2, 2, 1, 1))
+    with pytest.raises(KernelError, match="w_scale"):
+        run_kernel("QConv", [x, w], dict(x_scale=0.1, w_scale=[0.1], y_scale=-1.0) | {
+            "y_scale": 0.1, "w_scale": [0.1, 0.1, 0.1]}, const_inputs=(1,), domain="edgert")
+    with pytest.raises(KernelError, match="scale"):
+        run_kernel("Quantize", [x.astype(np.float32)], dict(scale=0.0), domain="edgert")
+    with pytest.raises(KernelError, match="table"):
+        run_kernel("QLut", [x], dict(table=[0] * 10), domain="edgert")

@@ -1,0 +1,158 @@
+"""edgert.quantize end to end: observers, calibration errors, int8 digits accuracy, modes, CLI."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+import edgert
+from edgert.errors import DTypeError, EdgeRTError, InputError, ShapeError
+from edgert.quantize import quantize
+from edgert.quantize.observers import (
+    EntropyObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    PercentileObserver,
+)
+from edgert.runtime import Interpreter
+
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
+DIGITS = MODELS / "digits_cnn.onnx"
+FP32_ACCURACY = 0.9972  # models/README.md, measured with onnxruntime
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = np.load(MODELS / "digits_test.npz")
+    return d["x"], d["y"]
+
+
+# ----- observers ----------------------------------------------------------------------------------
+def test_observers_ranges():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=1000).astype(np.float32) for _ in range(5)]
+    batches[0][0] = 50.0  # one outlier, in the first batch: the histogram range is then fixed
+    mm, ma, pc, en = (MinMaxObserver(), MovingAverageMinMaxObserver(), PercentileObserver(99.9),
+                      EntropyObserver())
+    for b in batches:
+        for o in (mm, ma, pc, en):
+            o.update(b)
+    allx = np.concatenate(batches)
+    assert mm.range() == (float(allx.min()), 50.0)
+    lo, hi = ma.range()
+    assert hi < 50.0 and lo < 0
+    lo, hi = pc.range()
+    # the outlier is clipped: the 99.9th percentile of 5000 values lies between the 6th and the
+    # 5th largest; the histogram answers a bin edge, so allow one bin width either side
+    bw = (pc.hist.hi - pc.hist.lo) / pc.hist.bins
+    s = np.sort(allx)
+    assert s[-6] - bw <= hi <= s[-5] + bw
+    assert s[4] - bw <= lo <= s[5] + bw
+    lo, hi = en.range()
+    assert 2.0 < hi < 50.0 and lo == -hi
+
+
+def test_histogram_memory_is_bounded():
+    o = EntropyObserver()
+    for k in range(1, 6):
+        o.update(np.linspace(-k * 10, k * 10, 1000, dtype=np.float32))
+    assert o.hist.counts.shape == (2048,)
+    assert o.hist.counts.sum() == 5000
+
+
+# ----- int8 end to end ----------------------------------------------------------------------------
+def test_digits_int8_accuracy(digits, tmp_path):
+    x, y = digits
+    out = tmp_path / "digits_int8.edgert"
+    data, rep = edgert.quantize(str(DIGITS), out, calibration={"input": x[:200]}, report=True)
+    assert out.read_bytes() == data
+    assert not rep.float_ops, rep.float_ops  # every op of this model has an int8 kernel
+    assert rep.int8_ops["Conv"] == 3 and rep.int8_ops["Gemm"] == 2
+    assert rep.sqnr and rep.sqnr[0][1] <= rep.sqnr[-1][1]  # worst first
+    assert len(data) < 0.4 * DIGITS.stat().st_size
+    probs = Interpreter(out).run({"input": x})["probabilities"]
+    acc = float((probs.argmax(1) == y).mean())
+    assert acc >= FP32_ACCURACY - 0.005, acc
+    # the int8 probabilities follow the float model's
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(DIGITS)).run(None, {"input": x})[0]
+    assert np.mean(np.abs(probs - ref)) < 0.02
+
+
+@pytest.mark.parametrize("mode,ratio", [("fp16", 0.6), ("dynamic", 0.4)])
+def test_weight_only_modes(digits, mode, ratio):
+    x, y = digits
+    data, _ = quantize(str(DIGITS), mode=mode)
+    assert len(data) < ratio * DIGITS.stat().st_size
+    probs = Interpreter(data).run({"input": x[:100]})["probabilities"]
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(DIGITS)).run(None, {"input": x[:100]})[0]
+    assert np.mean(probs.argmax(1) == ref.argmax(1)) >= 0.99
+
+
+def test_calibration_sources(digits, tmp_path):
+    x, _ = digits
+    np.savez(tmp_path / "a.npz", input=x[:20])
+    np.save(tmp_path / "b.npy", x[20:30])
+    data_dir, _ = quantize(str(DIGITS), calibration=tmp_path, method="percentile")
+    data_gen, _ = quantize(str(DIGITS), calibration=({"input": x[i:i + 10]} for i in (0, 10, 20)),
+                           method="percentile")
+    for data in (data_dir, data_gen):
+        assert Interpreter(data).run({"input": x[:4]})["probabilities"].shape == (4, 10)
+
+
+# ----- errors -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("feed,err,match", [
+    ({"images": np.zeros((2, 1, 8, 8), np.float32)}, InputError, "unknown: images"),
+    ({"input": np.zeros((2, 1, 9, 8), np.float32)}, ShapeError, "shape"),
+    ({"input": np.zeros((2, 1, 8, 8), np.int32)}, DTypeError, "dtype"),
+    ({"input": np.full((2, 1, 8, 8), np.nan, np.float32)}, InputError, "NaN"),
+    ({"input": np.zeros((0, 1, 8, 8), np.float32)}, InputError, "empty"),
+])
+def test_bad_calibration_data(feed, err, match):
+    with pytest.raises(err, match=match):
+        quantize(str(DIGITS), calibration=[feed])
+
+
+def test_no_data_and_bad_options():
+    with pytest.raises(InputError, match="empty"):
+        quantize(str(DIGITS), calibration=[])
+    with pytest.raises(EdgeRTError, match="needs calibration"):
+        quantize(str(DIGITS))
+    with pytest.raises(EdgeRTError, match="method"):
+        quantize(str(DIGITS), calibration=[], method="magic")
+    with pytest.raises(EdgeRTError, match="mode"):
+        quantize(str(DIGITS), mode="int4")
+
+
+def test_model_without_float_tensors():
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Add", ["a", "a"], ["b"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.INT64, [2])],
+                          [helper.make_tensor_value_info("b", TensorProto.INT64, [2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(EdgeRTError, match="no float tensors"):
+        quantize(model.SerializeToString(), calibration=[{"a": np.zeros(2, np.int64)}])
+
+
+# ----- CLI ----------------------------------------------------------------------------------------
+def test_cli_quantize(digits, tmp_path, capsys):
+    from edgert.cli import main
+
+    x, _ = digits
+    np.savez(tmp_path / "cal.npz", input=x[:32])
+    out = tmp_path / "d.edgert"
+    rc = main(["quantize", str(DIGITS), "-o", str(out), "--calibration",
+               str(tmp_path / "cal.npz"), "--method", "entropy", "--report"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    assert "SQNR" in text and "quantized ops" in text
+    rc = main(["quantize", str(DIGITS), "-o", str(out), "--calibration",
+               str(tmp_path / "nothing.npz")])
+    assert rc == 1
+    assert "does not exist" in capsys.readouterr().err
