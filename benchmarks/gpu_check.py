@@ -39,8 +39,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def dynamic_batch(model):
-    """A copy of ``model`` whose first input/outputs have a symbolic batch dim ``N``."""
+def dynamic_batch(model, free_spatial: bool = False):
+    """A copy of ``model`` whose first input/outputs have a symbolic batch dim ``N``.
+
+    ``free_spatial`` also makes the input's height and width symbolic (for ``--image-size``).
+    """
     import onnx
     from onnx import numpy_helper
 
@@ -54,6 +57,10 @@ def dynamic_batch(model):
         if dims:
             dims[0].ClearField("dim_value")
             dims[0].dim_param = "N"
+        if free_spatial and vi.name == real_inputs[0].name:
+            for k, sym in ((2, "H"), (3, "W")):
+                dims[k].ClearField("dim_value")
+                dims[k].dim_param = sym
     del g.value_info[:]
     for node in g.node:
         if node.op_type == "Reshape" and node.input[1] in inits:
@@ -85,23 +92,23 @@ def _ort_session(model_bytes: bytes, provider: str):
 
 
 def check_model(name: str, batches: list[int], runs: int, cpu_runs: int, int8: bool,
-                deadline: float, log) -> dict[str, Any]:
+                deadline: float, log, size: int = 224) -> dict[str, Any]:
+    import light_models
     import onnx
     import onnxruntime as ort
     from numba import cuda
 
-    import light_models
     from edgert.converter import convert
     from edgert.runtime import Interpreter
 
-    path = light_models.materialize(name)
-    model = dynamic_batch(onnx.load(str(path)))
+    path = name if name.endswith(".onnx") else light_models.materialize(name)
+    model = dynamic_batch(onnx.load(str(path)), free_spatial=size != 224)
     model_bytes = model.SerializeToString()
     t0 = time.perf_counter()
     data = convert(model)
     result: dict[str, Any] = {"model": name, "convert_s": time.perf_counter() - t0, "batches": {}}
-    input_name = [i.name for i in model.graph.input
-                  if i.name not in {t.name for t in model.graph.initializer}][0]
+    input_name = next(i.name for i in model.graph.input
+                      if i.name not in {t.name for t in model.graph.initializer})
     ort_cpu = _ort_session(model_bytes, "CPUExecutionProvider")
     has_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     ort_gpu = _ort_session(model_bytes, "CUDAExecutionProvider") if has_ort_cuda else None
@@ -114,7 +121,7 @@ def check_model(name: str, batches: list[int], runs: int, cpu_runs: int, int8: b
             log(f"{name} batch {batch}: skipped (time budget spent)")
             continue
         rng = np.random.default_rng(batch)
-        x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
         feeds = {input_name: x}
         r: dict[str, Any] = {}
         t0 = time.perf_counter()
@@ -129,13 +136,14 @@ def check_model(name: str, batches: list[int], runs: int, cpu_runs: int, int8: b
         d_x = cuda.to_device(x)
         gpu.set_tensor(input_name, d_x)
         r["edgert_cuda_invoke_ms"] = _median_ms(gpu.invoke, runs)
-        r["edgert_cuda_run_ms"] = _median_ms(lambda: gpu.run(feeds), runs)
-        r["ort_cpu_ms"] = _median_ms(lambda: ort_cpu.run(None, feeds), cpu_runs, warmup=1)
-        r["edgert_cpu_ms"] = _median_ms(lambda: cpu.run(feeds), cpu_runs, warmup=1)
+        r["edgert_cuda_run_ms"] = _median_ms(lambda feeds=feeds: gpu.run(feeds), runs)
+        r["ort_cpu_ms"] = _median_ms(lambda feeds=feeds: ort_cpu.run(None, feeds), cpu_runs,
+                                     warmup=1)
+        r["edgert_cpu_ms"] = _median_ms(lambda feeds=feeds: cpu.run(feeds), cpu_runs, warmup=1)
         if ort_gpu is not None:
             want_gpu = ort_gpu.run(None, feeds)[0]
             r["ort_cuda_max_abs_diff_vs_ort_cpu"] = float(np.max(np.abs(want_gpu - want)))
-            r["ort_cuda_ms"] = _median_ms(lambda: ort_gpu.run(None, feeds), runs)
+            r["ort_cuda_ms"] = _median_ms(lambda feeds=feeds: ort_gpu.run(None, feeds), runs)
             r["edgert_cuda_run_vs_ort_cuda"] = r["edgert_cuda_run_ms"] / r["ort_cuda_ms"]
         r["edgert_cuda_run_vs_ort_cpu"] = r["edgert_cuda_run_ms"] / r["ort_cpu_ms"]
         r["edgert_cuda_run_vs_edgert_cpu"] = r["edgert_cuda_run_ms"] / r["edgert_cpu_ms"]
@@ -143,11 +151,11 @@ def check_model(name: str, batches: list[int], runs: int, cpu_runs: int, int8: b
         log(f"{name} batch {batch}: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     if int8 and time.perf_counter() < deadline:
-        result["int8"] = _int8(model, data, input_name, batches, runs, deadline, log)
+        result["int8"] = _int8(model, input_name, batches, runs, deadline, log, size)
     return result
 
 
-def _int8(model, float_data, input_name, batches, runs, deadline, log) -> dict[str, Any]:
+def _int8(model, input_name, batches, runs, deadline, log, size) -> dict[str, Any]:
     """The int8 model from edgert.quantize on the CUDA path (host fallbacks listed)."""
     from edgert.runtime import Interpreter
 
@@ -155,9 +163,9 @@ def _int8(model, float_data, input_name, batches, runs, deadline, log) -> dict[s
         from edgert.quantize import quantize
 
         rng = np.random.default_rng(99)
-        calib = {input_name: rng.standard_normal((2, 3, 224, 224)).astype(np.float32)}
+        calib = {input_name: rng.standard_normal((2, 3, size, size)).astype(np.float32)}
         q_data, _ = quantize(model, calibration=calib, mode="int8", batch_size=1)
-    except Exception as exc:  # the quantizer is another issue's work: report, do not fail
+    except Exception as exc:  # noqa: BLE001 (the quantizer is another issue's: report it)
         log(f"int8: quantization failed: {type(exc).__name__}: {exc}")
         return {"error": f"{type(exc).__name__}: {exc}"}
     out: dict[str, Any] = {}
@@ -166,7 +174,7 @@ def _int8(model, float_data, input_name, batches, runs, deadline, log) -> dict[s
     for batch in batches:
         if time.perf_counter() > deadline:
             continue
-        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
         feeds = {input_name: x}
         got = gpu.run(feeds)
         want = cpu.run(feeds)
@@ -175,8 +183,8 @@ def _int8(model, float_data, input_name, batches, runs, deadline, log) -> dict[s
             "max_abs_diff_vs_edgert_cpu_int8": float(np.max(np.abs(got[key] - want[key]))),
             "host_ops": len(gpu.host_ops),
             "host_op_types": sorted({w.split()[0] for w in gpu.host_ops}),
-            "edgert_cuda_run_ms": _median_ms(lambda: gpu.run(feeds), runs),
-            "edgert_cpu_ms": _median_ms(lambda: cpu.run(feeds), 3, warmup=1),
+            "edgert_cuda_run_ms": _median_ms(lambda feeds=feeds: gpu.run(feeds), runs),
+            "edgert_cpu_ms": _median_ms(lambda feeds=feeds: cpu.run(feeds), 3, warmup=1),
         }
         out[str(batch)] = r
         log(f"int8 batch {batch}: {r}")
@@ -184,9 +192,9 @@ def _int8(model, float_data, input_name, batches, runs, deadline, log) -> dict[s
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    lines = [f"# edgert GPU check ({results['device']})", "",
-             "| model | batch | allclose vs ORT | max abs diff | edgert CUDA invoke ms | "
-             "edgert CUDA run ms | ORT CUDA ms | edgert CPU ms | ORT CPU ms | host ops |",
+    header = ("| model | batch | allclose vs ORT | max abs diff | edgert CUDA invoke ms | "
+              "edgert CUDA run ms | ORT CUDA ms | edgert CPU ms | ORT CPU ms | host ops |")
+    lines = [f"# edgert GPU check ({results['device']})", "", header,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in results["models"]:
         for batch, r in m.get("batches", {}).items():
@@ -207,11 +215,15 @@ def _markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu_results", help="folder for the results files")
-    parser.add_argument("--models", nargs="*", default=["squeezenet", "resnet50"])
+    parser.add_argument("--models", nargs="*", default=["squeezenet", "resnet50"],
+                        help="light model names, or .onnx files with one NCHW image input")
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 32])
     parser.add_argument("--runs", type=int, default=20, help="timed GPU runs per measurement")
     parser.add_argument("--cpu-runs", type=int, default=3, help="timed CPU runs per measurement")
     parser.add_argument("--no-int8", dest="int8", action="store_false")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="input height/width (small sizes smoke-test the script in Numba's "
+                        "CUDA simulator; SqueezeNet only, ResNet-50 needs 224)")
     parser.add_argument("--budget", type=float, default=300.0,
                         help="seconds after which no new measurement starts")
     args = parser.parse_args(argv)
@@ -224,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no usable CUDA GPU: nothing to check", file=sys.stderr)
         return 2
     dev = cuda.get_current_device()
-    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    name = getattr(dev, "name", "Numba CUDA simulator")
+    name = name.decode() if isinstance(name, bytes) else str(name)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"device": name, "python": platform.python_version(),
@@ -246,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             res = check_model(model, args.batches, args.runs, args.cpu_runs, args.int8, deadline,
-                              log)
-        except Exception as exc:
+                              log, args.image_size)
+        except Exception as exc:  # noqa: BLE001 (one model failing must not lose the others)
             import traceback
 
             traceback.print_exc()

@@ -115,15 +115,18 @@ def max_err(got, ref) -> float:
     return max(float(np.max(np.abs(a - b) / (1e-5 + 1e-4 * np.abs(b)))) for a, b in zip(got, ref))
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
+def median_ms(fns: list, runs: int) -> list[float]:
+    """Median time of each function, calls interleaved so machine noise hits all alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
 
 
 def main() -> None:
@@ -163,10 +166,8 @@ def main() -> None:
                      count_ort_extended(path), len(std.graph.node), fused_nodes,
                      err_std, err_fused))
         ort_fast = ort_session(model)
-        lat.append((name,
-                    median_ms(lambda: off.run(feeds), args.runs),
-                    median_ms(lambda: on.run(feeds), args.runs),
-                    median_ms(lambda: ort_fast.run(None, feeds), args.runs)))
+        lat.append((name, *median_ms([lambda: off.run(feeds), lambda: on.run(feeds),
+                                      lambda: ort_fast.run(None, feeds)], args.runs)))
         print(f"done {name}", file=sys.stderr, flush=True)
 
     print("\nnode counts (err = max |diff| / (1e-5 + 1e-4 |ref|) vs onnxruntime on the original;"

@@ -68,7 +68,7 @@ class EdgeRTRep(BackendRep):
 
 def _to_bits(arr: np.ndarray) -> np.ndarray:
     """bfloat16/float8 arrays (ml_dtypes) as the unsigned-integer bits edgert carries them in."""
-    if arr.dtype.kind == "V" and arr.dtype.itemsize in (1, 2) and arr.dtype.names is None:
+    if arr.dtype.name in _BIT_TYPE_NAMES.values():
         return arr.view(np.uint8 if arr.dtype.itemsize == 1 else np.uint16)
     return arr
 

@@ -5,6 +5,7 @@
     edgert run model.edgert --input x=x.npy        run once, print or save the outputs
     edgert inspect model.edgert|model.onnx         inputs/outputs, op histogram, parameters, size
     edgert bench model.edgert|model.onnx           load / first-run / steady-state latency
+    edgert warmup [model ...]                      compile kernels ahead of first use
 
 Every command accepts an ``.onnx`` model where a ``.edgert`` one is expected: it is converted in
 memory first (this needs the ``convert`` extra: ``pip install edgert[convert]``).
@@ -364,6 +365,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if deadline is not None and time.perf_counter() >= deadline:
             break
     progress.close()
+    profile_rows = None
+    if args.profile:
+        from edgert.runtime.profiling import profile_ops
+
+        profile_rows = profile_ops(interp, max(1, min(len(times), 20)))
     arr = np.array(times) * 1e3
     result = {
         "model": args.model,
@@ -387,6 +393,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "peak_rss_bytes": _rss_peak_bytes(),
         "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
     }
+    if profile_rows is not None:
+        result["profile"] = [
+            {"op_type": r.op_type, "name": r.name, "total_ms": r.total_s * 1e3,
+             "mean_ms": r.mean_s * 1e3, "calls": r.calls}
+            for r in profile_rows
+        ]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -400,6 +412,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"max {lat['max']:.3f}  std {lat['std']:.3f}")
     print(f"arena: {_format_bytes(result['arena_bytes'])}   peak RSS: "
           f"{_format_bytes(result['peak_rss_bytes'])}")
+    if profile_rows is not None:
+        from edgert.runtime.profiling import format_profile
+
+        print(f"per-op profile ({profile_rows[0].calls if profile_rows else 0} runs):")
+        print(format_profile(profile_rows, limit=None if args.profile_all else 30))
+    return 0
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    """``edgert warmup``: compile kernels into the Numba cache ahead of first use."""
+    from edgert.warmup import warmup
+
+    for m in args.models:
+        if not pathlib.Path(m).exists():
+            raise CLIError(f"no such file: {m}")
+    warmup(args.models, threads=args.threads)
     return 0
 
 
@@ -494,7 +522,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to run (cuda needs numba-cuda and a GPU; default cpu)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time every operator and print a per-op table (slowest first)")
+    p.add_argument("--profile-all", action="store_true",
+                   help="with --profile: list every op instead of the 30 slowest")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("warmup", help="compile the CPU kernels ahead of first use")
+    p.add_argument("models", nargs="*",
+                   help=".onnx/.edgert models to run once (default: a built-in set of small CNNs)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="compute threads (default: all cores)")
+    p.set_defaults(func=cmd_warmup)
 
     from edgert.quantize.cli import add_quantize_parser  # issue 5: edgert quantize
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cuda_helpers import require_cuda_or_skip
 from onnx import TensorProto, helper, numpy_helper
 
-from cuda_helpers import require_cuda_or_skip
 from edgert.converter import convert
 from edgert.errors import DTypeError, EdgeRTError, InputError, ShapeError
 from edgert.runtime import Interpreter
@@ -25,7 +25,7 @@ def _f(*shape):
 
 
 def _small_cnn(with_lrn: bool = False, batch="N"):
-    """Conv-BN-Relu-MaxPool, two branches concatenated, GlobalAveragePool, Flatten, Gemm, Softmax."""
+    """Conv-BN-Relu-MaxPool, two branches concatenated, GlobalAveragePool, Gemm, Softmax."""
     inits = {
         "w1": _f(4, 3, 3, 3) * 0.5, "b1": _f(4),
         "g": RNG.uniform(0.5, 1.5, 4).astype(np.float32), "beta": _f(4), "mean": _f(4),
@@ -46,7 +46,8 @@ def _small_cnn(with_lrn: bool = False, batch="N"):
                   "s_ax": np.array([1], np.int64)})
     last = "cat"
     if with_lrn:
-        nodes.append(helper.make_node("LRN", ["cat"], ["lrn"], size=3))
+        nodes.append(helper.make_node("InstanceNormalization", ["cat", "in_s", "in_b"], ["lrn"]))
+        inits.update({"in_s": _f(5), "in_b": _f(5)})
         last = "lrn"
     nodes += [
         helper.make_node("GlobalAveragePool", [last], ["gap"]),
@@ -125,7 +126,7 @@ def test_ops_without_cuda_kernel_run_on_host_and_are_reported():
     gpu = Interpreter(data, device="cuda")
     x = _f(1, 3, 6, 6)
     got = gpu.run({"x": x})["y"]
-    assert [w.split()[0] for w in gpu.host_ops] == ["LRN"]
+    assert [w.split()[0] for w in gpu.host_ops] == ["InstanceNormalization"]
     np.testing.assert_allclose(got, _ort(model, {"x": x}), rtol=RTOL, atol=ATOL)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cuda_helpers import check_same, require_cuda_or_skip, run_cuda_kernel
 
 require_cuda_or_skip()
@@ -190,6 +189,65 @@ def test_clip_constant_bounds_and_computed_fallback():
     run_cuda_kernel("Clip", [x, lo], {}, const_inputs=(), expect_device=False)
 
 
+# ----- fused elementwise chains (edgert.FusedElementwise) ---------------------------------------
+def _program(*instrs, modes):
+    prog, params = [], []
+    for ins in instrs:
+        prog += list(ins[:5])
+        params += list(ins[5:]) + [0.0] * (2 - len(ins[5:]))
+    return {"program": prog, "params": params, "modes": modes}
+
+
+def test_fused_elementwise_modes_and_every_opcode():
+    from edgert.runtime.kernels.cpu import fused as F
+
+    x, r, c = rnd(2, 3, 2, 3), rnd(2, 3, 2, 3), rnd(3, 1, 1)
+    s = np.array([0.5], np.float32)
+    x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    attrs = _program((F.OP_ADD, 4, 0, 1, 0), (F.OP_MUL, 5, 4, 2, 0), (F.OP_SUB, 6, 5, 3, 0),
+                     (F.OP_RELU, 7, 6, 0, 0), modes=[0, 0, 2, 1])
+    check_same("FusedElementwise", [x, r, c, s], attrs, const_inputs=(2, 3), domain="edgert")
+    unary = [F.OP_SIGMOID, F.OP_TANH, F.OP_EXP, F.OP_NEG, F.OP_ABS, F.OP_SQRT, F.OP_ERF,
+             F.OP_RECIPROCAL, F.OP_HARD_SWISH, F.OP_LOG]
+    for op in unary:  # each opcode alone: NaN, zeros and negatives included
+        attrs = _program((op, 1, 0, 0, 0), modes=[0])
+        check_same("FusedElementwise", [x], attrs, domain="edgert")
+    lo, hi = np.array(-0.5, np.float32), np.array(0.25, np.float32)
+    attrs = _program((F.OP_LEAKY_RELU, 3, 0, 0, 0, 0.1), (F.OP_HARD_SIGMOID, 4, 3, 0, 0, 0.3, 0.4),
+                     (F.OP_DIV, 5, 0, 4, 0), (F.OP_MAX, 6, 5, 1, 0), (F.OP_MIN, 7, 6, 2, 0),
+                     (F.OP_CLIP, 8, 0, 1, 2), (F.OP_ADD, 9, 7, 8, 0), modes=[0, 1, 1])
+    check_same("FusedElementwise", [x, lo, hi], attrs, const_inputs=(1, 2), domain="edgert")
+    run_cuda_kernel("FusedElementwise", [x.astype(np.float64)], _program((F.OP_RELU, 1, 0, 0, 0),
+                    modes=[0]), domain="edgert", expect_device=False)
+
+
+# ----- int8 (bit-exact: tolerance 0) -----------------------------------------------------------
+def _i8(*shape):
+    return RNG.integers(-128, 128, size=shape).astype(np.int8)
+
+
+@pytest.mark.parametrize("group, cin, cout, stride, pad", [
+    (1, 3, 4, 1, 1), (2, 4, 6, 2, 1), (5, 5, 10, 1, 1), (1, 4, 3, 1, 0)])
+def test_qconv_bit_exact(group, cin, cout, stride, pad):
+    x = _i8(2, cin, 4, 4)
+    w = RNG.integers(-127, 128, size=(cout, cin // group, 3, 3)).astype(np.int8)
+    b = RNG.integers(-2000, 2000, size=cout).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, cout)
+    attrs = dict(strides=[stride] * 2, pads=[pad] * 4, group=group, x_scale=0.05,
+                 x_zero_point=-3, w_scale=[float(s) for s in ws], y_scale=0.11,
+                 y_zero_point=7, act_min=-100, act_max=120)
+    check_same("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert", rtol=0, atol=0)
+
+
+def test_qgemm_bit_exact():
+    x = _i8(3, 2, 7)
+    w = RNG.integers(-127, 128, size=(4, 7)).astype(np.int8)
+    b = RNG.integers(-900, 900, size=4).astype(np.int32)
+    attrs = dict(x_scale=0.04, x_zero_point=-20, w_scale=[0.01, 0.02, 0.005, 0.013],
+                 y_scale=0.07, y_zero_point=3)
+    check_same("QGemm", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert", rtol=0, atol=0)
+
+
 # ----- normalization ------------------------------------------------------------------------------
 def test_batch_norm():
     c = 3
@@ -198,6 +256,11 @@ def test_batch_norm():
     check_same("BatchNormalization", [rnd(2, c, 3, 2), *params], {"epsilon": 1e-3},
                const_inputs=(1, 2, 3, 4))
     check_same("BatchNormalization", [rnd(2, c), *params], {}, const_inputs=(1, 2, 3, 4))
+
+
+def test_lrn():
+    check_same("LRN", [rnd(2, 5, 3, 2)], {"size": 3, "alpha": 0.01, "beta": 0.6, "bias": 1.5})
+    check_same("LRN", [rnd(1, 4, 3)], {"size": 4})
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])

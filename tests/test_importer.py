@@ -57,8 +57,11 @@ def _export_graph(g: Graph) -> onnx.GraphProto:
     nodes = []
     for n in g.nodes:
         ins = [x.name if x is not None else "" for x in n.inputs]
+        # the outer values bodies read are trailing inputs in the IR, read by name in ONNX
+        n_outer = len(n.attrs.get("edgert_outer_inputs") or ())
+        ins = ins[: len(ins) - n_outer]
         outs = ["" if o.meta.get("omitted") else o.name for o in n.outputs]
-        attrs = {k: _export_attr(v) for k, v in n.attrs.items()}
+        attrs = {k: _export_attr(v) for k, v in n.attrs.items() if k != "edgert_outer_inputs"}
         if n.op_type in ("Softmax", "LogSoftmax", "Hardmax") and n.version < 13:
             # The opset < 13 meaning: flatten to 2-D at `axis`, normalize rows, restore the shape.
             p = n.name

@@ -156,3 +156,71 @@ def test_cli_quantize(digits, tmp_path, capsys):
                str(tmp_path / "nothing.npz")])
     assert rc == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----- a small model with every kind of rewrite -------------------------------------------------
+def _mixed_model():
+    """Conv+Relu, residual Add+Relu, Concat, MaxPool, Sigmoid (LUT), LRN (stays float),
+    GlobalAveragePool, Flatten, Gemm, Softmax — opset 13."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=4),
+        helper.make_node("Add", ["c2", "r1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["r2"]),
+        helper.make_node("Sigmoid", ["r1"], ["s1"]),
+        helper.make_node("Concat", ["r2", "s1"], ["cat"], axis=1),
+        helper.make_node("MaxPool", ["cat"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("LRN", ["mp"], ["lrn"], size=3),
+        helper.make_node("GlobalAveragePool", ["lrn"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["fl"]),
+        helper.make_node("Gemm", ["fl", "wg", "bg"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8, scale=0.1), init("w2", 8, 2, 3, 3),
+             init("b2", 8, scale=0.1), init("wg", 5, 16, scale=1.0), init("bg", 5, scale=0.1)]
+    g = helper.make_graph(nodes, "mixed",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_mixed_model_int8_and_qdq_export():
+    import onnxruntime as ort
+
+    model = _mixed_model().SerializeToString()
+    rng = np.random.default_rng(2)
+    cal = [{"x": rng.normal(size=(4, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    data, rep = quantize(model, calibration=cal)
+    assert [op for op, _, _ in rep.float_ops] == ["LRN"]  # the one op without an int8 kernel
+    for op in ("Add", "Concat", "MaxPool", "GlobalAveragePool", "Sigmoid", "Softmax"):
+        assert rep.int8_ops.get(op), op
+    x = rng.normal(size=(6, 3, 8, 8)).astype(np.float32)
+    got = Interpreter(data).run({"x": x})["y"]
+    ref = ort.InferenceSession(model).run(None, {"x": x})[0]
+    assert np.max(np.abs(got - ref)) < 0.05  # a few int8 steps (1/256) of probability
+    # The QDQ export is a valid model that onnxruntime runs, with int8 weights and one Q/DQ
+    # pair per int8 activation; it lands as close to the float model as edgert's int8 does.
+    # (Element-wise agreement with edgert is not asserted here: with these random weights the
+    # final Softmax turns one-step logit rounding differences into several output steps. The
+    # benchmark checks the one-step agreement on the light models.)
+    import onnx
+
+    qdq, _ = quantize(model, calibration=cal, format="onnx")
+    proto = onnx.load_from_string(qdq)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8
+                    and len(t.dims) > 1]
+    assert len(int8_weights) == 3 and "LRN" in ops
+    assert ops.count("QuantizeLinear") >= 8
+    q = ort.InferenceSession(qdq).run(None, {"x": x})[0]
+    assert np.max(np.abs(q - ref)) < 0.05

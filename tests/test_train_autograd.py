@@ -46,7 +46,7 @@ def r(*shape: int, seed: int = 0, low: float | None = None) -> np.ndarray:
     return g.standard_normal(shape)
 
 
-# ----- elementwise, broadcasting, matmul -----------------------------------------------------------
+# ----- elementwise, broadcasting, matmul ----------------------------------------------------------
 @pytest.mark.parametrize("name,fn", [
     ("add", lambda a, b: a + b), ("sub", lambda a, b: a - b), ("mul", lambda a, b: a * b),
     ("div", lambda a, b: a / b), ("maximum", T.maximum), ("minimum", T.minimum),
@@ -86,7 +86,7 @@ def test_softmax_log_softmax(dim):
     gradcheck(lambda t: F.log_softmax(t, dim), r(3, 4))
 
 
-# ----- reductions, shape ops -------------------------------------------------------------------------
+# ----- reductions, shape ops ----------------------------------------------------------------------
 @pytest.mark.parametrize("op", ["sum", "mean", "max", "min", "var", "std"])
 @pytest.mark.parametrize("dim,keep", [(None, False), (1, False), ((0, 2), True), (-1, True)])
 def test_reductions(op, dim, keep):
@@ -111,7 +111,7 @@ def test_cat_stack():
     gradcheck(lambda a, b: T.stack([a, b], 2), r(2, 3), r(2, 3, seed=1))
 
 
-# ----- nn ops ----------------------------------------------------------------------------------------
+# ----- nn ops -------------------------------------------------------------------------------------
 def test_linear():
     gradcheck(F.linear, r(3, 4), r(5, 4, seed=1), r(5, seed=2))
     gradcheck(lambda x, w: F.linear(x, w), r(2, 3, 4), r(5, 4, seed=1))
@@ -195,7 +195,7 @@ def test_recurrent_cells(cell):
     gradcheck(lambda x: m(x)[0], r(2, 3, 3))
 
 
-# ----- engine contract --------------------------------------------------------------------------------
+# ----- engine contract ----------------------------------------------------------------------------
 def test_accumulation_and_shared_subexpressions():
     x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
     y = x * x

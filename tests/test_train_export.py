@@ -40,7 +40,7 @@ class Mixed(nn.Module):
         return F.softmax(self.head(z[:, :5].sigmoid() - z[:, 5:].tanh()), 1)
 
 
-def T_cat(z: Tensor) -> Tensor:  # noqa: N802
+def T_cat(z: Tensor) -> Tensor:
     from edgert.train.tensor import cat
     return cat([z, z.exp() / (1 + z.abs())], 1)
 
@@ -106,3 +106,24 @@ def test_export_unsupported_op_is_named(tmp_path):
 
     with pytest.raises(UnsupportedOpError, match="no ONNX mapping"):
         export_onnx(Bad(), np.zeros((2, 3), np.float32))
+
+
+class Decoder(nn.Module):
+    """Transposed conv, padding, stack, reductions and Max/Min: the remaining mappings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from edgert.train import tensor as T
+
+        y = T.pad(self.up(x), (1, 0, 0, 1), 0.25)                 # (N, 3, 9, 9)
+        s = T.stack([y.mean((2, 3)), y.var((2, 3)), y.max(3).min(2)], 1)
+        return T.maximum(s, 0.1) - T.minimum(s, -0.1) + s.sum(1, keepdim=True) ** 2
+
+
+def test_export_decoder(tmp_path):
+    manual_seed(0)
+    x = np.random.default_rng(3).standard_normal((4, 2, 4, 4)).astype(np.float32)
+    run_all(Decoder(), x, tmp_path)

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 def copy_params(ours: nn.Module, theirs, rename=lambda k: k) -> None:
     state = {rename(k): torch.from_numpy(v.copy()) for k, v in ours.state_dict().items()}
-    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    _missing, unexpected = theirs.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
 
 
@@ -142,15 +142,15 @@ def test_losses_match_torch(smoothing):
 
 
 OPTIMIZERS = [
-    ("sgd", dict(lr=0.1)),
-    ("sgd", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
-    ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)),
-    ("sgd", dict(lr=0.1, momentum=0.5, dampening=0.3)),
-    ("adam", dict(lr=0.01)),
-    ("adam", dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99))),
-    ("adamw", dict(lr=0.01, weight_decay=0.1)),
-    ("rmsprop", dict(lr=0.01)),
-    ("rmsprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+    ("sgd", {"lr": 0.1}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("sgd", {"lr": 0.1, "momentum": 0.5, "dampening": 0.3}),
+    ("adam", {"lr": 0.01}),
+    ("adam", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.99)}),
+    ("adamw", {"lr": 0.01, "weight_decay": 0.1}),
+    ("rmsprop", {"lr": 0.01}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}),
 ]
 
 

@@ -148,9 +148,16 @@ def _node_protos(graph: Graph, n: Node, target: int, domains: set[str]) -> list[
     if n.domain:
         domains.add(n.domain)
     ins = ["" if v is None else v.name for v in n.inputs]
+    # Control flow: the importer appends the outer values its bodies read as trailing inputs
+    # (named by ``edgert_outer_inputs``); ONNX reads them by name from the enclosing scope.
+    n_outer = len(n.attrs.get("edgert_outer_inputs") or ())
+    if n_outer:
+        ins = ins[: len(ins) - n_outer]
     outs = ["" if v.meta.get("omitted") else v.name for v in n.outputs]
     attrs = {}
     for k, val in n.attrs.items():
+        if k == "edgert_outer_inputs":
+            continue
         a = _attr(k, val, target, domains)
         if a is not None:
             attrs[k] = a

@@ -489,6 +489,7 @@ class _Importer:
                     ph.meta["omitted"] = True
                     outputs.append(ph)
             attrs = self._attrs(n, scope, node_name)
+            self._outer_inputs(scope, attrs, inputs)
             domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
             node = g.add_node(n.op_type, inputs, outputs, attrs, name=node_name, domain=domain)
             pending.append((node, n))
@@ -510,6 +511,29 @@ class _Importer:
             raise ModelImportError(f"{where} has a cycle: its nodes cannot be ordered") from None
         g.outer_inputs = list(scope.outer_names)
         return g
+
+    @staticmethod
+    def _outer_inputs(scope: _Scope, attrs: dict, inputs: list[Value | None]) -> None:
+        """Make the enclosing-scope values a node's bodies read explicit trailing inputs.
+
+        The node then depends on them like on any input (topological order, and the memory
+        planner keeps them alive while the node runs); attribute ``edgert_outer_inputs`` names
+        them, in input order, so a control-flow kernel can bind them to the body's tensors.
+        """
+        names: list[str] = []
+        for value in attrs.values():
+            graphs = value if isinstance(value, list) else [value]
+            for g in graphs:
+                if isinstance(g, Graph):
+                    names.extend(x for x in g.outer_inputs if x not in names)
+        if not names:
+            return
+        for name in names:
+            v = scope.resolve(name)
+            if v is None:  # defined nowhere: the body import already reported it
+                raise ModelImportError(f"a control-flow body reads '{name}', which nothing defines")
+            inputs.append(v)
+        attrs["edgert_outer_inputs"] = names
 
     @staticmethod
     def _constant(scope: _Scope, name: str, arr: np.ndarray, code: int) -> Value:

@@ -117,3 +117,80 @@ def fold_constants(graph: Graph, ctx) -> bool:
         ctx.count(removed=1)
         changed = True
     return changed
+
+
+def _shape_dims(node: Node) -> list | None:
+    """The dims a Shape node returns (ints, symbols or None), honouring ``start`` / ``end``."""
+    x = node.inputs[0] if node.inputs else None
+    if x is None or x.shape is None:
+        return None
+    r = len(x.shape)
+    start = int(node.attrs.get("start", 0))
+    end = int(node.attrs.get("end", r))
+    start = min(max(start + r if start < 0 else start, 0), r)
+    end = min(max(end + r if end < 0 else end, 0), r)
+    return list(x.shape[start:end])
+
+
+def fold_partial_shapes(graph: Graph, ctx) -> bool:
+    """Fold ``Gather`` / ``Slice`` of a ``Shape`` when the dims they pick are known ints.
+
+    Exporters compute reshape targets from ``Shape(x)`` even where only the batch dim is
+    symbolic; picking a static dim (``Gather(Shape(x), -1)`` on ``[batch, seq, 48]``) is a
+    constant, and the arithmetic after it then folds too. Declines when a picked dim is symbolic
+    or unknown, an index is out of range, or the Slice parameters are not constants.
+    """
+    changed = False
+    for node in list(graph.nodes):
+        if node.domain or node.op_type not in ("Gather", "Slice") or not node.inputs:
+            continue
+        src = node.inputs[0]
+        shape_node = src.producer if src is not None else None
+        if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain:
+            continue
+        dims = _shape_dims(shape_node)
+        if dims is None:
+            continue
+        picked = _pick(node, dims)
+        if picked is None or any(not isinstance(d, int) for d in picked.reshape(-1)):
+            continue
+        out = node.outputs[0]
+        arr = picked.astype(np.int64)
+        graph.remove_node(node)
+        out.const = arr
+        out.dtype = dtypes.INT64
+        out.shape = list(arr.shape)
+        graph.constants[out.name] = out
+        ctx.count(removed=1)
+        changed = True
+    return changed
+
+
+def _pick(node: Node, dims: list) -> np.ndarray | None:
+    n = len(dims)
+    table = np.empty(n, dtype=object)
+    table[:] = dims
+    if node.op_type == "Gather":
+        idx = node.input(1)
+        if idx is None or idx.const is None or int(node.attrs.get("axis", 0)) != 0:
+            return None
+        i = np.asarray(idx.const).astype(np.int64)
+        if np.any(i < -n) or np.any(i >= n):
+            return None
+        flat = [dims[int(k)] for k in np.where(i < 0, i + n, i).reshape(-1)]
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(i.shape)
+    params = [node.input(k) for k in range(1, 5)]
+    if params[0] is None or params[1] is None:
+        return None
+    if any(p is not None and p.const is None for p in params):
+        return None
+    starts, ends = (int(np.asarray(p.const).reshape(-1)[0]) for p in params[:2])
+    if params[2] is not None and int(np.asarray(params[2].const).reshape(-1)[0]) not in (0, -1):
+        return None
+    step = 1 if params[3] is None else int(np.asarray(params[3].const).reshape(-1)[0])
+    if step == 0 or any(np.asarray(p.const).size != 1 for p in params if p is not None):
+        return None
+    # Python slicing clamps exactly as ONNX Slice does for one axis.
+    return table[slice(starts, ends, step)]

@@ -4,8 +4,8 @@
   is removed by :func:`edgert.optimizer.cleanup.eliminate_noop`.
 * ``Reshape(R(x), s)`` where ``R`` is Reshape / Flatten / Squeeze / Unsqueeze = ``Reshape(x, s)``
   when ``s`` is a constant without 0 entries (a 0 copies a dim of the *intermediate*), or when
-  the final shape is fully static (then ``s`` is that shape).
-* ``Flatten / Squeeze / Unsqueeze (R(x))`` with a static output shape → ``Reshape(x, shape)``.
+  the final shape is fully static (then ``s`` is that shape); the second node may also be a
+  Flatten / Squeeze / Unsqueeze when its output shape is static.
 
 Declines when the intermediate has other readers, is a graph output, or is read by a body.
 """
@@ -59,7 +59,8 @@ def merge_reshapes(graph: Graph, ctx) -> bool:
             continue
         y = node.outputs[0]
         target = None
-        if y.static_shape() is not None:
+        if y.static_shape() is not None and 0 not in y.static_shape():
+            # (a 0 in Reshape's shape means "copy this dim", so empty shapes are left alone)
             target = np.array(y.static_shape(), dtype=np.int64)
         elif node.op_type == "Reshape" and not node.attrs.get("allowzero", 0):
             s = const(node.input(1))

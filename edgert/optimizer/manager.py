@@ -85,6 +85,7 @@ Pass = Callable[[Graph, PassContext], bool]
 
 LEVEL1: list[Pass] = [
     folding.fold_constants,
+    folding.fold_partial_shapes,
     cleanup.eliminate_noop,
     cleanup.eliminate_common_subexpressions,
     cleanup.share_duplicate_constants,

@@ -97,17 +97,16 @@ class _Rewriter:
         g.opset = dict(src.opset)
         g.opset.setdefault("edgert", 1)
         g.metadata = dict(src.metadata)
+        # Reserve every original name: float forms keep them, new values get fresh ones.
         for v in src.values():
-            g._names.add(v.name)
+            g.unique_name(v.name)
         for n in src.nodes:
             if n.name:
-                g._names.add(n.name)
+                g.unique_name(n.name)
         self.g = g
         self.fmap: dict[str, Value] = {}
         self.qmap: dict[str, Value] = {}
         self.result = QuantizeResult(g)
-        self.consumers = {v.name: len(v.consumers) + sum(o is v for o in src.outputs)
-                          for v in src.values()}
 
     # ----- forms of a tensor --------------------------------------------------------------------
     def _copy_value(self, v: Value) -> Value:
@@ -309,8 +308,6 @@ class _Rewriter:
         out = self.out_params(final)
         if out is None:
             return "its output has no calibrated range"
-        if node.domain == "edgert" and final is y and node.attrs.get("activation"):
-            pass  # the optimizer's fused activation: the calibrated range is post-activation
         xs, xz = self.params_of(x)
         w_scales = weight_params(wf, self.per_channel)
         wq = quantize_weight(wf, w_scales)
@@ -405,8 +402,10 @@ class _Rewriter:
         attrs = dict(node.attrs)
         if node.op_type == "Pad":
             cv = node.input(2)
-            value = float(attrs.pop("value", 0.0)) if cv is None else float(cv.const.reshape(-1)[0]) \
-                if cv.const.size else 0.0
+            if cv is None:
+                value = float(attrs.pop("value", 0.0))
+            else:
+                value = float(cv.const.reshape(-1)[0]) if cv.const.size else 0.0
             pads = node.input(1)
             if pads is None:  # opset < 11: pads is an attribute
                 pads = self.g.add_constant(node.name + "_pads",
@@ -449,7 +448,11 @@ class _Rewriter:
             return "unknown rank"
         axis = axis + rank if axis < 0 else axis
         if node.version < 13 and axis != rank - 1:
-            return "opset < 13 Softmax over several axes"
+            # Before opset 13 Softmax works on the input flattened to 2-D at `axis`; that is the
+            # one-axis softmax when every later dim is 1 (SqueezeNet's [1, 1000, 1, 1]).
+            tail = x.shape[axis + 1:]
+            if not all(d == 1 for d in tail):
+                return "opset < 13 Softmax over several axes"
         xs, xz = self.params_of(x)
         xq = self.int8_of(x)
         ys, yz = 1.0 / 256.0, -128

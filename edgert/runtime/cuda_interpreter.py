@@ -36,7 +36,7 @@ from edgert import dtypes
 from edgert.errors import DTypeError, EdgeRTError, InputError, KernelError, ShapeError
 from edgert.format import ModelDef
 from edgert.runtime import planner
-from edgert.runtime.interpreter import FOLD_LIMIT, Interpreter, PlanStats
+from edgert.runtime.interpreter import FOLD_LIMIT, Interpreter, PlanStats, _set_threads
 from edgert.runtime.kernels.cuda._common import (
     as_device_array,
     is_device_array,
@@ -109,7 +109,7 @@ class CudaInterpreter(Interpreter):
         return registry()
 
     # ----- prepare & plan -----------------------------------------------------------------------
-    def _prepare(self) -> None:  # noqa: PLR0912, PLR0915 (mirrors Interpreter._prepare)
+    def _prepare(self) -> None:
         cuda = self._cuda
         g = self._graph
         n_tensors = len(g.tensors)
@@ -265,10 +265,7 @@ class CudaInterpreter(Interpreter):
         """Run the model on the inputs set with :meth:`set_tensor`; returns when it is done."""
         if not self._prepared:
             self.allocate_tensors()
-        if self._num_threads is not None:
-            import numba
-
-            numba.set_num_threads(min(self._num_threads, numba.config.NUMBA_NUM_THREADS))
+        _set_threads(self._num_threads)  # for the CPU kernels of host ops
         stream = self._stream
         for step in self._steps:
             try:
@@ -417,7 +414,9 @@ class CudaInterpreter(Interpreter):
                 device arrays when any feed was one.
         """
         if not isinstance(feeds, dict):
-            raise InputError(f"run() takes a dict of input name -> array, got {type(feeds).__name__}")
+            raise InputError(
+                f"run() takes a dict of input name -> array, got {type(feeds).__name__}"
+            )
         unknown = [k for k in feeds if k not in self._input_index]
         if unknown:
             raise InputError(
@@ -425,7 +424,9 @@ class CudaInterpreter(Interpreter):
             )
         missing = [k for k in self._input_index if k not in feeds]
         if missing:
-            raise InputError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
+            raise InputError(
+                f"missing input(s) {missing}; the model's inputs are {self.input_names}"
+            )
         if device_outputs is None:
             device_outputs = any(is_device_array(v) for v in feeds.values())
         checked = {}

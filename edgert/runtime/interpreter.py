@@ -75,8 +75,9 @@ class Interpreter:
     Args:
         model: a path to a `.edgert` file, its bytes, or a :class:`~edgert.format.ModelDef`.
         num_threads: threads for the compute kernels (Numba's pool); None uses every core.
-        device: ``"cpu"`` or ``"cuda"`` (the :class:`~edgert.runtime.cuda_interpreter.CudaInterpreter`;
-            a clear error where numba-cuda or a GPU is missing).
+        device: ``"cpu"`` or ``"cuda"`` (builds a
+            :class:`~edgert.runtime.cuda_interpreter.CudaInterpreter`; a clear error where
+            numba-cuda or a GPU is missing).
 
     Example:
         >>> interp = Interpreter("model.edgert")
@@ -494,6 +495,17 @@ class Interpreter:
             if not step.dynamic:
                 step.in_arrays = [arrays[i] if i >= 0 else None for i in step.inputs]
                 step.out_arrays = [arrays[o] if o >= 0 else None for o in step.outputs]
+        # One scratch buffer shared by the kernels that ask for one (``scratch_nbytes`` and
+        # ``bind_scratch``, e.g. Conv's column matrix): steps run one at a time.
+        users = [st.kernel for st in steps
+                 if not st.dynamic and getattr(st.kernel, "scratch_nbytes", 0) > 0]
+        if users:
+            need = max(k.scratch_nbytes for k in users)
+            raw_scratch = np.empty(need + planner.ALIGNMENT, np.uint8)
+            first = (-raw_scratch.ctypes.data) % planner.ALIGNMENT
+            scratch = raw_scratch[first : first + need]
+            for k in users:
+                k.bind_scratch(scratch)
         self._arrays = arrays
         self._arena = arena
         self._steps = steps
@@ -598,10 +610,10 @@ def _numba_thread_calls() -> tuple:
 
 
 def _set_threads(requested: int | None) -> None:
-    """Give Numba's pool and NumPy's BLAS the same thread count (None: every core).
+    """Give Numba's pool and edgert's GEMM splitting the same thread count (None: every core).
 
-    Numba's setting is per calling thread and cheap; the BLAS one is process-wide and goes
-    through ctypes, so it is only changed when the count changes.
+    Numba's setting is per calling thread and cheap; the GEMM one is process-wide, so it is only
+    changed when the count changes. NumPy's BLAS is pinned to one thread.
     """
     global _blas_threads_in_effect
     get, put, most = _numba_thread_calls()
@@ -609,9 +621,13 @@ def _set_threads(requested: int | None) -> None:
     if get() != n:
         put(n)
     if n != _blas_threads_in_effect:
+        # BLAS itself stays single-threaded; large GEMMs are split over n threads by edgert
+        # (see edgert/runtime/kernels/cpu/blas.py for the measurements behind this).
+        from edgert.runtime.kernels.cpu.blas import set_gemm_threads
         from edgert.runtime.kernels.cpu.gemm import set_blas_threads
 
-        set_blas_threads(n)
+        set_blas_threads(1)
+        set_gemm_threads(n)
         _blas_threads_in_effect = n
 
 

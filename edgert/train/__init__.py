@@ -7,7 +7,8 @@
 * :func:`export_onnx` — trace a forward pass into an ONNX model.
 
 The creation function ``tensor()`` lives in :mod:`edgert.train.tensor` (the package attribute
-``edgert.train.tensor`` is that module). Importing this package never imports onnx (only :func:`export_onnx` does, when called).
+``edgert.train.tensor`` is that module). Importing this package never imports onnx (only
+:func:`export_onnx` does, when called).
 """
 
 from edgert.train import data, fit, functional, nn, optim
@@ -27,7 +28,7 @@ from edgert.train.tensor import (
 )
 
 
-def export_onnx(*args, **kwargs):  # noqa: ANN002, ANN003
+def export_onnx(*args, **kwargs):
     """See :func:`edgert.train.export.export_onnx` (imported lazily: it needs onnx)."""
     from edgert.train.export import export_onnx as _export
 
@@ -35,6 +36,7 @@ def export_onnx(*args, **kwargs):  # noqa: ANN002, ANN003
 
 
 __all__ = [
-    "AutogradError", "Tensor", "arange", "cat", "data", "export_onnx", "fit", "from_numpy", "functional",
+    "AutogradError", "Tensor", "arange", "cat", "data", "export_onnx", "fit", "from_numpy",
+    "functional",
     "manual_seed", "nn", "no_grad", "ones", "optim", "rand", "randn", "stack", "zeros",
 ]

@@ -91,6 +91,10 @@ def _ints(v: Any) -> list[int]:
 
 def _emit(b: _Builder, op: str, ins: tuple[Tensor, ...], out: Tensor, attrs: dict) -> str:
     """ONNX nodes for one recorded op; returns the name of the value holding ``out``."""
+    if op is None:
+        raise UnsupportedOpError(f"export: an op producing a {out.shape} tensor has no ONNX "
+                                 "mapping (losses and where() are not exportable)",
+                                 [("?", "", "no ONNX mapping")])
     x = [b.name_of(t) for t in ins]
     dt = out.dtype
     if op in _DIRECT:
@@ -173,9 +177,8 @@ def _emit(b: _Builder, op: str, ins: tuple[Tensor, ...], out: Tensor, attrs: dic
                       epsilon=float(attrs["epsilon"]))
     if op == "getitem":
         return _emit_getitem(b, ins[0], x[0], attrs["key"])
-    raise UnsupportedOpError(f"export: the op {op or 'producing a ' + str(out.shape) + ' tensor'} "
-                             "has no ONNX mapping (losses and where() are not exportable)",
-                             [(op or "?", "", "no ONNX mapping")])
+    raise UnsupportedOpError(f"export: the op {op} has no ONNX mapping",
+                             [(op, "", "no ONNX mapping")])
 
 
 def _emit_getitem(b: _Builder, src: Tensor, name: str, key: Any) -> str:

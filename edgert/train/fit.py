@@ -125,7 +125,7 @@ class CSVLogger(Callback):
             w.writerow([epoch] + [logs.get(k, "") for k in self.keys])
 
 
-# ----- TensorBoard event files ---------------------------------------------------------------------
+# ----- TensorBoard event files --------------------------------------------------------------------
 def _crc32c_table() -> list[int]:
     table = []
     for i in range(256):
@@ -201,7 +201,8 @@ class TensorBoardLogger(Callback):
 def read_tensorboard_scalars(path: str | os.PathLike) -> list[tuple[int, str, float]]:
     """Decode the scalar events of a file written by :class:`TensorBoardLogger` (for tests)."""
     out = []
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     pos = 0
     while pos < len(data):
         (n,) = struct.unpack_from("<Q", data, pos)
@@ -271,7 +272,7 @@ def plot_history(history: History, path: str | os.PathLike) -> bool:
     return True
 
 
-# ----- the loop --------------------------------------------------------------------------------------
+# ----- the loop -----------------------------------------------------------------------------------
 class Trainer:
     """State shared with callbacks: the model, optimizer and ``stop_training`` flag."""
 

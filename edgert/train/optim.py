@@ -89,8 +89,8 @@ class SGD(Optimizer):
         _check("weight_decay value", weight_decay, weight_decay >= 0)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise OptimizerError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "weight_decay": weight_decay, "nesterov": nesterov})
 
     def _update(self, p: Tensor, g: np.ndarray, group: dict, state: dict) -> None:
         if group["weight_decay"]:
@@ -118,7 +118,8 @@ class Adam(Optimizer):
         _check("beta parameter at index 0", betas[0], 0 <= betas[0] < 1)
         _check("beta parameter at index 1", betas[1], 0 <= betas[1] < 1)
         _check("weight_decay value", weight_decay, weight_decay >= 0)
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
+                                  "weight_decay": weight_decay})
 
     def _update(self, p: Tensor, g: np.ndarray, group: dict, state: dict) -> None:
         lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
@@ -160,8 +161,9 @@ class RMSprop(Optimizer):
         _check("alpha value", alpha, alpha >= 0)
         _check("momentum value", momentum, momentum >= 0)
         _check("weight_decay value", weight_decay, weight_decay >= 0)
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered))
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps,
+                                  "weight_decay": weight_decay, "momentum": momentum,
+                                  "centered": centered})
 
     def _update(self, p: Tensor, g: np.ndarray, group: dict, state: dict) -> None:
         if group["weight_decay"]:
@@ -245,14 +247,15 @@ class StepLR(LRScheduler):
 class CosineAnnealingLR(LRScheduler):
     """``eta_min + (base - eta_min) * (1 + cos(pi * t / T_max)) / 2``."""
 
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
         if T_max < 1:
             raise OptimizerError(f"Invalid T_max: {T_max}")
         self.T_max, self.eta_min = T_max, eta_min
         super().__init__(optimizer)
 
     def lr_at(self, base_lr: float, t: int) -> float:
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+        cos = math.cos(math.pi * t / self.T_max)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
 
 
 class LambdaLR(LRScheduler):
@@ -265,7 +268,8 @@ class LambdaLR(LRScheduler):
 
 
 class LinearLR(LRScheduler):
-    """Linear warm-up: the factor goes from ``start_factor`` to ``end_factor`` in ``total_iters``."""
+    """Linear warm-up: the factor goes from ``start_factor`` to ``end_factor`` in ``total_iters``
+    steps."""
 
     def __init__(self, optimizer: Optimizer, start_factor: float = 1 / 3, end_factor: float = 1.0,
                  total_iters: int = 5):

@@ -26,8 +26,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +63,7 @@ class no_grad(contextlib.ContextDecorator):
         self._prev = _GRAD_ENABLED
         _GRAD_ENABLED = False
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         global _GRAD_ENABLED
         _GRAD_ENABLED = self._prev
 
@@ -99,7 +98,7 @@ def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
 class Tensor:
     """An n-dimensional array with an optional gradient and the graph that produced it."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "name", "__weakref__")
+    __slots__ = ("__weakref__", "_backward", "_parents", "data", "grad", "name", "requires_grad")
     # Make ``ndarray * Tensor`` call Tensor.__rmul__ instead of broadcasting over the object.
     __array_priority__ = 1000
 
@@ -327,7 +326,7 @@ class Tensor:
         return permute(self, _shape_args(dims))
 
     @property
-    def T(self) -> Tensor:  # noqa: N802  (NumPy/PyTorch name)
+    def T(self) -> Tensor:
         return permute(self, tuple(range(self.ndim - 1, -1, -1)))
 
     def squeeze(self, dim: int | None = None) -> Tensor:
@@ -400,7 +399,7 @@ def _make(data: np.ndarray, parents: tuple[Tensor, ...],
         out.requires_grad = True
         out._parents = parents
         out._backward = backward
-    if _TRACER is not None and op is not None:
+    if _TRACER is not None:  # op None: no ONNX mapping (export reports it)
         _TRACER.record(op, parents, out, attrs or {})
     return out
 
@@ -434,7 +433,7 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return g.reshape(shape)
 
 
-# ----- creation ------------------------------------------------------------------------------------
+# ----- creation -----------------------------------------------------------------------------------
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     """A new tensor (copying ``data``); Python floats become float32."""
     return Tensor(np.array(_as_array(data, dtype), copy=True), requires_grad)
@@ -465,7 +464,7 @@ def arange(*args: Any, dtype: Any = np.int64) -> Tensor:
     return Tensor(np.arange(*args, dtype=dtype))
 
 
-# ----- elementwise binary --------------------------------------------------------------------------
+# ----- elementwise binary -------------------------------------------------------------------------
 def _binary_inputs(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     if not isinstance(a, Tensor):
         b = _tensor(b)
@@ -510,7 +509,7 @@ def div(a: Any, b: Any) -> Tensor:
     return _make(out, (a, b), backward, "Div")
 
 
-def pow(a: Any, b: Any) -> Tensor:  # noqa: A001  (PyTorch name)
+def pow(a: Any, b: Any) -> Tensor:
     """``a ** b``; the gradient with respect to ``b`` uses ``log(a)`` (a > 0 needed there)."""
     a, b = _binary_inputs(a, b)
     out = a.data ** b.data
@@ -580,7 +579,7 @@ def matmul(a: Any, b: Any) -> Tensor:
     return _make(out, (a, b), backward, "MatMul")
 
 
-# ----- elementwise unary ---------------------------------------------------------------------------
+# ----- elementwise unary --------------------------------------------------------------------------
 def _unary(x: Tensor, out: np.ndarray, dfdx: Callable[[], np.ndarray], op: str,
            attrs: dict | None = None) -> Tensor:
     """An elementwise op whose gradient is ``g * dfdx()`` (``dfdx`` evaluated lazily)."""
@@ -605,11 +604,11 @@ def sqrt(x: Tensor) -> Tensor:
     return _unary(x, out, lambda: 0.5 / out, "Sqrt")
 
 
-def abs(x: Tensor) -> Tensor:  # noqa: A001
+def abs(x: Tensor) -> Tensor:
     return _unary(x, np.abs(x.data), lambda: np.sign(x.data), "Abs")
 
 
-def clamp(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
+def clamp(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:
     """Clip to ``[min, max]``; the gradient passes where ``min <= x <= max`` (as PyTorch)."""
     out = np.clip(x.data, min, max)
 
@@ -689,7 +688,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     return _make(out, (x,), backward, "LogSoftmax", {"axis": dim})
 
 
-# ----- reductions ----------------------------------------------------------------------------------
+# ----- reductions ---------------------------------------------------------------------------------
 def _axes(dim: Any, ndim: int) -> tuple[int, ...]:
     if dim is None:
         return tuple(range(ndim))
@@ -706,7 +705,7 @@ def _expand_grad(g: np.ndarray, shape: tuple, axes: tuple, keepdim: bool) -> np.
     return np.broadcast_to(g, shape)
 
 
-def sum(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:  # noqa: A001
+def sum(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     axes = _axes(dim, x.ndim)
     out = np.asarray(x.data.sum(axis=axes, keepdims=keepdim))
     shape = x.shape
@@ -851,7 +850,8 @@ def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     tensors = [_tensor(t) for t in tensors]
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
-        raise ShapeError(f"stack: all tensors need the same shape, got {[t.shape for t in tensors]}")
+        raise ShapeError(f"stack: all tensors need the same shape, got "
+                         f"{[t.shape for t in tensors]}")
     return cat([unsqueeze(t, dim) for t in tensors], dim)
 
 
@@ -875,15 +875,3 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     out = np.where(c, a.data, b.data)
     return _make(out, (a, b), lambda g: (unbroadcast(np.where(c, g, 0), a.shape),
                                          unbroadcast(np.where(c, 0, g), b.shape)), None)
-
-
-def _method_doc(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-    return wrapper
-
-
-def parameters_of(tensors: Iterable[Tensor]) -> list[Tensor]:
-    """The tensors that require gradients (helper for optimizers)."""
-    return [t for t in tensors if t.requires_grad]

@@ -17,6 +17,8 @@ def registry() -> KernelRegistry:
     global _REGISTRY
     if _REGISTRY is None:
         from edgert.runtime.kernels.cpu import (
+            attention,
+            control_flow,
             conv,
             elementwise,
             fused,
@@ -26,7 +28,9 @@ def registry() -> KernelRegistry:
             movement,
             normalization,
             pooling,
+            quantize_linear,
             quantized,
+            recurrent,
             reduce,
             resize,
             shape,
@@ -36,7 +40,8 @@ def registry() -> KernelRegistry:
         for family in (conv, gemm, pooling, elementwise, reduce, normalization, shape, movement,
                        indexing, resize, quantized, fused):
             family.register(reg)
-        for family in (misc,):  # ONNX-conformance families (issue 3)
+        # ONNX-conformance families (issue 3)
+        for family in (misc, control_flow, quantize_linear, attention, recurrent):
             family.register(reg)
         _REGISTRY = reg
     return _REGISTRY

@@ -566,20 +566,37 @@ class PRelu(_Elementwise):
 
 
 class BitShift(_Binary):
-    """Unsigned shifts; shifting by the bit width or more gives 0 (NumPy's definition)."""
+    """Shifts; a shift by the bit width or more gives 0 (NumPy's definition for unsigned types).
 
-    DTYPES = UNSIGNED
+    Signed types: the right shift is arithmetic (the sign bit fills), the left shift wraps; a
+    shift amount outside ``[0, width)`` gives 0 to the left and the sign fill (0 or -1) to the
+    right. NumPy leaves out-of-range shift amounts of signed types to C, hence the ``where``.
+    """
+
+    DTYPES = INTS
 
     def prepare_more(self, inputs, shape, dt):
         direction = self.attr("direction")
         if isinstance(direction, bytes):
             direction = direction.decode()
-        if direction == "LEFT":
-            self.UFUNC = np.left_shift
-        elif direction == "RIGHT":
-            self.UFUNC = np.right_shift
-        else:
+        if direction not in ("LEFT", "RIGHT"):
             raise self.error(f"attribute direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+        self.UFUNC = np.left_shift if direction == "LEFT" else np.right_shift
+        self._signed_left = dt in SIGNED and direction == "LEFT"
+        self._signed_right = dt in SIGNED and direction == "RIGHT"
+
+    def invoke(self, inputs, outputs):
+        if not (self._signed_left or self._signed_right):
+            return super().invoke(inputs, outputs)
+        x, n = inputs
+        width = x.dtype.itemsize * 8
+        bad = (n < 0) | (n >= width)
+        safe = np.where(bad, 0, n).astype(x.dtype)
+        with np.errstate(all="ignore"):
+            shifted = self.UFUNC(x, safe)
+        fill = np.zeros((), x.dtype) if self._signed_left else np.where(x < 0, -1, 0).astype(
+            x.dtype)
+        np.copyto(outputs[0], np.where(bad, fill, shifted), casting="unsafe")
 
 
 class BitwiseAnd(_Binary):

@@ -14,9 +14,11 @@ Node attributes:
 * ``modes`` (ints): one per input: 0 = full tensor of the output shape, 1 = scalar (one element),
   2 = a vector indexed by the channel (axis 1) of the output.
 
-Why blocks: the output is cut in blocks of ``BLOCK`` elements; each instruction runs as its own
-tight loop over the block's registers (which stay in L1), so the opcode dispatch costs once per
-block, not once per element, and LLVM vectorizes each loop. Blocks run in parallel.
+Why blocks: the output is cut in blocks of ``BLOCK`` elements (within one channel row); each
+instruction runs as its own tight loop over the block's registers (which stay in L1), so the
+opcode dispatch costs once per block, not once per element, and LLVM vectorizes each loop.
+Blocks run in parallel. A first version computed the channel of every element with a division
+and ran at half NumPy's speed on BatchNormalization+Relu; filling per block fixed that.
 
 Numerical traps: Numba's ``/`` raises on a zero divisor (Python error model), so DIV spells
 out IEEE division; Relu/Clip/Max keep NaN as NumPy does.
@@ -52,6 +54,28 @@ BLOCK = 2048
 # Inputs travel to Numba as a tuple padded to this length: one compiled specialization serves
 # every node (a tuple of each length would compile the whole kernel again, ~10 s each cold).
 MAX_INPUTS = 8
+
+
+@njit
+def _copy(d, s, m):
+    for j in range(m):
+        d[j] = s[j]
+
+
+@njit
+def _fill(d, v, m):
+    for j in range(m):
+        d[j] = v
+
+
+@njit
+def _relu(d, s, m):
+    # A loop of its own: inside _run_op's long branch chain LLVM left this select scalar
+    # (1.1 ns/element against 0.09 here, measured on float32 blocks of 2048).
+    zero = d.dtype.type(0.0)
+    for j in range(m):
+        v = s[j]
+        d[j] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
 
 
 @njit
@@ -92,9 +116,7 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
             b = s2[j]
             d[j] = a if (a < b or a != a) else b
     elif op == OP_RELU:
-        for j in range(m):
-            v = s1[j]
-            d[j] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
+        _relu(d, s1, m)
     elif op == OP_SIGMOID:
         for j in range(m):
             v = s1[j]
@@ -168,33 +190,34 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
 
 @njit(parallel=True)
 def fused_eval(out, ins, nin, modes, inner, nch, prog, params, nreg):
-    """Run ``prog`` over every element of the flat ``out`` (see the module docstring)."""
+    """Run ``prog`` over every element of the flat ``out`` (see the module docstring).
+
+    Work items are blocks of at most ``BLOCK`` elements that never cross a channel row
+    (``inner`` elements), so a per-channel or scalar input is one value per block, filled
+    into its register with a vectorized store instead of an index computed per element.
+    """
     n = out.shape[0]
-    nblocks = (n + BLOCK - 1) // BLOCK
+    rows = n // inner
+    per_row = (inner + BLOCK - 1) // BLOCK
     res = prog[prog.shape[0] - 1, 1]
-    for bi in prange(nblocks):
-        start = bi * BLOCK
-        stop = min(n, start + BLOCK)
+    for w in prange(rows * per_row):
+        row = w // per_row
+        start = row * inner + (w % per_row) * BLOCK
+        stop = min(row * inner + inner, start + BLOCK)
         m = stop - start
+        c = row % nch
         regs = np.empty((nreg, BLOCK), out.dtype)
         for k in range(nin):
             a = ins[k]
             mode = modes[k]
             if mode == MODE_FULL:
-                for j in range(m):
-                    regs[k, j] = a[start + j]
-            elif mode == MODE_SCALAR:
-                v = a[0]
-                for j in range(m):
-                    regs[k, j] = v
+                _copy(regs[k], a[start:stop], m)
             else:
-                for j in range(m):
-                    regs[k, j] = a[((start + j) // inner) % nch]
+                _fill(regs[k], a[0] if mode == MODE_SCALAR else a[c], m)
         for pc in range(prog.shape[0]):
             _run_op(prog[pc, 0], regs[prog[pc, 1]], regs[prog[pc, 2]], regs[prog[pc, 3]],
                     regs[prog[pc, 4]], params[pc, 0], params[pc, 1], m)
-        for j in range(m):
-            out[start + j] = regs[res, j]
+        _copy(out[start:stop], regs[res], m)
 
 
 class FusedElementwiseKernel(Kernel):
@@ -236,9 +259,18 @@ class FusedElementwiseKernel(Kernel):
             if not ok:
                 raise self.error(f"input {i} of shape {x.shape} does not fit mode {m} for "
                                  f"output shape {shape}", ShapeError)
-        inner = 1
-        for d in shape[2:]:
-            inner *= d
+        # Rows of `inner` elements share one channel; without per-channel inputs the whole
+        # tensor is one row (so blocks are full length).
+        size = 1
+        for d in shape:
+            size *= d
+        inner = size
+        if MODE_CHANNEL in modes:
+            inner = 1
+            for d in shape[2:]:
+                inner *= d
+        else:
+            nch = 1
         self.const_copies = [
             None if x.value is None else np.array(x.value, dtype=dtype, order="C").reshape(-1)
             for x in inputs

@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from edgert.errors import ShapeError
+from edgert.runtime.kernels.cpu.blas import matmul, set_gemm_threads  # noqa: F401 (re-export)
 from edgert.runtime.kernels.cpu.conv import float_dtype, owned
 from edgert.runtime.kernels.cpu.epilogue import col_epilogue, epilogue, parse_activation
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
@@ -118,10 +119,13 @@ class GemmKernel(Kernel):
         self.alpha_folded = False
         if b.value is not None:
             bp = np.asarray(b.value, dtype=dt)
-            bp = owned(bp.T if self.trans_b else bp, dt)
+            bp = bp.T if self.trans_b else bp
             if self.alpha != 1.0:
+                bp = owned(bp, dt)
                 bp *= dt.type(self.alpha)
                 self.alpha_folded = True
+            # Otherwise a zero-copy (possibly transposed) view of the file's weights: BLAS takes
+            # the transpose flag at full speed, and a copy would double resident memory.
             self.b_packed = bp
 
         # C: how it broadcasts over (M, N), and beta folded into it when it is constant.
@@ -170,7 +174,7 @@ class GemmKernel(Kernel):
             b = self.b_packed
         else:
             b = inputs[1].T if self.trans_b else inputs[1]
-        np.matmul(a, b, out=y)
+        matmul(a, b, out=y)
         if self.alpha != 1.0 and not self.alpha_folded:
             y *= self.dtype.type(self.alpha)
         code = self.act.code
@@ -218,7 +222,7 @@ class MatMulKernel(Kernel):
         self.act = parse_activation(self.where(), self.attrs)
         self.params = self.act.params(dt)
         self.empty = np.zeros(0, dt)
-        self.b_packed = owned(b.value, dt) if b.value is not None else None
+        self.b_packed = np.asarray(b.value, dtype=dt) if b.value is not None else None
         # A Linear layer over a batch: fold A's batch axes into its rows, one GEMM in total.
         self.flat = len(sa) >= 3 and len(sb) <= 2
         self.k = pa[-1]
@@ -235,9 +239,11 @@ class MatMulKernel(Kernel):
             a = np.ascontiguousarray(a)
             rows = a.size // self.k
             if b.ndim == 2:
-                np.matmul(a.reshape(rows, self.k), b, out=y.reshape(rows, b.shape[1]))
+                matmul(a.reshape(rows, self.k), b, out=y.reshape(rows, b.shape[1]))
             else:
                 np.matmul(a.reshape(rows, self.k), b, out=y.reshape(rows))
+        elif b.ndim >= 2:
+            matmul(a, b, out=y)
         else:
             np.matmul(a, b, out=y)
         if self.act.active:

@@ -1,5 +1,5 @@
 """Operators whose work is a few vectorized NumPy calls: losses, RMSNormalization, Swish,
-CumProd, Einsum, Compress, Unique, Det, window functions, ReverseSequence.
+CumProd, Einsum, Compress, Unique, window functions, ReverseSequence.
 
 They share :class:`EagerKernel`: ``check`` validates attributes and infers output infos at
 prepare (``shape=None`` where the shape depends on data), ``compute`` returns the outputs and
@@ -269,22 +269,6 @@ class Unique(EagerKernel):
         return [vals, idx.astype(i64), inv.astype(i64), cnt.astype(i64)]
 
 
-class Det(EagerKernel):
-    """Det: determinant of the trailing [M, M] matrices (LAPACK LU through NumPy)."""
-
-    def check(self, inputs):
-        self.require_inputs(inputs, 1, 1)
-        x = inputs[0]
-        self.require_float(x, "X")
-        if len(x.shape) < 2 or x.shape[-1] != x.shape[-2]:
-            raise self.error(f"input must be [..., M, M], got shape {x.shape}", ShapeError)
-        return [TensorInfo(tuple(x.shape[:-2]), np.dtype(x.dtype))]
-
-    def compute(self, inputs):
-        x = inputs[0]
-        return [np.asarray(np.linalg.det(x.astype(np.float64))).astype(x.dtype)]
-
-
 class _Window(EagerKernel):
     """Hann / Hamming / Blackman windows of length ``size`` (input 0), periodic by default."""
 
@@ -292,7 +276,7 @@ class _Window(EagerKernel):
 
     def check(self, inputs):
         self.require_inputs(inputs, 1, 1)
-        size = self.const_input(inputs, 0, "size")
+        size = inputs[0].value  # None: the length is only known at run time
         out_dt = dtypes.to_numpy(int(self.attr("output_datatype", dtypes.FLOAT)))
         if out_dt == object:
             raise self.error("output_datatype cannot be string", DTypeError)
@@ -365,7 +349,6 @@ def register(reg: KernelRegistry) -> None:
         ("Einsum", Einsum),
         ("Compress", Compress),
         ("Unique", Unique),
-        ("Det", Det),
         ("HannWindow", HannWindow),
         ("HammingWindow", HammingWindow),
         ("BlackmanWindow", BlackmanWindow),

@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from edgert.errors import ShapeError
-from edgert.runtime._jit import njit, prange
+from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu.conv import Window, as3d, float_dtype, sliding_window, tap_ranges
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
@@ -221,6 +221,12 @@ def _global_pool(x, y, mode, p):
             y[t] = acc**inv_p
 
 
+# Serial twins for inputs smaller than PARALLEL_MIN_WORK elements (no parallel launch).
+_max_pool_serial = serial_twin(_max_pool)
+_sum_pool_serial = serial_twin(_sum_pool)
+_global_pool_serial = serial_twin(_global_pool)
+
+
 def _inverse_counts(win: Window, include_pad: bool) -> tuple[np.ndarray, np.ndarray]:
     """The separable reciprocal divisors of AveragePool: ``(inv_outer[OD*OH], inv_w[OW])``.
 
@@ -293,6 +299,7 @@ class _PoolBase(Kernel):
         self.in3 = as3d(win.in_shape)
         self.out3 = as3d(win.out_shape)
         y_shape = tuple(x.shape[:2]) + win.out_shape
+        self.small = int(np.prod(x.shape)) < PARALLEL_MIN_WORK
         return dt, y_shape
 
     def _views(self, x: np.ndarray, y: np.ndarray):
@@ -321,10 +328,11 @@ class MaxPoolKernel(_PoolBase):
             return
         x4, y4 = self._views(inputs[0], y)
         ind = outputs[1] if len(outputs) > 1 else None
+        pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:
-            _max_pool(x4, y4, ind.reshape(y4.shape), self.geo, self.storage_order, True, self.one)
+            pool(x4, y4, ind.reshape(y4.shape), self.geo, self.storage_order, True, self.one)
         else:
-            _max_pool(x4, y4, self.no_indices, self.geo, self.storage_order, False, self.one)
+            pool(x4, y4, self.no_indices, self.geo, self.storage_order, False, self.one)
 
 
 class AveragePoolKernel(_PoolBase):
@@ -343,7 +351,8 @@ class AveragePoolKernel(_PoolBase):
         if y.size == 0:
             return
         x4, y4 = self._views(inputs[0], y)
-        _sum_pool(x4, y4, self.geo, self.inv_outer, self.inv_w, _AVG, 1)
+        pool = _sum_pool_serial if self.small else _sum_pool
+        pool(x4, y4, self.geo, self.inv_outer, self.inv_w, _AVG, 1)
 
 
 def _p_attr(kernel: Kernel) -> int:
@@ -367,7 +376,8 @@ class LpPoolKernel(_PoolBase):
         if y.size == 0:
             return
         x4, y4 = self._views(inputs[0], y)
-        _sum_pool(x4, y4, self.geo, self.unused, self.unused, _LP, self.p)
+        pool = _sum_pool_serial if self.small else _sum_pool
+        pool(x4, y4, self.geo, self.unused, self.unused, _LP, self.p)
 
 
 class _GlobalPoolBase(Kernel):
@@ -392,7 +402,8 @@ class _GlobalPoolBase(Kernel):
             return
         x = np.ascontiguousarray(inputs[0])
         nc = x.shape[0] * x.shape[1]
-        _global_pool(x.reshape(nc, -1), y.reshape(nc), self.mode, self.p)
+        fn = _global_pool_serial if x.size < PARALLEL_MIN_WORK else _global_pool
+        fn(x.reshape(nc, -1), y.reshape(nc), self.mode, self.p)
 
 
 class GlobalAveragePoolKernel(_GlobalPoolBase):

@@ -48,10 +48,17 @@ import numpy as np
 
 from edgert.errors import DTypeError, KernelError, ShapeError
 from edgert.runtime._jit import njit, prange
-from edgert.runtime.kernels.cpu.conv import _im2col, as3d, kernel_shape_attr, sliding_window
+from edgert.runtime.kernels.cpu.conv import (
+    _im2col,
+    as3d,
+    kernel_shape_attr,
+    sliding_window,
+    tap_ranges,
+)
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 INT8 = np.dtype(np.int8)
+SHORT_DOT = 64  # below this many taps per output, QConv uses the axpy-form GEMM (_qgemm_kp)
 INT32 = np.dtype(np.int32)
 FLOAT32 = np.dtype(np.float32)
 
@@ -268,6 +275,38 @@ def _qgemm_nt(a, w, bias, mult, shift, y, group, zo, lo, hi):
                 m += 1
 
 
+@njit(parallel=True)
+def _qgemm_kp(col, w, bias, mult, shift, y, group, zo, lo, hi):
+    """The same result as :func:`_qgemm_nt` from the untransposed ``col`` int16 ``(G * K, P)``.
+
+    For short dot products (depthwise convs have K = 9, a first conv K = 27) the 2 x 4 dot
+    kernel spends its time in loop remainders; here each weight scales a contiguous block of
+    ``col`` into int32 accumulators (vectorized across output positions instead), measured
+    3-4x faster for K < 64.
+    """
+    kg_n, p_n = w.shape[1], col.shape[1]
+    m_n = w.shape[0]
+    m_per_g = m_n // group
+    block = 256
+    for pb in prange((p_n + block - 1) // block):
+        p0 = pb * block
+        p1 = min(p0 + block, p_n)
+        acc = np.empty(p1 - p0, np.int32)
+        for m in range(m_n):
+            g = m // m_per_g
+            acc[:] = 0
+            for k in range(kg_n):
+                wv = np.int32(w[m, k])
+                src = col[g * kg_n + k, p0:p1]
+                for i in range(p1 - p0):
+                    acc[i] = np.int32(acc[i] + wv * np.int32(src[i]))
+            b, mm, sh = bias[m], mult[m], shift[m]
+            dst = y[m, p0:p1]
+            for i in range(p1 - p0):
+                v = _requant(np.int64(acc[i]) + b, mm, sh) + zo
+                dst[i] = min(max(v, lo), hi)
+
+
 @njit
 def _store(y, m, p, acc, bias, mult, shift, zo, lo, hi):
     v = _requant(np.int64(acc) + bias[m], mult[m], shift[m]) + zo
@@ -351,7 +390,8 @@ class QConv(_QLinearBase):
         if k >= 66_000:
             raise self.error(f"{k} taps per output could overflow the int32 accumulator")
         k_all = c_in * int(np.prod(ksp))
-        self.col = np.empty((self.p_out, k_all), np.int16)
+        self.short = k < SHORT_DOT
+        self.col = np.empty((0 if self.short else self.p_out, k_all), np.int16)
         self.col_kp = None if self.pointwise else np.empty((k_all, self.p_out), np.int16)
         self.xs = np.empty((c_in, int(np.prod(win.in_shape))), np.int16)
         return [TensorInfo((n_img, m_out) + win.out_shape, INT8)]
@@ -366,12 +406,18 @@ class QConv(_QLinearBase):
             np.subtract(x[n].reshape(c_in, -1), np.int16(self.x_zp), out=self.xs,
                         dtype=np.int16)
             if self.pointwise:
-                np.copyto(self.col, self.xs.T)
+                col_kp = self.xs
             else:
                 _im2col(self.xs.reshape((c_in,) + self.in3), self.col_kp, self.geo)
-                np.copyto(self.col, self.col_kp.T)
-            _qgemm_nt(self.col, self.w_packed, self.bias, self.mult, self.shift,
-                      y[n].reshape(m_out, self.p_out), self.group, self.y_zp, self.lo, self.hi)
+                col_kp = self.col_kp
+            yn = y[n].reshape(m_out, self.p_out)
+            if self.short:
+                _qgemm_kp(col_kp, self.w_packed, self.bias, self.mult, self.shift, yn,
+                          self.group, self.y_zp, self.lo, self.hi)
+            else:
+                np.copyto(self.col, col_kp.T)
+                _qgemm_nt(self.col, self.w_packed, self.bias, self.mult, self.shift, yn,
+                          self.group, self.y_zp, self.lo, self.hi)
 
 
 class QGemm(_QLinearBase):
@@ -404,7 +450,7 @@ class QGemm(_QLinearBase):
 ADD_LEFT_SHIFT = 20  # TFLite's headroom: (q - zp) << 20 keeps 11 bits of precision per input
 
 
-@njit(parallel=True)
+@njit
 def _qadd(a, b, ma, sa, za, mb, sb, zb, mo, so, zo, lo, hi, out):
     for i in prange(out.shape[0]):
         va = _requant((np.int64(a[i]) - za) << 20, ma, sa)
@@ -413,7 +459,7 @@ def _qadd(a, b, ma, sa, za, mb, sb, zb, mo, so, zo, lo, hi, out):
         out[i] = min(max(v, lo), hi)
 
 
-@njit(parallel=True)
+@njit
 def _qmul(a, b, za, zb, mo, so, zo, lo, hi, out):
     for i in prange(out.shape[0]):
         v = _requant((np.int64(a[i]) - za) * (np.int64(b[i]) - zb), mo, so) + zo
@@ -470,7 +516,7 @@ class QMul(_QBinary):
               outputs[0].reshape(-1))
 
 
-@njit(parallel=True)
+@njit
 def _rescale(x, zi, m, s, zo, out):
     for i in prange(x.shape[0]):
         v = _requant(np.int64(x[i]) - zi, m, s) + zo
@@ -532,44 +578,65 @@ class QConcat(Kernel):
 def _qpool(x, y, geo, is_max, count_pad):
     """Max or average pool of int8 ``x (NC, D, H, W)`` into ``y (NC, OD, OH, OW)``.
 
-    Average: int32 sum over the window, divided by the count with rounding half away from zero
-    (TFLite's ``(sum ± count / 2) / count``), computed exactly in integers.
+    Each output row is built tap by tap over the tap's valid output range (``tap_ranges``), as
+    slices, so the inner loops have no bounds tests and vectorize (the per-element form with
+    bounds tests ran squeezenet's max pools 10x slower). Average: an int32 sum and a per-element
+    count, divided with rounding half away from zero (TFLite's ``(sum ± count / 2) / count``),
+    exactly in integers.
     """
     kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
     sd, sh, sw = geo[3], geo[4], geo[5]
-    dd, dh, dw = geo[6], geo[7], geo[8]
-    pd, ph, pw = geo[9], geo[10], geo[11]
-    nc, d_n, h_n, w_n = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    dd, dh = geo[6], geo[7]
+    pd, ph = geo[9], geo[10]
+    nc, d_n, h_n = x.shape[0], x.shape[1], x.shape[2]
     od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
+    taps = tap_ranges(geo)
+    full = kd_n * kh_n * kw_n
     for t in prange(nc):
+        acc = np.empty(ow_n, np.int32)
+        cnt = np.empty(ow_n, np.int32)
         for od in range(od_n):
             for oh in range(oh_n):
-                for ow in range(ow_n):
-                    best = -128
-                    acc = 0
-                    cnt = 0
-                    for kd in range(kd_n):
-                        iz = od * sd - pd + kd * dd
-                        for kh in range(kh_n):
-                            iy = oh * sh - ph + kh * dh
-                            for kw in range(kw_n):
-                                ix = ow * sw - pw + kw * dw
-                                if 0 <= iz < d_n and 0 <= iy < h_n and 0 <= ix < w_n:
-                                    v = np.int32(x[t, iz, iy, ix])
-                                    best = max(best, v)
-                                    acc += v
-                                    cnt += 1
-                    if is_max:
-                        y[t, od, oh, ow] = best
-                    else:
-                        if count_pad:
-                            cnt = kd_n * kh_n * kw_n
-                        cnt = max(cnt, 1)
-                        if acc >= 0:
-                            q = (acc + cnt // 2) // cnt
+                if is_max:
+                    acc[:] = -128
+                else:
+                    acc[:] = 0
+                cnt[:] = 0
+                for kd in range(kd_n):
+                    iz = od * sd - pd + kd * dd
+                    if iz < 0 or iz >= d_n:
+                        continue
+                    for kh in range(kh_n):
+                        iy = oh * sh - ph + kh * dh
+                        if iy < 0 or iy >= h_n:
+                            continue
+                        src = x[t, iz, iy]
+                        for kw in range(kw_n):
+                            off, lo, hi = taps[kw, 0], taps[kw, 1], taps[kw, 2]
+                            if hi <= lo:
+                                continue
+                            seg = src[lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                            aseg = acc[lo:hi]
+                            cseg = cnt[lo:hi]
+                            if is_max:
+                                for i in range(hi - lo):
+                                    aseg[i] = max(aseg[i], np.int32(seg[i]))
+                            else:
+                                for i in range(hi - lo):
+                                    aseg[i] += np.int32(seg[i])
+                                    cseg[i] += 1
+                yrow = y[t, od, oh]
+                if is_max:
+                    for i in range(ow_n):
+                        yrow[i] = acc[i]
+                else:
+                    for i in range(ow_n):
+                        c = full if count_pad else max(cnt[i], 1)
+                        v = acc[i]
+                        if v >= 0:
+                            yrow[i] = (v + c // 2) // c
                         else:
-                            q = -((-acc + cnt // 2) // cnt)
-                        y[t, od, oh, ow] = q
+                            yrow[i] = -((-v + c // 2) // c)
 
 
 class _QPool(Kernel):
@@ -610,7 +677,7 @@ class QAveragePool(_QPool):
     is_max = False
 
 
-@njit(parallel=True)
+@njit
 def _qgap(x, y):
     n = x.shape[1]
     for t in prange(x.shape[0]):
@@ -659,7 +726,7 @@ class QLut(Kernel):
         np.take(self.table, idx, out=outputs[0])
 
 
-@njit(parallel=True)
+@njit
 def _qsoftmax(x, sx, zx, so, zo, y):
     """Rows of ``x (R, L)``: dequantize, softmax in float32, quantize (round half even)."""
     r_n, l_n = x.shape

@@ -24,7 +24,9 @@ class CudaRegistry(KernelRegistry):
         super().__init__("cuda")
         self.fallback = fallback
 
-    def lookup(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> type[Kernel] | None:
+    def lookup(
+        self, op_type: str, domain: str = "", version: int = MAX_OPSET
+    ) -> type[Kernel] | None:
         own = self.device_lookup(op_type, domain, version)
         return own if own is not None else self.fallback.lookup(op_type, domain, version)
 
@@ -43,14 +45,17 @@ def registry() -> CudaRegistry:
         from edgert.runtime.kernels.cuda import (
             conv,
             elementwise,
+            fused,
             gemm,
             normalization,
             pooling,
+            quantized,
             shape,
         )
 
         reg = CudaRegistry(cpu_registry())
-        for family in (conv, gemm, pooling, elementwise, normalization, shape):
+        for family in (conv, gemm, pooling, elementwise, fused, normalization, shape,
+                       quantized):
             family.register(reg)
         _REGISTRY = reg
     return _REGISTRY

@@ -53,7 +53,7 @@ def require_cuda() -> Any:
         )
     try:
         ok = cuda.is_available()
-    except Exception:  # a broken driver installation: report it the same way
+    except Exception:  # noqa: BLE001 (a broken driver installation: report it the same way)
         ok = False
     if not ok:
         raise EdgeRTError(

@@ -64,10 +64,10 @@ def _binary_op(a, b, op):
         return a / b
     if op == B_MAX:
         # NaN-propagating, as numpy.maximum (ONNX Max): a NaN on either side wins.
-        if a != a or a > b:
+        if math.isnan(a) or a > b:
             return a
         return b
-    if a != a or a < b:  # B_MIN
+    if math.isnan(a) or a < b:  # B_MIN
         return a
     return b
 
@@ -316,7 +316,8 @@ class CudaClip(CudaKernel, cpu.Clip):
             v = float(np.asarray(info.value).reshape(()))
             lo, hi = (v, hi) if k == 0 else (lo, v)
         self.on_device = known and np.dtype(outs[0].dtype) in DEVICE_FLOATS
-        self._bounds = (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+        self._bounds = (-math.inf if lo is None else float(lo),
+                        math.inf if hi is None else float(hi))
         return outs
 
     def invoke(self, inputs, outputs):

@@ -41,10 +41,8 @@ def activate(v, code, p0, p1):
     if code == ACT_RELU:
         return 0.0 if v < 0 else v
     if code == ACT_CLIP:
-        if v < p0:
-            v = p0
-        if v > p1:
-            v = p1
+        v = max(v, p0)
+        v = min(v, p1)
         return v
     if code == ACT_LEAKY_RELU:
         return v * p0 if v < 0 else v

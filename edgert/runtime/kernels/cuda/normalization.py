@@ -1,9 +1,10 @@
-"""CUDA kernels: BatchNormalization (inference), Softmax and LogSoftmax.
+"""CUDA kernels: BatchNormalization (inference), LRN, Softmax and LogSoftmax.
 
 * BatchNormalization: the CPU ``prepare`` folds the four parameters into a per-channel affine
   ``y = a[c] * x + b[c]`` (in float64, then rounded once); the device applies it, one thread per
   element. Usually the optimizer has already folded BN into the preceding Conv; this serves the
   models where it could not.
+* LRN (AlexNet, GoogLeNet): one thread per element summing squares over its channel window.
 * Softmax / LogSoftmax along an axis viewed as ``(outer, n, inner)``: one thread per
   ``(outer, inner)`` slice, three passes (max, sum of exp, write). The max skips NaN (``v > m``)
   and a NaN then poisons the sum, as in the CPU kernel and onnxruntime. The sum accumulates in
@@ -41,8 +42,7 @@ def _softmax(x, y, outer, n, inner, log):
         m = -math.inf
         for k in range(n):
             v = x[base + k * inner]
-            if v > m:
-                m = v
+            m = max(m, v)
         s = 0.0
         for k in range(n):
             s += math.exp(x[base + k * inner] - m)
@@ -54,6 +54,39 @@ def _softmax(x, y, outer, n, inner, log):
             inv = 1.0 / s
             for k in range(n):
                 y[base + k * inner] = math.exp(x[base + k * inner] - m) * inv
+
+
+@cuda.jit
+def _lrn(x, y, channels, spatial, before, after, alpha_over_size, beta, bias):
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        k = i % spatial
+        r = i // spatial
+        c = r % channels
+        img = r - c
+        acc = 0.0  # float64, as the CPU kernel's square sum
+        for ch in range(max(0, c - before), min(channels - 1, c + after) + 1):
+            v = x[(img + ch) * spatial + k]
+            acc += v * v
+        y[i] = x[i] / (bias + alpha_over_size * acc) ** beta
+
+
+class CudaLRN(CudaKernel, cpu.LRN):
+    """LRN across channels: one thread per element summing its channel window."""
+
+    CPU = cpu.LRN
+
+    def prepare(self, inputs):
+        outs = super().prepare(inputs)
+        self.on_device = np.dtype(outs[0].dtype) == F32
+        return outs
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size:
+            _lrn[blocks(y.size), THREADS, self.stream](
+                inputs[0].reshape(-1), y.reshape(-1), self._channels, max(self._spatial, 1),
+                self._before, self._after, self._alpha, self._beta, self._bias,
+            )
 
 
 class CudaBatchNormalization(CudaKernel, cpu.BatchNormalization):
@@ -104,5 +137,6 @@ class CudaLogSoftmax(_CudaSoftmaxBase, cpu.LogSoftmax):
 
 def register(reg: KernelRegistry) -> None:
     reg.add("BatchNormalization", CudaBatchNormalization)
+    reg.add("LRN", CudaLRN)
     reg.add("Softmax", CudaSoftmax)
     reg.add("LogSoftmax", CudaLogSoftmax)

@@ -61,7 +61,7 @@ def _max_pool(x, y, ind, geo, nc, with_indices):
                         continue
                     at = (iz * h_n + iy) * w_n + ix
                     v = x[base + at]
-                    if v != v:
+                    if math.isnan(v):
                         if not nan:
                             nan = True
                             best = v
@@ -71,7 +71,7 @@ def _max_pool(x, y, ind, geo, nc, with_indices):
                         best_at = at
         y[i] = best
         if with_indices:
-            ind[i] = base + (best_at if best_at >= 0 else 0)
+            ind[i] = base + (max(best_at, 0))
 
 
 @cuda.jit
@@ -121,7 +121,7 @@ def _global_pool(x, y, length, is_max):
             best = x[base]
             for j in range(1, length):
                 v = x[base + j]
-                if best == best and (v != v or v > best):
+                if not math.isnan(best) and (math.isnan(v) or v > best):
                     best = v
             y[r] = best
         else:

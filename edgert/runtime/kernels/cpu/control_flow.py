@@ -1,0 +1,234 @@
+"""Control flow: If, Loop and Scan, running their bodies with nested interpreters.
+
+A body is a :class:`~edgert.format.SubGraphDef` attribute. The importer makes every
+enclosing-scope value a body reads an explicit trailing input of the node and names them, in
+order, in the attribute ``edgert_outer_inputs``; here each body becomes a small
+:class:`~edgert.runtime.Interpreter` over a copy of its subgraph whose inputs are the body's own
+inputs followed by the outer values it reads. Body inputs get an unknown rank in that copy: a
+loop-carried value may change shape from one iteration to the next, and the nested interpreter
+re-plans its arena when it does.
+
+Outputs are only known after the body ran (which branch, how many iterations), so these
+kernels report unknown output shapes at prepare and return the arrays they built from invoke.
+Sequence- and optional-typed values are not supported (a clear error at prepare).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edgert import dtypes
+from edgert.errors import KernelError, ShapeError
+from edgert.format import ModelDef, SubGraphDef
+from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+
+# A Loop whose trip count and condition never stop it would never return.
+MAX_LOOP_ITERATIONS = 1 << 31
+
+
+class Body:
+    """One control-flow body, runnable as ``body(inputs, outer) -> outputs``."""
+
+    def __init__(self, where: str, sub: SubGraphDef, outer_names: list[str], num_threads: int):
+        from edgert.runtime.interpreter import Interpreter  # import cycle: interpreter → cpu
+
+        self.where = where
+        by_name = {t.name: i for i, t in enumerate(sub.tensors)}
+        reads = [n for n in outer_names if n in sub.outer_inputs and n in by_name]
+        self.outer_names = reads
+        inputs = list(sub.inputs) + [by_name[n] for n in reads]
+        tensors = list(sub.tensors)
+        for i in inputs:
+            t = tensors[i]
+            if not dtypes.is_known(t.dtype):
+                raise KernelError(f"{where}: body input '{t.name}' has no tensor element type "
+                                  "(sequence and optional values are not supported)")
+            tensors[i] = dataclasses.replace(t, shape=(), shape_signature=None, unknown_rank=True)
+        for i in sub.outputs:
+            if not dtypes.is_known(tensors[i].dtype) and tensors[i].data is None:
+                raise KernelError(f"{where}: body output '{tensors[i].name}' has no tensor "
+                                  "element type (sequence and optional values are not supported)")
+        copy = dataclasses.replace(sub, tensors=tensors, inputs=inputs)
+        self.input_names = [tensors[i].name for i in sub.inputs]
+        self.output_dtypes = [
+            dtypes.to_numpy(tensors[i].dtype) if dtypes.is_known(tensors[i].dtype)
+            else np.dtype(np.float32) for i in sub.outputs
+        ]
+        self.num_inputs = len(sub.inputs)
+        self.num_outputs = len(sub.outputs)
+        self.interp = Interpreter(ModelDef([copy]), num_threads=num_threads or None)
+
+    def __call__(self, inputs: list[np.ndarray], outer: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = dict(zip(self.input_names, inputs))
+        for n in self.outer_names:
+            feeds[n] = outer[n]
+        results = self.interp.run(feeds)
+        return [results[n] for n in self.interp.output_names]
+
+
+class _ControlFlow(Kernel):
+    """Shared set-up: the outer values and the bodies."""
+
+    def _outer(self, n_inputs: int) -> tuple[int, list[str]]:
+        names = list(self.attr("edgert_outer_inputs", []) or [])
+        if len(names) > n_inputs:
+            raise self.error("fewer inputs than the outer values its bodies read")
+        return n_inputs - len(names), names
+
+    def _body(self, attr: str, names: list[str]) -> Body:
+        sub = self.attr(attr)
+        if not isinstance(sub, SubGraphDef):
+            raise self.error(f"attribute '{attr}' must be a graph")
+        return Body(f"{self.where()} ({attr})", sub, names, self.op.num_threads)
+
+    @staticmethod
+    def _outer_feeds(names: list[str], arrays: list[np.ndarray | None]) -> dict:
+        return dict(zip(names, arrays))
+
+
+class If(_ControlFlow):
+    """If: run ``then_branch`` or ``else_branch`` on a scalar bool condition."""
+
+    def prepare(self, inputs):
+        n_own, names = self._outer(len(inputs))
+        if n_own != 1 or inputs[0] is None:
+            raise self.error("expects exactly one condition input")
+        if inputs[0].shape is not None and int(np.prod(inputs[0].shape)) != 1:
+            raise self.error(f"condition must hold one element, got shape {inputs[0].shape}",
+                             ShapeError)
+        self._names = names
+        self._then = self._body("then_branch", names)
+        self._else = self._body("else_branch", names)
+        if self._then.num_outputs != self._else.num_outputs:
+            raise self.error("then_branch and else_branch have different numbers of outputs")
+        return [TensorInfo(None, dt) for dt in self._then.output_dtypes]
+
+    def invoke(self, inputs, outputs):
+        cond = bool(np.asarray(inputs[0]).reshape(-1)[0])
+        body = self._then if cond else self._else
+        return body([], self._outer_feeds(self._names, inputs[1:]))
+
+
+class Loop(_ControlFlow):
+    """Loop: ``for i in range(M) while cond`` over loop-carried values, stacking scan outputs."""
+
+    def prepare(self, inputs):
+        n_own, names = self._outer(len(inputs))
+        own = list(inputs[:n_own]) + [None] * max(0, 2 - n_own)
+        self._n_own = n_own
+        self._names = names
+        self._body_ = self._body("body", names)
+        n_carried = max(0, n_own - 2)
+        if self._body_.num_inputs != n_carried + 2:
+            raise self.error(f"body takes {self._body_.num_inputs} inputs; expected "
+                             f"{n_carried + 2} (iteration, condition, {n_carried} carried)")
+        if self._body_.num_outputs < n_carried + 1:
+            raise self.error("body has fewer outputs than condition + loop-carried values")
+        for k, what in ((0, "M"), (1, "cond")):
+            if own[k] is not None and own[k].shape is not None and \
+                    int(np.prod(own[k].shape)) != 1:
+                raise self.error(f"{what} must hold one element, got shape {own[k].shape}",
+                                 ShapeError)
+        self._n_carried = n_carried
+        return [TensorInfo(None, dt) for dt in self._body_.output_dtypes[1:]]
+
+    def invoke(self, inputs, outputs):
+        own = list(inputs[: self._n_own]) + [None] * max(0, 2 - self._n_own)
+        outer = self._outer_feeds(self._names, inputs[self._n_own:])
+        m = MAX_LOOP_ITERATIONS if own[0] is None else int(np.asarray(own[0]).reshape(-1)[0])
+        cond = True if own[1] is None else bool(np.asarray(own[1]).reshape(-1)[0])
+        carried = [np.asarray(x) for x in own[2: 2 + self._n_carried]]
+        scans: list[list[np.ndarray]] = [[] for _ in range(self._body_.num_outputs - 1
+                                                           - self._n_carried)]
+        i = 0
+        while i < m and cond:
+            res = self._body_([np.array(i, np.int64), np.array(cond), *carried], outer)
+            cond = bool(np.asarray(res[0]).reshape(-1)[0])
+            carried = res[1: 1 + self._n_carried]
+            for k, r in enumerate(res[1 + self._n_carried:]):
+                scans[k].append(r)
+            i += 1
+        stacked = []
+        for k, parts in enumerate(scans):
+            dt = self._body_.output_dtypes[1 + self._n_carried + k]
+            if not parts:
+                stacked.append(np.zeros((0,), dt))
+                continue
+            if any(p.shape != parts[0].shape for p in parts):
+                raise KernelError(f"{self.where()}: scan output {k} changes shape between "
+                                  "iterations; it cannot be stacked")
+            stacked.append(np.stack(parts))
+        return [*carried, *stacked]
+
+
+class Scan(_ControlFlow):
+    """Scan (opset 9+): iterate a body over slices of the scan inputs along their axes."""
+
+    def prepare(self, inputs):
+        n_own, names = self._outer(len(inputs))
+        self._n_own, self._names = n_own, names
+        n_scan = int(self.attr("num_scan_inputs", 0))
+        if not 0 < n_scan <= n_own:
+            raise self.error(f"num_scan_inputs={n_scan} does not fit {n_own} inputs")
+        self._n_state = n_own - n_scan
+        self._n_scan = n_scan
+        self._body_ = self._body("body", names)
+        if self._body_.num_inputs != n_own:
+            raise self.error(f"body takes {self._body_.num_inputs} inputs, expected {n_own}")
+        n_scan_out = self._body_.num_outputs - self._n_state
+        if n_scan_out < 0:
+            raise self.error("body has fewer outputs than state variables")
+        self._n_scan_out = n_scan_out
+        self._in_axes = list(self.attr("scan_input_axes", [0] * n_scan))
+        self._in_dirs = list(self.attr("scan_input_directions", [0] * n_scan))
+        self._out_axes = list(self.attr("scan_output_axes", [0] * n_scan_out))
+        self._out_dirs = list(self.attr("scan_output_directions", [0] * n_scan_out))
+        if len(self._in_axes) != n_scan or len(self._in_dirs) != n_scan or \
+                len(self._out_axes) != n_scan_out or len(self._out_dirs) != n_scan_out:
+            raise self.error("scan axes/directions attributes have the wrong length")
+        for k in range(n_scan):
+            info = inputs[self._n_state + k]
+            if info is not None and info.shape is not None:
+                self.normalize_axis(int(self._in_axes[k]), len(info.shape))
+        return [TensorInfo(None, dt) for dt in self._body_.output_dtypes]
+
+    def invoke(self, inputs, outputs):
+        outer = self._outer_feeds(self._names, inputs[self._n_own:])
+        states = [np.asarray(x) for x in inputs[: self._n_state]]
+        scans_in = []
+        length = None
+        for k in range(self._n_scan):
+            x = np.asarray(inputs[self._n_state + k])
+            axis = self.normalize_axis(int(self._in_axes[k]), x.ndim)
+            x = np.moveaxis(x, axis, 0)
+            if self._in_dirs[k]:
+                x = x[::-1]
+            if length is None:
+                length = x.shape[0]
+            elif x.shape[0] != length:
+                raise KernelError(f"{self.where()}: scan inputs have different lengths")
+            scans_in.append(x)
+        parts: list[list[np.ndarray]] = [[] for _ in range(self._n_scan_out)]
+        for t in range(length or 0):
+            res = self._body_([*states, *(np.array(x[t], order="C") for x in scans_in)], outer)
+            states = res[: self._n_state]
+            for k, r in enumerate(res[self._n_state:]):
+                parts[k].append(r)
+        outs = []
+        for k, p in enumerate(parts):
+            dt = self._body_.output_dtypes[self._n_state + k]
+            y = np.stack(p) if p else np.zeros((0,), dt)
+            if self._out_dirs[k]:
+                y = y[::-1]
+            axis = int(self._out_axes[k])
+            axis = axis + y.ndim if axis < 0 else axis
+            outs.append(np.array(np.moveaxis(y, 0, axis), order="C"))
+        return [*states, *outs]
+
+
+def register(reg: KernelRegistry) -> None:
+    reg.add("If", If)
+    reg.add("Loop", Loop)
+    reg.add("Scan", Scan, since=9)
