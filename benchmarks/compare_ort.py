@@ -6,7 +6,7 @@ table shows medians and the edgert/onnxruntime ratio (below 1: edgert is faster)
 
 Start-up and peak RSS are measured in fresh subprocesses (one per runtime and model, warm Numba
 cache): *start-up* is import + load + allocate + first result (onnxruntime: import + session
-creation + first run); *RSS* is the child's peak resident set size (``ru_maxrss``). The edgert
+creation + first run); *RSS* is the child's peak resident set size (``VmHWM``). The edgert
 child loads a ``.edgert`` file converted beforehand, as a device would.
 
 Models: the materialized light models (see ``light_models.py``), ``tests/data/torch_mobilenet.onnx``,
@@ -212,8 +212,16 @@ def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, r
 
 
 CHILD_EDGERT = r"""
-import sys, time, resource
+import sys, time
 t0 = time.perf_counter()
+def peak_rss():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec,
+    # so a child of a big benchmark process would report the parent's peak.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 import numpy as np
 from edgert.runtime import Interpreter
 it = Interpreter(sys.argv[1], num_threads=int(sys.argv[2]))
@@ -224,12 +232,20 @@ it.run(feeds)
 t1 = time.perf_counter()
 for _ in range(3):
     it.run(feeds)
-print(t1 - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(t1 - t0, peak_rss())
 """
 
 CHILD_ORT = r"""
-import sys, time, resource
+import sys, time
 t0 = time.perf_counter()
+def peak_rss():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec,
+    # so a child of a big benchmark process would report the parent's peak.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 import numpy as np
 import onnxruntime as ort
 so = ort.SessionOptions()
@@ -243,7 +259,7 @@ s.run(None, feeds)
 t1 = time.perf_counter()
 for _ in range(3):
     s.run(None, feeds)
-print(t1 - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(t1 - t0, peak_rss())
 """
 
 

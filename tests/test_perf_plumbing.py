@@ -186,6 +186,45 @@ def test_im2col_batched_and_per_image(group, batched, monkeypatch):
     assert [k.col_batch for k in convs] == [batched, batched]
 
 
+@pytest.mark.parametrize("block_bytes", [1000, 3000])
+def test_im2col_row_blocks(block_bytes, monkeypatch):
+    """Large single-image convs build the column matrix in blocks of output rows."""
+    monkeypatch.setattr(conv, "COL_BLOCK_BYTES", block_bytes)
+    model = _two_conv_model(batch=1)
+    x = np.random.default_rng(8).standard_normal((1, 4, 9, 9)).astype(np.float32)
+    interp = Interpreter(convert(model), num_threads=1)
+    first = next(s.kernel for s in interp._steps if isinstance(s.kernel, conv.ConvKernel))
+    assert 0 < first.block_rows < 9
+    np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
+                               rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("pads,mult,k,act", [([1, 1, 1, 1], 1, 3, "Relu"),
+                                             ([0, 1, 2, 0], 2, 3, None),
+                                             ([2, 2, 2, 2], 1, 5, "Relu"),
+                                             ([0, 0, 0, 0], 2, 3, None)])
+def test_depthwise_stride1_plane_kernel(pads, mult, k, act):
+    """The padded-plane depthwise kernel (stride 1) against onnxruntime."""
+    rng = np.random.default_rng(9)
+    c, hw = 6, 7
+    w = rng.standard_normal((c * mult, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c * mult).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=pads, group=c)]
+    nodes.append(helper.make_node(act or "Identity", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((2, c, hw, hw)).astype(np.float32)
+    interp = Interpreter(convert(model), num_threads=1)
+    assert interp._steps[0].kernel.dw_s1 is not None
+    np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
+                               rtol=RTOL, atol=ATOL)
+
+
 def test_convs_share_one_scratch_buffer():
     model = _two_conv_model(batch=1)
     interp = Interpreter(convert(model), num_threads=1)

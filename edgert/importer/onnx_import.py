@@ -490,6 +490,12 @@ class _Importer:
                     outputs.append(ph)
             attrs = self._attrs(n, scope, node_name)
             self._outer_inputs(scope, attrs, inputs)
+            if n.op_type in ("Cast", "CastLike") and n.domain in _DEFAULT_DOMAINS:
+                # bfloat16 / float8 travel as raw uint bits: tell the kernel what they are
+                for key, v in (("edgert_from_type", inputs[0] if inputs else None),
+                               ("edgert_to_type", inputs[1] if len(inputs) > 1 else None)):
+                    if v is not None and v.dtype in _BIT_TYPES:
+                        attrs[key] = int(v.dtype)
             domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
             node = g.add_node(n.op_type, inputs, outputs, attrs, name=node_name, domain=domain)
             pending.append((node, n))

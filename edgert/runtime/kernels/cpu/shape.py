@@ -21,6 +21,7 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import DTypeError, ShapeError, UnsupportedOpError
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.kernels.cpu import float8
 
 
 class _Deferred(Exception):
@@ -568,6 +569,8 @@ class Cast(ShapeKernel):
         if to is None:
             raise self.error("attribute 'to' is required")
         to = int(to)
+        if to in float8.BITS_TYPES:
+            return dtypes.to_numpy(to)  # raw bits; run() encodes
         if to in _NO_NUMPY_DTYPE:
             raise self.unsupported(f"Cast to {dtypes.name(to)} is not supported")
         if not dtypes.is_known(to):
@@ -587,7 +590,24 @@ class Cast(ShapeKernel):
         return [self._target(inputs)]
 
     def run(self, inputs, outputs):
-        cast_into(outputs[0], inputs[0], self)
+        cast_bits_into(outputs[0], inputs[0], self, self.attr("to"))
+
+
+def cast_bits_into(out: np.ndarray, x: np.ndarray, kernel: Kernel, to) -> None:
+    """:func:`cast_into` that decodes / encodes bfloat16 and float8 (held as raw bits)."""
+    src = kernel.attr("edgert_from_type", None)
+    to = int(to) if to is not None else None
+    if src is None and to not in float8.BITS_TYPES:
+        cast_into(out, x, kernel)
+        return
+    if src is not None:
+        x = float8.decode(x, int(src))
+    if to in float8.BITS_TYPES:
+        if x.dtype == object:
+            x = x.astype(np.float32)
+        out[...] = float8.encode(x.astype(np.float32), to, bool(kernel.attr("saturate", 1)))
+    else:
+        cast_into(out, x, kernel)
 
 
 def cast_into(out: np.ndarray, x: np.ndarray, kernel: Kernel) -> None:
@@ -635,7 +655,7 @@ class CastLike(ShapeKernel):
         return [inputs[1].dtype]
 
     def run(self, inputs, outputs):
-        cast_into(outputs[0], inputs[0], self)
+        cast_bits_into(outputs[0], inputs[0], self, self.attr("edgert_to_type", None))
 
 
 # ----- generators --------------------------------------------------------------------------------

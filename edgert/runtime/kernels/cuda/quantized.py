@@ -25,12 +25,7 @@ from edgert.runtime.registry import KernelRegistry
 def _requant_store(acc, m, bias, mult, shift, zo, lo, hi):
     s = shift[m]
     v = ((acc + bias[m]) * mult[m] + (np.int64(1) << (s - 1))) >> s
-    v += zo
-    if v < lo:
-        v = lo
-    if v > hi:
-        v = hi
-    return v
+    return min(max(v + zo, lo), hi)
 
 
 @cuda.jit
