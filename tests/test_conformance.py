@@ -21,6 +21,7 @@ prints every failure with its message, grouped by the first line of the error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
@@ -196,12 +197,15 @@ def _report_totals(request):
         f"ONNX conformance, node cases: {sum(node)} passed, {len(node) - sum(node)} failed",
         f"ONNX conformance, model cases: {sum(models)} passed, {len(models) - sum(models)} failed",
     ]
+    # teardown output is captured: step around the capture manager to show the totals
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        for line in lines:
+            if reporter is not None:
+                reporter.write_line(line)
+            else:
+                print(line)
 
 
 @pytest.mark.parametrize("name", all_case_names())

@@ -372,8 +372,9 @@ def test_cast_strings_to_numbers(to):
 
 
 def test_cast_errors():
-    with pytest.raises(UnsupportedOpError, match="Cast to bfloat16 is not supported"):
-        make("Cast", {"to": 16}).prepare(infos(rand((2,))))
+    # bfloat16 / float8 are supported since issue 3 (tests/test_kernels_float8.py); int4 is not
+    with pytest.raises(UnsupportedOpError, match="Cast to .* is not supported"):
+        make("Cast", {"to": 22}).prepare(infos(rand((2,))))
     with pytest.raises(DTypeError, match="'to' = 99"):
         make("Cast", {"to": 99}).prepare(infos(rand((2,))))
     with pytest.raises(DTypeError, match="cannot parse string input"):

@@ -25,7 +25,12 @@ def test_light_model_matches_onnxruntime(name, tmp_path):
     out = tmp_path / f"{name}.edgert"
     convert(str(path), str(out))
     interp = Interpreter(str(out))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # The reference runs the model as written: onnxruntime's own graph optimizations fold
+    # BatchNormalization in float32 too, and on a 50-layer net with random weights two valid
+    # roundings of the same fold already differ by about the tolerance.
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     feeds = {}
     rng = np.random.default_rng(0)
     for inp in sess.get_inputs():

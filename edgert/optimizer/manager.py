@@ -3,9 +3,10 @@
 Levels (as onnxruntime's):
 
 * ``0`` — nothing.
-* ``1`` basic — :mod:`.folding` (constant and shape folding) and :mod:`.cleanup` (no-op nodes,
-  common subexpressions, duplicate constants, dead nodes and constants).
-* ``2`` extended — level 1 plus :mod:`.fusion` (BatchNormalization and per-channel Mul/Add folded
+* ``1`` basic — :mod:`.folding` (constant folding, and shape folding also where only some dims
+  are static) and :mod:`.cleanup` (no-op nodes, common subexpressions, duplicate constants,
+  dead nodes and constants).
+* ``2`` extended (``3`` is accepted and means 2) — level 1 plus :mod:`.fusion` (BatchNormalization and per-channel Mul/Add folded
   into Conv/ConvTranspose/Gemm/MatMul weights or merged into one BatchNormalization, MatMul+Add
   → Gemm, Pad folded into Conv, Sum of two → Add) and :mod:`.layout` (Transpose/Reshape chains
   merged or cancelled). With ``allow_fused=True`` it also fuses activations into the producing

@@ -339,6 +339,118 @@ class ReverseSequence(EagerKernel):
         return [np.moveaxis(y, (0, 1), (self._b, self._t))]
 
 
+class BitCast(EagerKernel):
+    """BitCast: the same bytes read as another element type of the same width."""
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 1, 1)
+        x = inputs[0]
+        to = int(self.attr("to", 0))
+        if not dtypes.is_known(to) or to == dtypes.STRING or np.dtype(x.dtype) == object:
+            raise self.error(f"cannot bit-cast {x.dtype} to {dtypes.name(to)}", DTypeError)
+        out = dtypes.to_numpy(to)
+        if out.itemsize != np.dtype(x.dtype).itemsize:
+            raise self.error(f"{x.dtype} and {dtypes.name(to)} differ in bit width", DTypeError)
+        self._out = out
+        return [TensorInfo(tuple(x.shape), out)]
+
+    def compute(self, inputs):
+        # little endian as ONNX requires (the byte order of every platform edgert runs on)
+        return [np.ascontiguousarray(inputs[0]).view(self._out)]
+
+
+class StringNormalizer(EagerKernel):
+    """StringNormalizer: drop stop words from a [C] / [1, C] string tensor, change case."""
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 1, 1)
+        x = inputs[0]
+        if np.dtype(x.dtype) != object:
+            raise self.error(f"input must be a string tensor, got {x.dtype}", DTypeError)
+        if len(x.shape) not in (1, 2) or (len(x.shape) == 2 and x.shape[0] != 1):
+            raise self.error(f"input must be [C] or [1, C], got {x.shape}", ShapeError)
+        self._action = self.attr("case_change_action", "NONE")
+        if self._action not in ("NONE", "LOWER", "UPPER"):
+            raise self.error(f"unknown case_change_action {self._action!r}")
+        return [TensorInfo(None, np.dtype(object))]
+
+    def compute(self, inputs):
+        x = inputs[0]
+        flat = x.reshape(-1).astype(str)
+        stop = [str(w) for w in (self.attr("stopwords", []) or [])]
+        if stop:
+            if self.attr("is_case_sensitive", 0):
+                keep = ~np.isin(flat, stop)
+            else:
+                keep = ~np.isin(np.char.lower(flat), [w.lower() for w in stop])
+            flat = flat[keep]
+        if self._action == "LOWER":
+            flat = np.char.lower(flat)
+        elif self._action == "UPPER":
+            flat = np.char.upper(flat)
+        out = flat.astype(object)
+        if out.size == 0:
+            out = np.array([""], dtype=object)
+        return [out.reshape((-1,) if x.ndim == 1 else (1, -1))]
+
+
+class StringConcat(EagerKernel):
+    """StringConcat: element-wise concatenation with broadcasting."""
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 2, 2)
+        if any(np.dtype(i.dtype) != object for i in inputs):
+            raise self.error("inputs must be string tensors", DTypeError)
+        try:
+            shape = np.broadcast_shapes(tuple(inputs[0].shape), tuple(inputs[1].shape))
+        except ValueError:
+            raise self.error("input shapes do not broadcast", ShapeError) from None
+        return [TensorInfo(tuple(shape), np.dtype(object))]
+
+    def compute(self, inputs):
+        a, b = inputs
+        return [np.char.add(a.astype(str), b.astype(str)).astype(object)]
+
+
+class RegexFullMatch(EagerKernel):
+    """RegexFullMatch: whether each string matches ``pattern`` entirely (Python's ``re``)."""
+
+    def check(self, inputs):
+        import re
+
+        self.require_inputs(inputs, 1, 1)
+        if np.dtype(inputs[0].dtype) != object:
+            raise self.error("input must be a string tensor", DTypeError)
+        try:
+            self._re = re.compile(str(self.attr("pattern", "")))
+        except re.error as exc:
+            raise self.error(f"invalid pattern: {exc}") from None
+        return [TensorInfo(tuple(inputs[0].shape), np.dtype(np.bool_))]
+
+    def compute(self, inputs):
+        match = np.frompyfunc(lambda s: self._re.fullmatch(str(s)) is not None, 1, 1)
+        return [match(inputs[0]).astype(np.bool_)]
+
+
+class SwiGLU(EagerKernel):
+    """SwiGLU: ``Swish_alpha(A) * B`` for a gate A and a value B of one shape."""
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 2, 2)
+        a, b = inputs
+        self.require_float(a, "A")
+        if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype) != np.dtype(b.dtype):
+            raise self.error(f"A {a.shape} {a.dtype} and B {b.shape} {b.dtype} must match",
+                             ShapeError)
+        self._alpha = float(self.attr("alpha", 1.0))
+        return [TensorInfo(tuple(a.shape), np.dtype(a.dtype))]
+
+    def compute(self, inputs):
+        a, b = inputs
+        af = a.astype(np.float64)
+        return [(af / (1.0 + np.exp(-self._alpha * af)) * b).astype(a.dtype)]
+
+
 def register(reg: KernelRegistry) -> None:
     for op_type, kernel in (
         ("NegativeLogLikelihoodLoss", NegativeLogLikelihoodLoss),
@@ -353,5 +465,10 @@ def register(reg: KernelRegistry) -> None:
         ("HammingWindow", HammingWindow),
         ("BlackmanWindow", BlackmanWindow),
         ("ReverseSequence", ReverseSequence),
+        ("BitCast", BitCast),
+        ("StringNormalizer", StringNormalizer),
+        ("StringConcat", StringConcat),
+        ("RegexFullMatch", RegexFullMatch),
+        ("SwiGLU", SwiGLU),
     ):
         reg.add(op_type, kernel)

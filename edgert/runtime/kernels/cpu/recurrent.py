@@ -138,7 +138,8 @@ class _Recurrent(EagerKernel):
                 xt = xw[ti, np.arange(batch)]
                 new = self.cell(xt, states, r[d], wb[g * hid:], self._acts[d], peep)
                 states = [np.where(active, n, s) for n, s in zip(new, states)]
-                y[ti, d] = np.where(active, states[0], y[ti, d])
+                bi = np.arange(batch)
+                y[ti, d, bi] = np.where(active, states[0], y[ti, d, bi])
             for k in range(self.n_states):
                 finals[k][d] = states[0 if k == 0 else k]
         if self._layout == 1:

@@ -1,0 +1,82 @@
+"""Kernels of misc.py, quantize_linear.py and attention.py against onnxruntime / NumPy."""
+
+import numpy as np
+import pytest
+from helpers import ort_node
+from onnx import helper
+
+import edgert.backend as backend
+from edgert.errors import EdgeRTError
+
+
+def _run(op, inputs, attrs=None, n_out=1, opset=None):
+    names = [f"in{i}" for i in range(len(inputs))]
+    node = helper.make_node(op, names, [f"out{i}" for i in range(n_out)], **(attrs or {}))
+    return backend.run_node(node, inputs, opset_version=opset)
+
+
+def test_einsum_matches_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    b = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    (y,) = _run("Einsum", [a, b], {"equation": "bij,bjk->bik"})
+    np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_softmax_cross_entropy_matches_onnxruntime(reduction):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    t = np.array([[0, 4], [2, -1], [1, 3]], np.int64)
+    attrs = {"reduction": reduction, "ignore_index": -1}
+    got = _run("SoftmaxCrossEntropyLoss", [x, t], attrs, n_out=2)
+    ref = ort_node("SoftmaxCrossEntropyLoss", [x, t], attrs, num_outputs=2)
+    for g, e in zip(got, ref):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_nll_target_out_of_range_is_an_error():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(EdgeRTError, match="target values"):
+        _run("NegativeLogLikelihoodLoss", [x, np.array([0, 7], np.int64)])
+
+
+@pytest.mark.parametrize("zp_dtype", [np.uint8, np.int8])
+def test_quantize_dequantize_per_axis_match_onnxruntime(zp_dtype):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((2, 3, 4)) * 20).astype(np.float32)
+    scale = np.array([0.1, 0.25, 0.5], np.float32)
+    zp = np.array([1, 0, 3], zp_dtype)
+    (q,) = _run("QuantizeLinear", [x, scale, zp], {"axis": 1})
+    (ref_q,) = ort_node("QuantizeLinear", [x, scale, zp], {"axis": 1})
+    np.testing.assert_array_equal(q, ref_q)
+    (d,) = _run("DequantizeLinear", [q, scale, zp], {"axis": 1})
+    (ref_d,) = ort_node("DequantizeLinear", [ref_q, scale, zp], {"axis": 1})
+    np.testing.assert_allclose(d, ref_d, rtol=1e-6, atol=0)
+
+
+def test_qlinear_matmul_matches_onnxruntime():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, (3, 4), dtype=np.uint8)
+    b = rng.integers(0, 255, (4, 2), dtype=np.uint8)
+    ins = [a, np.float32(0.02), np.uint8(120), b, np.float32(0.03), np.uint8(130),
+           np.float32(0.05), np.uint8(128)]
+    ins = [np.asarray(v) for v in ins]
+    (y,) = _run("QLinearMatMul", ins)
+    (ref,) = ort_node("QLinearMatMul", ins)
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_attention_causal_gqa_matches_onnxruntime():
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((1, 4, 3, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 3, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 3, 8)).astype(np.float32)
+    (y,) = _run("Attention", [q, k, v], {"is_causal": 1}, opset=23)
+    # NumPy formula: repeat KV heads, causal mask, softmax
+    kk, vv = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
+    s = q @ kk.transpose(0, 1, 3, 2) / np.sqrt(8)
+    s = np.where(np.tril(np.ones((3, 3), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(y, p @ vv, rtol=1e-5, atol=1e-5)
