@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgert import __version__
+from edgert import dtypes
 from edgert.errors import EdgeRTError, UnsupportedOpError
 from edgert.format.model import ModelDef, OperatorDef, QuantParams, SubGraphDef, TensorDef
 from edgert.ir import Graph, Node, Value
@@ -168,6 +169,12 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
         registry = cpu_registry()
     missing: list[tuple[str, str, str]] = []
     for node in _all_nodes(graph):
+        raw = _raw_bits_dtype(node)
+        if raw is not None:
+            missing.append((node.op_type, node.name,
+                            f"{dtypes.name(raw)} tensors are only moved or cast by the edgert "
+                            f"runtime, not computed on by {node.op_type}; Cast them to float32"))
+            continue
         if not registry.supports(node.op_type, node.domain, node.version):
             dom = node.domain or "ai.onnx"
             missing.append((
@@ -186,6 +193,32 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
             ),
             ops=missing,
         )
+
+
+# bfloat16 and float8 have no NumPy dtype: the runtime holds their raw bits in uint16/uint8
+# arrays, so a kernel cannot tell them from integers. Only ops that move bits unchanged (or Cast,
+# which the importer tells the real type) may touch them; anything else would compute on the bits
+# and give a silently wrong answer.
+_RAW_BITS_TYPES = frozenset({
+    dtypes.BFLOAT16, dtypes.FLOAT8E4M3FN, dtypes.FLOAT8E4M3FNUZ, dtypes.FLOAT8E5M2,
+    dtypes.FLOAT8E5M2FNUZ,
+})
+_BIT_MOVING_OPS = frozenset({
+    "Cast", "CastLike", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+    "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "Expand", "Tile",
+    "Shape", "Size", "Where", "ConstantOfShape", "If", "Loop", "Scan", "BitCast",
+    "DepthToSpace", "SpaceToDepth", "Compress", "ReverseSequence", "Trilu", "EyeLike", "OneHot",
+})
+
+
+def _raw_bits_dtype(node) -> int | None:
+    """The bfloat16/float8 type a node would compute on, or None when it is safe."""
+    if node.domain or node.op_type in _BIT_MOVING_OPS:
+        return None
+    for v in list(node.inputs) + list(node.outputs):
+        if v is not None and v.dtype in _RAW_BITS_TYPES:
+            return v.dtype
+    return None
 
 
 # ----- lowering -----------------------------------------------------------------------------------

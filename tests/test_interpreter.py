@@ -177,3 +177,15 @@ def test_bad_num_threads_and_device():
     if not cuda_available():  # without numba-cuda and a GPU (or the simulator): a clear error
         with pytest.raises(Exception, match="device='cuda'"):
             Interpreter(data, device="cuda")
+
+
+def test_bfloat16_arithmetic_is_refused_not_computed_on_raw_bits():
+    # bfloat16 is held as raw uint16 bits; an Add on them would be silently wrong.
+    model = _model(
+        [helper.make_node("Add", ["a", "b"], ["c"], name="add_bf16")],
+        [helper.make_tensor_value_info("a", TensorProto.BFLOAT16, [2]),
+         helper.make_tensor_value_info("b", TensorProto.BFLOAT16, [2])],
+        [helper.make_tensor_value_info("c", TensorProto.BFLOAT16, [2])],
+    )
+    with pytest.raises(UnsupportedOpError, match="add_bf16.*bfloat16 tensors are only moved or cast"):
+        convert(model)
