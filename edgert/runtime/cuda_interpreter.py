@@ -35,8 +35,7 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import DTypeError, EdgeRTError, InputError, KernelError, ShapeError
 from edgert.format import ModelDef
-from edgert.runtime import planner
-from edgert.runtime.interpreter import FOLD_LIMIT, Interpreter, PlanStats, _set_threads
+from edgert.runtime.interpreter import Interpreter, PlanStats, _set_threads
 from edgert.runtime.kernels.cuda._common import (
     as_device_array,
     is_device_array,
@@ -111,92 +110,18 @@ class CudaInterpreter(Interpreter):
     # ----- prepare & plan -----------------------------------------------------------------------
     def _prepare(self) -> None:
         cuda = self._cuda
-        g = self._graph
-        n_tensors = len(g.tensors)
-        infos: list[TensorInfo | None] = [None] * n_tensors
-        host: list[np.ndarray | None] = [None] * n_tensors  # constants and folded values
-        for idx, t in enumerate(g.tensors):
-            if t.data is not None:
-                infos[idx] = TensorInfo(tuple(t.data.shape), t.data.dtype, t.data)
-                host[idx] = t.data
-        for idx in g.inputs:
-            infos[idx] = TensorInfo(self._input_shapes[idx], dtypes.to_numpy(g.tensors[idx].dtype))
-
-        steps: list[_DevStep] = []
-        folded = 0
-        for op_index, (op, kernel) in enumerate(zip(g.operators, self._kernels)):
+        for kernel in self._kernels:
             kernel.stream = self._stream
-            ins = [infos[i] if i >= 0 else None for i in op.inputs]
-            step = _DevStep(op_index, kernel, list(op.inputs), list(op.outputs))
-            if any(x is not None and x.shape is None for x in ins):
-                step.dynamic = step.on_device = False
-                for o in op.outputs:
-                    if o >= 0:
-                        infos[o] = TensorInfo(None, dtypes.to_numpy(g.tensors[o].dtype or 1))
-                steps.append(step)
-                continue
-            outs = self._prepare_kernel(kernel, ins, op.outputs)
-            for o, info in zip(op.outputs, outs):
-                if o >= 0:
-                    infos[o] = info
-            live = [info for o, info in zip(op.outputs, outs) if o >= 0]
-            if any(info.shape is None for info in live):
-                step.dynamic = True
-                step.on_device = False
-                steps.append(step)
-                continue
-            if all(info.value is not None for info in live):
-                folded += 1
-                for o, info in zip(op.outputs, outs):
-                    if o >= 0:
-                        host[o] = info.value
-                continue
-            inputs_known = all(x is None or x.value is not None for x in ins)
-            small = sum(info.size for info in live) <= FOLD_LIMIT
-            if kernel.foldable and inputs_known and small:
-                results = self._run_on_host(kernel, ins, outs)
-                for o, info, val in zip(op.outputs, outs, results):
-                    if o >= 0:
-                        info.value = val
-                        host[o] = val
-                folded += 1
-                continue
-            step.on_device = _is_cuda_kernel(kernel) and bool(getattr(kernel, "on_device", False))
-            steps.append(step)
 
-        # Lifetimes and the arena, exactly as on the CPU.
-        last_use: dict[int, int] = {}
-        for pos, step in enumerate(steps):
-            for i in step.inputs:
-                if i >= 0:
-                    last_use[i] = pos
-        end = len(steps)
-        for i in g.outputs:
-            last_use[i] = end
-        allocations: list[planner.Allocation] = []
-        shapes: dict[int, tuple[tuple[int, ...], np.dtype]] = {}
-        host_only: set[int] = set()
+        def new_step(op_index, kernel, ins, outs, dynamic):
+            # Dynamic steps run on the host; others on the device when a CUDA kernel serves them.
+            on_device = (not dynamic and _is_cuda_kernel(kernel)
+                         and bool(getattr(kernel, "on_device", False)))
+            return _DevStep(op_index, kernel, ins, outs, on_device=on_device, dynamic=dynamic)
 
-        def want(idx: int, first: int) -> None:
-            info = infos[idx]
-            assert info is not None and info.shape is not None
-            dt = np.dtype(info.dtype)
-            shapes[idx] = (info.shape, dt)
-            if dt == np.dtype(object):  # strings never go to the device
-                host_only.add(idx)
-                return
-            nbytes = info.size * dt.itemsize
-            allocations.append(planner.Allocation(idx, nbytes, first, last_use.get(idx, first)))
-
-        for idx in g.inputs:
-            want(idx, 0)
-        for pos, step in enumerate(steps):
-            if step.dynamic:
-                continue
-            for o in step.outputs:
-                if o >= 0 and host[o] is None:
-                    want(o, pos)
-        offsets, arena_size = planner.plan(allocations)
+        infos, host, steps, folded = self._shape_pass(new_step)
+        shapes, offsets, arena_size, planned = self._plan_tensors(steps, infos, host)
+        host_only = {idx for idx, (_, dt) in shapes.items() if dt == np.dtype(object)}
         arena = cuda.device_array(max(arena_size, 1), np.uint8, stream=self._stream)
         arrays: list[Any] = list(host)
         for idx, (shape, dt) in shapes.items():
@@ -231,7 +156,7 @@ class CudaInterpreter(Interpreter):
         self.host_ops = host_ops
         self.stats = PlanStats(
             arena_bytes=arena_size,
-            planned_tensors=len(allocations),
+            planned_tensors=planned,
             folded_ops=folded,
             dynamic_ops=sum(s.dynamic for s in steps),
         )
@@ -253,7 +178,8 @@ class CudaInterpreter(Interpreter):
         return self._cuda.to_device(np.ascontiguousarray(a), stream=self._stream)
 
     @staticmethod
-    def _run_on_host(kernel: Kernel, ins: list[TensorInfo | None], outs: list[TensorInfo]):
+    def _run_now(kernel: Kernel, ins: list[TensorInfo | None], outs: list[TensorInfo]):
+        # Folding at prepare runs on the host (the base class's hook).
         in_arrays = [None if x is None else x.value for x in ins]
         out_arrays = [np.empty(o.shape, o.dtype) for o in outs]
         run = kernel.host_invoke if _is_cuda_kernel(kernel) else kernel.invoke

@@ -396,29 +396,36 @@ class Interpreter:
         return shape
 
     # ----- prepare & plan -----------------------------------------------------------------------
-    def _prepare(self) -> None:
+    def _shape_pass(self, new_step) -> tuple[list, list, list, int]:
+        """Prepare every kernel for the current input shapes; fold what is known already.
+
+        Shared by the CPU and CUDA interpreters. ``new_step(op_index, kernel, inputs, outputs,
+        dynamic)`` builds the executor's step object for each operator that must run.
+
+        Returns:
+            ``(infos, values, steps, folded)``: a TensorInfo per tensor, the value of each
+            constant or folded tensor (None elsewhere), the steps to run, the folded-op count.
+        """
         g = self._graph
         n_tensors = len(g.tensors)
         infos: list[TensorInfo | None] = [None] * n_tensors
-        arrays: list[np.ndarray | None] = [None] * n_tensors
+        values: list[np.ndarray | None] = [None] * n_tensors
         for idx, t in enumerate(g.tensors):
             if t.data is not None:
                 infos[idx] = TensorInfo(tuple(t.data.shape), t.data.dtype, t.data)
-                arrays[idx] = t.data
+                values[idx] = t.data
         for idx in g.inputs:
             infos[idx] = TensorInfo(self._input_shapes[idx], dtypes.to_numpy(g.tensors[idx].dtype))
 
-        steps: list[_Step] = []
+        steps: list = []
         folded = 0
         for op_index, (op, kernel) in enumerate(zip(g.operators, self._kernels)):
             ins = [infos[i] if i >= 0 else None for i in op.inputs]
-            step = _Step(op_index, kernel, list(op.inputs), list(op.outputs))
             if any(x is not None and x.shape is None for x in ins):
-                step.dynamic = True
                 for o in op.outputs:
                     if o >= 0:
                         infos[o] = TensorInfo(None, dtypes.to_numpy(g.tensors[o].dtype or 1))
-                steps.append(step)
+                steps.append(new_step(op_index, kernel, list(op.inputs), list(op.outputs), True))
                 continue
             outs = self._prepare_kernel(kernel, ins, op.outputs)
             for o, info in zip(op.outputs, outs):
@@ -426,14 +433,13 @@ class Interpreter:
                     infos[o] = info
             live = [info for o, info in zip(op.outputs, outs) if o >= 0]
             if any(info.shape is None for info in live):
-                step.dynamic = True
-                steps.append(step)
+                steps.append(new_step(op_index, kernel, list(op.inputs), list(op.outputs), True))
                 continue
             if all(info.value is not None for info in live):
                 folded += 1  # the kernel computed its outputs from shapes alone (Shape, Size)
                 for o, info in zip(op.outputs, outs):
                     if o >= 0:
-                        arrays[o] = info.value
+                        values[o] = info.value
                 continue
             inputs_known = all(x is None or x.value is not None for x in ins)
             small = sum(info.size for info in live) <= FOLD_LIMIT
@@ -442,12 +448,20 @@ class Interpreter:
                 for o, info, val in zip(op.outputs, outs, results):
                     if o >= 0:
                         info.value = val
-                        arrays[o] = val
+                        values[o] = val
                 folded += 1
                 continue
-            steps.append(step)
+            steps.append(new_step(op_index, kernel, list(op.inputs), list(op.outputs), False))
+        return infos, values, steps, folded
 
-        # Lifetimes of the tensors the arena holds: model inputs and outputs of static steps.
+    def _plan_tensors(self, steps: list, infos: list, values: list):
+        """Lifetimes of the arena's tensors (model inputs, outputs of static steps) and the plan.
+
+        Returns:
+            ``(shapes, offsets, arena_size, planned)``: (shape, dtype) of every tensor to hold,
+            arena offsets of those that go in the arena (not strings), its size, their count.
+        """
+        g = self._graph
         last_use: dict[int, int] = {}
         for pos, step in enumerate(steps):
             for i in step.inputs:
@@ -466,7 +480,7 @@ class Interpreter:
             assert info is not None and info.shape is not None
             dt = np.dtype(info.dtype)
             shapes[idx] = (info.shape, dt)
-            if dt == np.dtype(object):
+            if dt == np.dtype(object):  # strings are held outside the arena
                 return
             nbytes = info.size * dt.itemsize
             allocations.append(planner.Allocation(idx, nbytes, first, last_use.get(idx, first)))
@@ -477,9 +491,17 @@ class Interpreter:
             if step.dynamic:
                 continue
             for o in step.outputs:
-                if o >= 0 and arrays[o] is None:
+                if o >= 0 and values[o] is None:
                     want(o, pos)
         offsets, arena_size = planner.plan(allocations)
+        return shapes, offsets, arena_size, len(allocations)
+
+    def _prepare(self) -> None:
+        g = self._graph
+        infos, arrays, steps, folded = self._shape_pass(
+            lambda i, kernel, ins, outs, dynamic: _Step(i, kernel, ins, outs, dynamic)
+        )
+        shapes, offsets, arena_size, planned = self._plan_tensors(steps, infos, arrays)
         raw = np.empty(arena_size + planner.ALIGNMENT, np.uint8)
         start = (-raw.ctypes.data) % planner.ALIGNMENT
         arena = raw[start : start + arena_size]
@@ -522,7 +544,7 @@ class Interpreter:
         self._infos = infos
         self.stats = PlanStats(
             arena_bytes=arena_size,
-            planned_tensors=len(allocations),
+            planned_tensors=planned,
             folded_ops=folded,
             dynamic_ops=sum(s.dynamic for s in steps),
         )
