@@ -58,12 +58,21 @@ class EdgeRTRep(BackendRep):
                     f"the model takes {len(names)} input(s) {names}, got {len(inputs)}"
                 )
             feeds = dict(zip(names, inputs))
-        feeds = {k: _to_bits(np.asarray(v)) for k, v in feeds.items()}
+        feeds = {k: _feed(v) for k, v in feeds.items()}
         results = self.interpreter.run(feeds)
         outs = [results[name] for name in self.interpreter.output_names]
         for k, code in enumerate(self._output_types[: len(outs)]):
             outs[k] = _from_bits(outs[k], code)
         return tuple(outs)
+
+
+def _feed(value: Any) -> Any:
+    """An input as the interpreter takes it: an array, a sequence (list) or an empty optional."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_feed(x) for x in value]
+    return _to_bits(np.asarray(value))
 
 
 def _to_bits(arr: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ How :func:`lower` maps the IR onto the file's objects:
   order. A constant keeps its data in ``TensorDef.data``; unused constants are left out.
 * Dims: an int stays; a symbolic (str) or unknown (None) dim becomes -1, and
   ``shape_signature`` then names every dim ("" where static or unnamed). An unknown rank is
-  ``shape=()`` with ``unknown_rank=True``.
+  ``shape=()`` with ``unknown_rank=True``; so is a sequence or optional value, whose
+  ``TensorDef.kind`` says which (``Value.kind``) and whose dtype is its tensors' element type.
 * An omitted optional input (None) is -1; so is an omitted optional output (a value the
   importer marked ``meta["omitted"]``).
 * ``Value.quant`` becomes :class:`~edgert.format.QuantParams` (float32 scales, int64 zero points).
@@ -38,7 +39,14 @@ import numpy as np
 from edgert import __version__
 from edgert import dtypes
 from edgert.errors import EdgeRTError, UnsupportedOpError
-from edgert.format.model import ModelDef, OperatorDef, QuantParams, SubGraphDef, TensorDef
+from edgert.format.model import (
+    KIND_NAMES,
+    ModelDef,
+    OperatorDef,
+    QuantParams,
+    SubGraphDef,
+    TensorDef,
+)
 from edgert.ir import Graph, Node, Value
 
 if TYPE_CHECKING:
@@ -290,6 +298,9 @@ def _tensor_def(v: Value) -> TensorDef:
             np.asarray(zero_point, dtype=np.int64).reshape(-1),
             int(axis),
         )
+    if v.kind != "tensor":  # a sequence / optional value: element dtype, no shape
+        return TensorDef(v.name, v.dtype, (), None, None, None, unknown_rank=True,
+                         kind=KIND_NAMES.index(v.kind))
     if v.const is not None:
         data = np.require(v.const, requirements="C")
         return TensorDef(v.name, v.dtype, tuple(int(d) for d in data.shape), None, data, quant)

@@ -2,8 +2,13 @@
 
 Codes follow ONNX's ``TensorProto.DataType`` numbering, a stable public standard, so an importer
 maps a type by copying one integer and a `.edgert` file can be read without a private table.
-bfloat16 and the float8 types have no NumPy dtype: their raw bits are carried in an unsigned
-integer array of the same width.
+bfloat16 and the float8 / float4 types have no NumPy dtype: their raw bits (codes) are carried in
+an unsigned integer array of the same width (float4e2m1: one code, 0..15, per uint8).
+
+The sub-byte integers (int4, uint4, int2, uint2) are stored *unpacked*, one value per int8 /
+uint8 element, in memory and in the `.edgert` file: every kernel and every view stays byte
+addressed, at the cost of 2-4x the bytes of ONNX's packed form (the importer unpacks, the ONNX
+exporter packs back). :func:`value_range` gives the values such a holder may contain.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ FLOAT8E5M2 = 19
 FLOAT8E5M2FNUZ = 20
 UINT4 = 21
 INT4 = 22
+FLOAT4E2M1 = 23
+FLOAT8E8M0 = 24
+UINT2 = 25
+INT2 = 26
 
 # code -> (name, numpy dtype used to hold it)
 _TABLE: dict[int, tuple[str, np.dtype]] = {
@@ -56,7 +65,25 @@ _TABLE: dict[int, tuple[str, np.dtype]] = {
     FLOAT8E4M3FNUZ: ("float8e4m3fnuz", np.dtype(np.uint8)),
     FLOAT8E5M2: ("float8e5m2", np.dtype(np.uint8)),
     FLOAT8E5M2FNUZ: ("float8e5m2fnuz", np.dtype(np.uint8)),
+    UINT4: ("uint4", np.dtype(np.uint8)),
+    INT4: ("int4", np.dtype(np.int8)),
+    FLOAT4E2M1: ("float4e2m1", np.dtype(np.uint8)),
+    FLOAT8E8M0: ("float8e8m0", np.dtype(np.uint8)),
+    UINT2: ("uint2", np.dtype(np.uint8)),
+    INT2: ("int2", np.dtype(np.int8)),
 }
+
+# Types held in a wider NumPy integer: the values (sub-byte integers) or codes (float4) a holder
+# element may contain. Anything outside is a corrupt tensor, not a value of the type.
+_RANGES: dict[int, tuple[int, int]] = {
+    UINT4: (0, 15),
+    INT4: (-8, 7),
+    UINT2: (0, 3),
+    INT2: (-2, 1),
+    FLOAT4E2M1: (0, 15),
+}
+# The sub-byte integer types (values, not codes, in their holder).
+SUBBYTE_INTS = frozenset({UINT4, INT4, UINT2, INT2})
 
 _FROM_NUMPY: dict[np.dtype, int] = {
     np.dtype(np.float32): FLOAT,
@@ -113,6 +140,14 @@ def from_numpy(dtype) -> int:
         return _FROM_NUMPY[dt]
     except KeyError:
         raise ValueError(f"NumPy dtype {dt} has no edgert element type") from None
+
+
+def value_range(code: int) -> tuple[int, int] | None:
+    """``(lo, hi)`` of what a holder element of a narrow type may contain, None for other types.
+
+    int4/uint4/int2/uint2 hold their values, float4e2m1 its 4-bit codes.
+    """
+    return _RANGES.get(code)
 
 
 def itemsize(code: int) -> int:

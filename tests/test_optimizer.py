@@ -48,9 +48,10 @@ def feeds_for(model: onnx.ModelProto) -> dict:
     return feeds
 
 
-def check(model: onnx.ModelProto, level: int = 2, allow_fused: bool = False):
+def check(model: onnx.ModelProto, level: int = 2, allow_fused: bool = False,
+          feeds: dict | None = None):
     """Optimize ``model``; compare with onnxruntime on the original; return (graph, report)."""
-    feeds = feeds_for(model)
+    feeds = feeds_for(model) if feeds is None else feeds
     ref = ort_run(model, feeds)
     graph = import_onnx(model)
     report = optimize(graph, level, allow_fused=allow_fused)

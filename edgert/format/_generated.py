@@ -8,6 +8,13 @@ import flatbuffers
 from flatbuffers.compat import import_numpy
 np = import_numpy()
 
+class ValueKind(object):
+    TENSOR = 0
+    SEQUENCE = 1
+    OPTIONAL_TENSOR = 2
+    OPTIONAL_SEQUENCE = 3
+
+
 class AttributeType(object):
     UNDEFINED = 0
     FLOAT = 1
@@ -255,8 +262,15 @@ class Tensor(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
         return o == 0
 
+    # Tensor
+    def Kind(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int8Flags, o + self._tab.Pos)
+        return 0
+
 def TensorStart(builder):
-    builder.StartObject(8)
+    builder.StartObject(9)
 
 def TensorAddName(builder, name):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -290,6 +304,9 @@ def TensorAddStringData(builder, stringData):
 
 def TensorStartStringDataVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
+
+def TensorAddKind(builder, kind):
+    builder.PrependInt8Slot(8, kind, 0)
 
 def TensorEnd(builder):
     return builder.EndObject()

@@ -43,6 +43,16 @@ class QuantParams:
     axis: int = 0
 
 
+# TensorDef.kind: what a tensor entry holds (schema enum ValueKind). Sequence and optional values
+# are run-time objects (a list of arrays; an array, a list or None) that the runtime never places
+# in its arena; their dtype is the element type of the tensors inside and their rank is unknown.
+KIND_TENSOR = 0
+KIND_SEQUENCE = 1
+KIND_OPTIONAL_TENSOR = 2
+KIND_OPTIONAL_SEQUENCE = 3
+KIND_NAMES = ("tensor", "sequence", "optional_tensor", "optional_sequence")  # by kind number
+
+
 @dataclass
 class TensorDef:
     """A tensor of a subgraph: an activation, a graph input, or a constant (``data`` set)."""
@@ -54,6 +64,7 @@ class TensorDef:
     data: np.ndarray | None = None  # constant data; read back as a zero-copy, read-only view
     quant: QuantParams | None = None
     unknown_rank: bool = False
+    kind: int = KIND_TENSOR  # KIND_TENSOR, KIND_SEQUENCE, KIND_OPTIONAL_TENSOR, ...
 
 
 @dataclass

@@ -260,6 +260,7 @@ class _Decoder:
         qt = t.table(5, "quantization")
         unknown_rank = bool(t.scalar(6, "B", 0, "unknown_rank"))
         string_data = t.raw_strings(7, "string_data")
+        kind = t.scalar(8, "b", 0, "kind")  # checked with the semantics (verify.py)
         tensor = TensorDef(
             name=name,
             dtype=dtype,
@@ -267,6 +268,7 @@ class _Decoder:
             shape_signature=tuple(signature) if signature else None,
             quant=None if qt is None else _quant(qt),
             unknown_rank=unknown_rank,
+            kind=kind,
         )
         if buffer and buffer >= len(self.buffers):  # 0 = no data, even with no buffer table
             raise ModelFormatError(

@@ -35,7 +35,15 @@ import numpy as np
 
 from edgert import dtypes
 from edgert.errors import ModelFormatError
-from edgert.format.model import ModelDef, OperatorDef, QuantParams, SubGraphDef, TensorDef
+from edgert.format.model import (
+    KIND_NAMES,
+    KIND_TENSOR,
+    ModelDef,
+    OperatorDef,
+    QuantParams,
+    SubGraphDef,
+    TensorDef,
+)
 
 # NumPy cannot hold more dimensions (NPY_MAXDIMS in NumPy 2).
 MAX_RANK = 64
@@ -201,6 +209,14 @@ def _check_subgraph(sg: SubGraphDef, where: str) -> None:
 
 
 def _check_tensor(t: TensorDef, label: str) -> None:
+    kind = t.kind
+    if not isinstance(kind, (int, np.integer)) or isinstance(kind, bool) or \
+            not 0 <= kind < len(KIND_NAMES):
+        raise ModelFormatError(f"{label}: unknown value kind {kind!r}")
+    if kind != KIND_TENSOR and (t.data is not None or t.quant is not None):
+        raise ModelFormatError(
+            f"{label}: a {KIND_NAMES[kind]} value cannot hold constant data or quantization"
+        )
     # dtype 0 (undefined) is allowed for computed tensors: the runtime's kernels infer every
     # intermediate dtype in prepare, and ONNX shape inference cannot always give one.
     undefined_ok = isinstance(t.dtype, (int, np.integer)) and int(t.dtype) == 0 and t.data is None

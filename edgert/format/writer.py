@@ -375,6 +375,8 @@ def _build_tensor(b: flatbuffers.Builder, t: TensorDef, buffer: int) -> int:
     fb.TensorAddUnknownRank(b, bool(t.unknown_rank))
     if strings is not None:
         fb.TensorAddStringData(b, strings)
+    if t.kind:
+        fb.TensorAddKind(b, int(t.kind))
     return fb.TensorEnd(b)
 
 

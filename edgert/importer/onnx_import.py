@@ -45,6 +45,13 @@ from edgert import dtypes
 from edgert.errors import EdgeRTError, ModelImportError, UnsupportedOpError
 from edgert.importer import upgrade
 from edgert.ir import Graph, Node, Value
+from edgert.ir.graph import (
+    OPTIONAL_SEQUENCE,
+    OPTIONAL_TENSOR,
+    SEQUENCE,
+    TENSOR,
+    VALUE_KINDS,
+)
 
 ModelSource = onnx.ModelProto | str | os.PathLike | bytes | bytearray | memoryview
 
@@ -234,8 +241,15 @@ def _dtype_name(code: int) -> str:
 
 
 def _type_info(tp: onnx.TypeProto) -> tuple[int, list | None, str]:
-    """(dtype code, shape, kind) of a value's ONNX type; kind is "tensor", "sequence", ..."""
+    """(dtype code, shape, kind) of a value's ONNX type.
+
+    kind is "tensor", one of the IR's sequence / optional kinds ("sequence", "optional_tensor",
+    "optional_sequence", whose dtype is the element type of the tensors inside and whose shape
+    is None), or another ONNX type name ("map", "sparse_tensor"...) that edgert does not run.
+    """
     kind = tp.WhichOneof("value") or ""
+    if kind in ("sequence_type", "optional_type"):
+        return _container_type(tp)
     if kind not in ("tensor_type", "sparse_tensor_type"):
         return 0, None, kind.removesuffix("_type")
     tt = getattr(tp, kind)
@@ -254,6 +268,27 @@ def _type_info(tp: onnx.TypeProto) -> tuple[int, list | None, str]:
         else:
             dims.append(None)
     return tt.elem_type, dims, "tensor"
+
+
+def _container_type(tp: onnx.TypeProto) -> tuple[int, None, str]:
+    """(element dtype, None, kind) of a sequence or optional type (see :func:`_type_info`)."""
+    outer = tp.WhichOneof("value")
+    inner = tp.sequence_type.elem_type if outer == "sequence_type" else tp.optional_type.elem_type
+    inner_kind = inner.WhichOneof("value")
+    if outer == "sequence_type" and inner_kind == "tensor_type":
+        return inner.tensor_type.elem_type, None, SEQUENCE
+    if outer == "optional_type" and inner_kind == "tensor_type":
+        return inner.tensor_type.elem_type, None, OPTIONAL_TENSOR
+    if outer == "optional_type" and inner_kind == "sequence_type":
+        leaf = inner.sequence_type.elem_type
+        if leaf.WhichOneof("value") == "tensor_type":
+            return leaf.tensor_type.elem_type, None, OPTIONAL_SEQUENCE
+    if outer == "sequence_type" and inner_kind is None:  # element type left open
+        return 0, None, SEQUENCE
+    if outer == "optional_type" and inner_kind is None:
+        return 0, None, OPTIONAL_TENSOR
+    # seq(seq(...)), seq(map(...)), optional(map(...)): no edgert value kind for these
+    return 0, None, f"{outer.removesuffix('_type')}({inner_kind or ''})"
 
 
 def _attr_type(a: AttributeProto) -> int:
@@ -284,6 +319,40 @@ def _attr_type(a: AttributeProto) -> int:
         if a.HasField(field):
             return code
     return AttributeProto.UNDEFINED
+
+
+def _set_kind(v: Value, kind: str) -> None:
+    """Record a value's ONNX type kind: the IR's kind where it has one, else ``meta``."""
+    if kind in VALUE_KINDS:
+        v.kind = kind
+    if kind != TENSOR:
+        v.meta["onnx_type"] = kind
+
+
+# Operators whose first output is a sequence or an optional value whatever shape inference says
+# (it may leave a value's type out, e.g. inside a body).
+_SEQUENCE_RESULT_OPS = frozenset({
+    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SplitToSequence",
+    "Optional",
+})
+
+
+def _default_kinds(node: Node) -> None:
+    """Give the output of a sequence-producing node its kind when its type is unknown."""
+    out = node.outputs[0] if node.outputs else None
+    if out is None or out.kind != TENSOR or out.meta.get("onnx_type"):
+        return
+    if node.op_type != "Optional":
+        out.kind = SEQUENCE
+        if not out.dtype:  # the element type of what goes in
+            src = node.input(1) if node.op_type == "SequenceInsert" else node.input(0)
+            out.dtype = src.dtype if src is not None else int(node.attrs.get("dtype", 1))
+        return
+    src = node.input(0)
+    nested = (src is not None and src.kind == SEQUENCE) or node.attrs.get("type") == SEQUENCE
+    out.kind = OPTIONAL_SEQUENCE if nested else OPTIONAL_TENSOR
+    if src is not None and not out.dtype:
+        out.dtype = src.dtype
 
 
 # ----- scopes -------------------------------------------------------------------------------------
@@ -324,6 +393,7 @@ class _Scope:
             return None
         self.parent.read_by_bodies.add(name)
         proxy = Value(name, pv.dtype, pv.shape)
+        proxy.kind = pv.kind
         self.graph.unique_name(name)
         self.values[name] = proxy
         self.outer[id(proxy)] = pv
@@ -428,8 +498,7 @@ class _Importer:
                 raise ModelImportError(f"{where}: an input has no name")
             dtype, shape, kind = types[vi.name]
             v = scope.define(Value(vi.name, dtype, shape))
-            if kind != "tensor":
-                v.meta["onnx_type"] = kind
+            _set_kind(v, kind)
             g.inputs.append(v)
         for t in gp.initializer:
             arr, code = self._tensor(t, f"initializer '{t.name}'")
@@ -457,8 +526,7 @@ class _Importer:
                     if out:
                         dtype, shape, kind = types.get(out, (0, None, "tensor"))
                         v = scope.define(Value(out, dtype, shape))
-                        if kind != "tensor":
-                            v.meta["onnx_type"] = kind
+                        _set_kind(v, kind)
 
         node_names = self._node_names(nodes, is_const)
         pending: list[tuple[Node, onnx.NodeProto]] = []
@@ -498,6 +566,8 @@ class _Importer:
                         attrs[key] = int(v.dtype)
             domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
             node = g.add_node(n.op_type, inputs, outputs, attrs, name=node_name, domain=domain)
+            if not domain and n.op_type in _SEQUENCE_RESULT_OPS:
+                _default_kinds(node)
             pending.append((node, n))
 
         for vi in gp.output:
@@ -653,6 +723,8 @@ class _Importer:
                 attrs[a.name] = [self._tensor(x, where)[0] for x in a.tensors]
             elif t == AttributeProto.SPARSE_TENSORS:
                 attrs[a.name] = [self._sparse(x, where)[0] for x in a.sparse_tensors]
+            elif t == AttributeProto.TYPE_PROTO:  # Optional's `type`: the kind of the value
+                attrs[a.name] = _type_info(a.tp)[2]
             elif t == AttributeProto.GRAPHS:
                 attrs[a.name] = [
                     self._graph(x, scope, x.name or f"{node_name}_{a.name}{i}")

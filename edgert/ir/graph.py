@@ -4,7 +4,8 @@ One small graph type serves every stage:
 
 * :class:`Value` — a tensor: name, dtype code, shape (ints, or strings for symbolic dims, or
   ``None`` for an unknown dim / unknown rank), optional constant data and quantization, and the
-  node that produces it plus the nodes that consume it.
+  node that produces it plus the nodes that consume it. A value's ``kind`` says whether it holds
+  a tensor (the usual case) or an ONNX sequence / optional value (see :data:`VALUE_KINDS`).
 * :class:`Node` — an operator: op type (ONNX names for ONNX ops, domain ``"edgert"`` for fused or
   lowered ops), inputs (``None`` for an omitted optional input), outputs, attributes as plain
   Python values, and subgraphs (If/Loop/Scan bodies) as attribute values of type :class:`Graph`.
@@ -31,6 +32,15 @@ from edgert.dtypes import FLOAT  # noqa: F401  (re-exported for convenience)
 
 Dim = int | str | None
 
+# What a value holds (ONNX value types). Sequence and optional values carry the element type of
+# the tensors inside them in ``dtype``; their ``shape`` is None. At run time a sequence is a list
+# of arrays and an optional is an array, a list, or None when empty.
+TENSOR = "tensor"
+SEQUENCE = "sequence"  # seq(tensor)
+OPTIONAL_TENSOR = "optional_tensor"  # optional(tensor)
+OPTIONAL_SEQUENCE = "optional_sequence"  # optional(seq(tensor))
+VALUE_KINDS = (TENSOR, SEQUENCE, OPTIONAL_TENSOR, OPTIONAL_SEQUENCE)
+
 
 class Value:
     """A tensor in the graph.
@@ -43,9 +53,11 @@ class Value:
         quant: optional quantization ``(scale: np.ndarray, zero_point: np.ndarray, axis: int)``.
         producer: the node that outputs this value (None for inputs and constants).
         consumers: nodes that read this value, one entry per use.
+        kind: :data:`TENSOR`, or a sequence / optional kind (one of :data:`VALUE_KINDS`).
     """
 
-    __slots__ = ("name", "dtype", "shape", "const", "quant", "producer", "consumers", "meta")
+    __slots__ = ("name", "dtype", "shape", "const", "quant", "producer", "consumers", "meta",
+                 "kind")
 
     def __init__(
         self,
@@ -62,6 +74,7 @@ class Value:
         self.producer: Node | None = None
         self.consumers: list[Node] = []
         self.meta: dict[str, Any] = {}
+        self.kind: str = TENSOR
         if const is not None:
             if dtype == 0:
                 self.dtype = dtypes.from_numpy(const.dtype)
@@ -76,6 +89,11 @@ class Value:
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
 
+    @property
+    def is_tensor(self) -> bool:
+        """False for sequence and optional values."""
+        return self.kind == TENSOR
+
     def static_shape(self) -> tuple[int, ...] | None:
         """The shape as a tuple of ints, or None if any dim is symbolic or unknown."""
         if self.shape is None or any(not isinstance(d, int) for d in self.shape):
@@ -84,6 +102,8 @@ class Value:
 
     def __repr__(self) -> str:
         kind = "const " if self.is_const else ""
+        if self.kind != TENSOR:
+            kind += f"{self.kind} "
         return f"Value({kind}{self.name!r}, {dtypes.name(self.dtype)}, {self.shape})"
 
 

@@ -14,7 +14,10 @@ Algebra (per output channel ``c``; ``s = gamma / sqrt(var + eps)``):
   ``beta + k``.
 * ``Add(MatMul(a, B), C) = Gemm(a, B, C)`` when ``a`` and ``B`` are 2-D and ``C`` broadcasts to the
   output without growing it.
-* ``Conv(Pad(x, p))`` = ``Conv(x)`` with ``pads += p`` for zero constant padding of spatial axes.
+* ``Conv(Pad(x, p))`` = ``Conv(x)`` with ``pads += p`` for zero constant padding of spatial axes;
+  ``AveragePool(Pad(x, p))`` likewise with ``count_include_pad=1`` (padding zeros are counted),
+  ``MaxPool(Pad(x, p, v))`` when ``v`` is at most every element of ``x`` (see
+  :func:`fold_pad_into_pool`).
 
 Every pass declines (leaves the graph alone) unless: the weights and the folded parameters are
 constants; the intermediate value has exactly one consumer and is neither a graph output nor
@@ -219,6 +222,107 @@ def fold_pad_into_conv(graph: Graph, ctx) -> bool:
             old[k + i] + p[r + 2 + i] for i in range(k)
         ]
         graph.set_input(conv, 0, pad.inputs[0])
+        graph.remove_node(pad)
+        ctx.count(removed=1, fused=1)
+        changed = True
+    return changed
+
+
+def _lower_bound(v: Value) -> float | None:
+    """A value no element of ``v`` is below, when its producer proves one (else None).
+
+    Relu and Sigmoid give 0; Clip its constant lower bound; an ``edgert`` op with a fused Relu,
+    Sigmoid or Clip activation likewise. (NaN compares with nothing; MaxPool propagates it
+    whether or not the padding is explicit.)
+    """
+    p = v.producer
+    if p is None:
+        return None
+    op = p.op_type
+    if p.domain == "edgert":
+        op = p.attrs.get("activation") or ""
+        if op == "Clip":
+            params = p.attrs.get("activation_params") or []
+            return float(params[0]) if params else None
+    elif p.domain != "":
+        return None
+    if op in ("Relu", "Sigmoid"):
+        return 0.0
+    if op == "Clip" and p.domain == "":
+        lo = scalar(p.input(1))
+        return lo if lo is not None and not math.isnan(lo) else None
+    return None
+
+
+def fold_pad_into_pool(graph: Graph, ctx) -> bool:
+    """``MaxPool(Pad(x))`` / ``AveragePool(Pad(x))`` → the pool with ``pads += p``.
+
+    A pool's own padding is not a value: MaxPool ignores it (as if -inf), AveragePool counts it
+    only with ``count_include_pad=1``. So, with ``v`` the Pad's constant:
+
+    * AveragePool: ``v == 0``, and the result gets ``count_include_pad=1`` — allowed only when
+      the pool already counts its padding or has none (else its old pads would start counting).
+    * MaxPool: ``v`` must be at most every element of ``x``: ``v = -inf``, or a proven lower bound
+      of ``x`` (Relu, Sigmoid, Clip, a fused activation) that is ``>= v``; only the ``Y`` output
+      (``Indices`` would change); each window must still hold a real element, which the
+      ``dilations == 1`` and ``pads < kernel`` checks below guarantee.
+
+    Both: Pad mode "constant", constant non-negative pads, zero on N and C, no ``axes`` input;
+    ``auto_pad`` NOTSET, dilations 1, every combined pad smaller than the kernel (onnxruntime
+    and the edgert kernel reject larger); with ``ceil_mode=1`` no end padding from the Pad
+    (the "window starts in the end padding" rule would drop a window the original kept); the
+    padded tensor has one reader.
+    """
+    pinned = pinned_names(graph)
+    changed = False
+    for pad in list(graph.nodes):
+        if pad.op_type != "Pad" or pad.domain != "" or pad.attrs.get("mode", "constant") != (
+            "constant"
+        ):
+            continue
+        pads = const(pad.input(1))
+        if pads is None or pad.input(3) is not None or pad.inputs[0] is None:
+            continue
+        value_in = pad.input(2)
+        v = 0.0 if value_in is None else scalar(value_in)
+        if v is None or math.isnan(v):
+            continue
+        pool = _next(graph, pad.outputs[0], pinned, ("MaxPool", "AveragePool"))
+        if pool is None or pool.inputs[0] is not pad.outputs[0]:
+            continue
+        a = pool.attrs
+        if a.get("auto_pad", "NOTSET") != "NOTSET" or any(int(d) != 1 for d in
+                                                             a.get("dilations", [])):
+            continue
+        ks = [int(k) for k in a.get("kernel_shape", [])]
+        k = len(ks)
+        r = pads.size // 2
+        p = [int(x) for x in pads.reshape(-1)]
+        if k == 0 or r != k + 2 or any(x < 0 for x in p) or p[0] or p[1] or p[r] or p[r + 1]:
+            continue
+        old = [int(x) for x in a.get("pads", [0] * (2 * k))]
+        if len(old) != 2 * k:
+            continue
+        new = [old[i] + p[2 + i] for i in range(k)] + [old[k + i] + p[r + 2 + i]
+                                                       for i in range(k)]
+        if any(new[i] >= ks[i] or new[k + i] >= ks[i] for i in range(k)):
+            continue
+        if int(a.get("ceil_mode", 0)) and any(p[r + 2 + i] for i in range(k)):
+            continue
+        if pool.op_type == "AveragePool":
+            if v != 0.0 or (not int(a.get("count_include_pad", 0)) and any(old)):
+                continue
+        else:
+            if len(pool.outputs) > 1 and (pool.outputs[1].consumers
+                                          or pool.outputs[1].name in pinned):
+                continue
+            lb = _lower_bound(pad.inputs[0])
+            if not (v == -math.inf or (lb is not None and lb >= v)):
+                continue
+        pool.attrs["pads"] = new
+        if pool.op_type == "AveragePool":
+            pool.attrs["count_include_pad"] = 1
+        graph.set_input(pool, 0, pad.inputs[0])
         graph.remove_node(pad)
         ctx.count(removed=1, fused=1)
         changed = True

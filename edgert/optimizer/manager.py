@@ -6,18 +6,22 @@ Levels (as onnxruntime's):
 * ``1`` basic — :mod:`.folding` (constant folding, and shape folding also where only some dims
   are static) and :mod:`.cleanup` (no-op nodes, common subexpressions, duplicate constants,
   dead nodes and constants).
-* ``2`` extended (``3`` is accepted and means 2) — level 1 plus :mod:`.fusion` (BatchNormalization and per-channel Mul/Add folded
-  into Conv/ConvTranspose/Gemm/MatMul weights or merged into one BatchNormalization, MatMul+Add
-  → Gemm, Pad folded into Conv, Sum of two → Add) and :mod:`.layout` (Transpose/Reshape chains
-  merged or cancelled). With ``allow_fused=True`` it also fuses activations into the producing
-  Conv/ConvTranspose/Gemm/MatMul (domain ``edgert``, attributes ``activation`` /
+* ``2`` extended (``3`` is accepted and means 2) — level 1 plus :mod:`.patterns` (decomposed
+  LayerNorm / HardSigmoid / HardSwish / Gelu subgraphs → one op), :mod:`.fusion`
+  (BatchNormalization and per-channel Mul/Add folded into Conv/ConvTranspose/Gemm/MatMul
+  weights or merged into one BatchNormalization, MatMul+Add → Gemm, Pad folded into Conv and
+  Max/AveragePool, Sum of two → Add), :mod:`.layout` (Transpose/Reshape chains merged or
+  cancelled) and :mod:`.shuffle` (ShuffleNet channel shuffle → one Gather, or
+  ``edgert.ChannelShuffle``). With ``allow_fused=True`` it also fuses activations into the
+  producing Conv/ConvTranspose/Gemm/MatMul (domain ``edgert``, attributes ``activation`` /
   ``activation_params``, which the CPU kernels apply in their epilogue), then, once the rest
   has settled, groups of elementwise nodes into ``edgert.FusedElementwise``
   (:mod:`.elementwise`).
 
 Each pass is a function ``(graph, ctx) -> bool``. The manager runs the level's list in order,
 repeating the whole list until no pass changes anything (at most ``MAX_ROUNDS`` rounds), then
-re-sorts the nodes topologically.
+optimizes the bodies of If/Loop/Scan nodes the same way (recursively, keeping each body's
+inputs and outputs) and re-sorts the nodes topologically.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 
 from edgert.errors import EdgeRTError
 from edgert.ir import Graph
-from edgert.optimizer import cleanup, elementwise, folding, fusion, layout
+from edgert.optimizer import cleanup, elementwise, folding, fusion, layout, patterns, shuffle
 
 MAX_ROUNDS = 10
 
@@ -55,13 +59,15 @@ class OptimizeReport:
     nodes_after: int = 0
     rounds: int = 0
     seconds: float = 0.0
+    bodies: int = 0  # control-flow bodies optimized (at any depth)
     passes: dict[str, PassStats] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
             f"optimize level {self.level}{' (fused ops allowed)' if self.allow_fused else ''}: "
             f"{self.nodes_before} -> {self.nodes_after} nodes in {self.rounds} round(s), "
-            f"{self.seconds * 1000:.1f} ms",
+            f"{self.seconds * 1000:.1f} ms"
+            + (f" (+ {self.bodies} control-flow bodies)" if self.bodies else ""),
             f"  {'pass':<36} {'removed':>8} {'fused':>6} {'ms':>8}",
         ]
         for s in self.passes.values():
@@ -94,14 +100,20 @@ LEVEL1: list[Pass] = [
 ]
 
 LEVEL2: list[Pass] = [
+    patterns.fuse_layernorm,
+    patterns.fuse_hardsigmoid,
+    patterns.fuse_hardswish,
+    patterns.fuse_gelu,
     fusion.sum_to_add,
     fusion.fold_pad_into_conv,
+    fusion.fold_pad_into_pool,
     fusion.fold_batchnorm,
     fusion.fold_affine_into_producer,
     fusion.merge_affine_into_batchnorm,
     fusion.matmul_add_to_gemm,
     layout.merge_transposes,
     layout.merge_reshapes,
+    shuffle.fuse_channel_shuffle,
     fusion.fuse_activation,
 ]
 
@@ -125,7 +137,7 @@ def passes_for(level: int) -> list[Pass]:
 
 def optimize(graph: Graph, level: int = 2, verbose: bool = False,
              allow_fused: bool = False) -> OptimizeReport:
-    """Optimize ``graph`` in place.
+    """Optimize ``graph`` in place, and the bodies of its If/Loop/Scan nodes (recursively).
 
     Args:
         graph: the IR graph (modified in place).
@@ -134,8 +146,15 @@ def optimize(graph: Graph, level: int = 2, verbose: bool = False,
         allow_fused: allow ``edgert``-domain nodes (only the edgert runtime runs them).
 
     Returns:
-        The :class:`OptimizeReport`.
+        The :class:`OptimizeReport` (body statistics are added to the per-pass rows;
+        ``nodes_before`` / ``nodes_after`` count the main graph's nodes).
     """
+    return _optimize(graph, level, verbose, allow_fused, frozenset())
+
+
+def _optimize(graph: Graph, level: int, verbose: bool, allow_fused: bool,
+              scope: frozenset[str]) -> OptimizeReport:
+    """:func:`optimize` for a graph nested in scopes whose value names are ``scope``."""
     if not isinstance(level, int) or level < 0:
         raise EdgeRTError(f"optimization level must be a non-negative integer, got {level!r}")
     report = OptimizeReport(level=level, allow_fused=allow_fused,
@@ -168,9 +187,35 @@ def optimize(graph: Graph, level: int = 2, verbose: bool = False,
         stats.seconds += time.perf_counter() - t0
         stats.runs += 1
     if passes:
+        _optimize_bodies(graph, level, allow_fused, scope, report)
         graph.toposort()
     report.nodes_after = len(graph.nodes)
     report.seconds = time.perf_counter() - t_all
     if verbose:
         print(report)
     return report
+
+
+def _optimize_bodies(graph: Graph, level: int, allow_fused: bool, scope: frozenset[str],
+                     report: OptimizeReport) -> None:
+    """Run the same passes on every control-flow body of ``graph``, once ``graph`` has settled.
+
+    A body keeps its inputs and outputs (the passes pin them, as a main graph's), and the names
+    it reads from enclosing scopes. Names the passes invent in a body must not shadow a name of
+    an enclosing scope (ONNX requires one assignment per name across nested graphs, and the
+    body could no longer read the outer value), so every enclosing name is reserved in the body
+    before its passes run. Bodies are done after the enclosing graph, which therefore invents
+    no name afterwards that a body already uses.
+    """
+    inner_scope = scope | frozenset(graph._names) | frozenset(v.name for v in graph.values())
+    for node in graph.nodes:
+        for body in node.subgraphs():
+            # Graph has no public "reserve" method; unique_name() would rename an existing name.
+            body._names.update(inner_scope)
+            sub = _optimize(body, level, False, allow_fused, inner_scope)
+            report.bodies += 1 + sub.bodies
+            for name, st in sub.passes.items():
+                mine = report.passes.setdefault(name, PassStats(name))
+                mine.removed += st.removed
+                mine.fused += st.fused
+                mine.seconds += st.seconds

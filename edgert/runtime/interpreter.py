@@ -39,6 +39,7 @@ from edgert.errors import (
 from edgert.format import ModelDef, SubGraphDef, read_model
 from edgert.runtime import planner
 from edgert.runtime.registry import Kernel, KernelRegistry, OpContext, TensorInfo
+from edgert.runtime.values import check_value, copy_value, value_info
 
 # Kernels marked foldable are run at prepare time when all their inputs are known and their
 # outputs hold at most this many elements (shape arithmetic, small constant subexpressions).
@@ -121,8 +122,17 @@ class Interpreter:
         self._output_index = {g.tensors[i].name: i for i in g.outputs}
         # Current concrete shape of each model input; None while a dim is unknown.
         self._input_shapes: dict[int, tuple[int, ...] | None] = {}
+        # Sequence / optional inputs and outputs (edgert/runtime/values.py): run-time objects,
+        # never in the arena; their fed values are kept here across re-plans.
+        self._special = {i for i in (*g.inputs, *g.outputs) if g.tensors[i].kind}
+        self._special_values: dict[int, Any] = {}
+        if self._special:  # run()'s fast path copies arrays into planned buffers: not for these
+            self._fast_feeds = _no_fast_feeds
         for i in g.inputs:
             t = g.tensors[i]
+            if t.kind:
+                self._input_shapes[i] = ()  # nothing to plan
+                continue
             if not dtypes.is_known(t.dtype):
                 raise ModelFormatError(f"model input '{t.name}' has no element type (dtype {t.dtype})")
             known = not t.unknown_rank and all(d >= 0 for d in t.shape)
@@ -225,6 +235,12 @@ class Interpreter:
     def set_tensor(self, tensor_index: int | str, value) -> None:
         """Copy ``value`` into a model input (its shape must equal the current input shape)."""
         index = self._input_tensor(tensor_index)
+        if index in self._special:
+            self._special_values[index] = check_value(self._graph.tensors[index], value)
+            if not self._prepared:
+                self.allocate_tensors()
+            self._arrays[index] = self._special_values[index]
+            return
         arr = self._check_input_array(index, value)
         if self._input_shapes[index] != arr.shape:
             raise ShapeError(
@@ -271,6 +287,8 @@ class Interpreter:
         if not 0 <= index < len(self._arrays):
             raise InputError(f"tensor index {index} out of range (model has {len(self._arrays)})")
         arr = self._arrays[index]
+        if index in self._special or type(arr) is list:  # a sequence or an optional value
+            return copy_value(arr)
         if arr is None:
             raise InputError(
                 f"tensor {index} ('{self._graph.tensors[index].name}') has no value: it is an "
@@ -313,8 +331,12 @@ class Interpreter:
         if missing:
             raise InputError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
         checked = {}
+        special = {}
         for name, value in feeds.items():
             index = self._input_index[name]
+            if index in self._special:
+                special[index] = check_value(self._graph.tensors[index], value)
+                continue
             arr = self._check_input_array(index, value)
             new_shape = self._check_input_shape(index, arr.shape)
             if self._input_shapes[index] != new_shape:
@@ -327,6 +349,8 @@ class Interpreter:
             dst = self._arrays[index]
             assert dst is not None
             np.copyto(dst, arr)
+        for index, val in special.items():
+            self._special_values[index] = self._arrays[index] = val
         self.invoke()
         return {self._graph.tensors[i].name: self.get_tensor(i) for i in self._graph.outputs}
 
@@ -415,6 +439,9 @@ class Interpreter:
                 infos[idx] = TensorInfo(tuple(t.data.shape), t.data.dtype, t.data)
                 values[idx] = t.data
         for idx in g.inputs:
+            if g.tensors[idx].kind:  # a sequence / optional value: known at run time only
+                infos[idx] = TensorInfo(None, np.dtype(object))
+                continue
             infos[idx] = TensorInfo(self._input_shapes[idx], dtypes.to_numpy(g.tensors[idx].dtype))
 
         steps: list = []
@@ -486,7 +513,8 @@ class Interpreter:
             allocations.append(planner.Allocation(idx, nbytes, first, last_use.get(idx, first)))
 
         for idx in g.inputs:
-            want(idx, 0)
+            if not g.tensors[idx].kind:  # sequence / optional inputs are not in the arena
+                want(idx, 0)
         for pos, step in enumerate(steps):
             if step.dynamic:
                 continue
@@ -512,6 +540,8 @@ class Interpreter:
             nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
             off = offsets[idx]
             arrays[idx] = arena[off : off + nbytes].view(dt).reshape(shape)
+        for idx, val in self._special_values.items():  # fed sequence / optional inputs
+            arrays[idx] = val
 
         for step in steps:
             if not step.dynamic:
@@ -577,7 +607,7 @@ class Interpreter:
     def _invoke_dynamic(self, step: _Step) -> None:
         arrays = self._arrays
         ins = [None if i < 0 else arrays[i] for i in step.inputs]
-        infos = [None if a is None else TensorInfo(tuple(a.shape), a.dtype, a) for a in ins]
+        infos = [None if a is None else value_info(a) for a in ins]
         outs = self._prepare_kernel(step.kernel, infos, step.outputs)
         if all(o.value is not None for o, idx in zip(outs, step.outputs) if idx >= 0):
             results = [o.value for o in outs]
@@ -591,6 +621,11 @@ class Interpreter:
         for idx, val in zip(step.outputs, results):
             if idx >= 0:
                 arrays[idx] = val
+
+
+def _no_fast_feeds(feeds) -> None:
+    """``_fast_feeds`` of a model with sequence / optional inputs or outputs: never fast."""
+    return None
 
 
 class _LiveOutputs:

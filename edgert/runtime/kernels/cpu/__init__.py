@@ -33,7 +33,9 @@ def registry() -> KernelRegistry:
             recurrent,
             reduce,
             resize,
+            sequence,
             shape,
+            shuffle,
         )
 
         reg = KernelRegistry("cpu")
@@ -42,6 +44,13 @@ def registry() -> KernelRegistry:
             family.register(reg)
         # ONNX-conformance families (issue 3)
         for family in (misc, control_flow, quantize_linear, attention, recurrent):
+            family.register(reg)
+        shuffle.register(reg)  # edgert.ChannelShuffle (issue 4's optimizer)
+        sequence.register(reg)  # sequence and optional values (edgert/runtime/values.py)
+        # sampling, detection and spectral operators (issue 3, more ops)
+        from edgert.runtime.kernels.cpu import detection, sampling, spectral
+
+        for family in (sampling, detection, spectral):
             family.register(reg)
         _REGISTRY = reg
     return _REGISTRY

@@ -10,7 +10,8 @@ re-plans its arena when it does.
 
 Outputs are only known after the body ran (which branch, how many iterations), so these
 kernels report unknown output shapes at prepare and return the arrays they built from invoke.
-Sequence- and optional-typed values are not supported (a clear error at prepare).
+Sequence- and optional-typed values (edgert/runtime/values.py) pass through bodies, branches and
+loop-carried values as they are (lists, arrays or None).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ class Body:
         tensors = list(sub.tensors)
         for i in inputs:
             t = tensors[i]
-            if not dtypes.is_known(t.dtype):
-                raise KernelError(f"{where}: body input '{t.name}' has no tensor element type "
-                                  "(sequence and optional values are not supported)")
+            if not dtypes.is_known(t.dtype) and not t.kind:
+                raise KernelError(f"{where}: body input '{t.name}' has no tensor element type")
             tensors[i] = dataclasses.replace(t, shape=(), shape_signature=None, unknown_rank=True)
         for i in sub.outputs:
-            if not dtypes.is_known(tensors[i].dtype) and tensors[i].data is None:
+            if not dtypes.is_known(tensors[i].dtype) and tensors[i].data is None and \
+                    not tensors[i].kind:
                 raise KernelError(f"{where}: body output '{tensors[i].name}' has no tensor "
-                                  "element type (sequence and optional values are not supported)")
+                                  "element type")
         copy = dataclasses.replace(sub, tensors=tensors, inputs=inputs)
         self.input_names = [tensors[i].name for i in sub.inputs]
         self.output_dtypes = [
@@ -139,7 +140,8 @@ class Loop(_ControlFlow):
         outer = self._outer_feeds(self._names, inputs[self._n_own:])
         m = MAX_LOOP_ITERATIONS if own[0] is None else int(np.asarray(own[0]).reshape(-1)[0])
         cond = True if own[1] is None else bool(np.asarray(own[1]).reshape(-1)[0])
-        carried = [np.asarray(x) for x in own[2: 2 + self._n_carried]]
+        carried = [x if x is None or type(x) is list else np.asarray(x)  # sequence/optional
+                   for x in own[2: 2 + self._n_carried]]
         scans: list[list[np.ndarray]] = [[] for _ in range(self._body_.num_outputs - 1
                                                            - self._n_carried)]
         i = 0

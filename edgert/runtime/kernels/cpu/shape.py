@@ -154,12 +154,28 @@ def fill_value(dtype: np.dtype):
 
 # ----- identity-like ------------------------------------------------------------------------------
 class Identity(ShapeKernel):
-    """Identity: a copy (the planner gives every tensor its own buffer)."""
+    """Identity: a copy (the planner gives every tensor its own buffer).
+
+    A sequence or optional value (edgert/runtime/values.py) is passed on as it is: such values
+    are never modified in place, so sharing the list is safe. An empty optional arrives as a
+    missing input and leaves as None.
+    """
+
+    _pass_on = False
 
     def plan(self, inputs):
+        x = inputs[0] if len(inputs) == 1 else None
+        self._pass_on = len(inputs) == 1 and (x is None or type(x.value) is list)
+        if self._pass_on:
+            return [TensorInfo(None, np.dtype(object))]
         self.require_inputs(inputs, 1, 1)
-        x = inputs[0]
         return [TensorInfo(x.shape, x.dtype, x.value)]
+
+    def invoke(self, inputs, outputs):
+        if self._pass_on:
+            return [inputs[0]]
+        np.copyto(outputs[0], inputs[0])
+        return None
 
     def run(self, inputs, outputs):
         np.copyto(outputs[0], inputs[0])
