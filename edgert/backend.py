@@ -79,12 +79,20 @@ def _to_bits(arr: np.ndarray) -> np.ndarray:
     """bfloat16/float8 arrays (ml_dtypes) as the unsigned-integer bits edgert carries them in."""
     if arr.dtype.name in _BIT_TYPE_NAMES.values():
         return arr.view(np.uint8 if arr.dtype.itemsize == 1 else np.uint16)
+    if arr.dtype.name in _SUBBYTE_INT_NAMES.values():  # int4/int2: values, one per (u)int8
+        return arr.astype(np.int8 if arr.dtype.name.startswith("int") else np.uint8)
     return arr
 
 
 def _from_bits(arr: np.ndarray, code: int) -> np.ndarray:
     """Raw bits of a bfloat16/float8 output viewed as the ml_dtypes type (when installed)."""
     name = _BIT_TYPE_NAMES.get(code)
+    if code in _SUBBYTE_INT_NAMES and arr.dtype.kind in "iu":
+        try:
+            import ml_dtypes
+        except ImportError:
+            return arr
+        return arr.astype(getattr(ml_dtypes, _SUBBYTE_INT_NAMES[code]))
     if name is None or arr.dtype.kind != "u":
         return arr
     try:
@@ -101,7 +109,11 @@ _BIT_TYPE_NAMES = {
     18: "float8_e4m3fnuz",
     19: "float8_e5m2",
     20: "float8_e5m2fnuz",
+    23: "float4_e2m1fn",
+    24: "float8_e8m0fnu",
 }
+# Sub-byte integer types, held unpacked as their values in int8/uint8, and their ml_dtypes names.
+_SUBBYTE_INT_NAMES = {21: "uint4", 22: "int4", 25: "uint2", 26: "int2"}
 
 
 class EdgeRTBackend(Backend):

@@ -288,8 +288,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if d < 0 else d
             for k, d in enumerate(t.shape)
         ]
-        return {"name": t.name, "dtype": dtypes.name(t.dtype),
-                "shape": None if t.unknown_rank else shape}
+        d = {"name": t.name, "dtype": dtypes.name(t.dtype),
+             "shape": None if t.unknown_rank else shape}
+        if t.kind:  # a sequence / optional value: dtype is its tensors' element type
+            from edgert.format.model import KIND_NAMES
+
+            d["kind"] = KIND_NAMES[t.kind]
+        return d
 
     info = {
         "file": str(p),
@@ -312,6 +317,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for key in ("inputs", "outputs"):
         print(f"{key}:")
         for d in info[key]:
+            if "kind" in d:
+                print(f"  {d['name']}: {d['kind']} of {d['dtype']}")
+                continue
             print(f"  {d['name']}: {d['dtype']} {d['shape']}")
     print(f"operators: {info['operators']}  parameters: {params:,} ({_format_bytes(weight_bytes)})")
     print("op histogram:")

@@ -183,6 +183,10 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
                             f"{dtypes.name(raw)} tensors are only moved or cast by the edgert "
                             f"runtime, not computed on by {node.op_type}; Cast them to float32"))
             continue
+        odd = _unsupported_value_type(node)
+        if odd is not None:
+            missing.append((node.op_type, node.name, odd))
+            continue
         if not registry.supports(node.op_type, node.domain, node.version):
             dom = node.domain or "ai.onnx"
             missing.append((
@@ -209,22 +213,54 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
 # and give a silently wrong answer.
 _RAW_BITS_TYPES = frozenset({
     dtypes.BFLOAT16, dtypes.FLOAT8E4M3FN, dtypes.FLOAT8E4M3FNUZ, dtypes.FLOAT8E5M2,
-    dtypes.FLOAT8E5M2FNUZ,
+    dtypes.FLOAT8E5M2FNUZ, dtypes.FLOAT8E8M0, dtypes.FLOAT4E2M1, *dtypes.SUBBYTE_INTS,
 })
+# Held one per byte (int4 sign-extended): their holder's bits are not the ONNX bits, so even
+# BitCast would be wrong on them.
+_UNPACKED_TYPES = frozenset({dtypes.FLOAT4E2M1, *dtypes.SUBBYTE_INTS})
+# Q/DQ decode / encode these types when the importer told them which one (edgert_*_type).
+_TYPE_TAGGED_OPS = {"QuantizeLinear": "edgert_to_type", "DequantizeLinear": "edgert_from_type"}
 _BIT_MOVING_OPS = frozenset({
     "Cast", "CastLike", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
     "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "Expand", "Tile",
     "Shape", "Size", "Where", "ConstantOfShape", "If", "Loop", "Scan", "BitCast",
     "DepthToSpace", "SpaceToDepth", "Compress", "ReverseSequence", "Trilu", "EyeLike", "OneHot",
+    # sequence and optional values only hold tensors (edgert/runtime/kernels/cpu/sequence.py)
+    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt", "SequenceErase",
+    "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
+    "OptionalHasElement", "OptionalGetElement",
 })
+
+
+def _unsupported_value_type(node) -> str | None:
+    """Why a node's input or output has an ONNX type the runtime cannot hold, or None.
+
+    The runtime holds tensors, sequences of tensors and optional tensors / sequences
+    (``Value.kind``); the importer records any other type (map, sequence of sequences...) in
+    ``Value.meta["onnx_type"]`` and leaves the kind at "tensor".
+    """
+    for v in list(node.inputs) + list(node.outputs):
+        if v is None or v.kind != "tensor":
+            continue
+        other = v.meta.get("onnx_type")
+        if other and other not in ("tensor", "sparse_tensor"):
+            return (f"value '{v.name}' has ONNX type {other}; the edgert runtime holds tensors, "
+                    "sequences of tensors and optional tensors or sequences only")
+    return None
 
 
 def _raw_bits_dtype(node) -> int | None:
     """The bfloat16/float8 type a node would compute on, or None when it is safe."""
-    if node.domain or node.op_type in _BIT_MOVING_OPS:
+    if node.domain:
         return None
-    for v in list(node.inputs) + list(node.outputs):
-        if v is not None and v.dtype in _RAW_BITS_TYPES:
+    values = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
+    if node.op_type in _BIT_MOVING_OPS:
+        if node.op_type == "BitCast":
+            return next((v.dtype for v in values if v.dtype in _UNPACKED_TYPES), None)
+        return None
+    tag = node.attrs.get(_TYPE_TAGGED_OPS.get(node.op_type, ""))
+    for v in values:
+        if v.dtype in _RAW_BITS_TYPES and v.dtype != tag:
             return v.dtype
     return None
 

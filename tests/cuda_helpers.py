@@ -104,6 +104,9 @@ def check_same(op_type: str, inputs, attrs=None, const_inputs=(), version: int =
         assert g.shape == w.shape and g.dtype == w.dtype
         if w.dtype.kind == "f":
             np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, equal_nan=True)
+        elif atol:
+            diff = np.abs(g.astype(np.int64) - w.astype(np.int64))
+            assert diff.max(initial=0) <= atol, f"{op_type}: off by {diff.max()} > {atol}"
         else:
             np.testing.assert_array_equal(g, w)
     return got

@@ -251,6 +251,69 @@ def test_qgemm_bit_exact():
     check_same("QGemm", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert", rtol=0, atol=0)
 
 
+def test_quantize_dequantize_bit_exact():
+    x = rnd(2, 3, 4) * 3
+    x[0, 0, :4] = [np.nan, np.inf, -np.inf, 0.25]  # NaN -> zero point, +-inf saturate
+    x[1, 0, :4] = [0.5, 1.5, -0.5, -2.5]  # ties: to the even neighbour
+    check_same("Quantize", [x], {"scale": 1.0, "zero_point": 0}, domain="edgert", rtol=0, atol=0)
+    check_same("Quantize", [x], {"scale": 0.02, "zero_point": -5}, domain="edgert", rtol=0,
+               atol=0)
+    q = _i8(2, 3, 4)
+    check_same("Dequantize", [q], {"scale": [0.05], "zero_point": [3]}, domain="edgert",
+               rtol=0, atol=0)
+    check_same("Dequantize", [q], {"scale": [0.1, 0.2, 0.3], "zero_point": [1, -2, 0],
+                                   "axis": 1}, domain="edgert", rtol=0, atol=0)
+    b32 = RNG.integers(-5000, 5000, size=(3,)).astype(np.int32)
+    check_same("Dequantize", [b32], {"scale": [0.001]}, domain="edgert", rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["QAdd", "QMul"])
+def test_qadd_qmul_broadcast_bit_exact(op):
+    attrs = {"a_scale": 0.05, "a_zero_point": -7, "b_scale": 0.03, "b_zero_point": 4,
+             "y_scale": 0.06, "y_zero_point": 2, "act_min": -120, "act_max": 127}
+    check_same(op, [_i8(2, 3, 4), _i8(3, 1)], attrs, domain="edgert", rtol=0, atol=0)
+
+
+def test_qconcat_rescales_and_copies_bit_exact():
+    attrs = {"axis": 1, "scales": [0.05, 0.1, 0.07], "zero_points": [0, 3, -1],
+             "y_scale": 0.1, "y_zero_point": 3}  # the middle input is copied as is
+    check_same("QConcat", [_i8(2, 2, 3), _i8(2, 1, 3), _i8(2, 3, 3)], attrs, domain="edgert",
+               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("QMaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("QMaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    ("QAveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    ("QAveragePool", {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1],
+                      "count_include_pad": 1}),
+])
+def test_qpool_bit_exact(op, attrs):
+    check_same(op, [_i8(1, 2, 5, 5)], attrs, domain="edgert", rtol=0, atol=0)
+
+
+def test_qglobal_average_pool_and_qlut_bit_exact():
+    x = _i8(2, 3, 3, 3)
+    x[0, 0] = -128  # a row summing to an exact negative value
+    check_same("QGlobalAveragePool", [x], {}, domain="edgert", rtol=0, atol=0)
+    table = [int(v) for v in RNG.integers(-128, 128, size=256)]
+    q = np.arange(-128, 128, dtype=np.int8).reshape(4, 64)  # every table entry
+    check_same("QLut", [q], {"table": table}, domain="edgert", rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_qsoftmax(axis):
+    x = _i8(2, 5, 3)
+    attrs = {"axis": axis, "x_scale": 0.08, "x_zero_point": 1, "y_scale": 1 / 256,
+             "y_zero_point": -128}
+    # exp is float32 on both sides; a GPU's expf may be an ulp off the host's, which can move an
+    # output across a rounding tie: one int8 step (the simulator matches exactly).
+    from numba.core import config
+
+    step = 0 if config.ENABLE_CUDASIM else 1
+    check_same("QSoftmax", [x], attrs, domain="edgert", rtol=0, atol=step)
+
+
 # ----- normalization ------------------------------------------------------------------------------
 def test_batch_norm():
     c = 3
@@ -295,6 +358,128 @@ def test_transpose_slice_concat():
     check_same("Concat", [rnd(2, 3), rnd(1, 3)], {"axis": 0})
     ints = np.arange(12, dtype=np.int64).reshape(3, 4)
     check_same("Transpose", [ints], {})
+
+
+def test_channel_shuffle():
+    check_same("ChannelShuffle", [rnd(2, 6, 2, 1)], {"group": 3}, domain="edgert")
+    check_same("ChannelShuffle", [_i8(1, 4, 3)], {"group": 2}, domain="edgert")
+
+
+def test_gather_constant_and_runtime_indices():
+    data = rnd(3, 5, 2)
+    idx = np.array([[4, -1], [0, 2]], np.int64)
+    check_same("Gather", [data, idx], {"axis": 1}, const_inputs=(1,))
+    check_same("Gather", [data, idx.astype(np.int32)], {"axis": 1})  # computed indices
+    check_same("Gather", [_i8(4, 3), np.array([3, -4, 1], np.int64)], {"axis": 0})
+
+
+def test_gather_runtime_index_out_of_range_raises_after_invoke():
+    from numba import cuda
+
+    from edgert.errors import KernelError
+    from edgert.runtime.kernels.cuda import registry
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    kernel = registry().device_lookup("Gather")(OpContext("Gather", "emb", {"axis": 0}))
+    data, idx = rnd(4, 2), np.array([1, 4], np.int64)  # 4 is out of range for 4 rows
+    kernel.prepare([TensorInfo(data.shape, data.dtype), TensorInfo(idx.shape, idx.dtype)])
+    out = cuda.device_array((2, 2), np.float32)
+    kernel.invoke([cuda.to_device(data), cuda.to_device(idx)], [out])
+    cuda.synchronize()
+    with pytest.raises(KernelError, match="Gather 'emb'.*out of range"):
+        kernel.after_invoke()
+    kernel.after_invoke()  # the flag was reset: a later good run does not raise
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "wrap"])
+def test_pad_modes_with_crop(mode):
+    x = rnd(1, 2, 3, 4)
+    pads = np.array([0, 0, 2, -1, 0, 1, 1, 2], np.int64)  # begin..., end...: crops axis 3
+    ins = [x, pads] + ([np.array(1.5, np.float32)] if mode == "constant" else [])
+    check_same("Pad", ins, {"mode": mode}, const_inputs=(1, 2))
+
+
+def test_pad_int8_constant_and_axes():
+    x = _i8(2, 3)
+    check_same("Pad", [x, np.array([1, 2], np.int64), np.array(-7, np.int8),
+                       np.array([1], np.int64)], {}, const_inputs=(1, 2, 3))
+    check_same("Pad", [x, np.array([1, 0, 0, 2], np.int64)], {}, const_inputs=(1,))
+
+
+@pytest.mark.parametrize("mode, ctm", [
+    ("nearest", "asymmetric"), ("nearest", "half_pixel"), ("linear", "half_pixel"),
+    ("linear", "align_corners"), ("linear", "asymmetric"), ("linear", "pytorch_half_pixel"),
+    ("cubic", "half_pixel"),
+])
+def test_resize_modes(mode, ctm):
+    x = rnd(1, 2, 3, 4)
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+    scales = np.array([1, 1, 2, 1.5], np.float32)
+    check_same("Resize", [x, None, scales], attrs, const_inputs=(2,))
+    sizes = np.array([1, 2, 2, 3], np.int64)  # downscale
+    check_same("Resize", [x, None, None, sizes], attrs, const_inputs=(3,))
+
+
+def test_resize_int8_nearest_tf_crop_and_fallbacks():
+    check_same("Resize", [_i8(1, 1, 3, 3), None, np.array([1, 1, 2, 2], np.float32)],
+               {"mode": "nearest"}, const_inputs=(2,))
+    roi = np.array([0, 0, 0.2, 0.1, 1, 1, 1.3, 0.8], np.float32)
+    check_same("Resize", [rnd(1, 1, 3, 4), roi, None, np.array([1, 1, 4, 3], np.int64)],
+               {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
+                "extrapolation_value": -2.0}, const_inputs=(1, 3))
+    check_same("Resize", [rnd(1, 2, 3, 4), None, np.array([1, 1, 1, 1], np.float32)], {},
+               const_inputs=(2,))  # identity: a copy
+    # Resizing the channel axis, or integer linear: the CPU kernel serves them.
+    run_cuda_kernel("Resize", [rnd(1, 2, 2, 2), None, np.array([1, 2, 1, 1], np.float32)], {},
+                    const_inputs=(2,), expect_device=False)
+    run_cuda_kernel("Resize", [_i8(1, 1, 2, 2), None, np.array([1, 1, 2, 2], np.float32)],
+                    {"mode": "linear"}, const_inputs=(2,), expect_device=False)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceProd", "ReduceMax",
+                                "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+                                "ReduceLogSum", "ReduceLogSumExp"])
+def test_reductions_over_axes(op):
+    x = rnd(2, 3, 4)
+    if op == "ReduceLogSum":
+        x = np.abs(x)
+    x[1, 2, 3] = np.nan
+    check_same(op, [x, np.array([0, 2], np.int64)], {"keepdims": 1}, const_inputs=(1,))
+    check_same(op, [x, np.array([-2], np.int64)], {"keepdims": 0}, const_inputs=(1,))
+    check_same(op, [x], {"keepdims": 0})  # every axis
+
+
+def test_reduction_edge_cases():
+    x = rnd(2, 0, 3)  # empty reduction: identities, NaN for the mean
+    for op in ("ReduceSum", "ReduceMean", "ReduceProd", "ReduceMax", "ReduceMin",
+               "ReduceLogSumExp"):
+        check_same(op, [x, np.array([1], np.int64)], {}, const_inputs=(1,))
+    y = np.array([[-np.inf, -np.inf], [np.inf, 1.0]], np.float32)
+    check_same("ReduceLogSumExp", [y, np.array([1], np.int64)], {}, const_inputs=(1,))
+    check_same("ReduceMean", [rnd(3, 2), np.array([], np.int64)], {"noop_with_empty_axes": 1},
+               const_inputs=(1,))
+    run_cuda_kernel("ReduceSum", [np.arange(6).reshape(2, 3)], {}, expect_device=False)
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("last", [0, 1])
+def test_argmax_argmin(op, last):
+    x = np.round(rnd(3, 4, 2))  # ties
+    x[0, 2, 1] = np.nan
+    x[0, 3, 1] = np.nan
+    for axis, keep in ((1, 1), (0, 0), (-1, 1)):
+        check_same(op, [x], {"axis": axis, "keepdims": keep, "select_last_index": last})
+    check_same(op, [_i8(3, 5)], {"axis": 1, "select_last_index": last})
+
+
+def test_layer_norm():
+    x = rnd(2, 3, 4) + 5.0  # |mean| >> std: the two-pass variance matters
+    check_same("LayerNormalization", [x, rnd(4), rnd(4)], {"epsilon": 1e-3},
+               const_inputs=(1, 2), version=17)  # Mean and InvStdDev too
+    check_same("LayerNormalization", [x, rnd(3, 4)], {"axis": 1}, const_inputs=(1,),
+               version=17)
+    run_cuda_kernel("LayerNormalization", [x, rnd(4)], {}, const_inputs=(), version=17,
+                    expect_device=False)
 
 
 def test_every_cuda_kernel_has_a_test():

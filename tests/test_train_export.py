@@ -46,11 +46,11 @@ def T_cat(z: Tensor) -> Tensor:
 
 
 class SeqModel(nn.Module):
-    """Token embedding + GRU over a fixed length + mean pooling + linear."""
+    """Token embedding + GRU (or LSTM) over a fixed length + mean pooling + linear."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "gru") -> None:
         super().__init__()
-        self.rnn = nn.GRU(4, 5)
+        self.rnn = nn.GRU(4, 5) if kind == "gru" else nn.LSTM(4, 5)
         self.out = nn.Linear(5, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,10 +93,11 @@ def test_export_keeps_training_mode_and_names(tmp_path):
     run_all(m, np.random.default_rng(1).random((4, 1, 5, 5), np.float32), tmp_path)
 
 
-def test_export_recurrent(tmp_path):
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_export_recurrent(kind, tmp_path):
     manual_seed(0)
-    run_all(SeqModel(), np.random.default_rng(2).standard_normal((3, 4, 4)).astype(np.float32),
-            tmp_path)
+    run_all(SeqModel(kind),
+            np.random.default_rng(2).standard_normal((3, 4, 4)).astype(np.float32), tmp_path)
 
 
 def test_export_unsupported_op_is_named(tmp_path):
@@ -127,3 +128,49 @@ def test_export_decoder(tmp_path):
     manual_seed(0)
     x = np.random.default_rng(3).standard_normal((4, 2, 4, 4)).astype(np.float32)
     run_all(Decoder(), x, tmp_path)
+
+
+class ExplicitState(nn.Module):
+    """LSTM or GRU given an explicit initial state built from the batch size in Python (the
+    PyTorch idiom ``h0 = zeros(x.shape[0], hidden)``): exported as ConstantOfShape of the input's
+    batch, not as a constant of the traced batch size."""
+
+    def __init__(self, kind: str, fill: float = 0.0) -> None:
+        super().__init__()
+        self.kind, self.fill = kind, fill
+        self.rnn = nn.LSTM(3, 4) if kind == "lstm" else nn.GRU(3, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h0 = Tensor(np.full((x.shape[0], 4), self.fill, np.float32))
+        state = (h0, Tensor(np.zeros((x.shape[0], 4), np.float32))) if self.kind == "lstm" else h0
+        seq, last = self.rnn(x, state)
+        h = last[0] if self.kind == "lstm" else last
+        return self.out(seq.mean(1) + h)
+
+
+@pytest.mark.parametrize("kind, fill", [("lstm", 0.0), ("gru", 0.0), ("gru", 0.5)])
+def test_export_recurrent_explicit_state_is_batch_dynamic(kind, fill, tmp_path):
+    manual_seed(0)
+    m = ExplicitState(kind, fill)
+    x = np.random.default_rng(4).standard_normal((5, 3, 3)).astype(np.float32)
+    proto = export_onnx(m, Tensor(x[:2]), tmp_path / "s.onnx")
+    # no (batch, hidden) constant of the traced batch (2) is left: the states follow the input
+    assert not any(list(t.dims) == [2, 4] for t in proto.graph.initializer)
+    assert any(n.op_type == "ConstantOfShape" for n in proto.graph.node)
+    run_all(m, x, tmp_path)
+
+
+def test_export_constant_not_sized_by_batch_stays_constant(tmp_path):
+    # A (2, 3) constant that happens to match the traced batch of 2 but does not grow with the
+    # batch (the probe trace at batch 3 has the same constant) is not rewritten.
+    table = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    class Fixed(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x @ Tensor(table).transpose(1, 0)
+
+    x = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+    proto = export_onnx(Fixed(), Tensor(x[:2]), tmp_path / "f.onnx")
+    assert not any(n.op_type == "ConstantOfShape" for n in proto.graph.node)
+    run_all(Fixed(), x, tmp_path)

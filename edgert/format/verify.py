@@ -274,6 +274,18 @@ def _check_constant(t: TensorDef, shape: tuple, label: str) -> None:
             f"{label}: constant data is {data.dtype} but dtype {dtypes.name(int(t.dtype))} is "
             f"held as {holder}"
         )
+    # int4/uint4/int2/uint2 (values) and float4e2m1 (codes) live one per byte: a byte outside
+    # the type's range is corrupt data, which a kernel would otherwise take as a value.
+    narrow = dtypes.value_range(int(t.dtype))
+    if narrow is not None and data.size:
+        flat = data.reshape(-1)
+        bad = (flat < narrow[0]) | (flat > narrow[1])
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ModelFormatError(
+                f"{label}: element {k} holds {int(flat[k])}, outside the range of "
+                f"{dtypes.name(int(t.dtype))} [{narrow[0]}, {narrow[1]}]"
+            )
 
 
 def _check_quant(q: QuantParams, t: TensorDef, shape: tuple, label: str) -> None:

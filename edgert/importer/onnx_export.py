@@ -74,6 +74,13 @@ def _target_opset(graph: Graph) -> int:
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:
+    if v.kind != "tensor":  # seq(tensor), optional(tensor), optional(seq(tensor))
+        tp = helper.make_tensor_type_proto(v.dtype or TensorProto.FLOAT, None)
+        if v.kind in ("sequence", "optional_sequence"):
+            tp = helper.make_sequence_type_proto(tp)
+        if v.kind.startswith("optional"):
+            tp = helper.make_optional_type_proto(tp)
+        return helper.make_value_info(v.name, tp)
     if v.shape is None:
         return helper.make_tensor_value_info(v.name, v.dtype or TensorProto.FLOAT, None)
     dims = [d if isinstance(d, (int, str)) else None for d in v.shape]
@@ -88,11 +95,31 @@ def _tensor(name: str, arr: np.ndarray, code: int) -> TensorProto:
     t.name = name
     t.data_type = code
     t.dims.extend(int(d) for d in arr.shape)
+    if code in _PACKED_BITS:
+        t.raw_data = _pack(arr, _PACKED_BITS[code])
+        return t
     data = np.require(arr, requirements="C")
     if data.dtype.byteorder == ">":
         data = data.byteswap().view(data.dtype.newbyteorder("<"))
     t.raw_data = data.tobytes()
     return t
+
+
+# Types edgert holds one per byte but ONNX packs (bits per element); see edgert.dtypes.
+_PACKED_BITS = {
+    dtypes.INT4: 4, dtypes.UINT4: 4, dtypes.FLOAT4E2M1: 4, dtypes.INT2: 2, dtypes.UINT2: 2,
+}
+
+
+def _pack(arr: np.ndarray, bits: int) -> bytes:
+    """ONNX's packed layout: ``8 // bits`` elements per byte, the first in the lowest bits, the
+    last byte zero-padded. Signed values keep their two's-complement low bits."""
+    per_byte = 8 // bits
+    low = arr.reshape(-1).astype(np.int64) & ((1 << bits) - 1)
+    pad = (-low.size) % per_byte
+    low = np.concatenate([low, np.zeros(pad, np.int64)]).reshape(-1, per_byte)
+    shifts = np.arange(per_byte, dtype=np.int64) * bits
+    return (low << shifts).sum(axis=1).astype(np.uint8).tobytes()
 
 
 def _attr(name: str, value, target: int, domains: set[str]):

@@ -43,7 +43,7 @@ from onnx import AttributeProto, TensorProto, numpy_helper
 
 from edgert import dtypes
 from edgert.errors import EdgeRTError, ModelImportError, UnsupportedOpError
-from edgert.importer import upgrade
+from edgert.importer import gradient, upgrade
 from edgert.ir import Graph, Node, Value
 from edgert.ir.graph import (
     OPTIONAL_SEQUENCE,
@@ -66,7 +66,14 @@ _BIT_TYPES = {
     dtypes.FLOAT8E4M3FNUZ: np.dtype(np.uint8),
     dtypes.FLOAT8E5M2: np.dtype(np.uint8),
     dtypes.FLOAT8E5M2FNUZ: np.dtype(np.uint8),
+    dtypes.FLOAT8E8M0: np.dtype(np.uint8),
 }
+# Types ONNX packs two (4-bit) or four (2-bit) to a byte: unpacked here, one value (int4/uint4/
+# int2/uint2) or one code (float4e2m1) per int8/uint8 element, as edgert.dtypes describes.
+_PACKED_TYPES = frozenset({dtypes.FLOAT4E2M1, *dtypes.SUBBYTE_INTS})
+# Types whose holder (a NumPy integer) does not say what they are: the ops that decode or encode
+# them (Cast, CastLike, QuantizeLinear, DequantizeLinear) get the real type as an attribute.
+_CODED_TYPES = frozenset({*_BIT_TYPES, *_PACKED_TYPES})
 
 IMPORT_ADVICE = (
     "edgert imports operators of the ONNX default domain (opset 7 to {newest}) and rewrites older "
@@ -288,7 +295,8 @@ def _container_type(tp: onnx.TypeProto) -> tuple[int, None, str]:
     if outer == "optional_type" and inner_kind is None:
         return 0, None, OPTIONAL_TENSOR
     # seq(seq(...)), seq(map(...)), optional(map(...)): no edgert value kind for these
-    return 0, None, f"{outer.removesuffix('_type')}({inner_kind or ''})"
+    inner_name = (inner_kind or "").removesuffix("_type")
+    return 0, None, f"{outer.removesuffix('_type')}({inner_name})"
 
 
 def _attr_type(a: AttributeProto) -> int:
@@ -435,6 +443,8 @@ class _Importer:
                 proto = onnx.inliner.inline_local_functions(proto)
             except Exception:  # noqa: BLE001, S110
                 pass  # calls stay as nodes of the function's domain and are reported below
+        if gradient.has_gradient(proto.graph):  # training-domain Gradient -> backward nodes
+            proto = gradient.expand_gradients(proto)
         proto = _infer_shapes(proto)
         graph = self._graph(proto.graph, None, proto.graph.name or "main")
         if self.unsupported:
@@ -558,11 +568,11 @@ class _Importer:
                     outputs.append(ph)
             attrs = self._attrs(n, scope, node_name)
             self._outer_inputs(scope, attrs, inputs)
-            if n.op_type in ("Cast", "CastLike") and n.domain in _DEFAULT_DOMAINS:
-                # bfloat16 / float8 travel as raw uint bits: tell the kernel what they are
-                for key, v in (("edgert_from_type", inputs[0] if inputs else None),
-                               ("edgert_to_type", inputs[1] if len(inputs) > 1 else None)):
-                    if v is not None and v.dtype in _BIT_TYPES:
+            if n.op_type in _CODED_OPS and n.domain in _DEFAULT_DOMAINS:
+                # bfloat16 / float8 / float4 travel as raw uint bits and int4/int2 as int8/uint8
+                # values: tell the kernel what they are
+                for key, v in _coded_operands(n.op_type, inputs, outputs):
+                    if v is not None and v.dtype in _CODED_TYPES:
                         attrs[key] = int(v.dtype)
             domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
             node = g.add_node(n.op_type, inputs, outputs, attrs, name=node_name, domain=domain)
@@ -750,6 +760,8 @@ class _Importer:
         try:
             if code in _BIT_TYPES:
                 arr = _bits(t, _BIT_TYPES[code])
+            elif code in _PACKED_TYPES:
+                arr = _unpacked(t, code)
             else:
                 arr = numpy_helper.to_array(t)
         except Exception as exc:  # noqa: BLE001  (any decoding failure is a bad model)
@@ -868,6 +880,31 @@ class _Importer:
             arr[:] = items
             return (arr.reshape(()) if a.name == "value_string" else arr), dtypes.STRING
         raise ModelImportError(f"{where} has an unknown value attribute '{a.name}'")
+
+
+def _coded_operands(op_type: str, inputs: list, outputs: list) -> list[tuple[str, object]]:
+    """(attribute, value) pairs whose coded dtype a Cast / Q / DQ kernel must be told."""
+    first_in = inputs[0] if inputs else None
+    if op_type == "Cast":
+        return [("edgert_from_type", first_in)]
+    if op_type == "CastLike":
+        return [("edgert_from_type", first_in),
+                ("edgert_to_type", inputs[1] if len(inputs) > 1 else None)]
+    if op_type == "QuantizeLinear":
+        zp = inputs[2] if len(inputs) > 2 else None
+        return [("edgert_to_type", outputs[0] if outputs and outputs[0].dtype else zp)]
+    return [("edgert_from_type", first_in)]  # DequantizeLinear
+
+
+_CODED_OPS = ("Cast", "CastLike", "QuantizeLinear", "DequantizeLinear")
+
+
+def _unpacked(t: TensorProto, code: int) -> np.ndarray:
+    """A packed 4-bit / 2-bit tensor, one value (or float4 code) per int8/uint8 element."""
+    arr = numpy_helper.to_array(t)  # an ml_dtypes array, one element per byte
+    if code == dtypes.FLOAT4E2M1:
+        return arr.view(np.uint8) & np.uint8(0x0F)
+    return arr.astype(dtypes.to_numpy(code))
 
 
 def _bits(t: TensorProto, dt: np.dtype) -> np.ndarray:

@@ -95,7 +95,8 @@ def fold_constants(graph: Graph, ctx) -> bool:
     changed = False
     for node in list(graph.nodes):
         if (node.op_type in NONDETERMINISTIC or node.subgraphs() or not node.inputs
-                or any(v.meta.get("omitted") for v in node.outputs)):
+                or any(v.meta.get("omitted") for v in node.outputs)
+                or any(v.kind != "tensor" for v in node.outputs)):  # sequences: not constants
             continue
         present = [v for v in node.inputs if v is not None]
         all_const = all(v.const is not None for v in present)

@@ -5,7 +5,8 @@ ops. Each pass below finds one family of such subgraphs and replaces it by the s
 op the runtime has a kernel for (one pass over memory instead of five to nine):
 
 * :func:`fuse_layernorm` — ``m = ReduceMean(x, axes)``, ``d = Sub(x, m)``,
-  ``v = ReduceMean(Pow(d, 2) | Mul(d, d), axes)``, ``y = Div(d, Sqrt(Add(v, eps)))``, then
+  ``v = ReduceMean(Pow(d, 2) | Mul(d, d), axes)``, ``y = Div(d, Sqrt(Add(v, eps)))`` (or
+  ``d * Reciprocal(Sqrt(·))``, ``d * Pow(·, -0.5)``), then
   optionally ``Mul(y, gamma)`` and ``Add(·, beta)`` → ``LayerNormalization(x, gamma, beta,
   axis, epsilon)`` (opset 17). ``axes`` (attribute, or the opset-18 constant input) must be the
   trailing axes ``axis..rank-1`` with ``keepdims=1``; ``gamma``/``beta`` constants that
@@ -175,6 +176,31 @@ def _norm_param(v: Value | None, x: Value, axis: int, norm_shape: tuple[int, ...
     return np.ascontiguousarray(np.broadcast_to(c.reshape(tail), norm_shape), np.float32)
 
 
+def _inverse_std(m: _Match, ve: Value, div: Node, d: Value) -> bool:
+    """``div`` divides ``d`` by ``Sqrt(ve)``, or multiplies it by ``Reciprocal(Sqrt(ve))`` or
+    ``Pow(ve, -0.5)`` (adds the nodes between to ``m``)."""
+    if div.op_type == "Div":
+        sqrt = m.sole_consumer(ve, "Sqrt")
+        if sqrt is None or div.inputs[1] is not sqrt.outputs[0]:
+            return False
+        m.add(sqrt)
+        return True
+    r = _other(div, d)
+    p = m.sole_consumer(ve, "Sqrt", "Pow")
+    if p is None:
+        return False
+    if p.op_type == "Pow":
+        if p.inputs[0] is not ve or _scalar_of(p.input(1), ve) != -0.5 or r is not p.outputs[0]:
+            return False
+        m.add(p)
+        return True
+    rcp = m.sole_consumer(p.outputs[0], "Reciprocal")
+    if rcp is None or r is not rcp.outputs[0]:
+        return False
+    m.add(p, rcp)
+    return True
+
+
 def _match_layernorm(graph: Graph, rm1: Node, pinned: set[str]) -> tuple[_Match, Node, list,
                                                                          dict] | None:
     x = rm1.inputs[0] if rm1.inputs else None
@@ -206,6 +232,8 @@ def _match_layernorm(graph: Graph, rm1: Node, pinned: set[str]) -> tuple[_Match,
             sq = c
         elif _op(c, "Div") and len(c.inputs) == 2 and c.inputs[0] is d:
             div = c
+        elif _op(c, "Mul") and _other(c, d) is not None and _other(c, d) is not d:
+            div = c  # d * rsqrt(...), checked below
     if sq is None or div is None:
         return None
     m.add(sq, div)
@@ -220,10 +248,8 @@ def _match_layernorm(graph: Graph, rm1: Node, pinned: set[str]) -> tuple[_Match,
     if eps is None or not eps >= 0.0 or not math.isfinite(eps):
         return None
     m.add(add)
-    sqrt = m.sole_consumer(add.outputs[0], "Sqrt")
-    if sqrt is None or div.inputs[1] is not sqrt.outputs[0]:
+    if not _inverse_std(m, add.outputs[0], div, d):
         return None
-    m.add(sqrt)
     final = div
     scale = bias = None
     mul = m.sole_consumer(div.outputs[0], "Mul")

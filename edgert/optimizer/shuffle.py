@@ -11,8 +11,13 @@ replaces the three nodes by one:
 
 * with ``allow_fused``: ``edgert.ChannelShuffle(x, group=g)``, which the runtime runs as a
   single copy of channel planes (:mod:`edgert.runtime.kernels.cpu.shuffle`);
-* otherwise: the standard ``Gather(x, perm, axis=1)`` with the constant channel permutation
-  ``perm[j*g + i] = i*(C/g) + j`` (any ONNX runtime runs it; one node and one copy too).
+* otherwise, only when :data:`STANDARD_GATHER` is set: the standard ``Gather(x, perm, axis=1)``
+  with the constant channel permutation ``perm[j*g + i] = i*(C/g) + j`` (any ONNX runtime runs
+  it; one node and one copy too). It is off by default because the int8 quantizer
+  (:mod:`edgert.quantize.quantizer`, which optimizes with standard ops) moves Reshape and
+  Transpose in int8 but keeps a Gather in float between Dequantize/Quantize: ShuffleNet's 16
+  shuffles would leave the int8 path. Turn it on once the quantizer treats a Gather with
+  constant indices as data movement.
 
 Declines unless: ``x``, ``t``, ``u`` and ``y`` have known ranks and channel/spatial dims
 (``N`` may be symbolic but must be the same dim everywhere); ``t`` is exactly
@@ -29,6 +34,10 @@ from edgert.ir import Graph, Node
 from edgert.optimizer._util import new_const, pinned_names, single_use
 
 
+# Rewrite to a standard Gather without fused ops (see the module docstring for why it is off).
+STANDARD_GATHER = False
+
+
 def _is(node: Node | None, op: str) -> bool:
     return node is not None and node.domain == "" and node.op_type == op
 
@@ -41,6 +50,8 @@ def _dims_known(shape: list | None) -> bool:
 
 def fuse_channel_shuffle(graph: Graph, ctx) -> bool:
     """``Reshape → Transpose(0,2,1,...) → Reshape`` channel shuffle → one node (see module)."""
+    if not (ctx.allow_fused or STANDARD_GATHER):
+        return False
     pinned = pinned_names(graph)
     changed = False
     for r1 in list(graph.nodes):

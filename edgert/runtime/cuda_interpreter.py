@@ -149,6 +149,10 @@ class CudaInterpreter(Interpreter):
                 step.out_arrays = [arrays[o] if o >= 0 else None for o in step.outputs]
                 step.host_in = [_host_mirror(a) for a in step.in_arrays]
                 step.host_out = [_host_mirror(a) for a in step.out_arrays]
+        # Kernels that validate run-time data on the device (Gather's indices) report after the
+        # stream has synchronized: a kernel cannot raise.
+        self._post_checks = [s.kernel for s in steps if s.on_device and not s.dynamic
+                             and hasattr(s.kernel, "after_invoke")]
         self._arrays = arrays
         self._arena = arena
         self._steps = steps  # type: ignore[assignment]
@@ -209,6 +213,8 @@ class CudaInterpreter(Interpreter):
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         stream.synchronize()
+        for kernel in self._post_checks:
+            kernel.after_invoke()
 
     def _invoke_host(self, step: _DevStep) -> None:
         stream = self._stream

@@ -183,7 +183,7 @@ class Interpreter:
             shape = self._input_shapes[index]
         else:
             arr = self._arrays[index]
-            shape = tuple(arr.shape) if arr is not None else None
+            shape = tuple(arr.shape) if isinstance(arr, np.ndarray) else None  # not a list
         if shape is None:  # TFLite shows 1 for an unresolved dynamic dim
             shape = tuple(1 if d < 0 else d for d in t.shape)
         q = t.quant
@@ -209,7 +209,7 @@ class Interpreter:
         if code:
             return dtypes.to_numpy(code)
         arr = self._arrays[index]  # dtype left undefined in the file: the kernel's inferred one
-        return arr.dtype if arr is not None else np.dtype(np.float32)
+        return arr.dtype if isinstance(arr, np.ndarray) else np.dtype(np.float32)
 
     def resize_tensor_input(self, input_index: int | str, shape) -> None:
         """Set a model input's shape (e.g. a new batch size); the next call re-plans memory."""

@@ -12,6 +12,15 @@ constants. With ``dynamic_batch`` the first axis of inputs and outputs is named 
 Reshape that keeps the first axis writes 0 there ("copy the input's dim"), so the graph runs at
 any batch size as long as the model itself does not fold the batch into another axis.
 
+Batch-sized constants: a model that builds a tensor from the batch size in Python — the usual
+``h0 = zeros(x.shape[0], hidden)`` initial state of an LSTM/GRU — would be frozen at the traced
+batch. With ``dynamic_batch`` the model is therefore traced a second time on a batch one larger
+(the example repeated), and the two traces are compared op by op: a constant whose first dim is
+the batch in both traces and that holds one repeated value is written as
+``ConstantOfShape(Concat(Shape(input)[0:1], rest))``, so it follows the input's batch. (If the
+two traces differ in their ops, the model's Python control flow depends on the batch and the
+constants stay as traced.)
+
 Ops without an ONNX mapping (the fused losses, ``where``, advanced indexing other than a
 Gather along one axis, ...) raise :class:`~edgert.errors.UnsupportedOpError` naming them.
 """
@@ -58,6 +67,19 @@ class _Builder:
         self.param_names = param_names
         self.dynamic_batch = dynamic_batch
         self.counter = 0
+        # id(constant) -> its one repeated value, for constants sized by the batch (see module)
+        self.batch_fill: dict[int, Any] = {}
+        self.batch_source = ""  # the input whose dim 0 is the batch
+
+    def batch_filled(self, t: Tensor, value: Any) -> str:
+        """``ConstantOfShape([batch, *t.shape[1:]], value)`` with ``batch`` read from the input."""
+        shape = self.node("Shape", [self.batch_source])
+        n = self.node("Slice", [shape, self.const(np.array([0], np.int64)),
+                                self.const(np.array([1], np.int64))])
+        if t.ndim > 1:
+            n = self.node("Concat", [n, self.const(np.array(t.shape[1:], np.int64))], axis=0)
+        fill = self.onnx.numpy_helper.from_array(np.array([value], t.dtype), "value")
+        return self.node("ConstantOfShape", [n], value=fill)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -70,6 +92,8 @@ class _Builder:
 
     def name_of(self, t: Tensor) -> str:
         key = id(t)
+        if key in self.batch_fill and key not in self.names:
+            self.names[key] = self.batch_filled(t, self.batch_fill[key])
         if key not in self.names:
             name = self.param_names.get(key) or self.fresh("const")
             self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(t.data),
@@ -217,6 +241,64 @@ def _emit_getitem(b: _Builder, src: Tensor, name: str, key: Any) -> str:
     return out if out != name else b.node("Identity", [name])
 
 
+def _trace(model: Any, args: tuple[Tensor, ...]) -> tuple[_Tracer, Any]:
+    """Run ``model(*args)`` once in eval mode under ``no_grad`` with a tracer installed."""
+    from edgert.train.nn import Module
+
+    is_module = isinstance(model, Module)
+    was_training = model.training if is_module else False
+    if is_module:
+        model.eval()
+    tracer = _Tracer()
+    old = T.set_tracer(tracer)
+    try:
+        with T.no_grad():
+            result = model(*args)
+    finally:
+        T.set_tracer(old)
+        if is_module:
+            model.train(was_training)
+    return tracer, result
+
+
+def _uniform(a: np.ndarray) -> Any:
+    """The one value every element of ``a`` holds (None if they differ or ``a`` is empty)."""
+    if a.size == 0:
+        return None
+    first = a.reshape(-1)[0]
+    if a.dtype.kind == "f" and np.isnan(first):
+        return None
+    return first.item() if np.all(a == first) else None
+
+
+def _batch_sized_constants(tracer: _Tracer, probe: _Tracer, args: tuple[Tensor, ...],
+                           param_names: dict[int, str], batch: int) -> dict[int, Any]:
+    """Constants of ``tracer`` that grow with the batch in ``probe`` (traced at ``batch + 1``).
+
+    Returns ``id(constant) -> fill value`` for constants whose dim 0 is ``batch`` here and
+    ``batch + 1`` in the probe, whose other dims agree, and that hold one repeated value in
+    both traces. Empty when the traces do not line up op by op.
+    """
+    if len(tracer.records) != len(probe.records):
+        return {}
+    made = {id(r[2]) for r in tracer.records} | {id(a) for a in args} | set(param_names)
+    made_p = {id(r[2]) for r in probe.records}
+    found: dict[int, Any] = {}
+    for (op, ins, _, _), (op_p, ins_p, _, _) in zip(tracer.records, probe.records):
+        if op != op_p or len(ins) != len(ins_p):
+            return {}
+        for t, tp in zip(ins, ins_p):
+            if id(t) in made or id(tp) in made_p or t.shape == tp.shape:
+                continue
+            if (t.ndim >= 1 and t.ndim == tp.ndim and t.shape[0] == batch
+                    and tp.shape[0] == batch + 1 and t.shape[1:] == tp.shape[1:]
+                    and t.dtype == tp.dtype):
+                v, vp = _uniform(t.data), _uniform(tp.data)
+                if v is not None and v == vp:
+                    found[id(t)] = v
+    return found
+
+
 def export_onnx(model: Module | Any, example_inputs: Any, path: str | os.PathLike | None = None,
                 dynamic_batch: bool = True, input_names: list[str] | None = None,
                 output_names: list[str] | None = None,
@@ -238,21 +320,22 @@ def export_onnx(model: Module | Any, example_inputs: Any, path: str | os.PathLik
     args = tuple(a if isinstance(a, Tensor) else Tensor(np.asarray(a)) for a in args)
     is_module = isinstance(model, Module)
     param_names: dict[int, str] = {}
-    was_training = False
     if is_module:
         param_names = {id(p): n for n, p in model.named_parameters()}
-        was_training = model.training
-        model.eval()
-    tracer = _Tracer()
-    old = T.set_tracer(tracer)
-    try:
-        with T.no_grad():
-            result = model(*args)
-    finally:
-        T.set_tracer(old)
-        if is_module:
-            model.train(was_training)
+    tracer, result = _trace(model, args)
     outs = result if isinstance(result, (tuple, list)) else (result,)
+    batch_fill: dict[int, Any] = {}
+    batch_at = next((i for i, a in enumerate(args) if a.ndim >= 1), None)
+    if dynamic_batch and batch_at is not None:
+        probe_args = tuple(Tensor(np.concatenate([a.data, a.data[:1]], 0)) if a.ndim else a
+                           for a in args)
+        try:
+            probe, _ = _trace(model, probe_args)
+        except Exception:  # noqa: BLE001 (a model that fails at another batch keeps its constants)
+            probe = None
+        if probe is not None:
+            batch_fill = _batch_sized_constants(tracer, probe, args, param_names,
+                                                int(args[batch_at].shape[0]))
 
     in_names = input_names or (["input"] if len(args) == 1 else
                                [f"input_{i}" for i in range(len(args))])
@@ -261,6 +344,9 @@ def export_onnx(model: Module | Any, example_inputs: Any, path: str | os.PathLik
     b = _Builder(onnx, param_names, dynamic_batch)
     for t, name in zip(args, in_names):
         b.names[id(t)] = name
+    if batch_fill:
+        b.batch_fill = batch_fill
+        b.batch_source = in_names[batch_at]
     for op, ins, out, attrs in tracer.records:
         b.names[id(out)] = _emit(b, op, ins, out, attrs)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgert import dtypes
-from edgert.errors import DTypeError, KernelError, ShapeError
+from edgert.errors import DTypeError, InputError, KernelError, ShapeError
 from edgert.runtime.kernels.cpu.misc import FLOATS, EagerKernel
 from edgert.runtime.registry import KernelRegistry, TensorInfo
 
@@ -175,5 +175,149 @@ class Attention(EagerKernel):
                 np.ascontiguousarray(present_v), np.ascontiguousarray(qk_out, dtype=dt)]
 
 
+# ----- RotaryEmbedding and TensorScatter (opset 23 / 24) -------------------------------------------
+class RotaryEmbedding(EagerKernel):
+    """RotaryEmbedding (opset 23): rotate the first ``rotary_embedding_dim`` features of each head.
+
+    X is [B, H, S, D] or [B, S, H*D] (with ``num_heads``). Pairs are the two halves of the rotated
+    features, or neighbours when ``interleaved``; each pair (x1, x2) becomes
+    ``(cos·x1 - sin·x2, sin·x1 + cos·x2)`` with cos/sin gathered from the caches at
+    ``position_ids`` [B, S] (caches [max_pos, d/2]) or given per token (caches [B, S, d/2]).
+    Position ids are checked against the cache length before they are used.
+    """
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 3, 4)
+        x, cos, sin = inputs[:3]
+        pos = inputs[3] if len(inputs) > 3 else None
+        for info, what in ((x, "X"), (cos, "cos_cache"), (sin, "sin_cache")):
+            self.require_float(info, what)
+        heads = int(self.attr("num_heads", 0) or 0)
+        if len(x.shape) == 4:
+            b, _, s, d = x.shape
+        elif len(x.shape) == 3:
+            if heads <= 0 or x.shape[2] % heads:
+                raise self.error(f"3-D input {x.shape} needs num_heads dividing its hidden size",
+                                 ShapeError)
+            b, s, d = x.shape[0], x.shape[1], x.shape[2] // heads
+        else:
+            raise self.error(f"X must be 3-D or 4-D, got {x.shape}", ShapeError)
+        rot = int(self.attr("rotary_embedding_dim", 0) or 0) or d
+        if rot % 2 or rot > d:
+            raise self.error(f"rotary_embedding_dim {rot} must be even and <= head size {d}")
+        self._heads, self._rot = heads, rot
+        if tuple(cos.shape) != tuple(sin.shape):
+            raise self.error(f"cos_cache {cos.shape} and sin_cache {sin.shape} differ", ShapeError)
+        if pos is not None:
+            if np.dtype(pos.dtype).kind not in "iu" or tuple(pos.shape) != (b, s):
+                raise self.error(f"position_ids must be integer [{b}, {s}], got {pos.dtype} "
+                                 f"{pos.shape}", ShapeError)
+            if len(cos.shape) != 2 or cos.shape[1] != rot // 2:
+                raise self.error(f"with position_ids the caches must be [max_position, {rot // 2}],"
+                                 f" got {cos.shape}", ShapeError)
+            if pos.value is not None:
+                self._check_positions(pos.value, cos.shape[0])
+        elif tuple(cos.shape) != (b, s, rot // 2):
+            raise self.error(f"without position_ids the caches must be [{b}, {s}, {rot // 2}], "
+                             f"got {cos.shape}", ShapeError)
+        return [TensorInfo(tuple(x.shape), np.dtype(x.dtype))]
+
+    def _check_positions(self, pos: np.ndarray, n: int) -> None:
+        if pos.size and (pos.min() < 0 or pos.max() >= n):
+            raise self.error(f"position_ids must lie in [0, {n}) (the cache length), got values "
+                             f"from {pos.min()} to {pos.max()}", InputError)
+
+    def compute(self, inputs):
+        x, cos, sin = inputs[:3]
+        pos = inputs[3] if len(inputs) > 3 else None
+        if pos is not None:
+            self._check_positions(pos, cos.shape[0])
+            cos, sin = cos[pos], sin[pos]  # [B, S, d/2]
+        if x.ndim == 4:
+            xs = x.transpose(0, 2, 1, 3)  # [B, S, H, D]
+        else:
+            xs = x.reshape(x.shape[0], x.shape[1], self._heads, -1)
+        rot = self._rot
+        c = cos[:, :, None, :].astype(x.dtype)
+        sn = sin[:, :, None, :].astype(x.dtype)
+        xr = xs[..., :rot]
+        if self.attr("interleaved", 0):
+            x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        else:
+            x1, x2 = xr[..., : rot // 2], xr[..., rot // 2:]
+        real = c * x1 - sn * x2
+        imag = sn * x1 + c * x2
+        y = xs.copy()
+        if self.attr("interleaved", 0):
+            y[..., 0:rot:2], y[..., 1:rot:2] = real, imag
+        else:
+            y[..., : rot // 2], y[..., rot // 2: rot] = real, imag
+        y = y.transpose(0, 2, 1, 3) if x.ndim == 4 else y.reshape(x.shape)
+        return [np.ascontiguousarray(y)]
+
+
+class TensorScatter(EagerKernel):
+    """TensorScatter (opset 24): write ``update`` into a KV cache at per-batch write indices.
+
+    Linear mode requires ``write_indices[b] + seq <= max_seq``; circular mode wraps around. The
+    indices are data and are checked at invoke before anything is written.
+    """
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 2, 3)
+        past, upd = inputs[0], inputs[1]
+        idx = inputs[2] if len(inputs) > 2 else None
+        rank = len(past.shape)
+        self._axis = self.normalize_axis(int(self.attr("axis", -2)), rank)
+        if self._axis == 0:
+            raise self.error("axis must not be the batch axis 0")
+        self._mode = self.attr("mode", "linear")
+        self._mode = self._mode.decode() if isinstance(self._mode, bytes) else str(self._mode)
+        if self._mode not in ("linear", "circular"):
+            raise self.error(f"unknown mode {self._mode!r} (expected linear or circular)")
+        if np.dtype(upd.dtype) != np.dtype(past.dtype):
+            raise self.error(f"update dtype {upd.dtype} differs from past_cache {past.dtype}",
+                             DTypeError)
+        if len(upd.shape) != rank or any(
+                u != p for i, (u, p) in enumerate(zip(upd.shape, past.shape)) if i != self._axis
+        ) or upd.shape[self._axis] > past.shape[self._axis]:
+            raise self.error(f"update {upd.shape} does not fit past_cache {past.shape} along "
+                             f"axis {self._axis}", ShapeError)
+        if idx is not None:
+            if np.dtype(idx.dtype).kind not in "iu" or tuple(idx.shape) != (past.shape[0],):
+                raise self.error(f"write_indices must be an integer vector of {past.shape[0]} "
+                                 f"values, got {idx.dtype} {idx.shape}", ShapeError)
+            if idx.value is not None:
+                self._check_indices(idx.value, upd.shape[self._axis], past.shape[self._axis])
+        return [TensorInfo(tuple(past.shape), np.dtype(past.dtype))]
+
+    def _check_indices(self, idx: np.ndarray, seq: int, max_seq: int) -> None:
+        if not idx.size:
+            return
+        if idx.min() < 0:
+            raise self.error(f"write_indices must be >= 0, got {idx.min()}", InputError)
+        if self._mode == "linear" and idx.max() + seq > max_seq:
+            raise self.error(f"write index {idx.max()} + {seq} updates runs past the cache "
+                             f"length {max_seq} (use mode='circular' to wrap)", InputError)
+
+    def compute(self, inputs):
+        past, upd = inputs[0], inputs[1]
+        idx = inputs[2] if len(inputs) > 2 else None
+        ax = self._axis
+        seq, max_seq = upd.shape[ax], past.shape[ax]
+        b = past.shape[0]
+        idx = np.zeros(b, np.int64) if idx is None else idx.astype(np.int64)
+        self._check_indices(idx, seq, max_seq)
+        rows = idx[:, None] + np.arange(seq)[None, :]  # [B, seq]
+        if self._mode == "circular":
+            rows %= max_seq
+        present = past.copy()
+        view = np.moveaxis(present, ax, 1)  # a view: writes land in ``present``
+        view[np.arange(b)[:, None], rows] = np.moveaxis(upd, ax, 1)
+        return [present]
+
+
 def register(reg: KernelRegistry) -> None:
     reg.add("Attention", Attention)
+    reg.add("RotaryEmbedding", RotaryEmbedding, since=23)
+    reg.add("TensorScatter", TensorScatter, since=24)

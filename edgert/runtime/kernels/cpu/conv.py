@@ -910,7 +910,11 @@ class ConvTransposeKernel(Kernel):
 
 
 def register(reg: KernelRegistry) -> None:
-    reg.add("Conv", ConvKernel)
-    reg.add("ConvTranspose", ConvTransposeKernel)
-    reg.add("Conv", ConvKernel, domain="edgert")
-    reg.add("ConvTranspose", ConvTransposeKernel, domain="edgert")
+    from edgert.runtime.kernels.cpu.float16 import with_float16
+
+    # float16 operands run through the float32 kernels (one rounding at the end): float16.py
+    conv, conv_t = with_float16(ConvKernel), with_float16(ConvTransposeKernel)
+    reg.add("Conv", conv)
+    reg.add("ConvTranspose", conv_t)
+    reg.add("Conv", conv, domain="edgert")
+    reg.add("ConvTranspose", conv_t, domain="edgert")

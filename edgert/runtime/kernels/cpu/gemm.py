@@ -29,6 +29,7 @@ from edgert.errors import ShapeError
 from edgert.runtime.kernels.cpu.blas import matmul, set_gemm_threads  # noqa: F401 (re-export)
 from edgert.runtime.kernels.cpu.conv import float_dtype, owned
 from edgert.runtime.kernels.cpu.epilogue import col_epilogue, epilogue, parse_activation
+from edgert.runtime.kernels.cpu.float16 import with_float16
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 _C_NONE, _C_COL, _C_ROW, _C_FULL = "none", "col", "row", "full"
@@ -252,7 +253,9 @@ class MatMulKernel(Kernel):
 
 
 def register(reg: KernelRegistry) -> None:
-    reg.add("Gemm", GemmKernel)
-    reg.add("MatMul", MatMulKernel)
-    reg.add("Gemm", GemmKernel, domain="edgert")
-    reg.add("MatMul", MatMulKernel, domain="edgert")
+    # float16 operands run through the float32 kernels (one rounding at the end): float16.py
+    gemm, mat_mul = with_float16(GemmKernel), with_float16(MatMulKernel)
+    reg.add("Gemm", gemm)
+    reg.add("MatMul", mat_mul)
+    reg.add("Gemm", gemm, domain="edgert")
+    reg.add("MatMul", mat_mul, domain="edgert")

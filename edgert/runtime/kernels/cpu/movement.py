@@ -251,7 +251,9 @@ class DepthToSpace(ShapeKernel):
 
 
 class SpaceToDepth(ShapeKernel):
-    """SpaceToDepth on NCHW (the inverse of DepthToSpace in DCR order)."""
+    """SpaceToDepth on NCHW, the inverse of DepthToSpace: output channel
+    ``(bh * b + bw) * C + c`` in ``DCR`` order (the default), ``c * b * b + bh * b + bw`` in
+    ``CRD`` order (the ``mode`` attribute of newer opsets)."""
 
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)
@@ -265,15 +267,21 @@ class SpaceToDepth(ShapeKernel):
         if h % b or w % b:
             raise self.error(
                 f"height {h} and width {w} must be divisible by blocksize {b}", ShapeError)
-        self._b = b
+        mode = self.str_attr("mode", "DCR")
+        if mode not in ("DCR", "CRD"):
+            raise self.error(f"mode {mode!r} is not DCR or CRD")
+        self._b, self._mode = b, mode
         return [TensorInfo((n, c * b * b, h // b, w // b), x.dtype)]
 
     def run(self, inputs, outputs):
         x, out = inputs[0], outputs[0]
         n, c, h, w = x.shape
         b = self._b
-        v = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
-        copy_reshaped(out, (n, b, b, c, h // b, w // b), v)
+        v = x.reshape(n, c, h // b, b, w // b, b)
+        if self._mode == "DCR":
+            copy_reshaped(out, (n, b, b, c, h // b, w // b), v.transpose(0, 3, 5, 1, 2, 4))
+        else:
+            copy_reshaped(out, (n, c, b, b, h // b, w // b), v.transpose(0, 1, 3, 5, 2, 4))
 
 
 def register(reg: KernelRegistry) -> None:

@@ -424,7 +424,78 @@ class GlobalLpPoolKernel(_GlobalPoolBase):
     mode = _G_LP
 
 
+# ----- MaxUnpool (issue 3) -------------------------------------------------------------------------
+class MaxUnpoolKernel(Kernel):
+    """ONNX MaxUnpool: scatter X to the flat positions ``I`` of MaxPool's Indices output.
+
+    ``I`` indexes the tensor of the pooled input's shape, ``(in - 1) * stride - pads + kernel``
+    per spatial axis; with ``output_shape`` that tensor is then placed at the origin of a larger
+    zero tensor, as the ONNX definition does. Indices are data: each is checked against that
+    size before anything is written (an :class:`~edgert.errors.InputError` otherwise).
+    """
+
+    def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
+        from edgert.errors import DTypeError, InputError
+
+        self.require_inputs(inputs, 2, 3)
+        x, ind = inputs[0], inputs[1]
+        if np.dtype(x.dtype).kind != "f":
+            raise self.error(f"X has dtype {x.dtype}; expected a float type", DTypeError)
+        if np.dtype(ind.dtype) != np.int64 or tuple(ind.shape) != tuple(x.shape):
+            raise self.error(f"I must be int64 of X's shape {x.shape}, got {ind.dtype} "
+                             f"{ind.shape}", ShapeError)
+        nsp = len(x.shape) - 2
+        ks = [int(v) for v in (self.attr("kernel_shape") or [])]
+        if nsp < 1 or len(ks) != nsp or min(ks) < 1:
+            raise self.error(f"kernel_shape {ks} must give one size >= 1 per spatial axis of "
+                             f"X {x.shape}")
+        strides = [int(v) for v in (self.attr("strides") or [1] * nsp)]
+        pads = [int(v) for v in (self.attr("pads") or [0] * (2 * nsp))]
+        if len(strides) != nsp or len(pads) != 2 * nsp or min(strides) < 1 or min(pads) < 0:
+            raise self.error(f"strides {strides} / pads {pads} do not fit {nsp} spatial axes")
+        inferred = [x.shape[0], x.shape[1]] + [
+            (x.shape[2 + d] - 1) * strides[d] - pads[d] - pads[nsp + d] + ks[d]
+            for d in range(nsp)]
+        if min(inferred[2:]) < 1:
+            raise self.error(f"the unpooled shape {inferred} is empty", ShapeError)
+        self._inferred = tuple(inferred)
+        shape_info = inputs[2] if len(inputs) > 2 else None
+        if shape_info is None:
+            return [TensorInfo(self._inferred, np.dtype(x.dtype))]
+        if shape_info.value is None:  # known only at run time
+            return [TensorInfo(None, np.dtype(x.dtype))]
+        return [TensorInfo(self._out_shape(shape_info.value), np.dtype(x.dtype))]
+
+    def _out_shape(self, value: np.ndarray) -> tuple[int, ...]:
+        out = tuple(int(v) for v in np.asarray(value).reshape(-1))
+        inferred = self._inferred
+        if len(out) != len(inferred) or any(o < i for o, i in zip(out, inferred)) or \
+                out[:2] != inferred[:2]:
+            raise self.error(f"output_shape {list(out)} must keep N, C and be at least the "
+                             f"unpooled shape {list(inferred)}", ShapeError)
+        return out
+
+    def invoke(self, inputs, outputs):
+        from edgert.errors import InputError
+
+        x, ind = inputs[0], inputs[1]
+        size = math.prod(self._inferred)
+        if ind.size and (ind.min() < 0 or ind.max() >= size):
+            raise self.error(f"indices must lie in [0, {size}) for the unpooled shape "
+                             f"{list(self._inferred)}, got {ind.min()}..{ind.max()}", InputError)
+        flat = np.zeros(size, x.dtype)
+        flat[ind.reshape(-1)] = x.reshape(-1)
+        y = outputs[0]
+        dynamic = y is None
+        if dynamic:
+            y = np.empty(self._out_shape(inputs[2]), x.dtype)
+        y.fill(0)
+        y[tuple(slice(0, d) for d in self._inferred)] = flat.reshape(self._inferred)
+        return [y] if dynamic else None
+
+
 def register(reg: KernelRegistry) -> None:
+    reg.add("MaxUnpool", MaxUnpoolKernel, since=9)
     reg.add("MaxPool", MaxPoolKernel)
     reg.add("AveragePool", AveragePoolKernel)
     reg.add("LpPool", LpPoolKernel)

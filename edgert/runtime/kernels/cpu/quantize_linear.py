@@ -1,12 +1,15 @@
 """ONNX's own quantization operators: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
-QLinearMatMul and MatMulInteger.
+QLinearMatMul, MatMulInteger and ConvInteger.
 
 (The int8 kernels edgert's quantizer emits live in :mod:`quantized`, domain ``edgert``; these
 serve ONNX models that already carry QDQ / QLinear operators.)
 
 Rounding is round-half-to-even, as ONNX specifies (``np.rint``), then saturation to the output
-type's range. Integer outputs only: float8 / int4 targets are refused at prepare with a clear
-error (edgert carries float8 as raw uint8 bits and would otherwise compute on the bits).
+type's range. Outputs: the 8/16-bit integers, int4/uint4/int2/uint2 (held unpacked in int8/uint8,
+saturated to their own range) and the float8 / float4e2m1 types (raw codes in uint8, encoded by
+:mod:`float8`). A uint8/int8 tensor cannot say whether it is really one of those narrow types: the
+importer tells the kernel in ``edgert_to_type`` (Q) / ``edgert_from_type`` (DQ), and the converter
+refuses a Q/DQ on such a type without that tag.
 Scales and zero points are per tensor (scalars), per axis (1-D, length of ``axis``) or blocked
 (``block_size`` > 0: same rank as the input, each entry covering ``block_size`` elements along
 ``axis``).
@@ -18,11 +21,29 @@ import numpy as np
 
 from edgert import dtypes
 from edgert.errors import DTypeError, ShapeError
+from edgert.runtime.kernels.cpu import float8
 from edgert.runtime.kernels.cpu.misc import EagerKernel
 from edgert.runtime.registry import KernelRegistry, TensorInfo
 
 _INT_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+# Output types of QuantizeLinear (input types of DequantizeLinear, with int32).
+_Q_TYPES = frozenset({
+    dtypes.UINT8, dtypes.INT8, dtypes.UINT16, dtypes.INT16, *dtypes.SUBBYTE_INTS,
+    dtypes.FLOAT8E4M3FN, dtypes.FLOAT8E4M3FNUZ, dtypes.FLOAT8E5M2, dtypes.FLOAT8E5M2FNUZ,
+    dtypes.FLOAT4E2M1, dtypes.INT32,
+})
+
+
+def _int_range(code: int) -> tuple[int, int]:
+    """Saturation range of an integer quantized type (its own range for int4/uint4/int2/uint2)."""
+    narrow = dtypes.value_range(code)
+    if narrow is not None:
+        return narrow
+    info = np.iinfo(dtypes.to_numpy(code))
+    return int(info.min), int(info.max)
 
 
 def _expand(kernel: EagerKernel, param: np.ndarray, x_shape: tuple[int, ...], axis: int,
@@ -74,20 +95,23 @@ class QuantizeLinear(_Linear):
         zp = inputs[2] if len(inputs) > 2 else None
         if np.dtype(x.dtype) not in _FLOATS and np.dtype(x.dtype) != np.int32:
             raise self.error(f"input has dtype {x.dtype}; expected float or int32", DTypeError)
-        out_code = int(self.attr("output_dtype", 0))
-        if zp is not None:
+        out_code = int(self.attr("edgert_to_type", 0)) or int(self.attr("output_dtype", 0))
+        if zp is not None and not self.attr("edgert_to_type", 0):
             out = np.dtype(zp.dtype)
+            out_code = dtypes.from_numpy(out)
         elif out_code:
-            if not dtypes.is_known(out_code):
+            if out_code not in _Q_TYPES:
                 raise self.unsupported_type(out_code)
             out = dtypes.to_numpy(out_code)
         else:
             out = np.dtype(np.uint8)
-        if out_code in (dtypes.BFLOAT16,) or out_code >= dtypes.FLOAT8E4M3FN:
+            out_code = dtypes.UINT8
+        if zp is not None and np.dtype(zp.dtype) != out:
+            raise self.error(f"zero point has dtype {zp.dtype}; output type "
+                             f"{dtypes.name(out_code)} needs {out}", DTypeError)
+        if out_code not in _Q_TYPES:
             raise self.unsupported_type(out_code)
-        if out not in _INT_TYPES:
-            raise self.error(f"output type {out} is not supported (integer outputs only; float8 "
-                             "and int4 are not)", DTypeError)
+        self._code = out_code
         self._axis = self._param_axis(x.shape, s.shape)
         self._block = int(self.attr("block_size", 0))
         _check_blocked(self, s.shape, x.shape, self._axis, self._block)
@@ -95,8 +119,8 @@ class QuantizeLinear(_Linear):
         return [TensorInfo(tuple(x.shape), out)]
 
     def unsupported_type(self, code: int):
-        return self.error(f"output type {dtypes.name(code)} is not supported (integer outputs "
-                          "only)", DTypeError)
+        return self.error(f"output type {dtypes.name(code)} is not supported (8/16-bit and "
+                          "4/2-bit integers, float8 and float4e2m1 are)", DTypeError)
 
     def compute(self, inputs):
         x, s = inputs[0], inputs[1]
@@ -106,11 +130,18 @@ class QuantizeLinear(_Linear):
         # divide in the inputs' own float precision: rounding x / scale in float64 instead moves
         # values that sit at a .5 tie in float32 by one step (test_dynamicquantizelinear_expanded)
         ft = np.promote_types(np.promote_types(x.dtype, scale.dtype), np.float32)
-        q = np.rint(x.astype(ft) / scale.astype(ft))
+        q = x.astype(ft) / scale.astype(ft)
+        if self._code in float8.BITS_TYPES:  # float targets: encode (RNE) the scaled value
+            if zp is not None:
+                zpf = float8.decode(np.asarray(zp), self._code)
+                q = q + _expand(self, zpf, shape, self._axis, self._block)
+            saturate = bool(self.attr("saturate", 1))
+            return [float8.encode(q, self._code, saturate).reshape(shape)]
+        q = np.rint(q)
         if zp is not None:
             q = q + _expand(self, np.asarray(zp), shape, self._axis, self._block)
-        info = np.iinfo(self._out)
-        return [np.clip(q, info.min, info.max).astype(self._out)]
+        lo, hi = _int_range(self._code)
+        return [np.clip(q, lo, hi).astype(self._out)]
 
 
 class DequantizeLinear(_Linear):
@@ -119,6 +150,10 @@ class DequantizeLinear(_Linear):
     def check(self, inputs):
         self.require_inputs(inputs, 2, 3)
         x, s = inputs[0], inputs[1]
+        self._code = int(self.attr("edgert_from_type", 0))
+        if self._code and self._code not in _Q_TYPES:
+            raise self.error(f"input type {dtypes.name(self._code)} is not supported",
+                             DTypeError)
         if np.dtype(x.dtype) not in _INT_TYPES:
             raise self.error(f"input has dtype {x.dtype}; expected an 8/16/32-bit integer",
                              DTypeError)
@@ -138,6 +173,13 @@ class DequantizeLinear(_Linear):
     def compute(self, inputs):
         x, s = inputs[0], inputs[1]
         zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+        if self._code in float8.BITS_TYPES:  # float codes: decode, then (x - zp) * scale
+            xf = float8.decode(x, self._code)
+            if zp is not None:
+                zpf = float8.decode(np.asarray(zp), self._code)
+                xf = xf - _expand(self, zpf, x.shape, self._axis, self._block)
+            scale = _expand(self, np.asarray(s), x.shape, self._axis, self._block)
+            return [(xf * scale.astype(np.float32)).astype(self._out)]
         xi = x.astype(np.int64)
         if zp is not None:
             xi = xi - _expand(self, np.asarray(zp), x.shape, self._axis, self._block).astype(
@@ -239,7 +281,74 @@ class QLinearMatMul(EagerKernel):
         return [np.clip(y, info.min, info.max).astype(y_zp.dtype)]
 
 
+class ConvInteger(EagerKernel):
+    """ConvInteger: ``conv(x - x_zero_point, w - w_zero_point)`` in int32 (1-D, 2-D, 3-D).
+
+    ``w_zero_point`` is a scalar or one value per output channel. The columns are built with
+    NumPy's sliding windows and multiplied in float64 BLAS: every product of two shifted 8-bit
+    values is below 2^16 and a float64 sums integers exactly up to 2^53, so the result is the
+    exact integer convolution for any kernel size a model can hold.
+    """
+
+    def check(self, inputs):
+        from edgert.runtime.kernels.cpu.conv import kernel_shape_attr, sliding_window
+
+        self.require_inputs(inputs, 2, 4)
+        x, w = inputs[0], inputs[1]
+        for info, what in ((x, "x"), (w, "w")):
+            if np.dtype(info.dtype) not in (np.dtype(np.int8), np.dtype(np.uint8)):
+                raise self.error(f"{what} must be int8 or uint8, got {info.dtype}", DTypeError)
+        if len(x.shape) < 3 or len(w.shape) != len(x.shape):
+            raise self.error(f"x {x.shape} and w {w.shape} must both be [N, C, spatial...]",
+                             ShapeError)
+        group = int(self.attr("group", 1))
+        if group < 1 or x.shape[1] != w.shape[1] * group or w.shape[0] % group:
+            raise self.error(f"channels do not fit: x {x.shape}, w {w.shape}, group {group}",
+                             ShapeError)
+        xzp = inputs[2] if len(inputs) > 2 else None
+        wzp = inputs[3] if len(inputs) > 3 else None
+        if xzp is not None and (np.dtype(xzp.dtype) != np.dtype(x.dtype) or
+                                int(np.prod(xzp.shape)) != 1):
+            raise self.error(f"x_zero_point must be one {x.dtype} value, got {xzp.dtype} "
+                             f"{xzp.shape}", ShapeError)
+        if wzp is not None and (np.dtype(wzp.dtype) != np.dtype(w.dtype) or
+                                int(np.prod(wzp.shape)) not in (1, w.shape[0]) or
+                                len(wzp.shape) > 1):
+            raise self.error(f"w_zero_point must be one {w.dtype} value or {w.shape[0]}, got "
+                             f"{wzp.dtype} {wzp.shape}", ShapeError)
+        kernel_shape_attr(self, tuple(w.shape[2:]))
+        self._win = sliding_window(self, tuple(x.shape[2:]), tuple(w.shape[2:]))
+        self._group = group
+        return [TensorInfo((x.shape[0], w.shape[0], *self._win.out_shape), np.dtype(np.int32))]
+
+    def compute(self, inputs):
+        x, w = inputs[0], inputs[1]
+        xzp = inputs[2] if len(inputs) > 2 else None
+        wzp = inputs[3] if len(inputs) > 3 else None
+        win, g = self._win, self._group
+        nsp = x.ndim - 2
+        xs = x.astype(np.float64) - (0.0 if xzp is None else float(np.asarray(xzp).reshape(-1)[0]))
+        ws = w.astype(np.float64)
+        if wzp is not None:
+            ws = ws - np.asarray(wzp, np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+        # zero padding of the shifted input = padding the raw input with its zero point
+        xs = np.pad(xs, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(win.pads_begin, win.pads_end)])
+        ext = [(k - 1) * d + 1 for k, d in zip(win.kernel, win.dilations)]
+        view = np.lib.stride_tricks.sliding_window_view(xs, ext, axis=tuple(range(2, 2 + nsp)))
+        sel = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(win.out_shape, win.strides))
+        sel += tuple(slice(None, None, d) for d in win.dilations)
+        cols = view[(slice(None), slice(None)) + sel]  # [N, C, out..., k...]
+        n, c = x.shape[:2]
+        m = w.shape[0]
+        p = int(np.prod(win.out_shape))
+        kk = int(np.prod(win.kernel))
+        cols = np.moveaxis(cols.reshape(n, c, p, kk), 2, 3).reshape(n, g, (c // g) * kk, p)
+        y = np.matmul(ws.reshape(g, m // g, (c // g) * kk)[None], cols)
+        return [np.rint(y).reshape(n, m, *win.out_shape).astype(np.int32)]
+
+
 def register(reg: KernelRegistry) -> None:
+    reg.add("ConvInteger", ConvInteger, since=10)
     for op_type, kernel in (
         ("QuantizeLinear", QuantizeLinear),
         ("DequantizeLinear", DequantizeLinear),

@@ -130,9 +130,14 @@ class _Axis:
                     and (np.where(own, 0.0, np.abs(w)).sum(1) == 0.0).all())
 
 
-def _source_coords(ctm: str, n_out: int, n_in: int, scale: np.float32, roi: tuple[float, float]
-                   ) -> np.ndarray:
-    """Source coordinate of every output index, in float32 with onnxruntime's operation order."""
+def _source_coords(ctm: str, n_out: int, n_in: int, scale: np.float32, roi: tuple[float, float],
+                   from_scales: bool = False) -> np.ndarray:
+    """Source coordinate of every output index, in float32 with onnxruntime's operation order.
+
+    ``from_scales``: the output length came from a ``scales`` input. align_corners then maps the
+    corners of the *unrounded* resized length ``scale * n_in`` (ONNX's ``length_resized``), not
+    of ``n_out = floor(scale * n_in)``: downsampling 4 -> 2 by 0.6 samples 0 and 3 / 1.4.
+    """
     y = np.arange(n_out, dtype=_F32)
     s = _F32(scale)
     half = _F32(0.5)
@@ -146,9 +151,10 @@ def _source_coords(ctm: str, n_out: int, n_in: int, scale: np.float32, roi: tupl
     if ctm == "pytorch_half_pixel":
         return (y + half) / s - half if n_out > 1 else np.zeros(n_out, _F32)
     if ctm == "align_corners":
-        if n_out == 1:
-            return np.zeros(1, _F32)
-        return y * (li - 1) / (lo - 1)
+        length = s * li if from_scales else lo
+        if length == 1 or n_out == 1 and not from_scales:
+            return np.zeros(n_out, _F32)
+        return y * (li - 1) / (length - 1)
     if ctm == "half_pixel_symmetric":
         adjustment = lo / (s * li)
         offset = (li / 2) * (1 - adjustment)
@@ -307,6 +313,7 @@ class Resize(ShapeKernel):
         in_shape = tuple(x.shape)
         out_shape = list(in_shape)
         scales = [_F32(1)] * r
+        self._from_scales = scales_v is not None
         if scales_v is not None:
             if scales_v.dtype.kind != "f":
                 raise self.error(f"scales must be float, got {scales_v.dtype}", DTypeError)
@@ -367,7 +374,7 @@ class Resize(ShapeKernel):
         return [TensorInfo(self._out_shape, dt)]
 
     def _table(self, n_in: int, n_out: int, scale: np.float32, roi: tuple[float, float]) -> _Axis:
-        x = _source_coords(self._ctm, n_out, n_in, scale, roi)
+        x = _source_coords(self._ctm, n_out, n_in, scale, roi, self._from_scales)
         outside = None
         if self._ctm == "tf_crop_and_resize":
             outside = (x < 0) | (x > n_in - 1)

@@ -126,7 +126,24 @@ def _grid_sample(x, grid, dims, mode, padding, align, out):
                 break
             if mode == _NEAREST:
                 v = _round_half_even(v) if np.isfinite(v) else v
-            if v < lo or v > hi:
+            if mode == _CUBIC:
+                # PyTorch / onnxruntime pad each of the 4x4 taps, not the coordinate (the ONNX
+                # reference clamps the coordinate first, which differs near the border). Far
+                # coordinates are brought near without changing any tap: border and zeros taps
+                # are all clamped / all outside beyond 8 pixels, and reflection is periodic.
+                if padding == _REFLECTION:
+                    if not np.isfinite(v):
+                        v = lo
+                    elif v < lo - 4.0 * (hi - lo) or v > hi + 4.0 * (hi - lo):
+                        period = 2.0 * (hi - lo)
+                        if period > 0.0:
+                            d = v - lo
+                            v = lo + (d - period * np.floor(d / period))
+                        else:
+                            v = lo
+                else:
+                    v = min(max(v, lo - 8.0), hi + 8.0)
+            elif v < lo or v > hi:
                 if padding == _BORDER:
                     v = min(max(v, 0.0), length - 1.0)
                 elif padding == _REFLECTION:

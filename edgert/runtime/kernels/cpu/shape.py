@@ -565,10 +565,7 @@ class Slice(ShapeKernel):
 
 
 # ----- type conversion ---------------------------------------------------------------------------
-_NO_NUMPY_DTYPE = {
-    dtypes.BFLOAT16, dtypes.FLOAT8E4M3FN, dtypes.FLOAT8E4M3FNUZ, dtypes.FLOAT8E5M2,
-    dtypes.FLOAT8E5M2FNUZ, dtypes.UINT4, dtypes.INT4,
-}
+_NO_NUMPY_DTYPE = set(float8.CODED_TYPES)
 
 
 class Cast(ShapeKernel):
@@ -585,8 +582,8 @@ class Cast(ShapeKernel):
         if to is None:
             raise self.error("attribute 'to' is required")
         to = int(to)
-        if to in float8.BITS_TYPES:
-            return dtypes.to_numpy(to)  # raw bits; run() encodes
+        if to in float8.CODED_TYPES:
+            return dtypes.to_numpy(to)  # raw bits / unpacked sub-byte values; run() encodes
         if to in _NO_NUMPY_DTYPE:
             raise self.unsupported(f"Cast to {dtypes.name(to)} is not supported")
         if not dtypes.is_known(to):
@@ -613,15 +610,17 @@ def cast_bits_into(out: np.ndarray, x: np.ndarray, kernel: Kernel, to) -> None:
     """:func:`cast_into` that decodes / encodes bfloat16 and float8 (held as raw bits)."""
     src = kernel.attr("edgert_from_type", None)
     to = int(to) if to is not None else None
-    if src is None and to not in float8.BITS_TYPES:
+    if src is None and to not in float8.CODED_TYPES:
         cast_into(out, x, kernel)
         return
     if src is not None:
         x = float8.decode(x, int(src))
-    if to in float8.BITS_TYPES:
+    if to in float8.CODED_TYPES:
         if x.dtype == object:
             x = x.astype(np.float32)
-        out[...] = float8.encode(x.astype(np.float32), to, bool(kernel.attr("saturate", 1)))
+        # encode converts x itself: integers narrow to int4/int2 exactly, not through float32
+        out[...] = float8.encode(x, to, bool(kernel.attr("saturate", 1)),
+                                 str(kernel.attr("round_mode", "up")))
     else:
         cast_into(out, x, kernel)
 

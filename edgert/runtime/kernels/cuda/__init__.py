@@ -47,15 +47,19 @@ def registry() -> CudaRegistry:
             elementwise,
             fused,
             gemm,
+            indexing,
+            movement,
             normalization,
             pooling,
             quantized,
+            reduce,
+            resize,
             shape,
         )
 
         reg = CudaRegistry(cpu_registry())
         for family in (conv, gemm, pooling, elementwise, fused, normalization, shape,
-                       quantized):
+                       quantized, reduce, resize, movement, indexing):
             family.register(reg)
         _REGISTRY = reg
     return _REGISTRY

@@ -31,9 +31,6 @@ try:  # the optional extra; CudaInterpreter turns its absence into a clear error
 except ImportError:  # pragma: no cover - depends on the installation
     cuda = None  # type: ignore[assignment]
 
-# Threads per block for the 1-D elementwise-style launches. 256 keeps 8 warps per block, enough
-# to hide memory latency without limiting occupancy by registers on any recent GPU.
-THREADS = 256
 MAX_RANK = 8  # the strided-copy kernels index up to this many dimensions
 
 
@@ -42,6 +39,14 @@ def simulating() -> bool:
     from numba.core import config
 
     return bool(config.ENABLE_CUDASIM)
+
+
+# Threads per block for the 1-D elementwise-style launches. 256 keeps 8 warps per block, enough
+# to hide memory latency without limiting occupancy by registers on any recent GPU. The simulator
+# runs every thread of a block as a Python thread, finished or not, so there one warp per block
+# keeps the tiny test launches cheap; every such kernel is a grid-stride loop, correct for any
+# launch size (and the simulator then also exercises the loop's later iterations).
+THREADS = 32 if simulating() else 256
 
 
 def require_cuda() -> Any:

@@ -8,7 +8,8 @@ sd)]``. The tables are built in ``prepare``:
   buffer (the planner gives each tensor its own slot, so a view would alias a reused region);
 * Transpose: the source strides permuted;
 * Slice: the source strides times the steps, the offset at the starts;
-* Concat: one launch per input, writing into its slab of the output.
+* Concat: one launch per input, writing into its slab of the output;
+* edgert.ChannelShuffle: the ``(N, g, C/g, inner) -> (N, C/g, g, inner)`` transpose.
 
 Shape parameters (Reshape's target, Slice's starts...) are known at prepare or the op is
 dynamic, in which case the interpreter runs it on the host like any data-dependent op.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.runtime.kernels.cpu import shape as cpu
+from edgert.runtime.kernels.cpu import shuffle as cpu_shuffle
 from edgert.runtime.kernels.cuda._common import (
     MAX_RANK,
     THREADS,
@@ -184,6 +186,30 @@ class CudaConcat(CudaKernel, cpu.Concat):
             launch_copy(self.stream, x, outputs[0], plan)
 
 
+class CudaChannelShuffle(CudaKernel, cpu_shuffle.ChannelShuffle):
+    """``out[n, j * g + i] = x[n, i * (C / g) + j]``: a 4-D strided copy."""
+
+    CPU = cpu_shuffle.ChannelShuffle
+
+    def prepare(self, inputs):
+        outs = super().prepare(inputs)
+        shape = tuple(inputs[0].shape)
+        self.on_device = _movable(outs[0].dtype)
+        n, c, g = int(shape[0]), int(shape[1]), self._group
+        inner = int(np.prod(shape[2:], dtype=np.int64))
+        # Walk the output as (n, c/g, g, inner); the source of (n, j, i, k) is x[n, i, j, k] of
+        # x viewed as (n, g, c/g, inner).
+        ss = strides_for((n, g, c // g, inner), 4)
+        self._plan = self.upload_plan((padded_shape((n, c // g, g, inner)),
+                                       _table(_permuted(ss, (0, 2, 1, 3)), 4),
+                                       strides_for((n, c // g, g, inner)), 0, 0,
+                                       n * c * inner))
+        return outs
+
+    def invoke(self, inputs, outputs):
+        launch_copy(self.stream, inputs[0], outputs[0], self._plan)
+
+
 def register(reg: KernelRegistry) -> None:
     for op_type, kernel in (
         ("Identity", CudaIdentity),
@@ -197,3 +223,4 @@ def register(reg: KernelRegistry) -> None:
         ("Concat", CudaConcat),
     ):
         reg.add(op_type, kernel)
+    reg.add("ChannelShuffle", CudaChannelShuffle, domain="edgert")
