@@ -152,3 +152,51 @@ def test_no_cuda_gives_a_clear_error(monkeypatch, cnn):
     monkeypatch.setattr(_common, "cuda", None)
     with pytest.raises(EdgeRTError, match="pip install edgert\\[cuda\\]"):
         Interpreter(cnn[1], device="cuda")
+
+
+def _exported(name: str):
+    """A PyTorch export from tests/data with its saved batch-1 and batch-3 inputs."""
+    import pathlib
+
+    import onnx
+
+    path = pathlib.Path(__file__).parent / "data" / f"{name}.onnx"
+    saved = np.load(path.with_suffix(".npz"))
+    feeds = {k[len("b1_in_"):]: saved[k] for k in saved.files if k.startswith("b1_in_")}
+    calib = {k[len("b3_in_"):]: saved[k] for k in saved.files if k.startswith("b3_in_")}
+    return onnx.load(str(path)), feeds, calib
+
+
+@pytest.mark.parametrize("name", ["torch_transformer", "torch_decoder"])
+def test_exported_int8_model_runs_entirely_on_device(name):
+    """edgert.quantize's int8 model (Quantize, QGemm/QConv, QAdd, QMul, QConcat, QLut, QSoftmax,
+    Dequantize, int8 Pad/Resize, Gather, LayerNormalization, ConvTranspose...) on the device
+    gives the CPU interpreter's answer."""
+    from edgert.quantize import quantize
+
+    model, feeds, calib = _exported(name)
+    data, _ = quantize(model, calibration=calib, mode="int8", batch_size=1)
+    gpu = Interpreter(data, device="cuda")
+    got = gpu.run(feeds)
+    assert gpu.host_ops == []
+    want = Interpreter(data).run(feeds)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=RTOL, atol=ATOL)
+
+
+def test_runtime_gather_index_out_of_range_raises():
+    from edgert.errors import KernelError
+
+    emb = _f(6, 3)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["g"]), helper.make_node("Relu", ["g"], ["y"])],
+        "embed", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(emb, "emb")])
+    data = convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    gpu = Interpreter(data, device="cuda")
+    with pytest.raises(KernelError, match="Gather.*out of range"):
+        gpu.run({"ids": np.array([1, 6], np.int64)})  # no row 6
+    ids = np.array([-1, 2], np.int64)
+    np.testing.assert_array_equal(gpu.run({"ids": ids})["y"], np.maximum(emb[[5, 2]], 0))
+    assert gpu.host_ops == []

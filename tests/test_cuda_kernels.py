@@ -72,6 +72,24 @@ def test_conv_falls_back_without_constant_weights_or_float32():
                     expect_device=False)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, attrs", [
+    ((1, 2, 3, 3), (2, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                  "output_padding": [1, 1]}),
+    ((2, 4, 2, 3), (4, 1, 2, 2), {"group": 2, "dilations": [2, 1]}),
+    ((1, 2, 4), (2, 3, 3), {"strides": [3], "output_shape": [14]}),  # past the full output
+])
+def test_conv_transpose_matches_cpu(x_shape, w_shape, attrs):
+    x, w, b = rnd(*x_shape), rnd(*w_shape), rnd(w_shape[1] * attrs.get("group", 1))
+    check_same("ConvTranspose", [x, w, b], attrs, const_inputs=(1, 2))
+
+
+def test_conv_transpose_fused_relu_and_fallback():
+    x, w = rnd(1, 2, 3, 3), rnd(2, 2, 2, 2)
+    check_same("ConvTranspose", [x, w], {"activation": "Relu", "strides": [2, 2]},
+               const_inputs=(1,), domain="edgert")
+    run_cuda_kernel("ConvTranspose", [x, w], {}, const_inputs=(), expect_device=False)
+
+
 # ----- gemm / matmul ------------------------------------------------------------------------------
 @pytest.mark.parametrize("trans_a", [0, 1])
 @pytest.mark.parametrize("trans_b", [0, 1])

@@ -41,6 +41,10 @@ def _sample(code: int, shape: tuple[int, ...]) -> np.ndarray:
         return (values % 2 == 1).reshape(shape)
     if holder.kind == "c":
         return (values + 1j * values).astype(holder).reshape(shape)
+    narrow = dtypes.value_range(code)  # int4/uint4/int2/uint2 values, float4 codes
+    if narrow is not None:
+        lo, hi = narrow
+        return (lo + values % (hi - lo + 1)).astype(holder).reshape(shape)
     return (values % 100).astype(holder).reshape(shape)
 
 

@@ -148,21 +148,25 @@ def test_dynamic_input_needs_a_shape_before_allocate():
 
 
 def test_unsupported_ops_are_reported_together():
+    # A made-up operator in a custom domain: nothing will ever implement it.
     nodes = [
         helper.make_node("Relu", ["x"], ["a"]),
-        helper.make_node("Det", ["a"], ["b"], name="det_1"),
-        helper.make_node("Det", ["a"], ["c"], name="det_2"),
+        helper.make_node("Frobnicate", ["a"], ["b"], name="frob_1", domain="com.example"),
+        helper.make_node("Frobnicate", ["a"], ["c"], name="frob_2", domain="com.example"),
     ]
-    model = _model(
-        nodes,
+    g = helper.make_graph(
+        nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
         [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
          helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])],
     )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
     with pytest.raises(UnsupportedOpError) as info:
         convert(model)
     msg = str(info.value)
-    assert "det_1" in msg and "det_2" in msg and "Det" in msg
+    assert "frob_1" in msg and "frob_2" in msg and "Frobnicate" in msg
     assert len(info.value.ops) == 2
 
 

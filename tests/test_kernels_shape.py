@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import ort_node, run_kernel
 
-from edgert.errors import DTypeError, KernelError, ShapeError, UnsupportedOpError
+from edgert.errors import DTypeError, KernelError, ShapeError
 from edgert.runtime.kernels.cpu import registry
 from edgert.runtime.registry import OpContext, TensorInfo
 
@@ -372,9 +372,10 @@ def test_cast_strings_to_numbers(to):
 
 
 def test_cast_errors():
-    # bfloat16 / float8 are supported since issue 3 (tests/test_kernels_float8.py); int4 is not
-    with pytest.raises(UnsupportedOpError, match="Cast to .* is not supported"):
-        make("Cast", {"to": 22}).prepare(infos(rand((2,))))
+    # bfloat16 / float8 / float4 / int4 / int2 are supported (tests/test_kernels_float8.py,
+    # tests/test_kernels_dtypes.py); float6 (27) is not an edgert type
+    with pytest.raises(DTypeError, match="'to' = 27"):
+        make("Cast", {"to": 27}).prepare(infos(rand((2,))))
     with pytest.raises(DTypeError, match="'to' = 99"):
         make("Cast", {"to": 99}).prepare(infos(rand((2,))))
     with pytest.raises(DTypeError, match="cannot parse string input"):

@@ -183,7 +183,9 @@ def _node_protos(graph: Graph, n: Node, target: int, domains: set[str]) -> list[
     outs = ["" if v.meta.get("omitted") else v.name for v in n.outputs]
     attrs = {}
     for k, val in n.attrs.items():
-        if k == "edgert_outer_inputs":
+        # edgert_*_type: the coded dtypes the importer tells Cast/Q/DQ kernels (re-derived from
+        # the value types on import); not ONNX attributes
+        if k in ("edgert_outer_inputs", "edgert_from_type", "edgert_to_type"):
             continue
         a = _attr(k, val, target, domains)
         if a is not None:

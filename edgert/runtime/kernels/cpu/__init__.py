@@ -52,5 +52,8 @@ def registry() -> KernelRegistry:
 
         for family in (sampling, detection, spectral):
             family.register(reg)
+        from edgert.runtime.kernels.cpu import linalg  # Det (issue 3, new dtypes round)
+
+        linalg.register(reg)
         _REGISTRY = reg
     return _REGISTRY

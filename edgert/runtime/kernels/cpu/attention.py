@@ -175,7 +175,7 @@ class Attention(EagerKernel):
                 np.ascontiguousarray(present_v), np.ascontiguousarray(qk_out, dtype=dt)]
 
 
-# ----- RotaryEmbedding and TensorScatter (opset 23 / 24) -------------------------------------------
+# ----- RotaryEmbedding and TensorScatter (opset 23 / 24) ------------------------------------------
 class RotaryEmbedding(EagerKernel):
     """RotaryEmbedding (opset 23): rotate the first ``rotary_embedding_dim`` features of each head.
 

@@ -22,6 +22,8 @@ from edgert.errors import DTypeError
 from edgert.runtime.registry import Kernel, TensorInfo
 
 _F16 = np.dtype(np.float16)
+# ONNX input names, for error messages
+_INPUT_NAMES = {"Gemm": "ABC", "MatMul": "AB", "Conv": "XWB", "ConvTranspose": "XWB"}
 _F32 = np.dtype(np.float32)
 
 
@@ -35,14 +37,21 @@ class _Float16Via32:
         self._half = any(dt == _F16 for dt in dts)
         if not self._half:
             return super().prepare(inputs)
-        for k, dt in enumerate(dts):
-            if dt is not None and dt.kind == "f" and dt != _F16:
-                raise self.error(
-                    f"input {k} has dtype {dt} but other inputs are float16; all float inputs "
-                    "must share one type", DTypeError)
+        other = next((k for k, dt in enumerate(dts) if dt is not None and dt.kind == "f"
+                      and dt != _F16), None)
+        if other is not None:
+            half = dts.index(_F16)
+            names = _INPUT_NAMES.get(self.op.op_type, "")
+            a = names[half] if half < len(names) else str(half)
+            b = names[other] if other < len(names) else str(other)
+            raise self.error(
+                f"input {a} has dtype float16 but input {b} has {dts[other]}; float16 runs only "
+                "when every float input is float16", DTypeError)
         wide: list[TensorInfo | None] = []
-        # (input index, float32 buffer) for each variable float16 input
+        # (input index, float32 buffer) for each variable float16 input, (index, widened value)
+        # for each constant one (kernels read some constants in invoke too, e.g. Conv's X)
         self._in32: list[tuple[int, np.ndarray]] = []
+        self._const32: list[tuple[int, np.ndarray]] = []
         for k, info in enumerate(inputs):
             if info is None or dts[k] != _F16:
                 wide.append(info)
@@ -51,6 +60,8 @@ class _Float16Via32:
             wide.append(TensorInfo(info.shape, _F32, value))
             if value is None:
                 self._in32.append((k, np.empty(info.shape, _F32)))
+            else:
+                self._const32.append((k, value))
         outs = super().prepare(wide)
         self._out32 = [np.empty(o.shape, o.dtype) for o in outs]
         return [TensorInfo(o.shape, _F16 if o.dtype == _F32 else o.dtype) for o in outs]
@@ -59,6 +70,8 @@ class _Float16Via32:
         if not self._half:
             return super().invoke(inputs, outputs)
         ins = list(inputs)
+        for k, value in self._const32:
+            ins[k] = value
         for k, buf in self._in32:
             np.copyto(buf, inputs[k])  # exact: every float16 is a float32
             ins[k] = buf

@@ -424,14 +424,16 @@ class GlobalLpPoolKernel(_GlobalPoolBase):
     mode = _G_LP
 
 
-# ----- MaxUnpool (issue 3) -------------------------------------------------------------------------
+# ----- MaxUnpool (issue 3) ------------------------------------------------------------------------
 class MaxUnpoolKernel(Kernel):
     """ONNX MaxUnpool: scatter X to the flat positions ``I`` of MaxPool's Indices output.
 
     ``I`` indexes the tensor of the pooled input's shape, ``(in - 1) * stride - pads + kernel``
     per spatial axis; with ``output_shape`` that tensor is then placed at the origin of a larger
-    zero tensor, as the ONNX definition does. Indices are data: each is checked against that
-    size before anything is written (an :class:`~edgert.errors.InputError` otherwise).
+    zero tensor, as the ONNX definition and its conformance case do (onnxruntime instead reads
+    the indices as positions in the ``output_shape`` tensor). Indices are data: each is checked
+    against that size before anything is written (an :class:`~edgert.errors.InputError`
+    otherwise).
     """
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:

@@ -135,8 +135,10 @@ def _source_coords(ctm: str, n_out: int, n_in: int, scale: np.float32, roi: tupl
     """Source coordinate of every output index, in float32 with onnxruntime's operation order.
 
     ``from_scales``: the output length came from a ``scales`` input. align_corners then maps the
-    corners of the *unrounded* resized length ``scale * n_in`` (ONNX's ``length_resized``), not
-    of ``n_out = floor(scale * n_in)``: downsampling 4 -> 2 by 0.6 samples 0 and 3 / 1.4.
+    corners of the *unrounded* resized length ``scale * n_in`` (ONNX's ``output_width``, as the
+    specification and its reference implementation do), not of ``n_out = floor(scale * n_in)``:
+    downsampling 4 -> 2 by 0.6 samples 0 and 3 / 1.4. onnxruntime uses ``n_out`` there and fails
+    test_resize_downsample_scales_{linear,cubic}_align_corners.
     """
     y = np.arange(n_out, dtype=_F32)
     s = _F32(scale)
@@ -151,10 +153,16 @@ def _source_coords(ctm: str, n_out: int, n_in: int, scale: np.float32, roi: tupl
     if ctm == "pytorch_half_pixel":
         return (y + half) / s - half if n_out > 1 else np.zeros(n_out, _F32)
     if ctm == "align_corners":
-        length = s * li if from_scales else lo
-        if length == 1 or n_out == 1 and not from_scales:
-            return np.zeros(n_out, _F32)
-        return y * (li - 1) / (length - 1)
+        if from_scales:
+            # float64: the exact product of the float32 scale and the length (2.4 is stored as
+            # 2.4000001, so 5 -> 12.0000005 and row 11 maps to 3.9999998, not 4)
+            length = float(s) * n_in
+            if length == 1:
+                return np.zeros(n_out, _F32)
+            return (np.arange(n_out) * float(n_in - 1) / (length - 1)).astype(_F32)
+        if n_out == 1:
+            return np.zeros(1, _F32)
+        return y * (li - 1) / (lo - 1)
     if ctm == "half_pixel_symmetric":
         adjustment = lo / (s * li)
         offset = (li / 2) * (1 - adjustment)

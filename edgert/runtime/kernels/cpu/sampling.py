@@ -1,11 +1,17 @@
 """Sampling and geometry operators: GridSample, AffineGrid, RoiAlign, DeformConv, Col2Im,
 CenterCropPad.
 
-The interpolating kernels (GridSample, RoiAlign, DeformConv's column build, Col2Im's scatter-add)
-run in Numba and accumulate in float64 whatever the input's float type, then round once into the
-output. Coordinates read from tensors are clamped before they become integer indices: a grid or
-an offset holding NaN, Inf or 1e30 can never produce an out-of-bounds read (casting a NaN or a
-huge float to an integer is undefined in LLVM). Integer indices read from tensors (RoiAlign's
+The interpolating kernels (GridSample, RoiAlign, DeformConv's column build) run in Numba and
+accumulate in float64 whatever the input's float type, then round once into the output; Col2Im's
+scatter-add sums float32 data in float32 (a pixel receives at most prod(block_shape) terms).
+GridSample's cubic mode pads each of the 4x4 taps as PyTorch and onnxruntime do (the ONNX
+reference clamps or reflects the coordinate first, which differs only within two pixels of the
+border with ``border``/``reflection`` padding; no conformance case covers that).
+
+Coordinates read from tensors are clamped before they become integer indices: a grid or an
+offset holding NaN, Inf or 1e30 can never produce an out-of-bounds read (casting a NaN or a
+huge float to an integer is undefined in LLVM); a NaN grid coordinate gives a NaN output, an
+infinite one samples the padding. Integer indices read from tensors (RoiAlign's
 ``batch_indices``) are checked against the data before any kernel runs and raise
 :class:`~edgert.errors.InputError`.
 
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgert.errors import DTypeError, InputError, KernelError, ShapeError
+from edgert.errors import InputError, KernelError, ShapeError
 from edgert.runtime._jit import njit, prange
-from edgert.runtime.kernels.cpu.misc import FLOATS, EagerKernel
+from edgert.runtime.kernels.cpu.misc import EagerKernel
 from edgert.runtime.registry import KernelRegistry, TensorInfo
 
 # GridSample modes and padding modes as the Numba kernel takes them.
@@ -91,9 +97,102 @@ def _cubic_coeffs(t, out):
     out[3] = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
 
 
+@njit
+def _point_taps(grid, n, p, dims, strides, mode, padding, align, idx, wts, ok, coef, offs, ws):
+    """The taps of one grid point: flat offsets ``offs`` (-1 for a zero-padding tap) and weights
+    ``ws``. Returns False when a coordinate is NaN (the output is then NaN)."""
+    nd = dims.shape[0]
+    taps = 1 if mode == _NEAREST else (2 if mode == _LINEAR else 4)
+    for d in range(nd):
+        length = dims[d]
+        g = grid[n, p, nd - 1 - d]  # the grid's last axis lists x (width) first
+        if align:
+            v = (g + 1.0) * 0.5 * (length - 1)
+            lo, hi = 0.0, length - 1.0
+        else:
+            v = ((g + 1.0) * length - 1.0) * 0.5
+            lo, hi = -0.5, length - 0.5
+        if v != v:
+            return False
+        if mode == _NEAREST:
+            v = _round_half_even(v) if np.isfinite(v) else v
+        if mode == _CUBIC:
+            # PyTorch / onnxruntime pad each of the 4x4 taps, not the coordinate (the ONNX
+            # reference clamps the coordinate first, which differs near the border). Far
+            # coordinates are brought near without changing any tap: border and zeros taps
+            # are all clamped / all outside beyond 8 pixels, and reflection is periodic.
+            if padding == _REFLECTION:
+                if not np.isfinite(v):
+                    v = lo
+                elif v < lo - 4.0 * (hi - lo) or v > hi + 4.0 * (hi - lo):
+                    period = 2.0 * (hi - lo)
+                    if period > 0.0:
+                        dist = v - lo
+                        v = lo + (dist - period * np.floor(dist / period))
+                    else:
+                        v = lo
+            else:
+                v = min(max(v, lo - 8.0), hi + 8.0)
+        elif v < lo or v > hi:
+            if padding == _BORDER:
+                v = min(max(v, 0.0), length - 1.0)
+            elif padding == _REFLECTION:
+                v = _reflect(v, lo, hi)
+            else:
+                # every tap is outside anyway; keeps the integer cast below defined
+                v = min(max(v, lo - 8.0), hi + 8.0)
+        if mode == _NEAREST:
+            idx[d, 0] = np.int64(v)  # truncation, as the ONNX reference casts
+            wts[d, 0] = 1.0
+        elif mode == _LINEAR:
+            f = np.floor(v)
+            t = v - f
+            idx[d, 0] = np.int64(f)
+            idx[d, 1] = np.int64(f) + 1
+            wts[d, 0] = 1.0 - t
+            wts[d, 1] = t
+        else:
+            f = np.floor(v)
+            _cubic_coeffs(v - f, coef)
+            for k in range(4):
+                idx[d, k] = np.int64(f) - 1 + k
+                wts[d, k] = coef[k]
+        for k in range(taps):
+            i = idx[d, k]
+            if padding == _ZEROS:
+                ok[d, k] = 0 <= i < length
+            elif padding == _BORDER:
+                idx[d, k] = min(max(i, 0), length - 1)
+                ok[d, k] = True
+            else:
+                r = np.int64(_reflect(np.float64(i), lo, hi))
+                idx[d, k] = min(max(r, 0), length - 1)
+                ok[d, k] = True
+    for t in range(offs.shape[0]):
+        rem = t
+        w = 1.0
+        off = 0
+        for d in range(nd - 1, -1, -1):
+            k = rem % taps
+            rem //= taps
+            if not ok[d, k]:
+                off = -1
+                break
+            w *= wts[d, k]
+            off += idx[d, k] * strides[d]
+        offs[t] = off
+        ws[t] = w
+    return True
+
+
 @njit(parallel=True)
 def _grid_sample(x, grid, dims, mode, padding, align, out):
-    """x [N, C, S] (spatial flattened), grid [N, P, nd] (x, y, z order), out [N, C, P]."""
+    """x [N, C, S] (spatial flattened), grid [N, P, nd] (x, y, z order), out [N, C, P].
+
+    The taps of a point are computed once and applied to every channel; scratch arrays are
+    allocated once per chunk of points (the taps of all points at once would need
+    ``P · 4^nd`` entries: 64 per point for 3-D cubic).
+    """
     n_batch, channels, _ = x.shape
     points = grid.shape[1]
     nd = dims.shape[0]
@@ -104,108 +203,31 @@ def _grid_sample(x, grid, dims, mode, padding, align, out):
     strides = np.ones(nd, np.int64)
     for d in range(nd - 2, -1, -1):
         strides[d] = strides[d + 1] * dims[d + 1]
-    for job in prange(n_batch * points):
-        n = job // points
-        p = job % points
+    jobs = n_batch * points
+    chunk = 256
+    for ci in prange((jobs + chunk - 1) // chunk):
         idx = np.zeros((nd, 4), np.int64)
         wts = np.zeros((nd, 4), np.float64)
         ok = np.zeros((nd, 4), np.bool_)
         coef = np.empty(4, np.float64)
-        nan = False
-        for d in range(nd):
-            length = dims[d]
-            g = grid[n, p, nd - 1 - d]  # the grid's last axis lists x (width) first
-            if align:
-                v = (g + 1.0) * 0.5 * (length - 1)
-                lo, hi = 0.0, length - 1.0
-            else:
-                v = ((g + 1.0) * length - 1.0) * 0.5
-                lo, hi = -0.5, length - 0.5
-            if v != v:
-                nan = True
-                break
-            if mode == _NEAREST:
-                v = _round_half_even(v) if np.isfinite(v) else v
-            if mode == _CUBIC:
-                # PyTorch / onnxruntime pad each of the 4x4 taps, not the coordinate (the ONNX
-                # reference clamps the coordinate first, which differs near the border). Far
-                # coordinates are brought near without changing any tap: border and zeros taps
-                # are all clamped / all outside beyond 8 pixels, and reflection is periodic.
-                if padding == _REFLECTION:
-                    if not np.isfinite(v):
-                        v = lo
-                    elif v < lo - 4.0 * (hi - lo) or v > hi + 4.0 * (hi - lo):
-                        period = 2.0 * (hi - lo)
-                        if period > 0.0:
-                            d = v - lo
-                            v = lo + (d - period * np.floor(d / period))
-                        else:
-                            v = lo
-                else:
-                    v = min(max(v, lo - 8.0), hi + 8.0)
-            elif v < lo or v > hi:
-                if padding == _BORDER:
-                    v = min(max(v, 0.0), length - 1.0)
-                elif padding == _REFLECTION:
-                    v = _reflect(v, lo, hi)
-                else:
-                    # every tap is outside anyway; keeps the integer cast below defined
-                    v = min(max(v, lo - 8.0), hi + 8.0)
-            if mode == _NEAREST:
-                idx[d, 0] = np.int64(v)  # truncation, as the ONNX reference casts
-                wts[d, 0] = 1.0
-            elif mode == _LINEAR:
-                f = np.floor(v)
-                t = v - f
-                idx[d, 0] = np.int64(f)
-                idx[d, 1] = np.int64(f) + 1
-                wts[d, 0] = 1.0 - t
-                wts[d, 1] = t
-            else:
-                f = np.floor(v)
-                _cubic_coeffs(v - f, coef)
-                for k in range(4):
-                    idx[d, k] = np.int64(f) - 1 + k
-                    wts[d, k] = coef[k]
-            for k in range(taps):
-                i = idx[d, k]
-                if padding == _ZEROS:
-                    ok[d, k] = 0 <= i < length
-                elif padding == _BORDER:
-                    idx[d, k] = min(max(i, 0), length - 1)
-                    ok[d, k] = True
-                else:
-                    r = np.int64(_reflect(np.float64(i), lo, hi))
-                    idx[d, k] = min(max(r, 0), length - 1)
-                    ok[d, k] = True
-        if nan:
+        offs = np.empty(total, np.int64)
+        ws = np.empty(total, np.float64)
+        for job in range(ci * chunk, min(jobs, (ci + 1) * chunk)):
+            n = job // points
+            p = job % points
+            if not _point_taps(grid, n, p, dims, strides, mode, padding, align, idx, wts, ok,
+                               coef, offs, ws):
+                for c in range(channels):
+                    out[n, c, p] = np.nan
+                continue
             for c in range(channels):
-                out[n, c, p] = np.nan
-            continue
-        offs = np.zeros(total, np.int64)
-        ws = np.zeros(total, np.float64)
-        for t in range(total):
-            rem = t
-            w = 1.0
-            off = 0
-            good = True
-            for d in range(nd - 1, -1, -1):
-                k = rem % taps
-                rem //= taps
-                if not ok[d, k]:
-                    good = False
-                    break
-                w *= wts[d, k]
-                off += idx[d, k] * strides[d]
-            if good:
-                offs[t] = off
-                ws[t] = w
-        for c in range(channels):
-            acc = 0.0
-            for t in range(total):
-                if ws[t] != 0.0:
-                    acc += ws[t] * x[n, c, offs[t]]
-            out[n, c, p] = acc
+                plane = x[n, c]
+                acc = 0.0
+                for t in range(total):
+                    i = offs[t]
+                    if i >= 0:  # a zero-padding tap adds nothing, even next to an Inf pixel
+                        acc += ws[t] * plane[i]
+                out[n, c, p] = acc
 
 
 class GridSample(EagerKernel):
@@ -231,9 +253,8 @@ class GridSample(EagerKernel):
             raise self.error(f"unknown padding_mode {pad!r} (expected zeros, border or reflection)")
         self._mode, self._pad = _MODES[mode], _PADDINGS[pad]
         self._align = bool(self.attr("align_corners", 0))
-        if any(d == 0 for d in x.shape[2:]) and x.shape[0] * x.shape[1] and grid.shape[1:-1]:
-            if any(grid.shape[1:-1]):
-                raise self.error(f"cannot sample an empty image {x.shape}", ShapeError)
+        if min(x.shape[2:]) == 0 and x.shape[0] * x.shape[1] * int(np.prod(grid.shape[1:-1])):
+            raise self.error(f"cannot sample an empty image {x.shape}", ShapeError)
         return [TensorInfo((x.shape[0], x.shape[1], *grid.shape[1:-1]), np.dtype(x.dtype))]
 
     def compute(self, inputs):
@@ -241,13 +262,14 @@ class GridSample(EagerKernel):
         n, c = x.shape[:2]
         nd = x.ndim - 2
         out_sp = grid.shape[1:-1]
-        xf = np.ascontiguousarray(x, dtype=np.float64).reshape(n, c, -1)
+        work = np.float64 if x.dtype == np.float64 else np.float32
+        xf = np.ascontiguousarray(x, dtype=work).reshape(n, c, -1)
         gf = np.ascontiguousarray(grid, dtype=np.float64).reshape(n, -1, nd)
-        out = np.empty((n, c, gf.shape[1]), np.float64)
+        out = np.empty((n, c, gf.shape[1]), work)
         if out.size:
             _grid_sample(xf, gf, np.array(x.shape[2:], np.int64), self._mode, self._pad,
                          self._align, out)
-        return [out.reshape(n, c, *out_sp).astype(x.dtype)]
+        return [out.reshape(n, c, *out_sp).astype(x.dtype, copy=False)]
 
 
 # ----- AffineGrid ---------------------------------------------------------------------------------
@@ -497,37 +519,39 @@ class CenterCropPad(EagerKernel):
 
 # ----- Col2Im -------------------------------------------------------------------------------------
 @njit(parallel=True)
-def _col2im(col, image, block, blocks_out, strides, dilations, pads, out):
-    """col [N, C, K, L] -> out [N, C, S] (image flattened); every geometry array has nd items."""
+def _col2im(col, where, out):
+    """col [N, C, K, L] summed into out [N, C, S] at flat image offsets where [K, L] (-1: pad)."""
     n_batch, channels, kprod, n_blocks = col.shape
-    nd = image.shape[0]
     for job in prange(n_batch * channels):
         n = job // channels
         c = job % channels
-        for s in range(out.shape[2]):
-            out[n, c, s] = 0.0
-        kpos = np.empty(nd, np.int64)
+        dst = out[n, c]
+        dst[:] = 0.0
         for k in range(kprod):
-            rem = k
-            for d in range(nd - 1, -1, -1):
-                kpos[d] = rem % block[d]
-                rem //= block[d]
+            src = col[n, c, k]
+            idx = where[k]
             for blk in range(n_blocks):
-                rem = blk
-                flat = 0
-                inside = True
-                mult = 1
-                for d in range(nd - 1, -1, -1):
-                    b = rem % blocks_out[d]
-                    rem //= blocks_out[d]
-                    pos = b * strides[d] - pads[d] + kpos[d] * dilations[d]
-                    if pos < 0 or pos >= image[d]:
-                        inside = False
-                        break
-                    flat += pos * mult
-                    mult *= image[d]
-                if inside:
-                    out[n, c, flat] += col[n, c, k, blk]
+                i = idx[blk]
+                if i >= 0:
+                    dst[i] += src[blk]
+
+
+def _col2im_offsets(image, block, counts, strides, dilations, pads) -> np.ndarray:
+    """Flat image offset [K, L] of every (kernel tap, block) pair; -1 where it lands in padding.
+
+    Built per axis with broadcasting: position = block · stride - pad + tap · dilation.
+    """
+    where = np.zeros((1, 1), np.int64)
+    inside = np.ones((1, 1), bool)
+    for d in range(len(image)):
+        pos = (np.arange(counts[d])[None, :] * strides[d] - pads[d]
+               + np.arange(block[d])[:, None] * dilations[d])  # [k_d, b_d]
+        ok = (pos >= 0) & (pos < image[d])
+        k_prev, b_prev = where.shape
+        where = (where[:, None, :, None] * image[d] + pos[None, :, None, :]).reshape(
+            k_prev * block[d], b_prev * counts[d])
+        inside = (inside[:, None, :, None] & ok[None, :, None, :]).reshape(where.shape)
+    return np.where(inside, where, -1)
 
 
 class Col2Im(EagerKernel):
@@ -587,14 +611,18 @@ class Col2Im(EagerKernel):
         out_shape, image, block, counts = self._geometry(x.shape, image, block)
         n, c = out_shape[:2]
         kprod = int(np.prod(block))
-        col = np.ascontiguousarray(x, dtype=np.float64).reshape(n, c, kprod, x.shape[2])
-        out = np.empty((n, c, int(np.prod(image))), np.float64)
-        nd = self._nd
+        # float32 data is summed in float32: a pixel receives at most prod(block) terms
+        work = np.float64 if x.dtype == np.float64 else np.float32
+        col = np.ascontiguousarray(x, dtype=work).reshape(n, c, kprod, x.shape[2])
+        out = np.empty((n, c, int(np.prod(image))), work)
         if out.size:
-            i64 = lambda v: np.array(v, np.int64)  # noqa: E731
-            _col2im(col, i64(image), i64(block), i64(counts), i64(self._strides),
-                    i64(self._dilations), i64(self._pads[:nd]), out)
-        return [out.reshape(out_shape).astype(x.dtype)]
+            key = (tuple(image), tuple(block))
+            if getattr(self, "_where_key", None) != key:  # the geometry of the last call
+                self._where = np.ascontiguousarray(_col2im_offsets(
+                    image, block, counts, self._strides, self._dilations, self._pads[:self._nd]))
+                self._where_key = key
+            _col2im(col, self._where, out)
+        return [out.reshape(out_shape).astype(x.dtype, copy=False)]
 
 
 # ----- DeformConv ---------------------------------------------------------------------------------

@@ -12,7 +12,15 @@ Two device paths, chosen in ``prepare`` from the CPU kernel's analysis:
 
 The weight is uploaded once, as the CPU kernel packed it (a reshape of ONNX's
 ``(M, C/G, kD, kH, kW)``, so its flat layout is ONNX's). Device coverage: float32 with constant
-weights; other cases run the CPU kernel. ConvTranspose runs on the CPU.
+weights; other cases run the CPU kernel.
+
+ConvTranspose (decoders, PyTorch upsampling): one thread per output element gathers the input
+positions that scatter into it. On axis ``a`` output ``o`` receives tap ``k`` from input
+``i = (o + pad_begin - k * dilation) / stride`` when that division is exact and ``i`` is in
+range, so the sum is over ``C/G`` input channels and the kernel window, as for a direct Conv,
+with the ONNX weight ``(C, M/G, k...)`` read in place. Bias and the fused activation follow,
+as in the CPU kernel's col2im epilogue. Positions no tap reaches (``output_shape`` larger than
+the full output) get the bias alone.
 """
 
 from __future__ import annotations
@@ -183,6 +191,87 @@ class CudaConv(CudaKernel, cpu.ConvKernel):
         _conv_igemm[grid, (TILE, TILE), self.stream](*args)
 
 
+@cuda.jit
+def _conv_transpose(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1):
+    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
+    sd, sh, sw = geo[3], geo[4], geo[5]
+    dd, dh, dw = geo[6], geo[7], geo[8]
+    pd, ph, pw = geo[9], geo[10], geo[11]
+    d_n, h_n, w_n = geo[12], geo[13], geo[14]
+    od_n, oh_n, ow_n = geo[15], geo[16], geo[17]
+    ksz = kd_n * kh_n * kw_n
+    mpg = m_out // group
+    cpg = c_in // group
+    p_in = d_n * h_n * w_n
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        ow = i % ow_n
+        t = i // ow_n
+        oh = t % oh_n
+        t //= oh_n
+        od = t % od_n
+        t //= od_n
+        m = t % m_out
+        n = t // m_out
+        g = m // mpg
+        ml = m - g * mpg
+        acc = np.float32(0.0)
+        for kd in range(kd_n):
+            qz = od + pd - kd * dd
+            if qz < 0 or qz % sd != 0 or qz // sd >= d_n:
+                continue
+            iz = qz // sd
+            for kh in range(kh_n):
+                qy = oh + ph - kh * dh
+                if qy < 0 or qy % sh != 0 or qy // sh >= h_n:
+                    continue
+                iy = qy // sh
+                for kw in range(kw_n):
+                    qx = ow + pw - kw * dw
+                    if qx < 0 or qx % sw != 0 or qx // sw >= w_n:
+                        continue
+                    at = (iz * h_n + iy) * w_n + qx // sw
+                    tap = (kd * kh_n + kh) * kw_n + kw
+                    for c in range(cpg):
+                        cc = g * cpg + c
+                        acc += x[(n * c_in + cc) * p_in + at] * w[(cc * mpg + ml) * ksz + tap]
+        if has_bias:
+            acc += bias[m]
+        y[i] = activate(acc, code, p0, p1)
+
+
+class CudaConvTranspose(CudaKernel, cpu.ConvTransposeKernel):
+    """ConvTranspose / edgert.ConvTranspose: float32 with constant weights and bias."""
+
+    CPU = cpu.ConvTransposeKernel
+
+    def prepare(self, inputs):
+        outs = super().prepare(inputs)
+        w = inputs[1]
+        self.on_device = (np.dtype(outs[0].dtype) == F32 and w.value is not None
+                          and (not self.has_bias_input or self.b_packed.shape[0] > 0))
+        if not self.on_device:
+            return outs
+        self._c_in = int(inputs[0].shape[1])
+        self._m_out = int(outs[0].shape[1])
+        self._d_w = self.upload(np.asarray(w.value, F32).reshape(-1), "W")
+        bias = self.b_packed if self.b_packed.shape[0] else np.zeros(1, F32)
+        self._d_b = self.upload(np.asarray(bias, F32), "B")
+        self._d_geo = self.upload(self.geo, "geo")
+        return outs
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return
+        p0, p1 = (np.float32(v) for v in self.params)
+        _conv_transpose[blocks(y.size), THREADS, self.stream](
+            inputs[0].reshape(-1), self._d_w, self._d_b, y.reshape(-1), self._d_geo,
+            self._c_in, self._m_out, self.group, self.b_packed.shape[0] > 0, self.act.code,
+            p0, p1)
+
+
 def register(reg: KernelRegistry) -> None:
     reg.add("Conv", CudaConv)
     reg.add("Conv", CudaConv, domain="edgert")
+    reg.add("ConvTranspose", CudaConvTranspose)
+    reg.add("ConvTranspose", CudaConvTranspose, domain="edgert")
