@@ -37,6 +37,45 @@ import numba  # noqa: E402  (must follow NUMBA_CACHE_DIR)
 
 numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
+
+def _import_arraymath_without_scipy() -> None:
+    """Import ``numba.np.arraymath`` without the SciPy import it would trigger.
+
+    Numba loads its lowering registries on the first compile *or cache load*; one of them,
+    ``numba.np.arraymath``, probes for a BLAS at import by importing ``scipy.linalg``, which took
+    0.33 s of ResNet-50's 2 s warm-cache start-up (measured with cProfile). The probe only sets
+    ``arraymath._HAVE_BLAS``, which picks BLAS over a plain loop for ``np.cov``-style inner
+    products inside jitted code; edgert's kernels use none, and BLAS work goes through NumPy
+    (``blas.py``). So the probe is answered "no BLAS" unless SciPy's BLAS is already imported.
+    ``numba.np.linalg`` (``np.dot`` in jitted code) keeps its own, untouched check.
+    """
+    import sys
+
+    if "numba.np.arraymath" in sys.modules:
+        return
+    from numba.np import linalg
+
+    original = linalg.ensure_blas
+
+    def probe() -> None:
+        if "scipy.linalg.cython_blas" in sys.modules:
+            original()
+            return
+        raise ImportError("BLAS probe skipped by edgert (see edgert.runtime._jit)")
+
+    linalg.ensure_blas = probe
+    try:
+        from numba.np import arraymath
+    finally:
+        linalg.ensure_blas = original
+    arraymath.ensure_blas = original
+
+
+try:
+    _import_arraymath_without_scipy()
+except Exception:  # noqa: BLE001 (a future Numba layout: just pay the SciPy import)
+    pass
+
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 

@@ -486,6 +486,101 @@ def _depthwise_s1(x, w, bias, y, ph, pw, act, p0, p1):
 
 
 @njit(parallel=True)
+def _depthwise_phase(x, w, bias, y, sh, sw, ph, pw, act, p0, p1):
+    """Depthwise 2-D conv, any stride, dilation 1, over zero-padded *phase planes*.
+
+    ``x``: ``(N, C, H, W)``, ``w``: ``(M, KH, KW)``, ``y``: ``(N, M, OH, OW)``. The padded input
+    plane is split into ``sh * sw`` phase planes ``P[a, b][r, q] = xpad[r * sh + a, q * sw + b]``
+    of row width ``Wq = OW + (KW - 1) // sw``. Tap ``(kh, kw)`` of output ``i = oh * Wq + ow``
+    then reads ``P[kh % sh, kw % sw][i + (kh // sh) * Wq + kw // sw]``: every tap is one
+    contiguous stream at any stride (the ``Wq - OW`` extra columns per row are computed and
+    dropped). A stride-2 layer so runs as fast as a stride-1 one, where :func:`_depthwise`
+    read strided slices tap by tap (measured 1.0 -> 0.84 ms on a 144-channel 56x56 layer).
+
+    3x3 kernels (nearly all depthwise layers) sum their nine taps in one loop, one store per
+    output instead of nine read-modify-writes. Channels are handed out in at most 32 chunks so
+    that the plane buffers are allocated once per chunk, not once per channel.
+    """
+    n_img, c_n, h_n, w_n = x.shape
+    m_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
+    kh_n, kw_n = w.shape[1], w.shape[2]
+    mult = m_n // c_n
+    nb = bias.shape[0]
+    hq = oh_n + (kh_n - 1) // sh
+    wq = ow_n + (kw_n - 1) // sw
+    # The last tap's stream runs (KW - 1) // sw elements past hq * wq (dropped columns): pad.
+    plane = hq * wq + (kw_n - 1) // sw + 1
+    span = oh_n * wq
+    zero = y.dtype.type(0.0)
+    total = n_img * m_n
+    nchunk = min(total, 32)
+    unrolled = kh_n == 3 and kw_n == 3
+    for ch in prange(nchunk):
+        t0 = ch * total // nchunk
+        t1 = (ch + 1) * total // nchunk
+        buf = np.empty(sh * sw * plane, y.dtype)
+        acc = np.empty(span, y.dtype)
+        last = -1
+        for t in range(t0, t1):
+            n = t // m_n
+            m = t - n * m_n
+            c = m // mult
+            if n * c_n + c != last:  # a channel multiplier reuses the planes
+                last = n * c_n + c
+                for a in range(sh):
+                    for bb in range(sw):
+                        base = (a * sw + bb) * plane
+                        off = bb - pw
+                        lo, hi = valid_range(wq, w_n, sw, off)
+                        for r in range(hq):
+                            iy = r * sh + a - ph
+                            dst = buf[base + r * wq : base + (r + 1) * wq]
+                            if iy < 0 or iy >= h_n or hi == lo:
+                                dst[:] = zero
+                                continue
+                            dst[:lo] = zero
+                            dst[hi:] = zero
+                            dseg = dst[lo:hi]
+                            if sw == 1:
+                                dseg[:] = x[n, c, iy, lo + off : hi + off]
+                            else:
+                                sseg = x[n, c, iy, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                                for i in range(hi - lo):
+                                    dseg[i] = sseg[i]
+                        buf[base + hq * wq : base + plane] = zero
+            if unrolled:
+                s0 = buf[(0 % sh * sw + 0 % sw) * plane + (0 // sh) * wq + 0 // sw :]
+                s1 = buf[(0 % sh * sw + 1 % sw) * plane + (0 // sh) * wq + 1 // sw :]
+                s2 = buf[(0 % sh * sw + 2 % sw) * plane + (0 // sh) * wq + 2 // sw :]
+                s3 = buf[(1 % sh * sw + 0 % sw) * plane + (1 // sh) * wq + 0 // sw :]
+                s4 = buf[(1 % sh * sw + 1 % sw) * plane + (1 // sh) * wq + 1 // sw :]
+                s5 = buf[(1 % sh * sw + 2 % sw) * plane + (1 // sh) * wq + 2 // sw :]
+                s6 = buf[(2 % sh * sw + 0 % sw) * plane + (2 // sh) * wq + 0 // sw :]
+                s7 = buf[(2 % sh * sw + 1 % sw) * plane + (2 // sh) * wq + 1 // sw :]
+                s8 = buf[(2 % sh * sw + 2 % sw) * plane + (2 // sh) * wq + 2 // sw :]
+                w0, w1, w2 = w[m, 0, 0], w[m, 0, 1], w[m, 0, 2]
+                w3, w4, w5 = w[m, 1, 0], w[m, 1, 1], w[m, 1, 2]
+                w6, w7, w8 = w[m, 2, 0], w[m, 2, 1], w[m, 2, 2]
+                for i in range(span):
+                    acc[i] = (w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
+                              + w5 * s5[i] + w6 * s6[i] + w7 * s7[i] + w8 * s8[i])
+            else:
+                acc[:] = zero
+                for kh in range(kh_n):
+                    for kw in range(kw_n):
+                        wv = w[m, kh, kw]
+                        st = ((kh % sh) * sw + kw % sw) * plane + (kh // sh) * wq + kw // sw
+                        src = buf[st : st + span]
+                        for i in range(span):
+                            acc[i] += wv * src[i]
+            b = bias[m] if nb > 0 else zero
+            for oh in range(oh_n):
+                yrow = y[n, m, oh]
+                yrow[:] = acc[oh * wq : oh * wq + ow_n]
+                act_row(yrow, b, act, p0, p1)
+
+
+@njit(parallel=True)
 def _col2im(col, y, bias, geo, act, p0, p1):
     """Scatter-add columns into one image: ``y[m, o] += col[(m, k), i]`` with ``o = i*s - p + k*d``.
 
@@ -544,6 +639,10 @@ def _col2im(col, y, bias, geo, act, p0, p1):
 _im2col_batch_serial = serial_twin(_im2col_batch)
 _depthwise_serial = serial_twin(_depthwise)
 _depthwise_s1_serial = serial_twin(_depthwise_s1)
+_depthwise_phase_serial = serial_twin(_depthwise_phase)
+
+# Stride-1 depthwise planes with at least this many outputs take _depthwise_phase.
+DW_PHASE_MIN_PLANE = 48 * 48
 
 # The batched column matrix costs N times one image's; above this many bytes the images go one
 # by one through a single-image buffer instead.
@@ -669,9 +768,15 @@ class ConvKernel(Kernel):
         self.depthwise = _depthwise if big else _depthwise_serial
         # Stride 1, dilation 1, 2-D: the padded-plane kernel (see _depthwise_s1).
         self.dw_s1 = None
-        if (self.path == _DEPTHWISE and rank == 4 and all(v == 1 for v in win.strides)
-                and all(v == 1 for v in win.dilations)):
-            self.dw_s1 = _depthwise_s1 if big else _depthwise_s1_serial
+        # Dilation 1, 2-D: the phase-plane kernel for strided layers and large stride-1 planes
+        # (see _depthwise_phase); the padded-plane kernel for small stride-1 planes, where its
+        # lower per-channel set-up wins (measured at 7x7..28x28 on MobileNetV2's layers).
+        self.dw_plane = None
+        if self.path == _DEPTHWISE and rank == 4 and all(v == 1 for v in win.dilations):
+            if all(v == 1 for v in win.strides) and p_out < DW_PHASE_MIN_PLANE:
+                self.dw_s1 = _depthwise_s1 if big else _depthwise_s1_serial
+            else:
+                self.dw_plane = _depthwise_phase if big else _depthwise_phase_serial
         y_shape = (n_img, m_out) + win.out_shape
         return [TensorInfo(y_shape, dt)]
 
@@ -703,6 +808,10 @@ class ConvKernel(Kernel):
         g = self.group
         p_out = self.p_out
         act, (p0, p1) = self.act, self.params
+        if self.dw_plane is not None:
+            self.dw_plane(x, w.reshape(m_out, w.shape[2], w.shape[3]), bias, y,
+                          self.geo[4], self.geo[5], self.geo[10], self.geo[11], act.code, p0, p1)
+            return
         if self.dw_s1 is not None:
             self.dw_s1(x, w.reshape(m_out, w.shape[2], w.shape[3]), bias, y,
                        self.geo[10], self.geo[11], act.code, p0, p1)
