@@ -81,3 +81,180 @@ def test_depthwise_phase_keeps_nan():
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ort_node(
         "Conv", [x, w], {k: v for k, v in attrs.items() if k != "activation"})[0]))
     np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "n,c,hw,k,strides,pads,bias",
+    [
+        (1, 6, (7, 7), (3, 3), [1, 1], [1, 1, 1, 1], True),  # late MobileNet layer
+        (2, 5, (8, 9), (3, 3), [2, 2], [1, 1, 1, 1], False),  # stride 2, batch 2, no bias
+        (1, 4, (9, 9), (5, 5), [2, 1], [2, 1, 0, 2], True),  # generic taps, asymmetric pads
+        (1, 3, (2, 3), (3, 3), [1, 1], [1, 1, 1, 1], True),  # no interior pixel at all
+    ],
+)
+@pytest.mark.parametrize("act", [None, "Clip"])
+def test_depthwise_hwc_kernel(n, c, hw, k, strides, pads, bias, act):
+    """The channel-vectorized kernel that small depthwise planes take."""
+    rng = np.random.default_rng(c * 7 + k[0])
+    x, w, b = _dw_case(rng, n, c, 1, hw, k)
+    ins = [x, w, b] if bias else [x, w]
+    attrs = {"group": c, "strides": strides, "pads": pads}
+    want = ort_node("Conv", ins, attrs)[0]
+    if act == "Clip":
+        want = np.clip(want, -0.5, 1.5)
+        attrs = dict(attrs, activation="Clip", activation_params=[-0.5, 1.5])
+    got = run_kernel("Conv", ins, attrs, const_inputs=(1, 2), domain="edgert")[0]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_depthwise_hwc_selected_parallel_and_shared_scratch():
+    """A small-plane layer takes _depthwise_hwc (parallel build here) inside a model, through
+    the interpreter's shared scratch buffer, and matches onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgert.converter import convert
+    from edgert.runtime import Interpreter
+
+    rng = np.random.default_rng(11)
+    c = 96
+    w1 = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    b2 = rng.standard_normal(c).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], group=c, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], group=c, pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dw2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, nm) for a, nm in ((w1, "w1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((1, c, 24, 24)).astype(np.float32)
+    interp = Interpreter(convert(model), num_threads=2)
+    kernels = [getattr(s.kernel, "inner", s.kernel) for s in interp._steps]
+    convs = [k for k in kernels if isinstance(k, conv.ConvKernel)]
+    assert [k.dw_hwc for k in convs] == [conv._depthwise_hwc, conv._depthwise_hwc_serial]
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(interp.run({"x": x})["y"], want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("n,c,m,hw", [(1, 8, 16, (4, 4)), (2, 5, 3, (3, 7)), (1, 1, 4, (2, 2))])
+@pytest.mark.parametrize("bias,act", [(True, "Relu"), (False, None)])
+def test_pointwise_small_kernel(n, c, m, hw, bias, act):
+    """Small 1x1 convs go through the fused _pointwise_small call."""
+    rng = np.random.default_rng(n * 100 + c)
+    x = rng.standard_normal((n, c) + hw).astype(np.float32)
+    w = rng.standard_normal((m, c, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    ins = [x, w, b] if bias else [x, w]
+    want = ort_node("Conv", ins, {})[0]
+    attrs = {}
+    if act == "Relu":
+        want = np.maximum(want, 0)
+        attrs = {"activation": "Relu"}
+    got = run_kernel("Conv", ins, attrs, const_inputs=(1, 2), domain="edgert")[0]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    # a computed (non-constant) weight takes the same path
+    got2 = run_kernel("Conv", ins, attrs, const_inputs=(), domain="edgert")[0]
+    np.testing.assert_allclose(got2, want, rtol=RTOL, atol=ATOL)
+
+
+def _maxpool_y_only(x, attrs):
+    """MaxPool invoked as the interpreter does for a node without the Indices output."""
+    from edgert.runtime.kernels.cpu import pooling, registry
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    kern = registry().lookup("MaxPool", "", 21)(OpContext("MaxPool", "mp", attrs, "", 21, 1))
+    out = kern.prepare([TensorInfo(x.shape, x.dtype)])[0]
+    inner = kern if isinstance(kern, pooling.MaxPoolKernel) else kern.inner
+    assert inner.phase
+    y = np.full(out.shape, np.nan, x.dtype)
+    kern.invoke([x], [y])
+    return y
+
+
+@pytest.mark.parametrize(
+    "shape,attrs",
+    [
+        ((1, 3, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2]}),  # SqueezeNet's pool
+        ((2, 2, 8, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+        ((1, 2, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+        ((1, 3, 7, 6), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+        ((1, 2, 9, 9), {"kernel_shape": [2, 3], "strides": [3, 2], "pads": [0, 1, 1, 0]}),
+        ((1, 1, 2, 2), {"kernel_shape": [2, 2]}),
+    ],
+)
+def test_maxpool_phase_kernel(shape, attrs):
+    """2-D MaxPool without Indices takes the phase-plane kernel; against onnxruntime."""
+    x = np.random.default_rng(len(shape) + shape[2]).standard_normal(shape).astype(np.float32)
+    want = ort_node("MaxPool", [x], attrs)[0]
+    np.testing.assert_allclose(_maxpool_y_only(x, attrs), want, rtol=RTOL, atol=ATOL)
+
+
+def test_maxpool_phase_parallel_and_nan():
+    """The parallel build (a large input) matches NumPy, and a NaN wins its windows."""
+    x = np.random.default_rng(5).standard_normal((2, 8, 48, 48)).astype(np.float32)
+    x[1, 3, 10, 10] = np.nan
+    got = _maxpool_y_only(x, {"kernel_shape": [3, 3], "strides": [2, 2]})
+    # NumPy reference: the max over the nine strided views (np.max propagates NaN).
+    views = [x[:, :, i : i + 2 * 23 : 2, j : j + 2 * 23 : 2] for i in range(3) for j in range(3)]
+    want = np.max(np.stack(views), axis=0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).sum() > 0
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=RTOL, atol=ATOL)
+
+
+def _conv_model(cin, cout, hw, k, strides, pads, act):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(cin * 31 + cout + k)
+    w = (rng.standard_normal((cout, cin, k, k)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=strides, pads=pads)]
+    nodes.append(helper.make_node(act, ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(
+    "cin,cout,hw,k,strides,pads,act,block_bytes",
+    [
+        (64, 64, 32, 1, [1, 1], [0, 0, 0, 0], "Relu", None),  # pointwise, channel bands
+        (16, 32, 33, 3, [1, 1], [1, 1, 1, 1], "Relu", None),  # im2col, row bands
+        (16, 32, 51, 3, [2, 2], [1, 0, 0, 1], "Identity", None),  # stride 2, odd rows
+        (16, 32, 33, 3, [1, 1], [1, 1, 1, 1], "Relu", 20000),  # row bands in sub-blocks
+    ],
+)
+def test_conv_split_over_threads(cin, cout, hw, k, strides, pads, act, block_bytes, monkeypatch):
+    """With 2 threads, large GEMM-path convs run as bands on the GEMM pool; same numbers."""
+    import onnxruntime as ort
+
+    from edgert.converter import convert
+    from edgert.runtime import Interpreter
+
+    if block_bytes:
+        monkeypatch.setattr(conv, "COL_BLOCK_BYTES", block_bytes)
+    model = _conv_model(cin, cout, hw, k, strides, pads, act)
+    x = np.random.default_rng(2).standard_normal((1, cin, hw, hw)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    interp = Interpreter(convert(model), num_threads=2)
+    kern = getattr(interp._steps[0].kernel, "inner", interp._steps[0].kernel)
+    assert kern.split_parts == 2
+    if block_bytes:
+        assert 0 < kern.split_blk_rows < -(-kern.out3[1] // 2)
+    np.testing.assert_allclose(interp.run({"x": x})["y"], want, rtol=RTOL, atol=ATOL)
+    one = Interpreter(convert(model), num_threads=1)  # the unsplit path, same model
+    np.testing.assert_allclose(one.run({"x": x})["y"], want, rtol=RTOL, atol=ATOL)

@@ -363,6 +363,14 @@ class Interpreter:
         """
         if not self._prepared or type(feeds) is not dict or len(feeds) != len(self._in_views):
             return None
+        narrow = getattr(self, "_has_narrow_inputs", None)
+        if narrow is None:  # sub-byte inputs need the checked path's value-range check
+            narrow = self._has_narrow_inputs = any(
+                dtypes.value_range(int(self._graph.tensors[i].dtype)) is not None
+                for i in self._input_index.values()
+            )
+        if narrow:
+            return None
         pairs = []
         for name, dst in self._in_views:
             arr = feeds.get(name)
@@ -393,6 +401,7 @@ class Interpreter:
                 f"input '{t.name}': expected dtype {dtypes.name(t.dtype)}, got {arr.dtype}"
                 f" (convert with .astype(np.{want.name}))"
             )
+        _check_narrow_range(t.name, int(t.dtype), arr)
         return arr
 
     def _check_input_shape(self, index: int, shape) -> tuple[int, ...]:
@@ -530,7 +539,13 @@ class Interpreter:
             lambda i, kernel, ins, outs, dynamic: _Step(i, kernel, ins, outs, dynamic)
         )
         shapes, offsets, arena_size, planned = self._plan_tensors(steps, infos, arrays)
-        raw = np.empty(arena_size + planner.ALIGNMENT, np.uint8)
+        try:
+            raw = np.empty(arena_size + planner.ALIGNMENT, np.uint8)
+        except MemoryError:  # a shape from the model or the feeds asks for terabytes
+            raise EdgeRTError(
+                f"the tensors of this model need an arena of {arena_size} bytes, more than can "
+                "be allocated (check the input shapes and the model's shape constants)"
+            ) from None
         start = (-raw.ctypes.data) % planner.ALIGNMENT
         arena = raw[start : start + arena_size]
         for idx, (shape, dt) in shapes.items():
@@ -621,6 +636,20 @@ class Interpreter:
         for idx, val in zip(step.outputs, results):
             if idx >= 0:
                 arrays[idx] = val
+
+
+def _check_narrow_range(name: str, code: int, arr: np.ndarray) -> None:
+    """int4/uint4/int2/uint2 (and float4e2m1 codes) ride in a wider NumPy integer: a value outside
+    the type's range would reach the kernels as if it were a valid element."""
+    narrow = dtypes.value_range(code)
+    if narrow is None or not arr.size:
+        return
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < narrow[0] or hi > narrow[1]:
+        raise InputError(
+            f"input '{name}': values {lo}..{hi} lie outside the range of {dtypes.name(code)} "
+            f"[{narrow[0]}, {narrow[1]}]"
+        )
 
 
 def _no_fast_feeds(feeds) -> None:

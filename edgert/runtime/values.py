@@ -72,6 +72,10 @@ def check_value(t: TensorDef, value: Any) -> Any:
                 f"input '{t.name}'{where}: expected dtype {dtypes.name(int(t.dtype))}, got "
                 f"{arr.dtype} (convert with .astype(np.{want.name}))"
             )
+        narrow = dtypes.value_range(int(t.dtype)) if want is not None else None
+        if narrow is not None and arr.size and (arr.min() < narrow[0] or arr.max() > narrow[1]):
+            raise InputError(f"input '{t.name}'{where}: values outside the range of "
+                             f"{dtypes.name(int(t.dtype))} [{narrow[0]}, {narrow[1]}]")
         return arr
 
     if value is None:

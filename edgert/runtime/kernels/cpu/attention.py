@@ -203,8 +203,9 @@ class RotaryEmbedding(EagerKernel):
         else:
             raise self.error(f"X must be 3-D or 4-D, got {x.shape}", ShapeError)
         rot = int(self.attr("rotary_embedding_dim", 0) or 0) or d
-        if rot % 2 or rot > d:
-            raise self.error(f"rotary_embedding_dim {rot} must be even and <= head size {d}")
+        if rot % 2 or rot > d or rot < 0:
+            raise self.error(f"rotary_embedding_dim {rot} must be even, >= 0 and <= head size "
+                             f"{d}")
         self._heads, self._rot = heads, rot
         if tuple(cos.shape) != tuple(sin.shape):
             raise self.error(f"cos_cache {cos.shape} and sin_cache {sin.shape} differ", ShapeError)
@@ -236,7 +237,7 @@ class RotaryEmbedding(EagerKernel):
         if x.ndim == 4:
             xs = x.transpose(0, 2, 1, 3)  # [B, S, H, D]
         else:
-            xs = x.reshape(x.shape[0], x.shape[1], self._heads, -1)
+            xs = x.reshape(x.shape[0], x.shape[1], self._heads, x.shape[2] // self._heads)
         rot = self._rot
         c = cos[:, :, None, :].astype(x.dtype)
         sn = sin[:, :, None, :].astype(x.dtype)
@@ -296,7 +297,8 @@ class TensorScatter(EagerKernel):
             return
         if idx.min() < 0:
             raise self.error(f"write_indices must be >= 0, got {idx.min()}", InputError)
-        if self._mode == "linear" and idx.max() + seq > max_seq:
+        # compared as max > max_seq - seq: ``max + seq`` wraps around for an index near 2^63
+        if self._mode == "linear" and int(idx.max()) > max_seq - seq:
             raise self.error(f"write index {idx.max()} + {seq} updates runs past the cache "
                              f"length {max_seq} (use mode='circular' to wrap)", InputError)
 

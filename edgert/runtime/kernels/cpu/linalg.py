@@ -15,6 +15,8 @@ matrix is singular: the determinant is exactly 0.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
@@ -27,12 +29,17 @@ _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 @njit
 def _det_one(w):
     """Determinant of the square float64 matrix ``w``, which is overwritten by its LU factors."""
+    # The pivots' product is kept as mantissa * 2**exponent: multiplied directly, a float64
+    # matrix diag(1e200, 1e200, 1e-300) overflows to inf half-way though its determinant is
+    # 1e100. ldexp rounds once at the end (to inf or 0 only when the result itself is out of
+    # range; Numba's ldexp is C's, which saturates where Python's math.ldexp would raise).
     n = w.shape[0]
     for i in range(n):
         for j in range(n):
             if w[i, j] != w[i, j]:
                 return np.nan
     det = 1.0
+    exponent = 0
     for k in range(n):
         p = k
         best = abs(w[k, k])
@@ -50,13 +57,14 @@ def _det_one(w):
                 w[p, j] = t
             det = -det
         piv = w[k, k]
-        det *= piv
+        det, e = math.frexp(det * piv)
+        exponent += e
         for i in range(k + 1, n):
             f = w[i, k] / piv
             if f != 0.0:
                 for j in range(k + 1, n):
                     w[i, j] -= f * w[k, j]
-    return det
+    return math.ldexp(det, exponent)
 
 
 @njit(parallel=True)

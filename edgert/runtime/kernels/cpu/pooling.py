@@ -122,6 +122,68 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
 
 
 @njit(parallel=True)
+def _max_pool_phase(x, y, kh_n, kw_n, sh, sw, ph, pw, one):
+    """2-D MaxPool, dilation 1, no indices, over phase planes (as conv's ``_depthwise_phase``).
+
+    ``x``: ``(N*C, H, W)``, ``y``: ``(N*C, OH, OW)``. The ``-inf``-padded plane is split into
+    ``sh * sw`` phase planes of row width ``Wq = OW + (KW - 1) // sw``, so every tap is one
+    contiguous stream over ``OH * Wq`` elements at any stride; :func:`_max_pool` read strided
+    slices row by row, which made a 3x3/2 pool on 64x111x111 take longer than the conv before
+    it (measured ~1.5 ms -> ~0.3 ms). NaN rule as in :func:`_max_pool`.
+    """
+    nc, h_n, w_n = x.shape
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    hq = oh_n + (kh_n - 1) // sh
+    wq = ow_n + (kw_n - 1) // sw
+    plane = hq * wq + (kw_n - 1) // sw + 1
+    span = oh_n * wq
+    lowest = y.dtype.type(-np.inf)
+    nchunk = min(nc, 32)
+    for ch in prange(nchunk):
+        t0 = ch * nc // nchunk
+        t1 = (ch + 1) * nc // nchunk
+        buf = np.empty(sh * sw * plane, y.dtype)
+        acc = np.empty(span, y.dtype)
+        for t in range(t0, t1):
+            for a in range(sh):
+                for bb in range(sw):
+                    base = (a * sw + bb) * plane
+                    off = bb - pw
+                    lo = 0
+                    if off < 0:
+                        lo = (-off + sw - 1) // sw
+                    hi = min((w_n - 1 - off) // sw + 1, wq)
+                    hi = max(hi, lo)
+                    for r in range(hq):
+                        iy = r * sh + a - ph
+                        dst = buf[base + r * wq : base + (r + 1) * wq]
+                        if iy < 0 or iy >= h_n or hi == lo:
+                            dst[:] = lowest
+                            continue
+                        dst[:lo] = lowest
+                        dst[hi:] = lowest
+                        dseg = dst[lo:hi]
+                        if sw == 1:
+                            dseg[:] = x[t, iy, lo + off : hi + off]
+                        else:
+                            sseg = x[t, iy, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                            for i in range(hi - lo):
+                                dseg[i] = sseg[i]
+                    buf[base + hq * wq : base + plane] = lowest
+            acc[:] = lowest
+            for kh in range(kh_n):
+                for kw in range(kw_n):
+                    st = ((kh % sh) * sw + kw % sw) * plane + (kh // sh) * wq + kw // sw
+                    src = buf[st : st + span]
+                    for i in range(span):
+                        v = src[i]
+                        cur = acc[i]
+                        acc[i] = (v if (v > cur or math.isnan(v)) else cur) * one
+            for oh in range(oh_n):
+                y[t, oh, :] = acc[oh * wq : oh * wq + ow_n]
+
+
+@njit(parallel=True)
 def _sum_pool(x, y, geo, inv_outer, inv_w, mode, p):
     """Average (``mode`` 0) or Lp (``mode`` 2) pooling, row by row.
 
@@ -223,6 +285,7 @@ def _global_pool(x, y, mode, p):
 
 # Serial twins for inputs smaller than PARALLEL_MIN_WORK elements (no parallel launch).
 _max_pool_serial = serial_twin(_max_pool)
+_max_pool_phase_serial = serial_twin(_max_pool_phase)
 _sum_pool_serial = serial_twin(_sum_pool)
 _global_pool_serial = serial_twin(_global_pool)
 
@@ -320,6 +383,8 @@ class MaxPoolKernel(_PoolBase):
             raise self.error(f"attribute 'storage_order' = {self.storage_order} must be 0 or 1")
         self.no_indices = np.zeros((0, 0, 0, 0), np.int64)
         self.one = dt.type(1.0)
+        # 2-D, dilation 1: the phase-plane kernel (used when the Indices output is not wanted).
+        self.phase = len(y_shape) == 4 and all(d == 1 for d in self.win.dilations)
         return [TensorInfo(y_shape, dt), TensorInfo(y_shape, np.dtype(np.int64))]
 
     def invoke(self, inputs, outputs):
@@ -328,6 +393,13 @@ class MaxPoolKernel(_PoolBase):
             return
         x4, y4 = self._views(inputs[0], y)
         ind = outputs[1] if len(outputs) > 1 else None
+        if ind is None and self.phase:
+            pool2 = _max_pool_phase_serial if self.small else _max_pool_phase
+            g = self.geo
+            pool2(x4.reshape(x4.shape[0], x4.shape[2], x4.shape[3]),
+                  y4.reshape(y4.shape[0], y4.shape[2], y4.shape[3]),
+                  g[1], g[2], g[4], g[5], g[10], g[11], self.one)
+            return
         pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:
             pool(x4, y4, ind.reshape(y4.shape), self.geo, self.storage_order, True, self.one)

@@ -263,8 +263,9 @@ class GridSample(EagerKernel):
         nd = x.ndim - 2
         out_sp = grid.shape[1:-1]
         work = np.float64 if x.dtype == np.float64 else np.float32
-        xf = np.ascontiguousarray(x, dtype=work).reshape(n, c, -1)
-        gf = np.ascontiguousarray(grid, dtype=np.float64).reshape(n, -1, nd)
+        # explicit sizes, not -1: a reshape cannot infer a dimension of a zero-size array
+        xf = np.ascontiguousarray(x, dtype=work).reshape(n, c, int(np.prod(x.shape[2:])))
+        gf = np.ascontiguousarray(grid, dtype=np.float64).reshape(n, int(np.prod(out_sp)), nd)
         out = np.empty((n, c, gf.shape[1]), work)
         if out.size:
             _grid_sample(xf, gf, np.array(x.shape[2:], np.int64), self._mode, self._pad,
