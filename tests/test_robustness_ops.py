@@ -7,10 +7,13 @@ naming the op (at prepare or at invoke), or a result that matches onnxruntime / 
 segfault, a Python ``IndexError``/``ValueError``/``ZeroDivisionError`` from inside a kernel, or
 garbage.
 
-A kernel that read out of bounds could crash the interpreter, so the kernel cases all run in
-*one* child process (one Numba compile / cache load) that reports each case's outcome as it
-finishes; each parametrized test then looks up its own line. If the child dies, the tests of the
-cases it did not report fail and name the case that was running.
+A kernel that read out of bounds could crash the interpreter, so the cases all run in *one* child
+process (one Numba compile / cache load) that reports each case's outcome as it finishes; each
+parametrized test then looks up its own line. If the child dies, the tests of the cases it did
+not report fail and name the case that was running. Run ``python tests/test_robustness_ops.py``
+to see the raw outcomes. Besides single kernels, the cases cover hand-made `.edgert` files
+(unknown value kinds, a sequence with constant data, sub-byte constants out of range), sub-byte
+feeds, truncated packed initializers, Gradient expansion and sequence models end to end.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pathlib
 import subprocess
 import sys
 import traceback
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -77,10 +81,11 @@ def _x(*shape, seed=0):
 
 
 # ----- the cases ----------------------------------------------------------------------------------
-CASES: dict[str, callable] = {}
+CASES: dict[str, Callable[[], None]] = {}
 
 
-def case(name):
+def case(name: str):
+    """Register a case: a function that raises AssertionError (or leaks) when it fails."""
     def deco(fn):
         CASES[name] = fn
         return fn
@@ -149,14 +154,19 @@ def _():
 @case("roialign_nan_inf_rois_vs_ort")
 def _():
     x = _x(1, 2, 6, 6)
-    rois = np.array([[np.nan, 0, 2, 2], [0, 0, np.inf, 3], [-1e30, -1e30, 1e30, 1e30],
-                     [4, 4, 1, 1]], F32)
-    y = _run("RoiAlign", [x, rois, np.zeros(4, I64)], {"output_height": 2, "output_width": 2},
-             version=16)[0]
-    assert y.shape == (4, 2, 2, 2) and np.isfinite(y).all(), y
-    ok = rois[3:]  # a reversed box is still well defined
-    _vs_ort("RoiAlign", [x, ok, np.zeros(1, I64)], {"output_height": 2, "output_width": 2},
-            version=16)
+    a = {"output_height": 2, "output_width": 2}
+    rois = np.array([[np.nan, 0, 2, 2], [4, 4, 1, 1]], F32)
+    y = _run("RoiAlign", [x, rois, np.zeros(2, I64)], a, version=16)[0]
+    assert y.shape == (2, 2, 2, 2) and np.isfinite(y).all(), y
+    # a reversed box is still well defined; a large one (a 4000-point grid, once capped
+    # at 1024 and so averaged over the wrong count) is exact
+    ok = np.array([[4, 4, 1, 1], [-4000, 0, 4000, 5]], F32)
+    _vs_ort("RoiAlign", [x, ok, np.zeros(2, I64)], a, version=16)
+    # infinite or astronomically large boxes would loop for ever: a clear error instead
+    for bad in ([0, 0, np.inf, 3], [-1e30, -1e30, 1e30, 1e30], [0, -np.inf, 1, 1]):
+        _raises("RoiAlign", [x, np.array([bad], F32), np.zeros(1, I64)], a, version=16,
+                match="sampling grid")
+    _raises("RoiAlign", [x, rois, np.zeros(2, I64)], {"sampling_ratio": 2**31}, version=16)
 
 
 @case("roialign_bad_attrs")
@@ -656,6 +666,13 @@ def _():
         # the same shape and dtype again (the fast feed path) with values outside int4
         for bad in ([100, 0, 0], [0, -9, 0], [8, 0, 0]):
             _expect(InputError, lambda: it.run({"x": np.array(bad, np.int8)}), "int4")
+    # the elements of a sequence input are checked the same way
+    seq = helper.make_tensor_sequence_value_info("s", TP.UINT4, None)
+    n = helper.make_tensor_value_info("n", TP.INT64, None)
+    it = _interp(_onnx_model([helper.make_node("SequenceLength", ["s"], ["n"])], [seq], [n],
+                             opset=21))
+    assert int(it.run({"s": [np.array([0, 15], np.uint8)]})["n"]) == 1
+    _expect(InputError, lambda: it.run({"s": [np.array([0, 16], np.uint8)]}), "uint4")
 
 
 @case("truncated_packed_initializers")
@@ -765,7 +782,7 @@ def _():
         _expect(InputError, lambda: it.run({"x": feed, "s": np.array(bad, I64)}), "split")
 
 
-def _kernel_case_ids():
+def _case_ids():
     return list(CASES)
 
 
@@ -813,8 +830,8 @@ def child_results():
     return results, running, proc
 
 
-@pytest.mark.parametrize("name", _kernel_case_ids())
-def test_hostile_kernel_case(child_results, name):
+@pytest.mark.parametrize("name", _case_ids())
+def test_hostile_case(child_results, name):
     results, running, proc = child_results
     if name not in results:
         pytest.fail(f"the child process died (exit {proc.returncode}) while running "

@@ -50,30 +50,3 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     np.matmul(a, b[..., :step], out=out[..., :step])
     for f in futures:
         f.result()
-
-
-
-
-def gemm_threads() -> int:
-    """The thread count set by :func:`set_gemm_threads` (the interpreter's ``num_threads``)."""
-    return _gemm_threads
-
-
-def run_parallel(tasks: list) -> None:
-    """Run callables concurrently: the first on the calling thread, the rest on the GEMM pool.
-
-    For kernels that split one op into independent parts made of ``nogil`` Numba calls and BLAS
-    calls: one hand-off and one join per op, where a Numba parallel region per step (im2col,
-    epilogue) plus a split GEMM cost three wake-ups of sleeping workers (passive waiting,
-    see ``_jit.py``) and left 2-thread runs barely faster than 1-thread ones.
-    """
-    if len(tasks) == 1 or _pool is None:
-        for t in tasks:
-            t()
-        return
-    futures = [_pool.submit(t) for t in tasks[1:]]
-    try:
-        tasks[0]()
-    finally:
-        for f in futures:
-            f.result()

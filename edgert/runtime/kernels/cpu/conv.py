@@ -10,9 +10,14 @@ How Conv is computed (the path is chosen once, in ``prepare``):
 
 * **pointwise** (1×1 kernel, stride 1, no padding): the image already *is* the GEMM operand,
   ``Y[n] (M, P) = W (M, C) @ X[n] (C, P)``, one BLAS call with no copy.
-* **depthwise** (one input channel per group, ``group > 1``): a direct Numba kernel, parallel over
-  ``N × M``. Im2col would copy each input ``K`` times to feed a GEMM with inner dimension
-  ``K`` (≈9), which BLAS runs far below peak.
+* **depthwise** (one input channel per group, ``group > 1``): direct Numba kernels. Im2col would
+  copy each input ``K`` times to feed a GEMM with inner dimension ``K`` (≈9), which BLAS runs far
+  below peak. 2-D layers with dilation 1 take, by plane size (measured on MobileNetV2's shapes):
+  small planes (input ≤ 32×32, multiplier 1) the channel-vectorized ``_depthwise_hwc``; strided
+  or large planes the phase-plane ``_depthwise_phase``; small stride-1 planes otherwise the
+  padded-plane ``_depthwise_s1``; everything else the general ``_depthwise``.
+* **small pointwise** (≤ ``POINTWISE_SMALL_MACS``): one fused Numba call (``_pointwise_small``)
+  instead of a BLAS call plus an epilogue call, whose dispatch dominated tiny layers.
 * **im2col + GEMM** (everything else): a Numba kernel, parallel over the rows of the column
   matrix, unrolls the receptive fields into a scratch buffer that ``prepare`` allocates once;
   ``np.matmul(..., out=...)`` (OpenBLAS) then multiplies all groups into the planned output.
@@ -30,23 +35,14 @@ array type and compile the kernels a second time.
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-from edgert.runtime.kernels.cpu import blas
 from edgert.runtime.kernels.cpu.blas import matmul
-from edgert.runtime.kernels.cpu.epilogue import (
-    act_row,
-    act_row_vec,
-    apply_bias_activation_serial,
-    epilogue,
-    parse_activation,
-)
+from edgert.runtime.kernels.cpu.epilogue import act_row, act_row_vec, epilogue, parse_activation
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -742,7 +738,6 @@ def _col2im(col, y, bias, geo, act, p0, p1):
 # Serial twins: layers with less work than PARALLEL_MIN_WORK output elements skip the parallel
 # launch (5 µs at one thread, tens of µs at two on a loaded machine).
 _im2col_batch_serial = serial_twin(_im2col_batch)
-_im2col_hrows_serial = serial_twin(_im2col_hrows)
 _depthwise_serial = serial_twin(_depthwise)
 _depthwise_s1_serial = serial_twin(_depthwise_s1)
 _depthwise_phase_serial = serial_twin(_depthwise_phase)
@@ -904,94 +899,13 @@ class ConvKernel(Kernel):
                 self.dw_plane = _depthwise_phase if big else _depthwise_phase_serial
         self.pw_small = (self.path == _POINTWISE and group == 1
                          and n_img * m_out * c_in * p_out <= POINTWISE_SMALL_MACS)
-        self._plan_split(n_img, c_in, m_out, group, dt)
         y_shape = (n_img, m_out) + win.out_shape
         return [TensorInfo(y_shape, dt)]
-
-    def _plan_split(self, n_img: int, c_in: int, m_out: int, group: int, dt: np.dtype) -> None:
-        """Plan the multi-threaded form of the GEMM paths (one group, 2-D, large enough).
-
-        With ``T > 1`` threads, one op is cut into ``T`` independent parts that run on the GEMM
-        pool (:func:`blas.run_parallel`), each doing all of its steps with serial kernels:
-
-        * im2col: a band of output rows each (its own slot of the scratch; im2col, GEMM and
-          epilogue of the band), so im2col is split too;
-        * pointwise: a band of output channels each (rows of W), whose outputs and biases are
-          contiguous.
-
-        One hand-off per op instead of a Numba parallel region per step plus a split GEMM.
-        """
-        self.split_parts = 0
-        self.scratch_flat = None
-        threads = self.op.num_threads or os.cpu_count() or 1
-        if threads < 2 or group != 1 or n_img != 1 or self.out3[0] != 1 or self.in3[0] != 1:
-            return
-        rows = c_in * self.ksize
-        if m_out * rows * self.p_out < blas.SPLIT_MIN_MACS:
-            return
-        oh_n, ow_n = self.out3[1], self.out3[2]
-        if self.path == _POINTWISE and not self.pw_small and m_out >= 16 * threads:
-            self.split_parts = threads
-        elif self.path == _IM2COL and oh_n >= threads:
-            parts = threads
-            band = -(-oh_n // parts)
-            blk = min(self.block_rows or band, band)
-            self.split_parts = parts
-            self.split_blk_rows = blk
-            self.split_slot = rows * blk * ow_n
-            self.scratch_nbytes = max(self.scratch_nbytes, parts * self.split_slot * dt.itemsize)
 
     def bind_scratch(self, buf: np.ndarray) -> None:
         """Use ``buf`` (bytes, at least ``scratch_nbytes``) as the column-matrix scratch."""
         if self.scratch_nbytes:
-            self.scratch_flat = buf[: self.scratch_nbytes].view(self.dtype)
-            self.col = self.scratch_flat[: int(np.prod(self.col_shape))].reshape(self.col_shape)
-
-    def _invoke_split(self, x5, w2, bias, y, parts: int) -> None:
-        """The multi-threaded GEMM paths planned by :meth:`_plan_split` (one image)."""
-        code = self.act.code
-        p0, p1 = self.params
-        m_out, p_out = w2.shape[0], self.p_out
-        yn = y.reshape(m_out, p_out)
-        do_epi = bias.shape[0] > 0 or self.act.active
-        tasks = []
-        if self.path == _POINTWISE:
-            x2 = x5.reshape(-1, p_out)
-            bounds = [m_out * i // parts for i in range(parts + 1)]
-
-            def band(lo: int, hi: int) -> None:
-                np.matmul(w2[lo:hi], x2, out=yn[lo:hi])
-                if do_epi:
-                    apply_bias_activation_serial(yn[lo:hi], bias[lo:hi] if bias.shape[0] else bias,
-                                                 code, p0, p1)
-
-            for i in range(parts):
-                tasks.append(functools.partial(band, bounds[i], bounds[i + 1]))
-            blas.run_parallel(tasks)
-            return
-        if self.scratch_flat is None:
-            self.scratch_flat = np.empty(self.scratch_nbytes // self.dtype.itemsize, self.dtype)
-        oh_n, ow_n = self.out3[1], self.out3[2]
-        rows = w2.shape[1]
-        blk_rows, slot_n = self.split_blk_rows, self.split_slot
-        bounds = [oh_n * i // parts for i in range(parts + 1)]
-        x4 = x5[0]
-
-        def rows_band(i: int, lo: int, hi: int) -> None:
-            slot = self.scratch_flat[i * slot_n : (i + 1) * slot_n]
-            for h0 in range(lo, hi, blk_rows):
-                h1 = min(h0 + blk_rows, hi)
-                cols = (h1 - h0) * ow_n
-                blk = slot[: rows * cols].reshape(rows, cols)
-                _im2col_hrows_serial(x4, blk, self.geo, h0, h1)
-                ys = yn[:, h0 * ow_n : h1 * ow_n]
-                np.matmul(w2, blk, out=ys)
-                if do_epi:
-                    apply_bias_activation_serial(ys, bias, code, p0, p1)
-
-        for i in range(parts):
-            tasks.append(functools.partial(rows_band, i, bounds[i], bounds[i + 1]))
-        blas.run_parallel(tasks)
+            self.col = buf[: self.scratch_nbytes].view(self.dtype).reshape(self.col_shape)
 
     def _pack(self, w: np.ndarray) -> np.ndarray:
         m_out, c_per_group = w.shape[0], w.shape[1]
@@ -1044,10 +958,6 @@ class ConvKernel(Kernel):
                 p0,
                 p1,
             )
-            return
-        if self.split_parts and blas.gemm_threads() > 1 and self.path in (_POINTWISE, _IM2COL):
-            self._invoke_split(x.reshape((n_img, c_in) + self.in3), w[0], bias, y,
-                               min(self.split_parts, blas.gemm_threads()))
             return
         if self.path == _POINTWISE:
             if self.pw_small:

@@ -324,6 +324,11 @@ class AffineGrid(EagerKernel):
 
 
 # ----- RoiAlign -----------------------------------------------------------------------------------
+# Largest sampling grid per bin axis. The adaptive grid is ceil(roi size / bins): a box of 1e30
+# pixels (or sampling_ratio=2**31) would loop for ever, and silently capping the grid would
+# change the average, so anything larger is rejected with an InputError instead.
+_MAX_GRID = 4096
+
 @njit
 def _bilinear_taps(y, x, height, width, pos, w):
     """RoiAlign's bilinear sample at (y, x): 4 flat positions and weights (0 outside)."""
@@ -386,9 +391,10 @@ def _roi_align(x, height, width, rois, batch, out, scale, ratio, half_pixel, use
         else:
             ch = np.ceil(rh / ph_n)
             cw = np.ceil(rw / pw_n)
-            # a NaN or huge ROI must not ask for billions of samples: cap the grid
-            gh = np.int64(min(max(ch, 0.0), 1024.0)) if ch == ch else 0
-            gw = np.int64(min(max(cw, 0.0), 1024.0)) if cw == cw else 0
+            # RoiAlign.compute rejects a finite grid above _MAX_GRID before this runs; the
+            # clamp keeps the integer cast defined whatever reaches here (NaN: no samples)
+            gh = np.int64(min(max(ch, 0.0), _MAX_GRID)) if ch == ch else 0
+            gw = np.int64(min(max(cw, 0.0), _MAX_GRID)) if cw == cw else 0
         count = max(gh * gw, 1)
         pos = np.empty(4, np.int64)
         w = np.empty(4, np.float64)
@@ -446,8 +452,9 @@ class RoiAlign(EagerKernel):
         self._ow = int(self.attr("output_width", 1))
         self._ratio = int(self.attr("sampling_ratio", 0))
         self._scale = float(self.attr("spatial_scale", 1.0))
-        if self._oh < 1 or self._ow < 1 or self._ratio < 0:
-            raise self.error("output_height/output_width must be >= 1 and sampling_ratio >= 0")
+        if self._oh < 1 or self._ow < 1 or not 0 <= self._ratio <= _MAX_GRID:
+            raise self.error(f"output_height/output_width must be >= 1 and sampling_ratio in "
+                             f"[0, {_MAX_GRID}], got {self._oh}, {self._ow}, {self._ratio}")
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise self.error(f"X has an empty spatial shape {x.shape}", ShapeError)
         if batch.value is not None:
@@ -459,9 +466,27 @@ class RoiAlign(EagerKernel):
             raise self.error(f"batch_indices must lie in [0, {n}), got values from "
                              f"{batch.min()} to {batch.max()}", InputError)
 
+    def _check_grid(self, rois: np.ndarray) -> None:
+        """The adaptive sampling grid of every ROI (as the kernel computes it) fits _MAX_GRID."""
+        if self._ratio > 0 or not rois.size:
+            return
+        r = rois.astype(np.float64) * self._scale
+        size = r[:, 2:] - r[:, :2]  # (width, height): the half-pixel offset cancels
+        if not self._half:
+            size = np.maximum(size, 1.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            grid = np.ceil(size / np.array([self._ow, self._oh], np.float64))
+            bad = (grid > _MAX_GRID).any(axis=1)  # NaN compares False: it samples nothing
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise self.error(f"ROI {k} {rois[k].tolist()} needs a sampling grid of "
+                             f"{grid[k].tolist()} points per bin; at most {_MAX_GRID} per axis "
+                             "are supported (set sampling_ratio)", InputError)
+
     def compute(self, inputs):
         x, rois, batch = inputs
         self._check_batch(batch, x.shape[0])  # data-dependent: before the kernel reads X
+        self._check_grid(rois)
         n, c, h, w = x.shape
         out = np.empty((rois.shape[0], c, self._oh, self._ow), np.float64)
         if out.size:
