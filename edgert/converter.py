@@ -183,7 +183,7 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
                             f"{dtypes.name(raw)} tensors are only moved or cast by the edgert "
                             f"runtime, not computed on by {node.op_type}; Cast them to float32"))
             continue
-        odd = _unsupported_value_type(node)
+        odd = _unsupported_value_type(node) or _sequence_misuse(node)
         if odd is not None:
             missing.append((node.op_type, node.name, odd))
             continue
@@ -246,6 +246,25 @@ def _unsupported_value_type(node) -> str | None:
         if other and other not in ("tensor", "sparse_tensor"):
             return (f"value '{v.name}' has ONNX type {other}; the edgert runtime holds tensors, "
                     "sequences of tensors and optional tensors or sequences only")
+    return None
+
+
+# Ops whose kernels accept sequence / optional values (every other kernel takes tensors only).
+_SEQUENCE_AWARE_OPS = frozenset({
+    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt", "SequenceErase",
+    "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
+    "OptionalHasElement", "OptionalGetElement", "If", "Loop", "Identity",
+})
+
+
+def _sequence_misuse(node) -> str | None:
+    """Why a tensor-only op is wired to a sequence / optional value, or None."""
+    if node.domain or node.op_type in _SEQUENCE_AWARE_OPS:
+        return None
+    for v in list(node.inputs) + list(node.outputs):
+        if v is not None and v.kind != "tensor":
+            return (f"value '{v.name}' is a {v.kind}, but {node.op_type} takes tensors only; "
+                    "take its elements out with SequenceAt / OptionalGetElement first")
     return None
 
 

@@ -447,3 +447,21 @@ def test_value_types_the_runtime_cannot_hold_are_refused_at_conversion(onnx_type
         HEADER + f"g ({onnx_type} x) => ({onnx_type} y) {{ y = Identity(x) }}")
     with pytest.raises(UnsupportedOpError, match=f"'x' has ONNX type {re.escape(shown)}"):
         convert(model, level=0)
+
+
+def test_tensor_op_on_a_sequence_is_refused_at_conversion():
+    """A tensor-only op wired to a sequence is named at conversion, not a crash at prepare."""
+    from onnx import TensorProto, helper
+
+    from edgert.errors import UnsupportedOpError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [1])
+    nodes = [helper.make_node("SequenceConstruct", ["x", "x"], ["s"]),
+             helper.make_node("Shape", ["s"], ["y"], name="shape_of_seq")]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    graph.value_info.append(helper.make_value_info(
+        "s", helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [2]))))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(UnsupportedOpError, match=r"shape_of_seq|Shape.*tensors only"):
+        convert(model, level=0)
