@@ -13,7 +13,8 @@ Models: the materialized light models (see ``light_models.py``), ``tests/data/to
 a real-size MobileNetV2 exported from PyTorch when torch is installed (cached, not committed), and
 a 64→128→10 MLP with Softmax (per-call latency through ``run()``).
 
-    python benchmarks/compare_ort.py [--threads 1 2] [--runs 20] [--no-startup] [models...]
+    python benchmarks/compare_ort.py [--threads 1 2] [--runs 20] [--gap-ms 0] [--no-startup]
+        [models...]
 """
 
 from __future__ import annotations
@@ -162,12 +163,21 @@ def feeds_for(sess: Any, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 # ----- timing -----------------------------------------------------------------------------------
-def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float) -> list[list[float]]:
-    """Time the callables in alternation; stop after ``runs`` rounds or ``budget_s`` seconds."""
+def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float,
+              gap_s: float = 0.0) -> list[list[float]]:
+    """Time the callables in alternation; stop after ``runs`` rounds or ``budget_s`` seconds.
+
+    ``gap_s``: an untimed pause before each call. onnxruntime's worker threads spin-wait for a
+    while after a run; without a pause they were still spinning on the cores when edgert's next
+    run started (measured: SqueezeNet at 2 threads took 50 ms alternating back to back against
+    15 ms alone). The pause lets either runtime's workers go idle before the other one runs.
+    """
     times: list[list[float]] = [[] for _ in fns]
     deadline = time.perf_counter() + budget_s
     for r in range(runs):
         for k, fn in enumerate(fns):
+            if gap_s:
+                time.sleep(gap_s)
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
@@ -177,7 +187,7 @@ def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float) -> list[
 
 
 def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, runs: int,
-                  budget_s: float, inner: int = 1) -> dict[str, float]:
+                  budget_s: float, inner: int = 1, gap_s: float = 0.0) -> dict[str, float]:
     import onnxruntime as ort
 
     from edgert.runtime import Interpreter
@@ -204,7 +214,7 @@ def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, r
     for _ in range(2):  # warm-up
         e()
         o()
-    te, to = alternate([e, o], runs, budget_s)
+    te, to = alternate([e, o], runs, budget_s, gap_s)
     med_e = float(np.median(te)) / inner
     med_o = float(np.median(to)) / inner
     return {"edgert_ms": med_e * 1e3, "ort_ms": med_o * 1e3, "ratio": med_e / med_o,
@@ -286,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true",
                     help="also measure edgert start-up with an empty Numba cache")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--gap-ms", type=float, default=0.0,
+                    help="untimed pause before each timed call, so that one runtime's spinning "
+                         "worker threads are idle when the other runs (default 0: back to back; "
+                         "a pause also lets cores idle down, which slows small models)")
     args = ap.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
@@ -298,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"model": name}
         for thr in args.threads:
             inner = 200 if name == "mlp" else 1
-            r = bench_latency(path, epath, thr, args.runs if inner == 1 else 15, args.budget, inner)
+            r = bench_latency(path, epath, thr, args.runs if inner == 1 else 15, args.budget, inner,
+                              args.gap_ms / 1e3)
             row[f"t{thr}"] = r
             print(f"{name:<16} {thr}T  edgert {r['edgert_ms']:9.3f} ms  ort {r['ort_ms']:9.3f} ms"
                   f"  ratio {r['ratio']:5.2f}  (max|diff| {r['max_abs_diff']:.1e})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 # OpenBLAS's own multi-threading synchronizes many times per call, and its workers spin-yield
@@ -13,8 +15,9 @@ import numpy as np
 # join per GEMM (the same split measured 28 ms on the loaded machine, half on an idle one).
 _gemm_threads = 1
 _pool = None
-# Below this many multiply-adds a GEMM is not split (a hand-off costs ~20-50 µs).
-SPLIT_MIN_MACS = 1 << 21
+# Below this many multiply-adds a GEMM is not split (a hand-off costs ~20-50 µs). The
+# environment variable EDGERT_SPLIT_MIN_MACS overrides it (read at import).
+SPLIT_MIN_MACS = int(os.environ.get("EDGERT_SPLIT_MIN_MACS", 1 << 21))
 
 
 def set_gemm_threads(n: int) -> None:
