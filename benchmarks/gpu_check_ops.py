@@ -101,7 +101,9 @@ def host_steps(data: bytes, feeds: dict[str, np.ndarray]) -> tuple[list[tuple[st
         if step.on_device:
             continue
         kernel = step.kernel
-        op = kernel.op.op_type if not kernel.op.domain else f"{kernel.op.domain}.{kernel.op.op_type}"
+        op = kernel.op.op_type
+        if kernel.op.domain:
+            op = f"{kernel.op.domain}.{op}"
         if step.dynamic:
             reason = "dynamic"
         elif getattr(kernel, "device", "cpu") == "cuda":
