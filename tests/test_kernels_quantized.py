@@ -115,6 +115,29 @@ def test_qgemm_bit_exact():
     np.testing.assert_array_equal(got, want)
 
 
+def test_qconv_qgemm_long_reduction_worst_case_exact():
+    """K = 1,152 > 2 chunks of the float32-BLAS path, with the largest products (|x - zp| = 255,
+    |w| = 128): the int32 accumulators must still be exact (checked against int64 NumPy)."""
+    cin = 128
+    x = np.where(RNG.random((1, cin, 4, 4)) < 0.9, -128, 127).astype(np.int8)
+    w = np.where(RNG.random((3, cin, 3, 3)) < 0.8, -128, 127).astype(np.int8)
+    b = RNG.integers(-2000, 2000, size=3).astype(np.int32)
+    ws = np.full(3, 1e-6, np.float32)
+    attrs = dict(pads=[1] * 4, x_scale=1.0, x_zero_point=127, w_scale=[float(v) for v in ws],
+                 y_scale=1.0, y_zero_point=0)
+    got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    want = golden_conv(x, w, b, np.float32(1.0), 127, ws, 1.0, 0, 1, 1, 1)
+    np.testing.assert_array_equal(got, want)
+    xg = np.ascontiguousarray(x.reshape(2, -1)[:, :1000])
+    wg = np.ascontiguousarray(w.reshape(3, -1)[:, :1000])
+    got = run_kernel("QGemm", [xg, wg, b], {k: v for k, v in attrs.items() if k != "pads"},
+                     const_inputs=(1, 2), domain="edgert")[0]
+    acc = (xg.astype(np.int64) - 127) @ wg.astype(np.int64).T + b
+    real = (np.float32(1.0) * ws).astype(np.float64)
+    want = np.clip(golden_requant(acc, real), -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_qadd_broadcast_bit_exact():
     a, b = i8((2, 3, 4)), i8((3, 1))
     sa, sb, so = (float(np.float32(v)) for v in (0.05, 0.02, 0.06))

@@ -65,7 +65,10 @@ def annotate_qdq(graph: Graph, result) -> Graph:
         if len(qn.inputs) > 2 and qn.inputs[2] is not None:
             bq = qn.inputs[2]
             bv = _const(graph, bq.name + "_int32", bq.const)
-            deq = _dq(graph, node, bv, np.asarray(bq.quant[0], np.float32), 0, None, bv.name)
+            # The bias scale is x_scale * w_scale in float32, as the quantizer computed it.
+            b_scales = (np.float32(qn.attrs["x_scale"]) * np.broadcast_to(
+                scales, (np.asarray(bq.const).shape[0],))).astype(np.float32)
+            deq = _dq(graph, node, bv, b_scales, 0, None, bv.name)
             if len(node.inputs) > 2:
                 graph.set_input(node, 2, deq)
             else:

@@ -55,6 +55,12 @@ from edgert.runtime.kernels.cpu.conv import (
     sliding_window,
     tap_ranges,
 )
+from edgert.runtime.kernels.cpu.int8_gemm import (
+    EXACT_CHUNK,
+    exact_gemm_group,
+    pack_weights,
+    requant_rows,
+)
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 INT8 = np.dtype(np.int8)
@@ -199,8 +205,10 @@ class Dequantize(Kernel):
 
 
 # ----- QConv --------------------------------------------------------------------------------------
-# im2col: conv.py's vectorized ``_im2col`` (dtype-generic) fills an int16 (K, P) matrix from
-# ``x - zp``; one transpose copy then gives the (P, K) rows the dot-product GEMM reads.
+# im2col: conv.py's vectorized ``_im2col`` (dtype-generic) fills a (K, P) matrix from ``x - zp``.
+# QConv/QGemm now run the exact float32-BLAS GEMM of int8_gemm.py (float32 columns); only
+# depthwise / many-group convs with short dot products use the int16 ``_qgemm_kp`` below.
+# ``_qgemm_nt`` / ``_qgemm_rows`` (int16 dot-product kernels, 10-19 GMAC/s) are no longer called.
 @njit
 def _dot1(arow, wrow):
     acc = np.int32(0)
@@ -358,7 +366,7 @@ class _QLinearBase(Kernel):
 
 
 class QConv(_QLinearBase):
-    """Int8 Conv (1-3 spatial axes, grouped and depthwise): im2col to int16, int32 dot products."""
+    """Int8 Conv (1-3 spatial axes, grouped and depthwise): im2col, exact int32 accumulation."""
 
     def prepare(self, inputs):
         self.require_inputs(inputs, 2, 3)
@@ -387,13 +395,23 @@ class QConv(_QLinearBase):
         self.p_out = int(np.prod(win.out_shape))
         self.pointwise = (all(v == 1 for v in ksp) and all(s == 1 for s in win.strides)
                           and not any(win.pads_begin) and not any(win.pads_end))
-        if k >= 66_000:
+        if k > 65_000:  # 65,000 * 255 * 128 < 2**31
             raise self.error(f"{k} taps per output could overflow the int32 accumulator")
         k_all = c_in * int(np.prod(ksp))
-        self.short = k < SHORT_DOT
-        self.col = np.empty((0 if self.short else self.p_out, k_all), np.int16)
-        self.col_kp = None if self.pointwise else np.empty((k_all, self.p_out), np.int16)
-        self.xs = np.empty((c_in, int(np.prod(win.in_shape))), np.int16)
+        # Depthwise / many-group convs with short dot products use the int16 axpy kernel; all
+        # others the exact float32-BLAS GEMM of int8_gemm.py (2-3x faster, see its docstring).
+        self.short = k < SHORT_DOT and group > 1
+        in_size = int(np.prod(win.in_shape))
+        dt = np.int16 if self.short else np.float32
+        self.col_kp = None if self.pointwise else np.empty((k_all, self.p_out), dt)
+        self.xs = np.empty((c_in, in_size), dt)
+        self.k = k
+        if not self.short:
+            self.w_chunks = pack_weights(self.w_packed, group)
+            self.w_packed = None
+            self.tmp = np.empty((m_out // group, self.p_out), np.float32)
+            self.acc = (np.empty((m_out // group, self.p_out), np.float64)
+                        if k > EXACT_CHUNK else None)
         return [TensorInfo((n_img, m_out) + win.out_shape, INT8)]
 
     def invoke(self, inputs, outputs):
@@ -402,9 +420,10 @@ class QConv(_QLinearBase):
         n_img, c_in = x.shape[0], x.shape[1]
         m_out = y.shape[1]
         for n in range(n_img):
-            # x - zp as int16 first: padding taps written as 0 are then exactly the zero point.
-            np.subtract(x[n].reshape(c_in, -1), np.int16(self.x_zp), out=self.xs,
-                        dtype=np.int16)
+            # x - zp first (int16 or float32, both exact): padding taps written as 0 are then
+            # exactly the zero point.
+            np.subtract(x[n].reshape(c_in, -1), self.xs.dtype.type(self.x_zp), out=self.xs,
+                        dtype=self.xs.dtype)
             if self.pointwise:
                 col_kp = self.xs
             else:
@@ -415,9 +434,13 @@ class QConv(_QLinearBase):
                 _qgemm_kp(col_kp, self.w_packed, self.bias, self.mult, self.shift, yn,
                           self.group, self.y_zp, self.lo, self.hi)
             else:
-                np.copyto(self.col, col_kp.T)
-                _qgemm_nt(self.col, self.w_packed, self.bias, self.mult, self.shift, yn,
-                          self.group, self.y_zp, self.lo, self.hi)
+                m_g = m_out // self.group
+                for g in range(self.group):
+                    res = exact_gemm_group(self.w_chunks[g], col_kp[g * self.k:(g + 1) * self.k],
+                                           self.tmp, self.acc)
+                    sl = slice(g * m_g, (g + 1) * m_g)
+                    requant_rows(res, self.bias[sl], self.mult[sl], self.shift[sl], self.y_zp,
+                                 self.lo, self.hi, yn[sl])
 
 
 class QGemm(_QLinearBase):
@@ -433,17 +456,24 @@ class QGemm(_QLinearBase):
             raise self.error(f"X {x.shape} does not fit W {w.shape} (expected [N, K])",
                              ShapeError)
         self._quant_params(w.shape[0], b, w.value)
-        self.w_packed = np.ascontiguousarray(np.asarray(w.value, np.int16))
         rows = int(np.prod(x.shape[:-1]))
-        self.a = np.empty((rows, w.shape[1]), np.int16)
+        n_out, k = w.shape
+        if k > 65_000:  # 65,000 * 255 * 128 < 2**31
+            raise self.error(f"{k} taps per output could overflow the int32 accumulator")
+        # Exact float32-BLAS GEMM (int8_gemm.py): y.T = W @ (x - zp).T.
+        self.w_chunks = pack_weights(np.asarray(w.value), 1)[0]
+        self.a = np.empty((rows, k), np.float32)
+        self.tmp = np.empty((n_out, rows), np.float32)
+        self.acc = np.empty((n_out, rows), np.float64) if k > EXACT_CHUNK else None
         return [TensorInfo(tuple(x.shape[:-1]) + (w.shape[0],), INT8)]
 
     def invoke(self, inputs, outputs):
         y = outputs[0]
-        np.subtract(inputs[0].reshape(self.a.shape), np.int16(self.x_zp), out=self.a,
-                    dtype=np.int16)
-        _qgemm_rows(self.a, self.w_packed, self.bias, self.mult, self.shift,
-                    y.reshape(self.a.shape[0], -1), self.y_zp, self.lo, self.hi)
+        np.subtract(inputs[0].reshape(self.a.shape), np.float32(self.x_zp), out=self.a,
+                    dtype=np.float32)
+        res = exact_gemm_group(self.w_chunks, self.a.T, self.tmp, self.acc)
+        requant_rows(res, self.bias, self.mult, self.shift, self.y_zp, self.lo, self.hi,
+                     y.reshape(self.a.shape[0], -1).T)
 
 
 # ----- elementwise --------------------------------------------------------------------------------
