@@ -164,30 +164,41 @@ def feeds_for(sess: Any, seed: int = 0) -> dict[str, np.ndarray]:
 
 # ----- timing -----------------------------------------------------------------------------------
 def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float,
-              gap_s: float = 0.0) -> list[list[float]]:
+              gap_s: float = 0.0, block: int = 1) -> list[list[float]]:
     """Time the callables in alternation; stop after ``runs`` rounds or ``budget_s`` seconds.
 
-    ``gap_s``: an untimed pause before each call. onnxruntime's worker threads spin-wait for a
-    while after a run; without a pause they were still spinning on the cores when edgert's next
-    run started (measured: SqueezeNet at 2 threads took 50 ms alternating back to back against
-    15 ms alone). The pause lets either runtime's workers go idle before the other one runs.
+    onnxruntime's worker threads spin-wait for a while after a run; back to back, they are
+    still spinning on the cores when edgert's next run starts (measured: SqueezeNet at 2 threads
+    took 50 ms alternating call by call against 15 ms alone), which charges one runtime's idle
+    spinning to the other. Two remedies, both off by default so that the 1-call alternation of
+    earlier reports can be reproduced:
+
+    ``block``: each turn makes one untimed call (it absorbs the other runtime's spin tail), then
+    ``block`` timed calls in a row; a round is one turn per runtime, so slow drifts in machine
+    load still hit both alike.
+    ``gap_s``: an untimed pause before each call (lets the cores idle down, which slows small
+    models).
     """
     times: list[list[float]] = [[] for _ in fns]
     deadline = time.perf_counter() + budget_s
     for r in range(runs):
         for k, fn in enumerate(fns):
-            if gap_s:
-                time.sleep(gap_s)
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+            if block > 1:
+                fn()
+            for _ in range(block):
+                if gap_s:
+                    time.sleep(gap_s)
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
         if r >= 4 and time.perf_counter() > deadline:
             break
     return times
 
 
 def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, runs: int,
-                  budget_s: float, inner: int = 1, gap_s: float = 0.0) -> dict[str, float]:
+                  budget_s: float, inner: int = 1, gap_s: float = 0.0,
+                  block: int = 1) -> dict[str, float]:
     import onnxruntime as ort
 
     from edgert.runtime import Interpreter
@@ -214,7 +225,7 @@ def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, r
     for _ in range(2):  # warm-up
         e()
         o()
-    te, to = alternate([e, o], runs, budget_s, gap_s)
+    te, to = alternate([e, o], runs, budget_s, gap_s, block)
     med_e = float(np.median(te)) / inner
     med_o = float(np.median(to)) / inner
     return {"edgert_ms": med_e * 1e3, "ort_ms": med_o * 1e3, "ratio": med_e / med_o,
@@ -296,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true",
                     help="also measure edgert start-up with an empty Numba cache")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--block", type=int, default=1,
+                    help="timed calls per turn after one untimed call (see alternate())")
     ap.add_argument("--gap-ms", type=float, default=0.0,
                     help="untimed pause before each timed call, so that one runtime's spinning "
                          "worker threads are idle when the other runs (default 0: back to back; "
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         for thr in args.threads:
             inner = 200 if name == "mlp" else 1
             r = bench_latency(path, epath, thr, args.runs if inner == 1 else 15, args.budget, inner,
-                              args.gap_ms / 1e3)
+                              args.gap_ms / 1e3, args.block)
             row[f"t{thr}"] = r
             print(f"{name:<16} {thr}T  edgert {r['edgert_ms']:9.3f} ms  ort {r['ort_ms']:9.3f} ms"
                   f"  ratio {r['ratio']:5.2f}  (max|diff| {r['max_abs_diff']:.1e})",
