@@ -108,15 +108,20 @@ def _feeds(path: str, n: int, seed: int = 0) -> tuple[str, list[dict]]:
 
 
 def child(kind: str, src: str, dst: str, n: int) -> None:
-    """Quantize in this (fresh) process and print seconds and peak RSS as JSON."""
+    """Quantize in this (fresh) process and print seconds and peak RSS as JSON.
+
+    ``kind``: ``edgert`` or ``ort``, optionally ``:minmax`` / ``:entropy`` (default minmax).
+    """
+    kind, _, method = kind.partition(":")
+    method = method or "minmax"
     _, feeds = _feeds(src, n)
     t0 = time.perf_counter()
     if kind == "edgert":
         from edgert.quantize import quantize
 
-        quantize(src, dst, calibration=feeds)
+        quantize(src, dst, calibration=feeds, method=method)
     else:
-        ort_quantize(src, dst, feeds)
+        ort_quantize(src, dst, feeds, method=method)
     secs = time.perf_counter() - t0
     # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss across
     # fork + exec, which made both quantizers report the benchmark process's own peak.

@@ -110,8 +110,10 @@ def _qgemm(a, w, bias, mult, shift, y, n_out, k, x_zp, zo, lo, hi):
 
 
 class _CudaQLinear(CudaKernel):
-    def _upload_quant(self):
-        self._d_w = self.upload(np.asarray(self.w_packed, np.int8), "W")
+    def _upload_quant(self, w: np.ndarray):
+        # The int8 weights as the model holds them ([M, K...] row-major), not the CPU kernel's
+        # packing (which depends on the CPU algorithm chosen and may be float32 chunks).
+        self._d_w = self.upload(np.ascontiguousarray(w, np.int8).reshape(w.shape[0], -1), "W")
         self._d_bias = self.upload(self.bias, "bias")
         self._d_mult = self.upload(self.mult, "mult")
         self._d_shift = self.upload(self.shift, "shift")
@@ -124,7 +126,7 @@ class CudaQConv(_CudaQLinear, cpu.QConv):
         outs = super().prepare(inputs)
         self._c_in = int(inputs[0].shape[1])
         self._m_out = int(outs[0].shape[1])
-        self._upload_quant()
+        self._upload_quant(np.asarray(inputs[1].value))
         self._d_geo = self.upload(self.geo, "geo")
         return outs
 
@@ -143,8 +145,9 @@ class CudaQGemm(_CudaQLinear, cpu.QGemm):
 
     def prepare(self, inputs):
         outs = super().prepare(inputs)
-        self._nk = (int(self.w_packed.shape[0]), int(self.w_packed.shape[1]))
-        self._upload_quant()
+        w = np.asarray(inputs[1].value)
+        self._nk = (int(w.shape[0]), int(w.shape[1]))
+        self._upload_quant(w)
         return outs
 
     def invoke(self, inputs, outputs):
