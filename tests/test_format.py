@@ -558,3 +558,21 @@ def test_verify_false_skips_only_semantic_checks():
     assert read_model(bytes(data), verify=False).main.operators[0].inputs == [1]
     with pytest.raises(ModelFormatError, match="used before it is defined"):
         read_model(bytes(data))
+
+
+def test_all_zero_zero_points_are_left_out_and_read_back_as_zeros():
+    """Symmetric per-channel weights carry no zero-point vector in the file (8 bytes a channel),
+    and read back with explicit zeros; a non-zero vector is kept as written."""
+    def model(zp):
+        t = TensorDef("w", dtypes.INT8, (64, 1), data=np.ones((64, 1), np.int8),
+                      quant=QuantParams(np.full(64, 0.5, np.float32), zp, 0))
+        o = TensorDef("y", dtypes.INT8, (64, 1))
+        sg = SubGraphDef("main", [t, o], [], [1], [OperatorDef("Identity", [0], [1], version=16)])
+        return write_model(ModelDef([sg]))
+
+    zero, nonzero = model(np.zeros(64, np.int64)), model(np.arange(64, dtype=np.int64) - 32)
+    assert len(zero) < len(nonzero)
+    for blob, want in ((zero, np.zeros(64)), (nonzero, np.arange(64) - 32)):
+        q = read_model(blob).main.tensors[0].quant
+        np.testing.assert_array_equal(q.zero_point, want)
+        assert q.zero_point.dtype == np.int64 and q.zero_point.size == q.scale.size

@@ -489,9 +489,10 @@ def _drop_attribute_tensors(sg: SubGraphDef, signature_refs: set[int]) -> None:
 
 
 def _quant(t: Table) -> QuantParams:
-    return QuantParams(
-        scale=np.array(t.numbers(0, "f", "scale") or [], np.float32),
-        zero_point=np.array(t.numbers(1, "q", "zero_point") or [], np.int64),
-        axis=t.scalar(2, "i", 0, "quantized_dimension"),
-    )
+    scale = np.array(t.numbers(0, "f", "scale") or [], np.float32)
+    zero_point = np.array(t.numbers(1, "q", "zero_point") or [], np.int64)
+    if zero_point.size == 0:  # absent: all zeros (the writer leaves all-zero vectors out)
+        zero_point = np.zeros(scale.size, np.int64)
+    return QuantParams(scale=scale, zero_point=zero_point,
+                       axis=t.scalar(2, "i", 0, "quantized_dimension"))
 

@@ -345,10 +345,14 @@ def _build_tensor(b: flatbuffers.Builder, t: TensorDef, buffer: int) -> int:
                 f"{_PREFIX}: tensor {t.name!r}: a quantization scale is not a positive float32"
             )
         scale = b.CreateNumpyVector(scale32)
-        zero_point = _int_vector(b, t.quant.zero_point, "<i8")
+        # All-zero zero points (symmetric weights, int32 biases) are left out: 8 bytes per
+        # channel that a per-channel int8 weight would otherwise carry (see the schema).
+        zps = np.asarray(t.quant.zero_point).reshape(-1)
+        zero_point = _int_vector(b, zps, "<i8") if zps.any() else None
         fb.QuantizationParametersStart(b)
         fb.QuantizationParametersAddScale(b, scale)
-        fb.QuantizationParametersAddZeroPoint(b, zero_point)
+        if zero_point is not None:
+            fb.QuantizationParametersAddZeroPoint(b, zero_point)
         fb.QuantizationParametersAddQuantizedDimension(b, int(t.quant.axis))
         quant = fb.QuantizationParametersEnd(b)
     strings = None
