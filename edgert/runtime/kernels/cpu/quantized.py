@@ -208,84 +208,13 @@ class Dequantize(Kernel):
 # im2col: conv.py's vectorized ``_im2col`` (dtype-generic) fills a (K, P) matrix from ``x - zp``.
 # QConv/QGemm now run the exact float32-BLAS GEMM of int8_gemm.py (float32 columns); only
 # depthwise / many-group convs with short dot products use the int16 ``_qgemm_kp`` below.
-# ``_qgemm_nt`` / ``_qgemm_rows`` (int16 dot-product kernels, 10-19 GMAC/s) are no longer called.
-@njit
-def _dot1(arow, wrow):
-    acc = np.int32(0)
-    for k in range(arow.shape[0]):
-        acc = np.int32(acc + np.int32(arow[k]) * np.int32(wrow[k]))
-    return acc
-
-
-@njit(parallel=True)
-def _qgemm_nt(a, w, bias, mult, shift, y, group, zo, lo, hi):
-    """``y[m, p] = clamp(zo + requant(bias[m] + dot(w[m], a[p, group slice])))``.
-
-    ``a``: int16 ``(P, G * K)``, ``w``: int16 ``(M, K)``, ``y``: int8 ``(M, P)``. Products of
-    int16 values widen into int32 accumulators (exact: ``|x - zp| <= 255`` and ``|w| <= 127``, so
-    the sum stays below 2**31 for K < 66,000 taps; ``prepare`` checks K).
-
-    Performance (measured, AMD EPYC AVX2, one thread, 64x576x3136): a plain dot per output runs
-    at 2.7 GMAC/s; a 2 x 4 register block (two rows of ``a`` against four weight rows, eight
-    int32 accumulators, each ``np.int32(...)`` cast keeping the sum in 32 bits so LLVM can use
-    16-bit multiply-adds) at 10.8 GMAC/s. Accumulating in Numba's default int64 blocks that.
-    """
-    p_n, m_n, k_n = a.shape[0], w.shape[0], w.shape[1]
-    m_per_g = m_n // group
-    for pb in prange((p_n + 1) // 2):
-        p = 2 * pb
-        two = p + 1 < p_n
-        m = 0
-        while m < m_n:
-            g = m // m_per_g
-            ar = a[p, g * k_n:(g + 1) * k_n]
-            if m + 3 < m_n and (m + 3) // m_per_g == g:
-                br = a[p + 1 if two else p, g * k_n:(g + 1) * k_n]
-                w0, w1, w2, w3 = w[m], w[m + 1], w[m + 2], w[m + 3]
-                a0 = np.int32(0)
-                a1 = np.int32(0)
-                a2 = np.int32(0)
-                a3 = np.int32(0)
-                b0 = np.int32(0)
-                b1 = np.int32(0)
-                b2 = np.int32(0)
-                b3 = np.int32(0)
-                for k in range(k_n):
-                    v = np.int32(ar[k])
-                    u = np.int32(br[k])
-                    x0 = np.int32(w0[k])
-                    x1 = np.int32(w1[k])
-                    x2 = np.int32(w2[k])
-                    x3 = np.int32(w3[k])
-                    a0 = np.int32(a0 + v * x0)
-                    a1 = np.int32(a1 + v * x1)
-                    a2 = np.int32(a2 + v * x2)
-                    a3 = np.int32(a3 + v * x3)
-                    b0 = np.int32(b0 + u * x0)
-                    b1 = np.int32(b1 + u * x1)
-                    b2 = np.int32(b2 + u * x2)
-                    b3 = np.int32(b3 + u * x3)
-                _store(y, m, p, a0, bias, mult, shift, zo, lo, hi)
-                _store(y, m + 1, p, a1, bias, mult, shift, zo, lo, hi)
-                _store(y, m + 2, p, a2, bias, mult, shift, zo, lo, hi)
-                _store(y, m + 3, p, a3, bias, mult, shift, zo, lo, hi)
-                if two:
-                    _store(y, m, p + 1, b0, bias, mult, shift, zo, lo, hi)
-                    _store(y, m + 1, p + 1, b1, bias, mult, shift, zo, lo, hi)
-                    _store(y, m + 2, p + 1, b2, bias, mult, shift, zo, lo, hi)
-                    _store(y, m + 3, p + 1, b3, bias, mult, shift, zo, lo, hi)
-                m += 4
-            else:
-                _store(y, m, p, _dot1(ar, w[m]), bias, mult, shift, zo, lo, hi)
-                if two:
-                    br = a[p + 1, g * k_n:(g + 1) * k_n]
-                    _store(y, m, p + 1, _dot1(br, w[m]), bias, mult, shift, zo, lo, hi)
-                m += 1
-
-
+# (A register-blocked int16 dot-product GEMM reached only 10-19 GMAC/s here: LLVM emits vpmulld,
+# not vpmaddwd, for it; see int8_gemm.py.)
 @njit(parallel=True)
 def _qgemm_kp(col, w, bias, mult, shift, y, group, zo, lo, hi):
-    """The same result as :func:`_qgemm_nt` from the untransposed ``col`` int16 ``(G * K, P)``.
+    """``y[m, p] = clamp(zo + requant(bias[m] + sum_k w[m, k] * col[g * K + k, p]))``.
+
+    ``col``: int16 ``(G * K, P)``; ``w``: int16 ``(M, K)``; ``y``: int8 ``(M, P)``.
 
     For short dot products (depthwise convs have K = 9, a first conv K = 27) the 2 x 4 dot
     kernel spends its time in loop remainders; here each weight scales a contiguous block of
@@ -313,24 +242,6 @@ def _qgemm_kp(col, w, bias, mult, shift, y, group, zo, lo, hi):
             for i in range(p1 - p0):
                 v = _requant(np.int64(acc[i]) + b, mm, sh) + zo
                 dst[i] = min(max(v, lo), hi)
-
-
-@njit
-def _store(y, m, p, acc, bias, mult, shift, zo, lo, hi):
-    v = _requant(np.int64(acc) + bias[m], mult[m], shift[m]) + zo
-    y[m, p] = min(max(v, lo), hi)
-
-
-@njit(parallel=True)
-def _qgemm_rows(a, w, bias, mult, shift, y, zo, lo, hi):
-    """``y[r, n] = clamp(zo + requant(bias[n] + dot(a[r], w[n])))``; a int16 (R, K), y (R, N)."""
-    r_n, n_n, k_n = a.shape[0], w.shape[0], w.shape[1]
-    for r in prange(r_n):
-        arow = a[r]
-        for n in range(n_n):
-            acc = _dot1(arow, w[n])
-            v = _requant(np.int64(acc) + bias[n], mult[n], shift[n]) + zo
-            y[r, n] = min(max(v, lo), hi)
 
 
 class _QLinearBase(Kernel):
