@@ -320,20 +320,10 @@ class CudaInterpreter(Interpreter):
         return out
 
     def _tensor_array(self, tensor_index: int | str):
-        if isinstance(tensor_index, str):
-            index = self._output_index.get(tensor_index, self._input_index.get(tensor_index))
-            if index is None:
-                raise InputError(f"no input or output named {tensor_index!r}")
-        else:
-            index = int(tensor_index)
-        if not 0 <= index < len(self._arrays):
-            raise InputError(f"tensor index {index} out of range (model has {len(self._arrays)})")
+        index = self._tensor_index(tensor_index)
         arr = self._arrays[index]
         if arr is None:
-            raise InputError(
-                f"tensor {index} ('{self._graph.tensors[index].name}') has no value: it is an "
-                "intermediate tensor whose memory is reused, or the model has not run yet"
-            )
+            raise self._no_value(index)
         return arr
 
     def run(self, feeds: dict[str, Any], device_outputs: bool | None = None) -> dict[str, Any]:

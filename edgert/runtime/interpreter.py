@@ -278,6 +278,16 @@ class Interpreter:
 
     def get_tensor(self, tensor_index: int | str) -> np.ndarray:
         """A copy of a tensor's current value (outputs after :meth:`invoke`)."""
+        index = self._tensor_index(tensor_index)
+        arr = self._arrays[index]
+        if index in self._special or type(arr) is list:  # a sequence or an optional value
+            return copy_value(arr)
+        if arr is None:
+            raise self._no_value(index)
+        return np.array(arr, copy=True)
+
+    def _tensor_index(self, tensor_index: int | str) -> int:
+        """The index of a tensor given by index or by input/output name, range-checked."""
         if isinstance(tensor_index, str):
             index = self._output_index.get(tensor_index, self._input_index.get(tensor_index))
             if index is None:
@@ -286,15 +296,13 @@ class Interpreter:
             index = int(tensor_index)
         if not 0 <= index < len(self._arrays):
             raise InputError(f"tensor index {index} out of range (model has {len(self._arrays)})")
-        arr = self._arrays[index]
-        if index in self._special or type(arr) is list:  # a sequence or an optional value
-            return copy_value(arr)
-        if arr is None:
-            raise InputError(
-                f"tensor {index} ('{self._graph.tensors[index].name}') has no value: it is an "
-                "intermediate tensor whose memory is reused, or the model has not run yet"
-            )
-        return np.array(arr, copy=True)
+        return index
+
+    def _no_value(self, index: int) -> InputError:
+        return InputError(
+            f"tensor {index} ('{self._graph.tensors[index].name}') has no value: it is an "
+            "intermediate tensor whose memory is reused, or the model has not run yet"
+        )
 
     # ----- plain API ----------------------------------------------------------------------------
     @property

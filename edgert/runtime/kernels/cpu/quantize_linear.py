@@ -227,21 +227,25 @@ def _row_param(p: np.ndarray | None, a_rank: int) -> np.ndarray | int:
     return p.reshape(p.shape + (1,)) if a_rank >= 2 else p
 
 
+def _int8_matmul_shape(kernel: EagerKernel, a: tuple, b: tuple, *more: tuple) -> tuple[int, ...]:
+    """Check that the (info, name) operands are int8/uint8; the matmul shape of ``a`` and ``b``."""
+    for info, what in (a, b, *more):
+        if np.dtype(info.dtype) not in (np.dtype(np.int8), np.dtype(np.uint8)):
+            raise kernel.error(f"{what} must be int8 or uint8, got {info.dtype}", DTypeError)
+    try:
+        return tuple(np.matmul(np.zeros(a[0].shape, np.int8), np.zeros(b[0].shape, np.int8)).shape)
+    except ValueError:
+        raise kernel.error(f"shapes {a[0].shape} and {b[0].shape} cannot be multiplied",
+                           ShapeError) from None
+
+
 class MatMulInteger(EagerKernel):
     """MatMulInteger: ``(A - a_zero_point) @ (B - b_zero_point)`` accumulated in int32."""
 
     def check(self, inputs):
         self.require_inputs(inputs, 2, 4)
-        a, b = inputs[0], inputs[1]
-        for info, what in ((a, "A"), (b, "B")):
-            if np.dtype(info.dtype) not in (np.dtype(np.int8), np.dtype(np.uint8)):
-                raise self.error(f"{what} must be int8 or uint8, got {info.dtype}", DTypeError)
-        try:
-            shape = np.matmul(np.zeros(a.shape, np.int8), np.zeros(b.shape, np.int8)).shape
-        except ValueError:
-            raise self.error(f"shapes {a.shape} and {b.shape} cannot be multiplied",
-                             ShapeError) from None
-        return [TensorInfo(tuple(shape), np.dtype(np.int32))]
+        shape = _int8_matmul_shape(self, (inputs[0], "A"), (inputs[1], "B"))
+        return [TensorInfo(shape, np.dtype(np.int32))]
 
     def compute(self, inputs):
         a, b = inputs[0], inputs[1]
@@ -257,16 +261,9 @@ class QLinearMatMul(EagerKernel):
 
     def check(self, inputs):
         self.require_inputs(inputs, 8, 8)
-        a, b, yzp = inputs[0], inputs[3], inputs[7]
-        for info, what in ((a, "a"), (b, "b"), (yzp, "y_zero_point")):
-            if np.dtype(info.dtype) not in (np.dtype(np.int8), np.dtype(np.uint8)):
-                raise self.error(f"{what} must be int8 or uint8, got {info.dtype}", DTypeError)
-        try:
-            shape = np.matmul(np.zeros(a.shape, np.int8), np.zeros(b.shape, np.int8)).shape
-        except ValueError:
-            raise self.error(f"shapes {a.shape} and {b.shape} cannot be multiplied",
-                             ShapeError) from None
-        return [TensorInfo(tuple(shape), np.dtype(yzp.dtype))]
+        yzp = inputs[7]
+        shape = _int8_matmul_shape(self, (inputs[0], "a"), (inputs[3], "b"), (yzp, "y_zero_point"))
+        return [TensorInfo(shape, np.dtype(yzp.dtype))]
 
     def compute(self, inputs):
         a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp = inputs
