@@ -55,11 +55,16 @@ from edgert.runtime.kernels.cpu.conv import (
     sliding_window,
     tap_ranges,
 )
-from edgert.runtime.kernels.cpu.int8_gemm import (
-    EXACT_CHUNK,
-    exact_gemm_group,
+from edgert.runtime.kernels.cpu.qgemm import (
+    Plan,
+    conv_taps,
+    fits_int32,
+    pack_conv,
+    pack_conv_weights,
+    pack_padded,
+    pack_pointwise,
     pack_weights,
-    requant_rows,
+    qgemm,
 )
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
@@ -206,10 +211,9 @@ class Dequantize(Kernel):
 
 # ----- QConv --------------------------------------------------------------------------------------
 # im2col: conv.py's vectorized ``_im2col`` (dtype-generic) fills a (K, P) matrix from ``x - zp``.
-# QConv/QGemm now run the exact float32-BLAS GEMM of int8_gemm.py (float32 columns); only
-# depthwise / many-group convs with short dot products use the int16 ``_qgemm_kp`` below.
-# (A register-blocked int16 dot-product GEMM reached only 10-19 GMAC/s here: LLVM emits vpmulld,
-# not vpmaddwd, for it; see int8_gemm.py.)
+# QConv/QGemm run the pairwise int16 multiply-add GEMM of qgemm.py (packing with im2col and the
+# zero point fused, requantization fused per tile); only depthwise / many-group convs with short
+# dot products use the int16 axpy kernel ``_qgemm_kp`` below.
 @njit(parallel=True)
 def _qgemm_kp(col, w, bias, mult, shift, y, group, zo, lo, hi):
     """``y[m, p] = clamp(zo + requant(bias[m] + sum_k w[m, k] * col[g * K + k, p]))``.
@@ -308,21 +312,34 @@ class QConv(_QLinearBase):
                           and not any(win.pads_begin) and not any(win.pads_end))
         if k > 65_000:  # 65,000 * 255 * 128 < 2**31
             raise self.error(f"{k} taps per output could overflow the int32 accumulator")
-        k_all = c_in * int(np.prod(ksp))
         # Depthwise / many-group convs with short dot products use the int16 axpy kernel; all
-        # others the exact float32-BLAS GEMM of int8_gemm.py (2-3x faster, see its docstring).
+        # others the pairwise multiply-add GEMM of qgemm.py.
         self.short = k < SHORT_DOT and group > 1
-        in_size = int(np.prod(win.in_shape))
-        dt = np.int16 if self.short else np.float32
-        self.col_kp = None if self.pointwise else np.empty((k_all, self.p_out), dt)
-        self.xs = np.empty((c_in, in_size), dt)
         self.k = k
-        if not self.short:
-            self.w_chunks = pack_weights(self.w_packed, group)
+        self.c_g = c_per_group
+        if self.short:
+            in_size = int(np.prod(win.in_shape))
+            self.col_kp = (None if self.pointwise
+                           else np.empty((c_in * int(np.prod(ksp)), self.p_out), np.int16))
+            self.xs = np.empty((c_in, in_size), np.int16)
+        else:
+            # 1x1: GEMM layout over all positions; other stride-1 convs: the implicit layout
+            # (no im2col matrix); strided convs: im2col into the GEMM layout.
+            m_g = m_out // group
+            w_g = [np.asarray(w.value)[g * m_g:(g + 1) * m_g] for g in range(group)]
+            self.plan = None if self.pointwise else Plan.implicit(self.geo, c_per_group)
+            if self.plan is not None:
+                self.apack = [pack_conv_weights(v) for v in w_g]
+            else:
+                self.plan = Plan.gemm(k, self.p_out)
+                self.apack = [pack_weights(v.reshape(m_g, k)) for v in w_g]
+            self.wide = not fits_int32(self.w_packed, self.bias)
             self.w_packed = None
-            self.tmp = np.empty((m_out // group, self.p_out), np.float32)
-            self.acc = (np.empty((m_out // group, self.p_out), np.float64)
-                        if k > EXACT_CHUNK else None)
+            self.implicit = self.plan.implicit
+            self.taps = (None if self.pointwise or self.implicit
+                         else conv_taps(self.geo, c_per_group))
+            self.rq = [tuple(np.ascontiguousarray(v[g * m_g:(g + 1) * m_g])
+                             for v in (self.bias, self.mult, self.shift)) for g in range(group)]
         return [TensorInfo((n_img, m_out) + win.out_shape, INT8)]
 
     def invoke(self, inputs, outputs):
@@ -331,27 +348,36 @@ class QConv(_QLinearBase):
         n_img, c_in = x.shape[0], x.shape[1]
         m_out = y.shape[1]
         for n in range(n_img):
-            # x - zp first (int16 or float32, both exact): padding taps written as 0 are then
-            # exactly the zero point.
-            np.subtract(x[n].reshape(c_in, -1), self.xs.dtype.type(self.x_zp), out=self.xs,
-                        dtype=self.xs.dtype)
-            if self.pointwise:
-                col_kp = self.xs
-            else:
-                _im2col(self.xs.reshape((c_in,) + self.in3), self.col_kp, self.geo)
-                col_kp = self.col_kp
             yn = y[n].reshape(m_out, self.p_out)
             if self.short:
+                # x - zp first (int16, exact): padding taps written as 0 are then exactly the
+                # zero point.
+                np.subtract(x[n].reshape(c_in, -1), np.int16(self.x_zp), out=self.xs,
+                            dtype=np.int16)
+                if self.pointwise:
+                    col_kp = self.xs
+                else:
+                    _im2col(self.xs.reshape((c_in,) + self.in3), self.col_kp, self.geo)
+                    col_kp = self.col_kp
                 _qgemm_kp(col_kp, self.w_packed, self.bias, self.mult, self.shift, yn,
                           self.group, self.y_zp, self.lo, self.hi)
-            else:
-                m_g = m_out // self.group
-                for g in range(self.group):
-                    res = exact_gemm_group(self.w_chunks[g], col_kp[g * self.k:(g + 1) * self.k],
-                                           self.tmp, self.acc)
-                    sl = slice(g * m_g, (g + 1) * m_g)
-                    requant_rows(res, self.bias[sl], self.mult[sl], self.shift[sl], self.y_zp,
-                                 self.lo, self.hi, yn[sl])
+                continue
+            m_g = m_out // self.group
+            plan = self.plan
+            for g in range(self.group):
+                c0 = g * self.c_g
+                if self.pointwise:
+                    pack_pointwise(x[n].reshape(c_in, self.p_out), self.x_zp, c0, self.k,
+                                   plan.buf)
+                elif self.implicit:
+                    pack_padded(x[n].reshape((c_in,) + self.in3), self.x_zp, c0, self.c_g,
+                                plan.pads, plan.dims, plan.cstride, plan.buf)
+                else:
+                    pack_conv(x[n].reshape((c_in,) + self.in3), self.x_zp, self.geo, c0,
+                              self.taps, plan.buf)
+                bias, mult, shift = self.rq[g]
+                qgemm(self.apack[g], plan, m_g, bias, mult, shift, self.y_zp, self.lo,
+                      self.hi, yn[g * m_g:(g + 1) * m_g], self.wide)
 
 
 class QGemm(_QLinearBase):
@@ -371,20 +397,23 @@ class QGemm(_QLinearBase):
         n_out, k = w.shape
         if k > 65_000:  # 65,000 * 255 * 128 < 2**31
             raise self.error(f"{k} taps per output could overflow the int32 accumulator")
-        # Exact float32-BLAS GEMM (int8_gemm.py): y.T = W @ (x - zp).T.
-        self.w_chunks = pack_weights(np.asarray(w.value), 1)[0]
-        self.a = np.empty((rows, k), np.float32)
-        self.tmp = np.empty((n_out, rows), np.float32)
-        self.acc = np.empty((n_out, rows), np.float64) if k > EXACT_CHUNK else None
+        # y.T = W @ (x - zp).T on the pairwise multiply-add GEMM of qgemm.py.
+        self.apack = pack_weights(np.asarray(w.value))
+        self.wide = not fits_int32(np.asarray(w.value), self.bias)
+        self.plan = Plan.gemm(k, rows)
+        self.rows, self.k, self.kp = rows, k, (k + 1) // 2
+        # the GEMM reads (K, rows) and writes (N, rows), both C-contiguous: transposed copies
+        # of the input and output (K * rows and N * rows bytes, small next to the K * N MACs)
+        self.xt = np.empty((k, rows), np.int8)
+        self.yt = np.empty((n_out, rows), np.int8)
         return [TensorInfo(tuple(x.shape[:-1]) + (w.shape[0],), INT8)]
 
     def invoke(self, inputs, outputs):
-        y = outputs[0]
-        np.subtract(inputs[0].reshape(self.a.shape), np.float32(self.x_zp), out=self.a,
-                    dtype=np.float32)
-        res = exact_gemm_group(self.w_chunks, self.a.T, self.tmp, self.acc)
-        requant_rows(res, self.bias, self.mult, self.shift, self.y_zp, self.lo, self.hi,
-                     y.reshape(self.a.shape[0], -1).T)
+        np.copyto(self.xt, inputs[0].reshape(self.rows, self.k).T)
+        pack_pointwise(self.xt, self.x_zp, 0, self.k, self.plan.buf)
+        qgemm(self.apack, self.plan, self.yt.shape[0], self.bias, self.mult, self.shift,
+              self.y_zp, self.lo, self.hi, self.yt, self.wide)
+        np.copyto(outputs[0].reshape(self.rows, -1), self.yt.T)
 
 
 # ----- elementwise --------------------------------------------------------------------------------
