@@ -141,7 +141,7 @@ def test_pack_conv_matches_im2col(c, sp, ks, strides, dil, pb, pe):
     want = golden_requant(w.astype(np.int64) @ col, bias, mult, shift, -4, -128, 127)
     np.testing.assert_array_equal(y, want)
     # the implicit layout, where the geometry allows it, gives the same result
-    implicit = Q.Plan.implicit(geo, c)
+    implicit = Q.Plan.implicit_conv(geo, c)
     if implicit is not None:
         pack_padded_into(x4, zp, implicit, 0, c)
         y[:] = 0
@@ -152,7 +152,7 @@ def test_pack_conv_matches_im2col(c, sp, ks, strides, dil, pb, pe):
 
 
 def pack_padded_into(x4, zp, plan, c0, c_n):
-    Q.pack_padded(x4, zp, c0, c_n, plan.pads, plan.dims, plan.cstride, plan.buf)
+    Q.pack_padded(x4, zp, c0, c_n, plan.pads, plan.strides, plan.dims, plan.cstride, plan.buf)
 
 
 def test_channel_range_of_pack_conv():
@@ -168,19 +168,23 @@ def test_channel_range_of_pack_conv():
     np.testing.assert_array_equal(bp, ref)
 
 
-@pytest.mark.parametrize("c,sp,ks,dil,pb,pe", [
-    (3, (12, 14), (3, 3), (1, 1), (1, 1), (1, 1)),      # odd channel count
-    (4, (5, 33), (3, 3), (1, 1), (0, 0), (0, 0)),       # two tiles per row, partial second
-    (6, (9, 16), (3, 5), (2, 1), (2, 0), (1, 3)),       # dilation, asymmetric pads
-    (2, (44,), (7,), (2,), (3,), (3,)),                 # 1-D
-    (5, (3, 4, 26), (2, 3, 3), (1, 1, 2), (1, 0, 2), (0, 1, 1)),  # 3-D
+@pytest.mark.parametrize("c,sp,ks,st,dil,pb,pe", [
+    (3, (12, 14), (3, 3), (1, 1), (1, 1), (1, 1), (1, 1)),      # odd channel count
+    (4, (5, 33), (3, 3), (1, 1), (1, 1), (0, 0), (0, 0)),       # two tiles per row
+    (6, (9, 16), (3, 5), (1, 1), (2, 1), (2, 0), (1, 3)),       # dilation, asymmetric pads
+    (2, (44,), (7,), (1,), (2,), (3,), (3,)),                   # 1-D
+    (5, (3, 4, 26), (2, 3, 3), (1, 1, 1), (1, 1, 2), (1, 0, 2), (0, 1, 1)),  # 3-D
+    (3, (30, 31), (7, 7), (2, 2), (1, 1), (3, 3), (3, 3)),      # stem conv: 7x7 stride 2
+    (4, (9, 40), (3, 3), (2, 3), (1, 1), (1, 0), (1, 1)),       # mixed strides, unused input
+    (2, (11, 60), (3, 4), (3, 2), (2, 3), (2, 1), (0, 2)),      # stride with dilation
+    (5, (4, 5, 50), (3, 2, 3), (2, 1, 2), (1, 2, 1), (1, 1, 1), (1, 0, 1)),  # 3-D strided
 ])
-def test_implicit_layout_matches_golden_conv(c, sp, ks, dil, pb, pe):
+def test_implicit_layout_matches_golden_conv(c, sp, ks, st, dil, pb, pe):
     x = RNG.integers(-128, 128, (c,) + sp).astype(np.int8)
     zp = 11
-    col, out = golden_im2col(x, ks, (1,) * len(sp), dil, pb, pe, zp)
-    geo = geo3(ks, (1,) * len(sp), dil, pb, pe, sp, out)
-    plan = Q.Plan.implicit(geo, c)
+    col, out = golden_im2col(x, ks, st, dil, pb, pe, zp)
+    geo = geo3(ks, st, dil, pb, pe, sp, out)
+    plan = Q.Plan.implicit_conv(geo, c)
     assert plan is not None
     m = 13
     w = RNG.integers(-128, 128, (m, c) + ks).astype(np.int8)
@@ -192,11 +196,11 @@ def test_implicit_layout_matches_golden_conv(c, sp, ks, dil, pb, pe):
     np.testing.assert_array_equal(y, golden_requant(acc, bias, mult, shift, 2, -128, 127))
 
 
-def test_implicit_layout_declined_for_strides_and_short_rows():
-    geo = geo3((3, 3), (2, 2), (1, 1), (1, 1), (1, 1), (20, 20), (10, 10))
-    assert Q.Plan.implicit(geo, 4) is None
+def test_implicit_layout_declined_for_short_rows():
     geo = geo3((3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (7, 7), (7, 7))
-    assert Q.Plan.implicit(geo, 4) is None  # 7 of 16 lanes used
+    assert Q.Plan.implicit_conv(geo, 4) is None  # 7 of 16 lanes used
+    geo = geo3((3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (14, 14), (14, 14))
+    assert Q.Plan.implicit_conv(geo, 4) is not None
 
 
 def test_buffer_mismatch_raises_instead_of_reading_out_of_bounds():

@@ -259,14 +259,16 @@ class Plan:
     """
 
     def __init__(self, offs, cp_n: int, cstride: int, tile_b, tile_y, tile_cols, size: int,
-                 pads=(0, 0, 0), dims=(0, 0, 0)):
+                 pads=(0, 0, 0), strides=(1, 1, 1), dims=(0, 0, 0)):
         self.offs = np.asarray(offs, np.int64)
         self.cp_n, self.cstride = int(cp_n), int(cstride)
         self.tile_b = np.asarray(tile_b, np.int64)
         self.tile_y = np.asarray(tile_y, np.int64)
         self.tile_cols = np.asarray(tile_cols, np.int64)
         self.buf = np.zeros(size, np.int16)
-        self.pads = np.asarray(pads, np.int64)  # implicit layout: (pd, ph, pw) and (Dp, Hp, Wp)
+        # implicit layout only: pads begin, strides and the per-phase plane (Dq, Hq, Wq)
+        self.pads = np.asarray(pads, np.int64)
+        self.strides = np.asarray(strides, np.int64)
         self.dims = np.asarray(dims, np.int64)
         self.implicit = bool(self.dims[0] > 0)
 
@@ -279,32 +281,43 @@ class Plan:
                    np.minimum(NR, p_n - pt * NR), pt.size * kp_n * 2 * NR)
 
     @classmethod
-    def implicit(cls, geo: np.ndarray, c_n: int) -> "Plan | None":
-        """The implicit layout for a stride-1 conv of ``c_n`` input channels (``geo`` as
-        conv.py's ``Window.geo``), or None when output rows are so short that a row-aligned
-        tile would waste over a quarter of its lanes (the GEMM layout is then better)."""
+    def implicit_conv(cls, geo: np.ndarray, c_n: int) -> "Plan | None":
+        """The implicit layout for a conv of ``c_n`` input channels (``geo`` as conv.py's
+        ``Window.geo``), or None when output rows are so short that a row-aligned tile would
+        waste over a quarter of its lanes (the GEMM layout is then better).
+
+        A strided conv is split into stride phases (space-to-depth): phase ``(py, px)`` holds
+        the padded input's rows ``py, py + s, ...`` and columns likewise, so that tap ``kh`` of
+        output row ``oh`` is row ``oh + kh*dh // s`` of phase ``kh*dh % s`` and 16 consecutive
+        outputs again read 16 consecutive inputs. Stride 1 is the single-phase case.
+        """
         kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw = (int(v) for v in geo[:12])
-        d_n, h_n, w_n, od_n, oh_n, ow_n = (int(v) for v in geo[12:18])
-        if (sd, sh, sw) != (1, 1, 1) or min(od_n, oh_n, ow_n) < 1:
+        od_n, oh_n, ow_n = (int(v) for v in geo[15:18])
+        if min(od_n, oh_n, ow_n, sd, sh, sw) < 1 or min(pd, ph, pw) < 0:
             return None
         tpr = -(-ow_n // NR)
         if 4 * ow_n < 3 * tpr * NR:
             return None
-        dp = od_n + (kd - 1) * dd
-        hp = oh_n + (kh - 1) * dh
-        wp = max(w_n + pw + int(geo[20]), tpr * NR + (kw - 1) * dw)
-        if dp < d_n + pd or hp < h_n + ph:
-            return None  # a negative end pad (crop) is left to the GEMM layout
+        dq = od_n + (kd - 1) * dd // sd
+        hq = oh_n + (kh - 1) * dh // sh
+        wq = tpr * NR + (kw - 1) * dw // sw
+        plane = dq * hq * wq * 2
         cp_n = -(-c_n // 2)
-        cstride = dp * hp * wp * 2
-        offs = [((a * dd) * hp + b * dh) * wp * 2 + c * dw * 2
-                for a in range(kd) for b in range(kh) for c in range(kw)]
+        cstride = sd * sh * sw * plane
+        offs = []
+        for a in range(kd):
+            for b in range(kh):
+                for c in range(kw):
+                    phase = (((a * dd) % sd) * sh + (b * dh) % sh) * sw + (c * dw) % sw
+                    offs.append(phase * plane + (((a * dd) // sd * hq + (b * dh) // sh) * wq
+                                                 + (c * dw) // sw) * 2)
         i = np.arange(od_n * oh_n * tpr, dtype=np.int64)
         row, q = i // tpr, i % tpr
         od, oh = row // oh_n, row % oh_n
-        tile_b = ((od * hp + oh) * wp + q * NR) * 2
+        tile_b = ((od * hq + oh) * wq + q * NR) * 2
         return cls(offs, cp_n, cstride, tile_b, row * ow_n + q * NR,
-                   np.minimum(NR, ow_n - q * NR), cp_n * cstride, (pd, ph, pw), (dp, hp, wp))
+                   np.minimum(NR, ow_n - q * NR), cp_n * cstride, (pd, ph, pw), (sd, sh, sw),
+                   (dq, hq, wq))
 
 
 @njit(parallel=True)
@@ -339,36 +352,55 @@ def pack_pointwise(x, zp, c0, k_n, bpack):
 
 
 @njit(parallel=True)
-def pack_padded(x, zp, c0, c_n, pads, dims, cstride, buf):
-    """Fill the implicit layout (see :class:`Plan`) from channels ``c0 .. c0 + c_n`` of int8
-    ``x (C, D, H, W)`` minus ``zp``. The padding and the pad channel of an odd count are the
-    zeros written at allocation; only the interior is written, one channel pair per thread."""
+def pack_padded(x, zp, c0, c_n, pads, strides, dims, cstride, buf):
+    """Fill the implicit layout (see :meth:`Plan.implicit_conv`) from channels ``c0 .. c0 +
+    c_n`` of int8 ``x (C, D, H, W)`` minus ``zp``.
+
+    The padding, the pad channel of an odd count and inputs no output reads are the zeros
+    written at allocation; only the interior is written, one channel pair per thread (stride 1
+    along W: 16 columns per vector shuffle; otherwise element by element into the phases).
+    """
     d_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
     pd, ph, pw = pads[0], pads[1], pads[2]
-    dp, hp, wp = dims[0], dims[1], dims[2]
+    sd, sh, sw = strides[0], strides[1], strides[2]
+    dq, hq, wq = dims[0], dims[1], dims[2]
+    plane = dq * hq * wq * 2
     cp_n = (c_n + 1) // 2
-    if (buf.size < cp_n * cstride or cstride < dp * hp * wp * 2 or pd < 0 or ph < 0 or pw < 0
-            or dp < d_n + pd or hp < h_n + ph or wp < w_n + pw or x.shape[0] < c0 + c_n
-            or c0 < 0):
+    if (buf.size < cp_n * cstride or cstride < sd * sh * sw * plane or min(pd, ph, pw) < 0
+            or min(sd, sh, sw) < 1 or x.shape[0] < c0 + c_n or c0 < 0):
         raise ValueError("pack_padded: buffer or input do not match the plan")
     zp16 = np.int16(zp)
-    full = w_n // NR
+    # input columns [x_lo, x_hi) land inside the phase planes (x + pw < wq * sw)
+    x_hi = min(w_n, wq * sw - pw)
     for cp in prange(cp_n):
         two = 2 * cp + 1 < c_n
         for z in range(d_n):
+            zz = z + pd
+            if zz >= dq * sd:
+                continue
             for yy in range(h_n):
+                yp = yy + ph
+                if yp >= hq * sh:
+                    continue
                 r0 = x[c0 + 2 * cp, z, yy]
                 r1 = x[c0 + 2 * cp + 1, z, yy] if two else r0
-                dst = cp * cstride + ((z + pd) * hp + yy + ph) * wp * 2 + pw * 2
-                if two:
+                base = cp * cstride + ((zz % sd) * sh + yp % sh) * sw * plane + (
+                    ((zz // sd) * hq + yp // sh) * wq * 2)
+                if sw == 1 and two:
+                    dst = base + pw * 2
+                    full = x_hi // NR
                     for t in range(full):
                         _interleave16(buf, dst + t * 2 * NR, r0, t * NR, r1, t * NR, zp16)
-                    for i in range(full * NR, w_n):
+                    for i in range(full * NR, x_hi):
                         buf[dst + 2 * i] = np.int16(r0[i]) - zp16
                         buf[dst + 2 * i + 1] = np.int16(r1[i]) - zp16
                 else:
-                    for i in range(w_n):
-                        buf[dst + 2 * i] = np.int16(r0[i]) - zp16
+                    for i in range(x_hi):
+                        xp = i + pw
+                        d = base + (xp % sw) * plane + (xp // sw) * 2
+                        buf[d] = np.int16(r0[i]) - zp16
+                        if two:
+                            buf[d + 1] = np.int16(r1[i]) - zp16
 
 
 @njit

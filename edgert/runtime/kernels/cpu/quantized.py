@@ -323,11 +323,11 @@ class QConv(_QLinearBase):
                            else np.empty((c_in * int(np.prod(ksp)), self.p_out), np.int16))
             self.xs = np.empty((c_in, in_size), np.int16)
         else:
-            # 1x1: GEMM layout over all positions; other stride-1 convs: the implicit layout
-            # (no im2col matrix); strided convs: im2col into the GEMM layout.
+            # 1x1 stride 1: GEMM layout over all positions; other convs the implicit layout (no
+            # im2col matrix) unless output rows are short, then im2col into the GEMM layout.
             m_g = m_out // group
             w_g = [np.asarray(w.value)[g * m_g:(g + 1) * m_g] for g in range(group)]
-            self.plan = None if self.pointwise else Plan.implicit(self.geo, c_per_group)
+            self.plan = None if self.pointwise else Plan.implicit_conv(self.geo, c_per_group)
             if self.plan is not None:
                 self.apack = [pack_conv_weights(v) for v in w_g]
             else:
@@ -371,7 +371,7 @@ class QConv(_QLinearBase):
                                    plan.buf)
                 elif self.implicit:
                     pack_padded(x[n].reshape((c_in,) + self.in3), self.x_zp, c0, self.c_g,
-                                plan.pads, plan.dims, plan.cstride, plan.buf)
+                                plan.pads, plan.strides, plan.dims, plan.cstride, plan.buf)
                 else:
                     pack_conv(x[n].reshape((c_in,) + self.in3), self.x_zp, self.geo, c0,
                               self.taps, plan.buf)
