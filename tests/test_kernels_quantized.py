@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgert.errors import KernelError
-from tests.helpers import run_kernel
+from tests.helpers import ort_node, run_kernel
 
 RNG = np.random.default_rng(5)
 
@@ -198,6 +198,23 @@ def test_qpools_bit_exact():
     s = x.astype(np.int64).reshape(2, 3, -1).sum(-1)
     want = np.sign(s) * ((np.abs(s) * 2 + 25) // 50)
     np.testing.assert_array_equal(got.reshape(2, 3), want.astype(np.int8))
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 4, 11, 11), dict(kernel_shape=[3, 3], strides=[2, 2])),                     # phase form
+    ((2, 3, 10, 9), dict(kernel_shape=[3, 2], strides=[2, 3], pads=[1, 0, 1, 1],
+                         ceil_mode=1)),
+    ((1, 2, 8, 8), dict(kernel_shape=[2, 2], strides=[1, 1])),
+    ((1, 2, 9, 9), dict(kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2])),  # tap form
+    ((1, 3, 17), dict(kernel_shape=[4], strides=[3], pads=[1, 2])),                 # 1-D
+    ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 3, 2], strides=[1, 2, 2])),             # 3-D
+])
+def test_qmaxpool_matches_onnxruntime_on_the_same_integers(shape, attrs):
+    """Max commutes with quantization: int8 max pooling equals a float MaxPool of the codes."""
+    x = i8(shape)
+    got = run_kernel("QMaxPool", [x], attrs, domain="edgert")[0]
+    want = ort_node("MaxPool", [x.astype(np.float32)], attrs)[0]
+    np.testing.assert_array_equal(got, want.astype(np.int8))
 
 
 def test_quantize_dequantize_lut():

@@ -122,14 +122,16 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
 
 
 @njit(parallel=True)
-def _max_pool_phase(x, y, kh_n, kw_n, sh, sw, ph, pw, one):
+def _max_pool_phase(x, y, kh_n, kw_n, sh, sw, ph, pw, one, lowest):
     """2-D MaxPool, dilation 1, no indices, over phase planes (as conv's ``_depthwise_phase``).
 
     ``x``: ``(N*C, H, W)``, ``y``: ``(N*C, OH, OW)``. The ``-inf``-padded plane is split into
     ``sh * sw`` phase planes of row width ``Wq = OW + (KW - 1) // sw``, so every tap is one
     contiguous stream over ``OH * Wq`` elements at any stride; :func:`_max_pool` read strided
     slices row by row, which made a 3x3/2 pool on 64x111x111 take longer than the conv before
-    it (measured ~1.5 ms -> ~0.3 ms). NaN rule as in :func:`_max_pool`.
+    it (measured ~1.5 ms -> ~0.3 ms). NaN rule as in :func:`_max_pool`. ``lowest``: the
+    padding value, ``-inf`` for floats (the int8 max pool passes -128: max commutes with
+    quantization, so the same kernel pools quantized data).
     """
     nc, h_n, w_n = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
@@ -137,7 +139,6 @@ def _max_pool_phase(x, y, kh_n, kw_n, sh, sw, ph, pw, one):
     wq = ow_n + (kw_n - 1) // sw
     plane = hq * wq + (kw_n - 1) // sw + 1
     span = oh_n * wq
-    lowest = y.dtype.type(-np.inf)
     nchunk = min(nc, 32)
     for ch in prange(nchunk):
         t0 = ch * nc // nchunk
@@ -398,7 +399,7 @@ class MaxPoolKernel(_PoolBase):
             g = self.geo
             pool2(x4.reshape(x4.shape[0], x4.shape[2], x4.shape[3]),
                   y4.reshape(y4.shape[0], y4.shape[2], y4.shape[3]),
-                  g[1], g[2], g[4], g[5], g[10], g[11], self.one)
+                  g[1], g[2], g[4], g[5], g[10], g[11], self.one, self.dtype.type(-np.inf))
             return
         pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:

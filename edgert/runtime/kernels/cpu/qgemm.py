@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import get_num_threads, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -47,6 +47,7 @@ from edgert.runtime._jit import njit, prange
 
 MR = 6  # rows of A (output channels) per micro-tile
 NR = 16  # columns of B (output positions) per micro-tile: two vectors of 8 int32
+BLOCK_BYTES = 192 * 1024  # B data per cache block of column tiles (about half a 512 KB L2)
 
 
 def _data_ptr(context, builder, arrty, arr):
@@ -528,19 +529,20 @@ def qgemm(apack: np.ndarray, plan: Plan, m_n: int, bias, mult, shift, zo: int, l
           hi: int, y: np.ndarray, wide: bool) -> None:
     """Run :func:`qgemm_tiles` for a packed ``plan.buf`` into int8 ``y (M, P)``."""
     qgemm_tiles(apack, plan.buf, plan.offs, plan.cp_n, plan.cstride, plan.tile_b, plan.tile_y,
-                plan.tile_cols, m_n, bias, mult, shift, zo, lo, hi, y, wide)
+                plan.tile_cols, m_n, bias, mult, shift, zo, lo, hi, y, wide, get_num_threads())
 
 
 @njit(parallel=True)
 def qgemm_tiles(apack, b, offs, cp_n, cstride, tile_b, tile_y, tile_cols, m_n, bias, mult,
-                shift, zo, lo, hi, y, wide):
+                shift, zo, lo, hi, y, wide, threads=1):
     """``y[m, col] = clamp(zo + requant(bias[m] + sum A[m, :] * B[:, col]))``.
 
     ``apack`` from :func:`pack_weights` / :func:`pack_conv_weights`; ``b`` and the tile arrays
     from a :class:`Plan`; ``y`` a C-contiguous int8 ``(M, P)`` array. ``bias``/``mult``/``shift``
     are int64 per row; the requantization is quantized.py's fixed-point rule (``(v * mult +
     2**(shift-1)) >> shift``, ties up), exact. ``wide=False`` promises that ``acc + bias`` fits
-    int32 (:func:`fits_int32`), which lets the epilogue run in vectors.
+    int32 (:func:`fits_int32`), which lets the epilogue run in vectors. ``threads``: Numba's
+    thread count (picks what to split: column blocks, or row tiles when blocks are fewer).
 
     Every offset the micro-kernel will use is checked first: a plan that does not fit its
     buffers raises instead of reading or writing out of bounds.
@@ -563,15 +565,21 @@ def qgemm_tiles(apack, b, offs, cp_n, cstride, tile_b, tile_y, tile_cols, m_n, b
     if not ok:
         raise ValueError("qgemm_tiles: the plan does not fit its buffers")
     yf = y.reshape(-1)
-    # Walk the tiles so that the operand re-read once per outer step is the smaller one:
-    # column tiles outer re-reads all of A per tile, row tiles outer all of B.
-    if t_n * mt_n * kp_n * MR * 2 <= mt_n * b.size or mt_n < 2:
-        for i in prange(t_n):
+    # Cache blocking: a block of column tiles whose B data (K x 64 bytes each) fits half of
+    # L2 is multiplied by every row tile in turn, so each A panel (K x 24 bytes) is read from
+    # L2/L3 once per block and reused from L1 across the block's tiles, and the block's B is
+    # read from L2. (Walking all tiles per row tile streamed B from L3 for large K x P, and
+    # all row tiles per column tile streamed A: 40-45 GMAC/s against 55-60 blocked.)
+    tb = max(1, BLOCK_BYTES // (kp_n * 4 * NR))
+    nb = (t_n + tb - 1) // tb
+    if nb >= threads or mt_n < 2:
+        for blk in prange(nb):
             c = np.empty((MR, NR), np.int32)
             for mt in range(mt_n):
-                _tile_requant(apack, b, offs, cp_n, cstride, mt, kp_n, tile_b[i], tile_y[i],
-                              tile_cols[i], m_n, bias, mult, shift, zo, lo, hi, y, yf, c,
-                              wide)
+                for i in range(blk * tb, min(t_n, (blk + 1) * tb)):
+                    _tile_requant(apack, b, offs, cp_n, cstride, mt, kp_n, tile_b[i],
+                                  tile_y[i], tile_cols[i], m_n, bias, mult, shift, zo, lo, hi,
+                                  y, yf, c, wide)
     else:
         for mt in prange(mt_n):
             c = np.empty((MR, NR), np.int32)

@@ -55,6 +55,7 @@ from edgert.runtime.kernels.cpu.conv import (
     sliding_window,
     tap_ranges,
 )
+from edgert.runtime.kernels.cpu.pooling import _max_pool_phase
 from edgert.runtime.kernels.cpu.qgemm import (
     Plan,
     conv_taps,
@@ -626,11 +627,20 @@ class _QPool(Kernel):
         self.geo = win.geo()
         self.in3, self.out3 = as3d(win.in_shape), as3d(win.out_shape)
         self.count_pad = bool(self.attr("count_include_pad", 0))
+        # 2-D max pool without dilation: the float kernel's phase-plane form (vectorized maxes
+        # over contiguous rows; the tap-range kernel below read strided int8 slices)
+        self.phase = (self.is_max and len(x.shape) == 4 and int(np.prod(win.out_shape)) > 0
+                      and all(d == 1 for d in win.dilations))
         return [TensorInfo(tuple(x.shape[:2]) + win.out_shape, INT8)]
 
     def invoke(self, inputs, outputs):
         x, y = np.ascontiguousarray(inputs[0]), outputs[0]
         nc = x.shape[0] * x.shape[1]
+        if self.phase:
+            g = self.geo
+            _max_pool_phase(x.reshape((nc,) + self.in3[1:]), y.reshape((nc,) + self.out3[1:]),
+                            g[1], g[2], g[4], g[5], g[10], g[11], np.int8(1), np.int8(-128))
+            return
         _qpool(x.reshape((nc,) + self.in3), y.reshape((nc,) + self.out3), self.geo,
                self.is_max, self.count_pad)
 
