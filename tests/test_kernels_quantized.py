@@ -101,6 +101,21 @@ def test_qconv_pointwise_bit_exact():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("group,cin,cout,stride", [(1, 8, 13, 2), (2, 132, 10, 3)])
+def test_qconv_strided_pointwise_bit_exact(group, cin, cout, stride):
+    """1x1 convs with a stride (ResNet's downsampling shortcut): subsampled, then the GEMM."""
+    x = i8((2, cin, 9, 11))
+    w = RNG.integers(-127, 128, size=(cout, cin // group, 1, 1)).astype(np.int8)
+    b = RNG.integers(-500, 500, size=cout).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, cout).astype(np.float32)
+    attrs = dict(strides=[stride] * 2, group=group, x_scale=0.02, x_zero_point=4,
+                 w_scale=[float(s) for s in ws], y_scale=0.03, y_zero_point=-2)
+    got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    want = golden_conv(x, w, b, np.float32(0.02), 4, ws, float(np.float32(0.03)), -2, stride, 0,
+                       group)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_qgemm_bit_exact():
     x = i8((3, 2, 7))
     w = RNG.integers(-127, 128, size=(4, 7)).astype(np.int8)

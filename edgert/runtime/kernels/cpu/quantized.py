@@ -328,7 +328,15 @@ class QConv(_QLinearBase):
             # im2col matrix) unless output rows are short, then im2col into the GEMM layout.
             m_g = m_out // group
             w_g = [np.asarray(w.value)[g * m_g:(g + 1) * m_g] for g in range(group)]
-            self.plan = None if self.pointwise else Plan.implicit_conv(self.geo, c_per_group)
+            # a strided 1x1 conv without pads: subsample the input, then the 1x1 GEMM
+            self.subsample = None
+            if (not self.pointwise and all(v == 1 for v in ksp) and not any(win.pads_begin)
+                    and not any(win.pads_end)):
+                self.subsample = (np.empty((c_in,) + win.out_shape, np.int8),
+                                  (slice(None),) + tuple(slice(None, None, st)
+                                                         for st in win.strides))
+            self.plan = (None if self.pointwise or self.subsample is not None
+                         else Plan.implicit_conv(self.geo, c_per_group))
             if self.plan is not None:
                 self.apack = [pack_conv_weights(v) for v in w_g]
             else:
@@ -337,7 +345,7 @@ class QConv(_QLinearBase):
             self.wide = not fits_int32(self.w_packed, self.bias)
             self.w_packed = None
             self.implicit = self.plan.implicit
-            self.taps = (None if self.pointwise or self.implicit
+            self.taps = (None if self.pointwise or self.implicit or self.subsample is not None
                          else conv_taps(self.geo, c_per_group))
             self.rq = [tuple(np.ascontiguousarray(v[g * m_g:(g + 1) * m_g])
                              for v in (self.bias, self.mult, self.shift)) for g in range(group)]
@@ -365,10 +373,14 @@ class QConv(_QLinearBase):
                 continue
             m_g = m_out // self.group
             plan = self.plan
+            xn = x[n]
+            if self.subsample is not None:
+                np.copyto(self.subsample[0], xn[self.subsample[1]])
+                xn = self.subsample[0]
             for g in range(self.group):
                 c0 = g * self.c_g
-                if self.pointwise:
-                    pack_pointwise(x[n].reshape(c_in, self.p_out), self.x_zp, c0, self.k,
+                if self.pointwise or self.subsample is not None:
+                    pack_pointwise(xn.reshape(c_in, self.p_out), self.x_zp, c0, self.k,
                                    plan.buf)
                 elif self.implicit:
                     pack_padded(x[n].reshape((c_in,) + self.in3), self.x_zp, c0, self.c_g,
