@@ -207,6 +207,13 @@ def test_mixed_model_int8_and_qdq_export():
     got = Interpreter(data).run({"x": x})["y"]
     ref = ort.InferenceSession(model).run(None, {"x": x})[0]
     assert np.max(np.abs(got - ref)) < 0.05  # a few int8 steps (1/256) of probability
+    # The Concat's inputs feed nothing else, so they share its output parameters (TFLite's
+    # rule) and the int8 Concat copies instead of rescaling.
+    from edgert.format import read_model
+
+    (cat,) = [op for op in read_model(data).main.operators if op.op_type == "QConcat"]
+    assert cat.attrs["scales"] == [cat.attrs["y_scale"]] * 2
+    assert cat.attrs["zero_points"] == [cat.attrs["y_zero_point"]] * 2
     # The QDQ export is a valid model that onnxruntime runs, with int8 weights and one Q/DQ
     # pair per int8 activation; it lands as close to the float model as edgert's int8 does.
     # (Element-wise agreement with edgert is not asserted here: with these random weights the

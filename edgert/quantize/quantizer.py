@@ -91,7 +91,7 @@ class QuantizeResult:
 class _Rewriter:
     def __init__(self, src: Graph, ranges: dict[str, tuple[float, float]], per_channel: bool):
         self.src = src
-        self.ranges = ranges
+        self.ranges = dict(ranges)
         self.per_channel = per_channel
         g = Graph(src.name)
         g.opset = dict(src.opset)
@@ -170,7 +170,29 @@ class _Rewriter:
                 and (v.name in self.qmap or v.name in self.ranges))
 
     # ----- the walk -----------------------------------------------------------------------------
+    def share_concat_ranges(self) -> None:
+        """Give each Concat input that feeds only the Concat the Concat's output range.
+
+        TFLite's rule for concatenation: the producer then requantizes straight into the
+        output's parameters and the int8 Concat is a plain copy, not a per-element rescale
+        (SqueezeNet's eight fire-module concats took 2 ms of a 20 ms int8 run rescaling). The
+        output range covers every input's under MinMax, so no input is clipped by it.
+        """
+        outputs = {id(v) for v in self.src.outputs}
+        for node in self.src.nodes:
+            if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+                continue
+            r = self.ranges.get(node.outputs[0].name)
+            if r is None:
+                continue
+            for v in node.inputs:
+                if (v is not None and v.const is None and v.producer is not None
+                        and len(v.consumers) == 1 and id(v) not in outputs
+                        and v.name in self.ranges):
+                    self.ranges[v.name] = r
+
     def run(self) -> QuantizeResult:
+        self.share_concat_ranges()
         skip: set[int] = set()
         for node in self.src.nodes:
             if id(node) in skip:
