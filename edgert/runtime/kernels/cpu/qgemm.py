@@ -396,12 +396,17 @@ def pack_padded(x, zp, c0, c_n, pads, strides, dims, cstride, buf):
                         buf[dst + 2 * i] = np.int16(r0[i]) - zp16
                         buf[dst + 2 * i + 1] = np.int16(r1[i]) - zp16
                 else:
-                    for i in range(x_hi):
-                        xp = i + pw
-                        d = base + (xp % sw) * plane + (xp // sw) * 2
-                        buf[d] = np.int16(r0[i]) - zp16
-                        if two:
-                            buf[d + 1] = np.int16(r1[i]) - zp16
+                    # phase by phase: input column i = j * sw + b - pw lands at (b, j)
+                    for b in range(sw):
+                        j0 = max(0, (pw - b + sw - 1) // sw)
+                        dst = base + b * plane
+                        for j in range(j0, wq):
+                            i = j * sw + b - pw
+                            if i >= x_hi:
+                                break
+                            buf[dst + 2 * j] = np.int16(r0[i]) - zp16
+                            if two:
+                                buf[dst + 2 * j + 1] = np.int16(r1[i]) - zp16
 
 
 @njit
