@@ -262,7 +262,8 @@ def lrn64(x, size, alpha=1e-4, beta=0.75, bias=1.0):
     return x / (bias + alpha / size * sq) ** beta
 
 
-LRN_ATTRS = [{"size": 1}, {"size": 3}, {"size": 5, "alpha": 0.01, "beta": 0.5, "bias": 2.0}]
+LRN_ATTRS = [{"size": 1}, {"size": 3}, {"size": 5, "alpha": 0.01, "beta": 0.5, "bias": 2.0},
+             {"size": 5, "alpha": 0.2, "beta": 1.0}, {"size": 3, "alpha": 0.5, "beta": 0.6}]
 
 
 @pytest.mark.parametrize("attrs", LRN_ATTRS, ids=str)
