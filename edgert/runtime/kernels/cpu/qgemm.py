@@ -577,51 +577,46 @@ def qgemm_tiles(apack, b, offs, cp_n, cstride, tile_b, tile_y, tile_cols, m_n, b
     # all row tiles per column tile streamed A: 40-45 GMAC/s against 55-60 blocked.)
     tb = max(1, BLOCK_BYTES // (kp_n * 4 * NR))
     nb = (t_n + tb - 1) // tb
-    if nb >= threads or mt_n < 2:
-        for blk in prange(nb):
-            c = np.empty((MR, NR), np.int32)
-            for mt in range(mt_n):
-                for i in range(blk * tb, min(t_n, (blk + 1) * tb)):
-                    _tile_requant(apack, b, offs, cp_n, cstride, mt, kp_n, tile_b[i],
-                                  tile_y[i], tile_cols[i], m_n, bias, mult, shift, zo, lo, hi,
-                                  y, yf, c, wide)
-    else:
-        for mt in prange(mt_n):
-            c = np.empty((MR, NR), np.int32)
-            for i in range(t_n):
-                _tile_requant(apack, b, offs, cp_n, cstride, mt, kp_n, tile_b[i], tile_y[i],
-                              tile_cols[i], m_n, bias, mult, shift, zo, lo, hi, y, yf, c,
-                              wide)
-
-
-@njit
-def _tile_requant(apack, b, offs, cp_n, cstride, mt, kp_n, b0, p0, cols, m_n, bias, mult, shift,
-                  zo, lo, hi, y, yf, c, wide):
-    """One micro-tile of :func:`qgemm_tiles`: multiply, then requantize into ``y``.
-
-    Unless ``wide``, ``acc + bias`` is computed in int32 (the caller has checked that it cannot
-    overflow, :func:`fits_int32`) and a full row of 16 goes through :func:`_requant16`; the
-    scalar int64 form was measured to take as long as the multiply itself.
-    """
-    _tile(apack, mt * kp_n * MR, b, b0, offs, cp_n, cstride, c)
-    for r in range(min(MR, m_n - mt * MR)):
-        m = mt * MR + r
-        sh = shift[m]
-        rnd = np.int64(1) << (sh - 1)
-        if wide:
-            for j in range(cols):
-                v = (((np.int64(c[r, j]) + bias[m]) * mult[m] + rnd) >> sh) + zo
-                y[m, p0 + j] = min(max(v, lo), hi)
-            continue
-        bb = np.int32(bias[m])
-        if cols == NR and sh >= 32:
-            _requant16(c, r, yf, m * y.shape[1] + p0, bb, np.int32(mult[m]), rnd,
-                       np.int32(sh - 32), np.int32(zo), np.int32(lo), np.int32(hi))
-        else:
-            mm = np.int64(np.int32(mult[m]))
-            for j in range(cols):
-                v = ((np.int64(np.int32(c[r, j] + bb)) * mm + rnd) >> sh) + zo
-                y[m, p0 + j] = min(max(v, lo), hi)
+    by_blocks = nb >= threads or mt_n < 2
+    units = nb if by_blocks else mt_n  # what the threads split: column blocks or row tiles
+    for u in prange(units):
+        c = np.empty((MR, NR), np.int32)
+        tail = np.empty(NR, np.int8)
+        mt0 = 0 if by_blocks else u
+        mt1 = mt_n if by_blocks else u + 1
+        t0 = u * tb if by_blocks else 0
+        t1 = min(t_n, (u + 1) * tb) if by_blocks else t_n
+        for mt in range(mt0, mt1):
+            for i in range(t0, t1):
+                # (written out here, not as a called function: the call with its twenty
+                # array arguments cost as much as a 64-deep tile)
+                _tile(apack, mt * kp_n * MR, b, tile_b[i], offs, cp_n, cstride, c)
+                p0 = tile_y[i]
+                cols = tile_cols[i]
+                for r in range(min(MR, m_n - mt * MR)):
+                    m = mt * MR + r
+                    sh = shift[m]
+                    rnd = np.int64(1) << (sh - 1)
+                    if wide:
+                        for j in range(cols):
+                            v = (((np.int64(c[r, j]) + bias[m]) * mult[m] + rnd) >> sh) + zo
+                            y[m, p0 + j] = min(max(v, lo), hi)
+                    elif sh >= 32:
+                        # int32 acc + bias (checked by the caller: fits_int32), vectors
+                        dst = yf if cols == NR else tail
+                        _requant16(c, r, dst, m * p_n + p0 if cols == NR else 0,
+                                   np.int32(bias[m]), np.int32(mult[m]), rnd,
+                                   np.int32(sh - 32), np.int32(zo), np.int32(lo),
+                                   np.int32(hi))
+                        if cols < NR:  # a row's last tile: through a scratch row
+                            for j in range(cols):
+                                y[m, p0 + j] = tail[j]
+                    else:
+                        bb = np.int32(bias[m])
+                        mm = np.int64(np.int32(mult[m]))
+                        for j in range(cols):
+                            v = ((np.int64(np.int32(c[r, j] + bb)) * mm + rnd) >> sh) + zo
+                            y[m, p0 + j] = min(max(v, lo), hi)
 
 
 def fits_int32(w: np.ndarray, bias: np.ndarray) -> bool:
