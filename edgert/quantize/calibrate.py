@@ -210,12 +210,15 @@ def calibrate(
             outs = interp.run(feed)
             for name, obs in observers.items():
                 arr = outs.get(name, feed.get(name))
-                if arr is not None:
-                    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                if arr is not None and arr.size:
+                    # min and max see any NaN (they propagate it) or Inf: one pass fewer
+                    # than an isfinite check over every activation
+                    lo, hi = float(arr.min()), float(arr.max())
+                    if not (np.isfinite(lo) and np.isfinite(hi)):
                         raise InputError(
                             f"calibration sample {i}: tensor '{name}' became NaN/Inf in the "
                             "float model; check the data's range and preprocessing")
-                    obs.update(arr)
+                    obs.update(arr, lo, hi)
             k = next(iter(feed.values())).shape[0] if feed else 1
             samples += k
             bar.update(k)

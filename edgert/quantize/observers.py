@@ -29,11 +29,13 @@ class Observer:
         self.hi = -np.inf
         self.count = 0
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
+        """Add a batch; ``lo``/``hi`` may pass its min and max when the caller has them."""
         x = np.asarray(x)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        if lo is None or hi is None:
+            lo, hi = float(x.min()), float(x.max())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.count += 1
         self._update(x, lo, hi)
