@@ -174,15 +174,49 @@ def _interleave16(typingctx, dst, d_off, r0, o0, r1, o1, zp):
     return sig, codegen
 
 
+def _splat(builder, val, vt):
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), val, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vt.count),
+                                              [0] * vt.count))
+
+
+def _emit_fixed_mul(builder, v, mm, rnd, s2):
+    """IR for ``(int64(v) * mm + rnd) >> 32 >> s2`` on a vector of int32 ``v``.
+
+    ``mm`` (i32), ``rnd`` (i64) and ``s2`` (i32) are scalars: the fixed-point multiply of the
+    int8 scheme with a single rounding, ``shift = s2 + 32``. The 32x32 -> 64-bit product
+    (``vpmuldq``), taking the high half and an int32 shift are exact: nested floor divisions
+    by powers of two compose.
+    """
+    n = v.type.count
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    q_t, v_t = ir.VectorType(i64, n), ir.VectorType(i32, n)
+    q = builder.mul(builder.sext(v, q_t), builder.sext(_splat(builder, mm, v_t), q_t))
+    q = builder.add(q, _splat(builder, rnd, q_t))
+    t = builder.trunc(builder.lshr(q, _splat(builder, ir.Constant(i64, 32), q_t)), v_t)
+    return builder.ashr(t, _splat(builder, s2, v_t))
+
+
+def _emit_clamp_store(context, builder, t, zo, lo, hi, arrty, arr, off):
+    """IR: ``arr[off + j] = int8(clamp(t[j] + zo, lo, hi))`` for a vector ``t`` of int32."""
+    v_t = t.type
+    t = builder.add(t, _splat(builder, zo, v_t))
+    lo_s, hi_s = _splat(builder, lo, v_t), _splat(builder, hi, v_t)
+    t = builder.select(builder.icmp_signed("<", t, lo_s), lo_s, t)
+    t = builder.select(builder.icmp_signed(">", t, hi_s), hi_s, t)
+    b_t = ir.VectorType(ir.IntType(8), v_t.count)
+    yp = builder.gep(_data_ptr(context, builder, arrty, arr), [off])
+    builder.store(builder.trunc(t, b_t), builder.bitcast(yp, b_t.as_pointer()), align=1)
+
+
 @intrinsic
 def _requant16(typingctx, c, r, y, y_off, b, mm, rnd, s2, zo, lo, hi):
     """``y[y_off + j] = clamp(zo + ((int64(c[r, j] + b) * mm + rnd) >> 32 >> s2))``, j < 16.
 
-    The fixed-point requantization of one full tile row, in vectors: ``c[r] + b`` is int32
-    (the caller checked it cannot overflow), ``mm`` an int32 multiplier, so the product is a
-    32x32 -> 64-bit multiply (``vpmuldq``); ``rnd = 2**(shift - 1)`` and ``s2 = shift - 32 >= 0``
-    split the single rounding shift into taking the high half and an int32 shift (exact:
-    nested floor divisions by powers of two compose). ``y``: int8 1-D (a row's storage).
+    The requantization of one full tile row in vectors (:func:`_emit_fixed_mul`): ``c[r] + b``
+    is int32 (the caller checked it cannot overflow), ``mm`` the int32 multiplier, ``rnd =
+    2**(shift - 1)`` and ``s2 = shift - 32 >= 0``. ``y``: int8 1-D.
     """
     if not (_is_array(c, types.int32, 2) and _is_array(y, types.int8, 1)):
         return None
@@ -191,34 +225,79 @@ def _requant16(typingctx, c, r, y, y_off, b, mm, rnd, s2, zo, lo, hi):
 
     def codegen(context, builder, signature, args):
         c_a, r_v, y_a, y_off_v, b_v, mm_v, rnd_v, s2_v, zo_v, lo_v, hi_v = args
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        v16 = ir.VectorType(i32, 16)
-        q16 = ir.VectorType(i64, 16)
-        idx = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-
-        def splat(val, vt):
-            one = builder.insert_element(ir.Constant(vt, ir.Undefined), val, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), idx)
-
+        v16 = ir.VectorType(ir.IntType(32), 16)
         cp = builder.gep(_data_ptr(context, builder, signature.args[0], c_a),
                          [builder.mul(r_v, ir.Constant(r_v.type, NR))])
         acc = builder.load(builder.bitcast(cp, v16.as_pointer()), align=4)
-        acc = builder.add(acc, splat(b_v, v16))
-        q = builder.mul(builder.sext(acc, q16), builder.sext(splat(mm_v, v16), q16))
-        q = builder.add(q, splat(rnd_v, q16))
-        t = builder.trunc(builder.lshr(q, splat(ir.Constant(i64, 32), q16)), v16)
-        t = builder.ashr(t, splat(s2_v, v16))
-        t = builder.add(t, splat(zo_v, v16))
-        lo_s, hi_s = splat(lo_v, v16), splat(hi_v, v16)
-        t = builder.select(builder.icmp_signed("<", t, lo_s), lo_s, t)
-        t = builder.select(builder.icmp_signed(">", t, hi_s), hi_s, t)
-        out = builder.trunc(t, ir.VectorType(ir.IntType(8), 16))
-        yp = builder.gep(_data_ptr(context, builder, signature.args[2], y_a), [y_off_v])
-        builder.store(out, builder.bitcast(yp, ir.VectorType(ir.IntType(8), 16).as_pointer()),
-                      align=1)
+        acc = builder.add(acc, _splat(builder, b_v, v16))
+        t = _emit_fixed_mul(builder, acc, mm_v, rnd_v, s2_v)
+        _emit_clamp_store(context, builder, t, zo_v, lo_v, hi_v, signature.args[2], y_a, y_off_v)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _qadd16(typingctx, a, b, out, off, prm):
+    """TFLite's int8 Add for ``a[off:off+16] + b[off:off+16]`` into ``out``, in vectors.
+
+    ``prm`` (int64): ``za, zb, ma, rnd_a, s2_a, mb, rnd_b, s2_b, mo, rnd_o, s2_o, zo, lo,
+    hi``: ``va = fixed_mul((a - za) << 20, ma)``, likewise ``vb``, ``out = clamp(zo +
+    fixed_mul(va + vb, mo))`` (every shift >= 32, checked by the caller; ``(a - za) << 20``
+    and ``va + vb`` fit int32).
+    """
+    if not (_is_array(a, types.int8, 1) and _is_array(b, types.int8, 1)
+            and _is_array(out, types.int8, 1) and _is_array(prm, types.int64, 1)):
+        return None
+    sig = types.void(a, b, out, types.intp, prm)
+
+    def codegen(context, builder, signature, args):
+        a_a, b_a, o_a, off_v, p_a = args
+        i32 = ir.IntType(32)
+        v16 = ir.VectorType(i32, 16)
+        b16 = ir.VectorType(ir.IntType(8), 16)
+        pp = _data_ptr(context, builder, signature.args[4], p_a)
+
+        def prm_at(i, t=i32):
+            v = builder.load(builder.gep(pp, [ir.Constant(off_v.type, i)]))
+            return v if t is None else builder.trunc(v, t)
+
+        def side(arr, arrty, zi, base):
+            ptr = builder.gep(_data_ptr(context, builder, arrty, arr), [off_v])
+            x = builder.sext(builder.load(builder.bitcast(ptr, b16.as_pointer()), align=1), v16)
+            x = builder.shl(builder.sub(x, _splat(builder, prm_at(zi), v16)),
+                            _splat(builder, ir.Constant(i32, 20), v16))
+            return _emit_fixed_mul(builder, x, prm_at(base), prm_at(base + 1, None),
+                                   prm_at(base + 2))
+
+        va = side(a_a, signature.args[0], 0, 2)
+        vb = side(b_a, signature.args[1], 1, 5)
+        t = _emit_fixed_mul(builder, builder.add(va, vb), prm_at(8), prm_at(9, None),
+                            prm_at(10))
+        _emit_clamp_store(context, builder, t, prm_at(11), prm_at(12), prm_at(13),
+                          signature.args[2], o_a, off_v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(parallel=True)
+def qadd(a, b, prm, out):
+    """:func:`_qadd16` over whole int8 vectors (equal sizes), the tail element by element with
+    the same integer arithmetic."""
+    n = out.size
+    if a.size != n or b.size != n or prm.size < 14:
+        raise ValueError("qadd: operand sizes do not match")
+    blocks = n // NR
+    chunk = 4096 // NR
+    for c in prange((blocks + chunk - 1) // chunk):
+        for blk in range(c * chunk, min(blocks, (c + 1) * chunk)):
+            _qadd16(a, b, out, blk * NR, prm)
+    for i in range(blocks * NR, n):
+        va = ((((np.int64(a[i]) - prm[0]) << 20) * prm[2] + prm[3]) >> 32) >> prm[4]
+        vb = ((((np.int64(b[i]) - prm[1]) << 20) * prm[5] + prm[6]) >> 32) >> prm[7]
+        v = ((((va + vb) * prm[8]) + prm[9]) >> 32 >> prm[10]) + prm[11]
+        out[i] = min(max(v, prm[12]), prm[13])
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:

@@ -58,6 +58,7 @@ from edgert.runtime.kernels.cpu.conv import (
 from edgert.runtime.kernels.cpu.pooling import _max_pool_phase
 from edgert.runtime.kernels.cpu.qgemm import (
     Plan,
+    qadd,
     conv_taps,
     fits_int32,
     pack_conv,
@@ -480,9 +481,21 @@ class QAdd(_QBinary):
         self.ma, self.sha = quantize_multiplier(self.sa / twice_max)
         self.mb, self.shb = quantize_multiplier(self.sb / twice_max)
         self.mo, self.sho = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * self.so))
+        # the vector kernel (qgemm.qadd) splits every shift at 32 bits; a multiplier >= 0.5
+        # (an output scale far below the inputs') takes the scalar kernel
+        self.prm = None
+        if min(self.sha, self.shb, self.sho) >= 32:
+            self.prm = np.array([self.za, self.zb,
+                                 self.ma, 1 << (self.sha - 1), self.sha - 32,
+                                 self.mb, 1 << (self.shb - 1), self.shb - 32,
+                                 self.mo, 1 << (self.sho - 1), self.sho - 32,
+                                 self.zo, self.lo, self.hi], np.int64)
 
     def invoke(self, inputs, outputs):
         a, b = self.operands(inputs)
+        if self.prm is not None:
+            qadd(a, b, self.prm, outputs[0].reshape(-1))
+            return
         _qadd(a, b, self.ma, self.sha, self.za, self.mb, self.shb, self.zb, self.mo, self.sho,
               self.zo, self.lo, self.hi, outputs[0].reshape(-1))
 
