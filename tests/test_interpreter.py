@@ -56,6 +56,23 @@ def test_mlp_matches_onnxruntime_at_several_batch_sizes():
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
+def test_run_without_copies_returns_read_only_views():
+    model = _mlp()
+    interp = Interpreter(convert(model))
+    rng = np.random.default_rng(3)
+    x1, x2 = (rng.standard_normal((4, 6)).astype(np.float32) for _ in range(2))
+    for first_shape in (True, False):  # a re-planning call and a fast-path call
+        if first_shape:
+            interp.run({"x": rng.standard_normal((2, 6)).astype(np.float32)})
+        view = interp.run({"x": x1}, copy=False)["probs"]
+        np.testing.assert_allclose(view, _ort(model, {"x": x1})[0], rtol=RTOL, atol=ATOL)
+        assert not view.flags.writeable
+        kept = interp.run({"x": x1})["probs"]  # copies survive the next run
+        interp.run({"x": x2})
+        np.testing.assert_allclose(kept, _ort(model, {"x": x1})[0], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(view, _ort(model, {"x": x2})[0], rtol=RTOL, atol=ATOL)
+
+
 def test_tflite_style_api():
     interp = Interpreter(convert(_mlp()))
     (inp,) = interp.get_input_details()

@@ -207,7 +207,7 @@ def calibrate(
     try:
         for i, feed in enumerate(iter_feeds(data, names, batch_size)):
             feed = check_feed(graph, feed, i)
-            outs = interp.run(feed)
+            outs = interp.run(feed, copy=False)  # views: read before the next run
             for name, obs in observers.items():
                 arr = outs.get(name, feed.get(name))
                 if arr is not None and arr.size:

@@ -317,16 +317,21 @@ class Interpreter:
     def metadata(self) -> dict[str, str]:
         return dict(self._model.metadata)
 
-    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, Any], copy: bool = True) -> dict[str, np.ndarray]:
         """Run the model: ``feeds`` maps every input name to an array; returns name -> array.
 
         A feed whose shape differs from the last one (another batch size...) re-plans memory.
+        ``copy=False`` returns read-only views of the interpreter's own buffers instead of
+        copies: no copying, but they change with the next run (calibration reads every
+        activation this way).
         """
         fast = self._fast_feeds(feeds)
         if fast is not None:
             for dst, arr in fast:
                 np.copyto(dst, arr)
             self.invoke()
+            if not copy:
+                return {name: _read_only(arr) for name, arr in self._out_views}
             return {name: np.array(arr, copy=True) for name, arr in self._out_views}
         if not isinstance(feeds, dict):
             raise InputError(f"run() takes a dict of input name -> array, got {type(feeds).__name__}")
@@ -360,7 +365,16 @@ class Interpreter:
         for index, val in special.items():
             self._special_values[index] = self._arrays[index] = val
         self.invoke()
+        if not copy:
+            return {self._graph.tensors[i].name: self._view(i) for i in self._graph.outputs}
         return {self._graph.tensors[i].name: self.get_tensor(i) for i in self._graph.outputs}
+
+    def _view(self, index: int):
+        """A read-only view of a tensor (a copy for sequences and optional values)."""
+        arr = self._arrays[index]
+        if index in self._special or type(arr) is list or arr is None:
+            return self.get_tensor(index)
+        return _read_only(arr)
 
     def _fast_feeds(self, feeds) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """(destination, array) pairs when ``feeds`` exactly fits the current plan, else None.
@@ -644,6 +658,12 @@ class Interpreter:
         for idx, val in zip(step.outputs, results):
             if idx >= 0:
                 arrays[idx] = val
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_narrow_range(name: str, code: int, arr: np.ndarray) -> None:
