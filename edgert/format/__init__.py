@@ -14,13 +14,14 @@ Example::
     weights = model.main.tensors[3].data      # a view into the mapped file
 
 This package imports only flatbuffers, numpy, :mod:`edgert.dtypes` and :mod:`edgert.errors`.
+The writer (with the generated FlatBuffers builder code) is imported on first use of
+:func:`write_model`: a device that only reads models never pays for it (start-up time).
 """
 
 from edgert.format.constants import BLOB_ALIGNMENT, FILE_EXTENSION, FILE_IDENTIFIER, SCHEMA_VERSION
 from edgert.format.model import ModelDef, OperatorDef, QuantParams, SubGraphDef, TensorDef
 from edgert.format.reader import read_model
 from edgert.format.verify import check_model
-from edgert.format.writer import write_model
 
 __all__ = [
     "BLOB_ALIGNMENT",
@@ -36,3 +37,11 @@ __all__ = [
     "read_model",
     "write_model",
 ]
+
+
+def __getattr__(name: str):
+    if name == "write_model":
+        from edgert.format.writer import write_model
+
+        return write_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -71,6 +71,9 @@ def _import_arraymath_without_scipy() -> None:
     arraymath.ensure_blas = original
 
 
+# Not deferred to the first compile: loading a cached kernel imports ``arraymath`` too, when
+# the kernel's environment refers to it (an ``a.sum()`` inside a kernel); most of its import cost
+# is ``numba.np.arrayobj``, which every cached array kernel's environment imports anyway.
 try:
     _import_arraymath_without_scipy()
 except Exception:  # noqa: BLE001 (a future Numba layout: just pay the SciPy import)
@@ -79,16 +82,55 @@ except Exception:  # noqa: BLE001 (a future Numba layout: just pay the SciPy imp
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
+def _quick_load_cache_class():
+    """A Numba ``FunctionCache`` whose cache *load* skips the full compiler set-up, or None.
+
+    Before loading a cached kernel, Numba's ``Cache.load_overload`` refreshes the CPU target
+    context: it imports and installs every typing and lowering registry (NumPy, cmath, typed
+    containers, jitclass, random, polynomials...), which only *compiling* needs. That took
+    0.12-0.17 s of a warm-cache ResNet-50 start-up of ~1.3 s (measured). Machine code read from
+    the cache needs only the NRT runtime (its C helpers and atomic functions) to be set up, so
+    this cache initializes just that; compiling (a cache miss, a new signature) still goes
+    through Numba's compiler, which refreshes the contexts itself before typing anything.
+    None (plain ``cache=True``) where Numba's internals differ from what this relies on.
+    """
+    try:
+        from numba.core.caching import FunctionCache
+        from numba.core.runtime import rtsys
+
+        FunctionCache.load_overload  # noqa: B018 (the method overridden below)
+        FunctionCache._load_overload  # noqa: B018
+        FunctionCache._guard_against_spurious_io_errors  # noqa: B018
+    except (ImportError, AttributeError):  # pragma: no cover - another Numba
+        return None
+
+    class QuickLoadCache(FunctionCache):
+        def load_overload(self, sig, target_context):
+            rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+
+    return QuickLoadCache
+
+
+_QUICK_LOAD_CACHE = _quick_load_cache_class()
+
+
 def njit(fn=None, *, parallel: bool = False, fastmath: bool = True):
     """``numba.njit`` with edgert's flags. Use as ``@njit`` or ``@njit(parallel=True)``."""
 
     def wrap(f):
-        return numba.njit(
-            cache=True,
+        disp = numba.njit(
+            cache=_QUICK_LOAD_CACHE is None,
             nogil=True,
             parallel=parallel,
             fastmath=set(FASTMATH) if fastmath else False,
         )(f)
+        if _QUICK_LOAD_CACHE is not None:
+            # What cache=True does (``enable_caching`` sets ``_cache = FunctionCache(py_func)``),
+            # with the quicker cache load.
+            disp._cache = _QUICK_LOAD_CACHE(disp.py_func)
+        return disp
 
     return wrap(fn) if fn is not None else wrap
 

@@ -28,6 +28,8 @@ duplicates. Kernels are resolved once per operator at prepare, never per invoke.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -133,11 +135,66 @@ def broadcast_shapes(where: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class KernelRegistry:
-    """Maps ``(domain, op_type)`` and an opset-version range to a kernel class."""
+    """Maps ``(domain, op_type)`` and an opset-version range to a kernel class.
+
+    Kernels are added with :meth:`add`, or a whole family is declared with :meth:`add_family`:
+    the family's ``register`` function (and so its module import) then runs on the first lookup
+    of one of its ops, so that loading a model imports only the kernel families it uses.
+    """
 
     def __init__(self, device: str):
         self.device = device
         self._table: dict[tuple[str, str], list[tuple[int, int, type[Kernel]]]] = {}
+        # Lazily registered families: name -> register function, and op -> family names.
+        self._families: set[str] = set()
+        self._unloaded: dict[str, Callable[[KernelRegistry], None]] = {}
+        self._declared: dict[tuple[str, str], list[str]] = {}
+        self._loading: set[str] = set()
+        self._load_lock = threading.RLock()
+
+    def add_family(
+        self, name: str, ops: Iterable[str], register: Callable[[KernelRegistry], None]
+    ) -> None:
+        """Declare a kernel family registered on first use.
+
+        Args:
+            name: the family's name (unique in this registry).
+            ops: the ops that ``register`` adds, written ``"OpType"`` for the default ONNX
+                domain and ``"domain.OpType"`` otherwise (as :meth:`op_types` lists them).
+            register: adds the family's kernels to the registry it is given (usually the
+                family module's ``register``, behind a function that imports the module).
+
+        A lookup of a declared op runs the register functions of the families that declared
+        it. A lookup that finds nothing runs every remaining one before answering, so an op
+        left out of ``ops`` is still found (later); only start-up time depends on ``ops``.
+        """
+        if name in self._families:
+            raise ValueError(f"{self.device} registry: kernel family {name!r} declared twice")
+        self._families.add(name)
+        self._unloaded[name] = register
+        for op in ops:
+            domain, _, op_type = op.rpartition(".")
+            self._declared.setdefault((domain, op_type), []).append(name)
+
+    def _load_families(self, names: Iterable[str]) -> None:
+        # Interpreters may be built on several threads: a family leaves ``_unloaded`` only once
+        # its kernels are all in the table, so a lookup that sees no unloaded family never sees a
+        # half-registered one.
+        with self._load_lock:
+            for name in list(names):
+                register = self._unloaded.get(name)
+                if register is None or name in self._loading:
+                    continue
+                self._loading.add(name)
+                try:
+                    register(self)
+                finally:
+                    self._loading.discard(name)
+                    del self._unloaded[name]  # also after a failure: it raises only once
+
+    def load_all(self) -> None:
+        """Register every declared family now (lists of ops, tests, ahead-of-time warm-up)."""
+        self._load_families(list(self._unloaded))
 
     def add(
         self,
@@ -158,6 +215,17 @@ class KernelRegistry:
         entries.append((since, until, kernel))
 
     def lookup(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> type[Kernel] | None:
+        if self._unloaded:
+            families = self._declared.get((domain, op_type))
+            if families:
+                self._load_families(families)
+        kernel = self._find(op_type, domain, version)
+        if kernel is None and self._unloaded:  # an op no declaration names: look everywhere
+            self.load_all()
+            kernel = self._find(op_type, domain, version)
+        return kernel
+
+    def _find(self, op_type: str, domain: str, version: int) -> type[Kernel] | None:
         for lo, hi, kernel in self._table.get((domain, op_type), ()):
             if lo <= (version or MAX_OPSET) <= hi:
                 return kernel
@@ -167,4 +235,5 @@ class KernelRegistry:
         return self.lookup(op_type, domain, version) is not None
 
     def op_types(self) -> list[str]:
+        self.load_all()
         return sorted(f"{d}.{o}" if d else o for d, o in self._table)

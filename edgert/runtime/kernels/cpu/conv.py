@@ -28,6 +28,11 @@ scatters-adds the columns into the output, parallel over output channels (disjoi
 Bias and a fused activation (``activation`` attribute, see :mod:`.epilogue`) are applied while
 each image's output is still in cache.
 
+Output channels with bit-identical constant filters (group 1, GEMM paths) are computed once and
+copied: OpenBLAS rounds identical rows of a GEMM operand differently depending on their position
+(see :func:`.blas.identical_rows`), and an ill-conditioned consumer such as a Softmax over
+logits of ~1e9 turns that one-ulp gap into a visible error, where every channel should be equal.
+
 Constant weights are packed in ``prepare`` into owned, writable, contiguous arrays. That also
 matters to Numba: weights mapped read-only from a ``.edgert`` file would otherwise be a different
 array type and compile the kernels a second time.
@@ -41,7 +46,7 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-from edgert.runtime.kernels.cpu.blas import matmul
+from edgert.runtime.kernels.cpu.blas import identical_rows, matmul
 from edgert.runtime.kernels.cpu.epilogue import act_row, act_row_vec, epilogue, parse_activation
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
@@ -899,6 +904,18 @@ class ConvKernel(Kernel):
                 self.dw_plane = _depthwise_phase if big else _depthwise_phase_serial
         self.pw_small = (self.path == _POINTWISE and group == 1
                          and n_img * m_out * c_in * p_out <= POINTWISE_SMALL_MACS)
+        # Bit-identical filters: the GEMM multiplies only the first of each class (``w_unique``)
+        # into a scratch, then ``row_index`` copies the rows out (see the module docstring).
+        # ``_pointwise_small`` already computes every channel alike.
+        self.row_index = None
+        self.w_unique = None
+        self.y_unique = None
+        if self.w_packed is not None and group == 1 and self.path != _DEPTHWISE \
+                and not self.pw_small:
+            classes = identical_rows(self.w_packed[0])
+            if classes is not None:
+                keep, self.row_index = classes
+                self.w_unique = self.w_packed[0][keep]
         y_shape = (n_img, m_out) + win.out_shape
         return [TensorInfo(y_shape, dt)]
 
@@ -906,6 +923,23 @@ class ConvKernel(Kernel):
         """Use ``buf`` (bytes, at least ``scratch_nbytes``) as the column-matrix scratch."""
         if self.scratch_nbytes:
             self.col = buf[: self.scratch_nbytes].view(self.dtype).reshape(self.col_shape)
+
+    def _gemm(self, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """``out = w @ b`` for group 1 (``w``: ``(M, C·K)``, ``b``: ``(..., C·K, P)``).
+
+        Classes of identical filters (``row_index``) are multiplied once, into a scratch, and
+        copied to their rows of ``out``, so that they come out bit-identical.
+        """
+        if self.row_index is None:
+            matmul(w, b, out=out)
+            return
+        shape = b.shape[:-2] + (self.w_unique.shape[0], b.shape[-1])
+        size = int(np.prod(shape))
+        if self.y_unique is None or self.y_unique.shape[0] < size:
+            self.y_unique = np.empty(size, self.dtype)
+        y_u = self.y_unique[:size].reshape(shape)
+        matmul(self.w_unique, b, out=y_u)
+        np.take(y_u, self.row_index, axis=-2, out=out, mode="clip")
 
     def _pack(self, w: np.ndarray) -> np.ndarray:
         m_out, c_per_group = w.shape[0], w.shape[1]
@@ -965,7 +999,7 @@ class ConvKernel(Kernel):
                                  y.reshape(n_img, m_out, p_out), act.code, p0, p1)
                 return
             if g == 1:
-                matmul(w[0], x.reshape(n_img, c_in, -1), out=y.reshape(n_img, m_out, p_out))
+                self._gemm(w[0], x.reshape(n_img, c_in, -1), y.reshape(n_img, m_out, p_out))
             else:
                 for n in range(n_img):
                     matmul(
@@ -982,7 +1016,7 @@ class ConvKernel(Kernel):
             col = self.col.reshape(n_img, rows, p_out)
             self.im2col(x5, col, self.geo)
             if g == 1:
-                matmul(w[0], col, out=y.reshape(n_img, m_out, p_out))
+                self._gemm(w[0], col, y.reshape(n_img, m_out, p_out))
             else:
                 matmul(w, col.reshape(n_img, g, rows // g, p_out),
                        out=y.reshape(n_img, g, m_out // g, p_out))
@@ -998,7 +1032,7 @@ class ConvKernel(Kernel):
                     cols = (h1 - h0) * ow_n
                     blk = flat[: rows * cols].reshape(rows, cols)
                     _im2col_hrows(x5[n], blk, self.geo, h0, h1)
-                    matmul(w[0], blk, out=yn[:, h0 * ow_n : h1 * ow_n])
+                    self._gemm(w[0], blk, yn[:, h0 * ow_n : h1 * ow_n])
                 epilogue(yn, bias, act, self.params)
             return
         col = self.col.reshape(1, rows, p_out)
@@ -1007,7 +1041,7 @@ class ConvKernel(Kernel):
             self.im2col(x5[n : n + 1], col, self.geo)
             yn = y[n].reshape(m_out, p_out)
             if g == 1:
-                matmul(w[0], col[0], out=yn)
+                self._gemm(w[0], col[0], yn)
             else:
                 matmul(w, col_g, out=yn.reshape(g, m_out // g, p_out))
             epilogue(yn, bias, act, self.params)

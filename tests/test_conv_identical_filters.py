@@ -1,0 +1,157 @@
+"""Conv output channels with bit-identical filters must come out bit-identical.
+
+OpenBLAS's sgemm is not position-independent: on Haswell/Zen its micro-kernel sums some tiles
+with two accumulators (even and odd k) and others with one, so identical rows of the weight
+matrix can give results one ulp apart depending on where they sit. ONNX's light SqueezeNet (all
+weights 0.02, logits ~7e9) turns that ulp into a wrong Softmax. The Conv kernel computes each
+class of identical constant filters once (``blas.identical_rows``); these tests check the property
+directly on every group-1 GEMM route of the kernel (pointwise, im2col per image, batched im2col,
+row-blocked im2col, threaded GEMM), and the numerics against onnxruntime.
+
+Inputs are positive and the reduction is long (64-144 terms), so that a different summation order
+does change the rounding: without the class dedup the pointwise and im2col cases here differ in
+some channels on the Haswell/Zen kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgert.runtime.kernels.cpu import blas, registry
+from edgert.runtime.kernels.cpu.blas import identical_rows
+from edgert.runtime.registry import OpContext, TensorInfo
+from helpers import ATOL, RTOL, ort_node
+
+
+def _conv(x, w, b, attrs):
+    """Prepare (constant W and B) and invoke one Conv kernel; returns (kernel, output)."""
+    cls = registry().lookup("Conv", "edgert", 21)
+    kernel = cls(OpContext("Conv", "conv_under_test", dict(attrs), "edgert", 21, 1))
+    infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w),
+             TensorInfo(b.shape, b.dtype, b)]
+    (info,) = kernel.prepare(infos)
+    y = np.full(info.shape, np.nan, info.dtype)
+    kernel.invoke([x, w, b], [y])
+    return kernel, y
+
+
+def _filters(rng, m_out, c_in, k, n_distinct):
+    """``m_out`` filters drawn from ``n_distinct`` classes in a scrambled order, and a bias that
+    is equal within a class. Returns (w, b, class of each channel)."""
+    classes = rng.permutation(np.arange(m_out) % n_distinct)
+    base = rng.standard_normal((n_distinct, c_in) + k).astype(np.float32)
+    bias = rng.standard_normal(n_distinct).astype(np.float32)
+    return np.ascontiguousarray(base[classes]), bias[classes], classes
+
+
+def _assert_identical_channels(y, classes):
+    for c in np.unique(classes):
+        rows = np.nonzero(classes == c)[0]
+        for r in rows[1:]:
+            np.testing.assert_array_equal(
+                y[:, r], y[:, rows[0]],
+                err_msg=f"channels {rows[0]} and {r} have identical filters",
+            )
+
+
+# (n, c_in, hw, kernel, pads, m_out, distinct filters, expected route)
+CASES = {
+    "pointwise": (1, 64, (13, 13), (1, 1), [0, 0, 0, 0], 36, 3, "pointwise"),
+    "pointwise_all_equal": (1, 64, (13, 13), (1, 1), [0, 0, 0, 0], 40, 1, "pointwise"),
+    "pointwise_batch": (2, 32, (9, 9), (1, 1), [0, 0, 0, 0], 28, 5, "pointwise"),
+    "im2col_image": (1, 16, (14, 14), (3, 3), [1, 1, 1, 1], 30, 4, "image"),
+    "im2col_batch": (2, 8, (12, 12), (3, 3), [1, 1, 1, 1], 26, 2, "batch"),
+    "im2col_row_blocks": (1, 16, (48, 48), (3, 3), [1, 1, 1, 1], 20, 3, "blocks"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("act", [None, "Relu"])
+def test_identical_filters_give_identical_channels(name, act):
+    n, c_in, hw, k, pads, m_out, n_distinct, route = CASES[name]
+    rng = np.random.default_rng(sorted(CASES).index(name))
+    x = rng.uniform(0.5, 1.5, (n, c_in) + hw).astype(np.float32)
+    w, b, classes = _filters(rng, m_out, c_in, k, n_distinct)
+    if name == "pointwise_all_equal":  # the light SqueezeNet pattern: every weight 0.02
+        w[...] = np.float32(0.02)
+        x *= np.float32(1e9)
+        b[...] = np.float32(0.02)
+    attrs = {"pads": pads}
+    want = ort_node("Conv", [x, w, b], attrs)[0]
+    if act == "Relu":
+        want = np.maximum(want, 0)
+        attrs["activation"] = "Relu"
+    kernel, got = _conv(x, w, b, attrs)
+
+    # The route under test was taken, and the filter classes were found.
+    assert not kernel.pw_small
+    assert kernel.path == ("pointwise" if route == "pointwise" else "im2col")
+    if route != "pointwise":
+        assert kernel.col_batch == (route == "batch")
+        assert bool(kernel.block_rows) == (route == "blocks")
+    assert kernel.row_index is not None and kernel.w_unique.shape[0] == n_distinct
+
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    _assert_identical_channels(got, classes)
+
+
+def test_identical_filters_with_threaded_gemm(monkeypatch):
+    """The column split over GEMM threads keeps identical channels identical."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.5, 1.5, (1, 64, 24, 24)).astype(np.float32)
+    w, b, classes = _filters(rng, 48, 64, (1, 1), 4)
+    want = ort_node("Conv", [x, w, b], {})[0]
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 0)  # split even this small GEMM
+    threads = blas._gemm_threads
+    blas.set_gemm_threads(2)
+    try:
+        _, got = _conv(x, w, b, {})
+    finally:
+        blas.set_gemm_threads(threads)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    _assert_identical_channels(got, classes)
+
+
+def test_distinct_filters_take_the_plain_gemm():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 16, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    kernel, got = _conv(x, w, b, {"pads": [1, 1, 1, 1]})
+    assert kernel.row_index is None
+    np.testing.assert_allclose(got, ort_node("Conv", [x, w, b], {"pads": [1, 1, 1, 1]})[0],
+                               rtol=RTOL, atol=ATOL)
+
+
+# ----- identical_rows ---------------------------------------------------------------------------
+def test_identical_rows_classes():
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal((9, 20)).astype(np.float32)
+    a[4] = a[1]
+    a[7] = a[1]
+    a[6] = a[2]
+    a[8] = a[2]
+    a[8, -1] += 1.0  # equal to row 2 in the screened columns only: a class of its own
+    keep, index = identical_rows(a)
+    assert keep.tolist() == [0, 1, 2, 3, 5, 8]  # first of each class, in row order
+    assert index.tolist() == [0, 1, 2, 3, 1, 4, 2, 1, 5]
+    np.testing.assert_array_equal(a[keep][index], a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_identical_rows_compares_bits(dtype):
+    z = np.zeros((3, 5), dtype)
+    z[1, 3] = -0.0  # -0.0 == 0.0 numerically, but the products' signs can differ: distinct
+    z[2] = z[0]
+    keep, index = identical_rows(z)
+    assert keep.tolist() == [0, 1] and index.tolist() == [0, 1, 0]
+    n = np.full((2, 3), np.nan, dtype)  # identical NaN rows do match
+    assert identical_rows(n)[0].tolist() == [0]
+
+
+def test_identical_rows_none_when_distinct():
+    rng = np.random.default_rng(14)
+    assert identical_rows(rng.standard_normal((50, 30)).astype(np.float32)) is None
+    assert identical_rows(np.ones((1, 4), np.float32)) is None
+    assert identical_rows(np.ones((3, 0), np.float32)) is None

@@ -1,0 +1,231 @@
+"""Start-up mechanisms: lazily imported kernel families, the light format import, and the Numba
+cache that loads compiled kernels without Numba's compiler set-up (edgert/runtime/_jit.py)."""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from edgert.runtime.kernels.cpu import FAMILY_OPS
+from edgert.runtime.registry import Kernel, KernelRegistry
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# ----- lazy kernel families -----------------------------------------------------------------------
+@pytest.mark.parametrize("family", sorted(FAMILY_OPS))
+def test_family_table_names_exactly_what_the_module_registers(family):
+    reg = KernelRegistry("cpu")
+    importlib.import_module(f"edgert.runtime.kernels.cpu.{family}").register(reg)
+    registered = set(reg.op_types())
+    declared = set(FAMILY_OPS[family])
+    assert registered == declared, (
+        f"update FAMILY_OPS[{family!r}] in edgert/runtime/kernels/cpu/__init__.py: "
+        f"missing {sorted(registered - declared)}, not registered {sorted(declared - registered)}"
+    )
+
+
+def test_lazy_registry_has_every_op_and_no_overlap():
+    # Registering every family into one registry raises on any overlapping registration.
+    eager = KernelRegistry("cpu")
+    for family in FAMILY_OPS:
+        importlib.import_module(f"edgert.runtime.kernels.cpu.{family}").register(eager)
+    from edgert.runtime.kernels.cpu import registry
+
+    lazy = registry()
+    assert lazy.op_types() == eager.op_types()
+    for op in eager.op_types():
+        domain, _, op_type = op.rpartition(".")
+        for version in (1, 13, 22):
+            # (some families build wrapper classes in register(): compare by name)
+            got, want = (r.lookup(op_type, domain, version) for r in (lazy, eager))
+            assert (got is None) == (want is None), (op, version)
+            if want is not None:
+                assert (got.__module__, got.__qualname__) == (want.__module__, want.__qualname__)
+
+
+def test_loading_a_model_imports_only_its_kernel_families():
+    out = _run("""
+        import sys
+        from edgert.runtime.kernels.cpu import registry
+        reg = registry()
+        assert reg.lookup("Relu") is not None and reg.lookup("Softmax") is not None
+        print(" ".join(m.rsplit(".", 1)[1] for m in sys.modules
+                       if m.startswith("edgert.runtime.kernels.cpu.")))
+    """)
+    loaded = set(out.split())
+    assert {"elementwise", "normalization"} <= loaded
+    assert not loaded & {"sequence", "spectral", "recurrent", "sampling", "control_flow", "conv"}
+
+
+class _K1(Kernel):
+    pass
+
+
+class _K2(Kernel):
+    pass
+
+
+def test_undeclared_op_is_still_found():
+    calls = []
+
+    def register_a(reg):
+        calls.append("a")
+        reg.add("A", _K1)
+
+    def register_b(reg):
+        calls.append("b")
+        reg.add("B", _K2)
+        reg.add("Hidden", _K2, domain="x.y")  # left out of the declaration below
+
+    reg = KernelRegistry("cpu")
+    reg.add_family("a", ["A"], register_a)
+    reg.add_family("b", ["B"], register_b)
+    assert reg.lookup("A") is _K1 and calls == ["a"]
+    assert reg.lookup("Hidden", "x.y") is _K2 and calls == ["a", "b"]
+    assert reg.lookup("Nothing") is None and calls == ["a", "b"]
+    assert reg.op_types() == ["A", "B", "x.y.Hidden"]
+
+
+def test_versions_outside_a_loaded_family_fall_back_to_every_family():
+    reg = KernelRegistry("cpu")
+    reg.add_family("old", ["Op"], lambda r: r.add("Op", _K1, since=1, until=10))
+    reg.add_family("new", [], lambda r: r.add("Op", _K2, since=11))
+    assert reg.lookup("Op", "", 5) is _K1
+    assert reg.lookup("Op", "", 13) is _K2
+    assert reg.supports("Op", "", 20) and not reg.supports("Other")
+
+
+def test_family_declared_twice_and_overlaps_are_errors():
+    reg = KernelRegistry("cpu")
+    reg.add_family("a", ["A"], lambda r: r.add("A", _K1))
+    with pytest.raises(ValueError, match="declared twice"):
+        reg.add_family("a", ["A"], lambda r: r.add("A", _K1))
+    reg.add_family("b", ["A"], lambda r: r.add("A", _K2))
+    with pytest.raises(ValueError, match="overlap"):
+        reg.lookup("A")
+    with pytest.raises(ValueError, match="declared twice"):  # also once registered
+        reg.add_family("a", ["A"], lambda r: r.add("A", _K1))
+
+
+def test_concurrent_lookups_see_a_fully_registered_family():
+    def slow_register(reg):
+        reg.add("First", _K1)
+        time.sleep(0.05)  # a second thread looks up meanwhile
+        reg.add("Second", _K2)
+
+    reg = KernelRegistry("cpu")
+    reg.add_family("slow", ["First", "Second"], slow_register)
+    found = {}
+
+    def look(op):
+        found[op] = reg.lookup(op)
+
+    threads = [threading.Thread(target=look, args=(op,)) for op in ("First", "Second") * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == {"First": _K1, "Second": _K2}
+
+
+# ----- light imports ------------------------------------------------------------------------------
+def test_runtime_import_leaves_out_the_writer_and_flatbuffers():
+    out = _run("""
+        import sys
+        import edgert.runtime
+        print(" ".join(sorted(sys.modules)))
+    """)
+    mods = set(out.split())
+    assert "edgert.format.writer" not in mods and "flatbuffers" not in mods
+    from edgert.format import write_model
+    from edgert.format.writer import write_model as direct
+
+    assert write_model is direct
+    import edgert.format
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        edgert.format.no_such_name  # noqa: B018
+
+
+# ----- the quick-loading Numba cache --------------------------------------------------------------
+_KERNELS = '''
+import numpy as np
+from edgert.runtime._jit import njit, prange, serial_twin
+
+
+@njit
+def scaled_exp(x, s):
+    out = np.empty_like(x)  # NRT allocation inside the kernel
+    for i in range(x.size):
+        out[i] = np.exp(x[i]) * s
+    return out
+
+
+@njit(parallel=True)
+def row_sums(a, out):
+    for i in prange(a.shape[0]):
+        out[i] = a[i].sum()
+
+
+row_sums_serial = serial_twin(row_sums)
+'''
+
+_CHILD = """
+import sys, json
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import startup_kernels as k
+x = np.linspace(-2, 2, 7)
+a = np.arange(12.0).reshape(3, 4)
+out, out2 = np.empty(3), np.empty(3)
+k.row_sums(a, out)
+k.row_sums_serial(a, out2)
+r = {"exp": k.scaled_exp(x, 2.0).tolist(), "rows": out.tolist(), "rows2": out2.tolist(),
+     "hits": sum(d.stats.cache_hits[s] for d in (k.scaled_exp, k.row_sums, k.row_sums_serial)
+                 for s in d.stats.cache_hits)}
+if len(sys.argv) > 2:  # a new signature after the cache loads: Numba's compiler must still work
+    r["exp32"] = k.scaled_exp(x.astype(np.float32), np.float32(2.0)).tolist()
+    r["scipy_linalg"] = "scipy.linalg" in sys.modules
+print(json.dumps(r))
+"""
+
+
+def test_cached_kernels_load_and_new_signatures_still_compile(tmp_path):
+    import json
+
+    import numpy as np
+
+    (tmp_path / "startup_kernels.py").write_text(_KERNELS)
+    env = dict(os.environ, EDGERT_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    first = json.loads(_run_child(tmp_path, env))
+    assert first["hits"] == 0  # compiled and saved
+    second = json.loads(_run_child(tmp_path, env, "new-signature"))
+    assert second["hits"] == 3  # all three loaded from the cache...
+    x = np.linspace(-2, 2, 7)
+    a = np.arange(12.0).reshape(3, 4)
+    for r in (first, second):
+        np.testing.assert_allclose(r["exp"], np.exp(x) * 2.0, rtol=1e-12)
+        np.testing.assert_allclose(r["rows"], a.sum(axis=1), rtol=1e-12)
+        np.testing.assert_allclose(r["rows2"], a.sum(axis=1), rtol=1e-12)
+    # ...then float32 compiled in the same process, after the light cache loads
+    np.testing.assert_allclose(second["exp32"], np.exp(x.astype(np.float32)) * 2, rtol=1e-6)
+    assert not second["scipy_linalg"]  # the BLAS probe is still kept from importing SciPy
+
+
+def _run_child(tmp_path, env, *extra: str) -> str:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), *extra],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
