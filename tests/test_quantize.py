@@ -158,6 +158,70 @@ def test_cli_quantize(digits, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_int8_inputs_and_outputs(digits, tmp_path, capsys):
+    """io='int8': the file's input and output are the int8 tensors; quantizing the input and
+    dequantizing the output by the parameters the interpreter reports gives exactly what the
+    float-io model computes inside."""
+    x, _ = digits
+    cal = {"input": x[:64]}
+    data_f, _ = quantize(str(DIGITS), calibration=cal)
+    data_q, rep = quantize(str(DIGITS), calibration=cal, io="int8")
+    assert not rep.float_io
+    interp = Interpreter(data_q)
+    (din,), (dout,) = interp.get_input_details(), interp.get_output_details()
+    assert din["name"] == "input" and din["dtype"] == np.int8
+    assert dout["name"] == "probabilities" and dout["dtype"] == np.int8
+    s_in, z_in = din["quantization"]
+    s_out, z_out = dout["quantization"]
+    assert s_in > 0 and s_out > 0
+    xs = x[:50]
+    xq = np.clip(np.rint(xs / np.float32(s_in)) + z_in, -128, 127).astype(np.int8)
+    yq = interp.run({"input": xq})["probabilities"]
+    assert yq.dtype == np.int8
+    got = (yq.astype(np.float32) - np.float32(z_out)) * np.float32(s_out)
+    want = Interpreter(data_f).run({"input": xs})["probabilities"]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(EdgeRTError, match="io"):
+        quantize(str(DIGITS), calibration=cal, io="int8", format="onnx")
+    with pytest.raises(EdgeRTError, match="io"):
+        quantize(str(DIGITS), calibration=cal, io="uint8")
+    from edgert.cli import main
+
+    out = tmp_path / "dq.edgert"
+    np.savez(tmp_path / "cal.npz", input=x[:32])
+    assert main(["quantize", str(DIGITS), "-o", str(out), "--calibration",
+                 str(tmp_path / "cal.npz"), "--io", "int8"]) == 0
+    assert Interpreter(out).get_input_details()[0]["dtype"] == np.int8
+    capsys.readouterr()
+
+
+def test_int8_input_also_read_by_a_float_op():
+    """A float op (LRN, no int8 kernel) reading the model input gets a Dequantize of the int8
+    input; the result stays within a few output steps of the float-io model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array((rng.normal(size=(3, 3, 3, 3)) * 0.3).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("LRN", ["x"], ["l"], size=3),
+         helper.make_node("Add", ["c", "l"], ["y"])],
+        "io", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    cal = [{"x": rng.normal(size=(1, 3, 6, 6)).astype(np.float32)} for _ in range(8)]
+    data_q, rep = quantize(model, calibration=cal, io="int8")
+    assert [op for op, _, _ in rep.float_ops] == ["LRN"]
+    interp = Interpreter(data_q)
+    (din,), (dout,) = interp.get_input_details(), interp.get_output_details()
+    (s_in, z_in), (s_out, z_out) = din["quantization"], dout["quantization"]
+    x = cal[0]["x"]
+    xq = np.clip(np.rint(x / np.float32(s_in)) + z_in, -128, 127).astype(np.int8)
+    got = (interp.run({"x": xq})["y"].astype(np.float32) - z_out) * s_out
+    want = Interpreter(quantize(model, calibration=cal)[0]).run({"x": x})["y"]
+    assert np.max(np.abs(got - want)) <= 3 * s_out
+
+
 # ----- a small model with every kind of rewrite -------------------------------------------------
 def _mixed_model():
     """Conv+Relu, residual Add+Relu, Concat, MaxPool, Sigmoid (LUT), LRN (stays float),

@@ -44,6 +44,7 @@ class QuantizationReport:
     size_bytes: int = 0
     calibration_seconds: float = 0.0
     sqnr: list[tuple[str, float]] = field(default_factory=list)  # worst first
+    float_io: list[str] = field(default_factory=list)  # io='int8': what stayed float
 
     def summary(self) -> str:
         lines = [f"mode {self.mode}" + (f", calibration {self.method} "
@@ -56,6 +57,8 @@ class QuantizationReport:
             lines.append(f"left in float ({len(self.float_ops)}):")
             for op, name, why in self.float_ops:
                 lines.append(f"  {op} '{name}': {why}")
+        if self.float_io:
+            lines.append("left float with io=int8 (no int8 form): " + ", ".join(self.float_io))
         if self.sqnr:
             lines.append("SQNR per tensor (float vs int8, dB), worst first:")
             for name, db in self.sqnr:
@@ -98,6 +101,7 @@ def quantize(
     batch_size: int = 16,
     max_samples: int | None = None,
     progress: bool = False,
+    io: str = "float",
 ) -> tuple[bytes, QuantizationReport]:
     """Quantize a float model.
 
@@ -113,6 +117,9 @@ def quantize(
         batch_size: calibration batch size when the data comes as arrays.
         max_samples: stop calibrating after this many samples.
         progress: show a progress bar while calibrating.
+        io: ``"float"`` (float32 inputs and outputs, quantized inside the model) or ``"int8"``
+            (inputs and outputs are the int8 tensors; their scale and zero point are in the
+            file and in ``Interpreter.get_input_details()``); int8 mode, ``.edgert`` only.
 
     Returns:
         ``(file bytes, QuantizationReport)``.
@@ -137,6 +144,11 @@ def quantize(
         raise EdgeRTError(f"unknown output format {format!r}; expected 'edgert' or 'onnx'")
     if format == "onnx" and mode != "int8":
         raise EdgeRTError("format='onnx' writes a QDQ model, which needs mode='int8'")
+    if io not in ("float", "int8"):
+        raise EdgeRTError(f"unknown io {io!r}; expected 'float' or 'int8'")
+    if io == "int8" and (mode != "int8" or format != "edgert"):
+        raise EdgeRTError("io='int8' (int8 model inputs and outputs) needs mode='int8' and "
+                          "format='edgert'")
     graph = load_graph(model)
     rep = QuantizationReport(mode, method)
     if mode != "int8":
@@ -167,6 +179,10 @@ def quantize(
 
         data = export_qdq(graph, res, output)  # annotates the float graph in place
     else:
+        if io == "int8":
+            from edgert.quantize.quantizer import int8_io
+
+            rep.float_io = int8_io(res.graph)
         data = convert(res.graph, output, level=0)
     rep.size_bytes = len(data)
     return data, rep

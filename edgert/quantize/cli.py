@@ -19,6 +19,9 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     p.add_argument("--format", default="edgert", choices=("edgert", "onnx"),
                    help="onnx writes a QDQ model that onnxruntime runs")
+    p.add_argument("--io", default="float", choices=("float", "int8"),
+                   help="int8: the model's inputs and outputs are the int8 tensors (scale and "
+                        "zero point in the file) instead of float32")
     p.add_argument("--max-samples", type=int, default=None, help="calibrate on at most N samples")
     p.add_argument("--report", action="store_true", help="print per-tensor SQNR, worst first")
     p.set_defaults(func=cmd_quantize)
@@ -32,7 +35,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise EdgeRTError(f"no such file: {args.model}")
     _, rep = quantize(args.model, args.output, calibration=args.calibration, method=args.method,
                       per_channel=not args.per_tensor, mode=args.mode, format=args.format,
-                      report=args.report, max_samples=args.max_samples, progress=True)
+                      report=args.report, max_samples=args.max_samples, progress=True,
+                      io=args.io)
     print(f"wrote {args.output}")
     print(rep.summary())
     return 0

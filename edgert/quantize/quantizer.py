@@ -580,6 +580,57 @@ def quantize_graph(
     return _Rewriter(graph, ranges, per_channel).run()
 
 
+def int8_io(graph: Graph) -> list[str]:
+    """Make the int8 graph's inputs and outputs int8, in place (TFLite's
+    ``inference_input_type``/``inference_output_type = int8``).
+
+    A float input whose only int8 form is an ``edgert.Quantize`` becomes that int8 tensor (with
+    its scale and zero point in the file, shown by the interpreter's ``get_input_details``);
+    float ops that read the raw input get an ``edgert.Dequantize`` of it. An output produced by
+    an ``edgert.Dequantize`` becomes the int8 tensor before it. Names do not change. Returns
+    the inputs and outputs that stay float (no int8 form), for the report.
+    """
+    left: list[str] = []
+    new_inputs = []
+    for fv in graph.inputs:
+        quants = [n for n in fv.consumers if n.op_type == "Quantize" and n.domain == "edgert"]
+        if fv.dtype != dtypes.FLOAT or len(quants) != 1:
+            left.append(f"input '{fv.name}'")
+            new_inputs.append(fv)
+            continue
+        qnode = quants[0]
+        q = qnode.outputs[0]
+        graph.remove_node(qnode)
+        name = fv.name
+        fv.name = graph.unique_name(name + "_float")
+        q.name = name
+        if fv.consumers:  # float ops read the input too
+            scale, zp, _ = q.quant
+            graph.add_node("Dequantize", [q], [fv], {"scale": [float(scale[0])],
+                                                     "zero_point": [int(zp[0])]},
+                           name=graph.unique_name(name + "_dequant"), domain="edgert", index=0)
+        new_inputs.append(q)
+    graph.inputs = new_inputs
+    new_outputs = []
+    for fv in graph.outputs:
+        node = fv.producer
+        if (node is None or node.op_type != "Dequantize" or node.domain != "edgert"
+                or node.inputs[0] is None or node.inputs[0].quant is None
+                or fv in new_outputs):
+            left.append(f"output '{fv.name}'")
+            new_outputs.append(fv)
+            continue
+        q = node.inputs[0]
+        name = fv.name
+        fv.name = graph.unique_name(name + "_float")
+        q.name = name
+        if not fv.consumers:
+            graph.remove_node(node)
+        new_outputs.append(q)
+    graph.outputs = new_outputs
+    return left
+
+
 # ----- weight-only modes --------------------------------------------------------------------------
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
