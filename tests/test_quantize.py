@@ -222,6 +222,46 @@ def test_int8_input_also_read_by_a_float_op():
     assert np.max(np.abs(got - want)) <= 3 * s_out
 
 
+@pytest.mark.parametrize("attrs", [
+    dict(mode="linear"),
+    dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+    dict(mode="cubic", coordinate_transformation_mode="align_corners"),
+])
+def test_resize_stays_int8(attrs):
+    """Conv -> Resize -> Conv: the Resize runs on the int8 codes (no float island), within a
+    few output steps of onnxruntime's float model, and the QDQ export runs in onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (4, 3, 3, 3)), ("w2", (2, 4, 3, 3)))]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Resize", ["c1", "", "scales"], ["r"], **attrs),
+         helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])],
+        "rs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 10, 12])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    cal = [{"x": rng.normal(size=(1, 3, 5, 6)).astype(np.float32)} for _ in range(8)]
+    data, rep = quantize(model, calibration=cal)
+    assert not rep.float_ops and rep.int8_ops.get("Resize") == 1
+    x = cal[0]["x"]
+    got = Interpreter(data).run({"x": x})["y"]
+    want = ort.InferenceSession(model).run(None, {"x": x})[0]
+    step = (want.max() - want.min()) / 255
+    assert np.max(np.abs(got - want)) <= 4 * step
+    # The QDQ export, as ONNX defines it. (onnxruntime's graph optimizer fuses DQ -> Resize -> Q
+    # into its own int8 Resize, which for linear mode lands ~30 steps away from both the float
+    # model and its own unfused run of the same file, so the check runs the file unfused.)
+    qdq, _ = quantize(model, calibration=cal, format="onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    q = ort.InferenceSession(qdq, so).run(None, {"x": x})[0]
+    assert np.max(np.abs(q - want)) <= 4 * step
+
+
 # ----- a small model with every kind of rewrite -------------------------------------------------
 def _mixed_model():
     """Conv+Relu, residual Add+Relu, Concat, MaxPool, Sigmoid (LUT), LRN (stays float),

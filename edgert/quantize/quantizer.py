@@ -9,13 +9,14 @@ float form, an int8 form, or both; a form is created on demand:
   and stays float — it is listed in :attr:`QuantizeResult.float_ops`.
 
 So int8 chains stay int8 (residual Add, Concat and pooling included), and the model's inputs and
-outputs stay float. Rules per op (the new ops are documented in
+outputs stay float (:func:`int8_io` makes them int8 on request). Rules per op (the new ops are documented in
 :mod:`edgert.runtime.kernels.cpu.quantized`):
 
 * Conv / Gemm / MatMul with constant weights: weights symmetric int8 per output channel (or per
   tensor), bias int32 with scale ``x_scale * w_scale``; a following Relu/Clip that is the only
   reader is folded into the output range and clamp.
 * Add / Mul (broadcasting; a constant operand is quantized per tensor), Concat (inputs rescaled).
+* Resize (every mode) on the int8 codes, keeping the input's parameters.
 * MaxPool / AveragePool / GlobalAveragePool: output keeps the input's parameters.
 * Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish: a 256-entry lookup table.
 * Softmax: output scale 1/256, zero point -128 (the TFLite convention).
@@ -245,7 +246,7 @@ class _Rewriter:
             return self.concat(node, y)
         if op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
             return self.pool(node, x, y)
-        if op in MOVE_OPS or op == "Pad":
+        if op in MOVE_OPS or op in ("Pad", "Resize"):
             return self.move(node, x, y)
         if op in LUT_OPS:
             return self.lut(node, x, y)
@@ -422,6 +423,13 @@ class _Rewriter:
         s, z = self.params_of(x)
         ins = [xq]
         attrs = dict(node.attrs)
+        if node.op_type == "Resize" and "extrapolation_value" in attrs:
+            # Resize of int8 codes is exact: its weights sum to one, so interpolating the codes
+            # interpolates the real values with the same scale and zero point (integer outputs
+            # are rounded half to even and saturated); only a real-valued constant, the
+            # tf_crop_and_resize extrapolation value, has to become a code.
+            ev = np.array([float(attrs["extrapolation_value"])])
+            attrs["extrapolation_value"] = float(quantize_array(ev, s, z)[0])
         if node.op_type == "Pad":
             cv = node.input(2)
             if cv is None:
