@@ -260,6 +260,21 @@ def test_qconv_bit_exact(group, cin, cout, stride, pad):
     check_same("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert", rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("group, cin, cout, stride, pad, out_pad, dil", [
+    (1, 3, 4, 2, 1, 1, 1), (2, 4, 6, 1, 0, 0, 2), (1, 2, 3, 3, 2, 1, 1)])
+def test_qconv_transpose_bit_exact(group, cin, cout, stride, pad, out_pad, dil):
+    x = _i8(2, cin, 3, 4)
+    w = RNG.integers(-127, 128, size=(cin, cout // group, 3, 2)).astype(np.int8)
+    b = RNG.integers(-2000, 2000, size=cout).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, cout)
+    attrs = {"strides": [stride] * 2, "pads": [pad] * 4, "output_padding": [out_pad] * 2,
+             "dilations": [dil] * 2, "group": group, "x_scale": 0.05, "x_zero_point": 5,
+             "w_scale": [float(s) for s in ws], "y_scale": 0.08, "y_zero_point": -6,
+             "act_min": -128, "act_max": 110}
+    check_same("QConvTranspose", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert",
+               rtol=0, atol=0)
+
+
 def test_qgemm_bit_exact():
     x = _i8(3, 2, 7)
     w = RNG.integers(-127, 128, size=(4, 7)).astype(np.int8)

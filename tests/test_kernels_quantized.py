@@ -116,6 +116,43 @@ def test_qconv_strided_pointwise_bit_exact(group, cin, cout, stride):
     np.testing.assert_array_equal(got, want)
 
 
+def golden_conv_transpose(x, w, b, xz, real, yz, stride, pad, out_pad, group, lo=-128, hi=127):
+    """Direct scatter form of ConvTranspose in int64 (2-D), then the golden requantization."""
+    n, c, h, wd = x.shape
+    cg, mg, kh, kw = w.shape[0] // group, w.shape[1], w.shape[2], w.shape[3]
+    full_h = stride * (h - 1) + out_pad + kh
+    full_w = stride * (wd - 1) + out_pad + kw
+    acc = np.zeros((n, mg * group, full_h, full_w), np.int64)
+    xs = x.astype(np.int64) - xz
+    for g in range(group):
+        for ci in range(cg):
+            for mo in range(mg):
+                for i in range(kh):
+                    for j in range(kw):
+                        acc[:, g * mg + mo, i:i + stride * h:stride, j:j + stride * wd:stride] += (
+                            xs[:, g * cg + ci] * int(w[g * cg + ci, mo, i, j]))
+    acc = acc[:, :, pad:full_h - pad, pad:full_w - pad] + b.reshape(1, -1, 1, 1)
+    y = golden_requant(acc, np.asarray(real).reshape(1, -1, 1, 1)) + yz
+    return np.clip(y, lo, hi).astype(np.int8)
+
+
+@pytest.mark.parametrize("group,cin,cout,stride,pad,out_pad", [
+    (1, 3, 4, 2, 1, 1), (2, 4, 6, 1, 0, 0), (1, 5, 3, 3, 2, 2)])
+def test_qconv_transpose_bit_exact(group, cin, cout, stride, pad, out_pad):
+    x = i8((2, cin, 4, 5))
+    w = RNG.integers(-127, 128, size=(cin, cout // group, 3, 3)).astype(np.int8)
+    b = RNG.integers(-2000, 2000, size=cout).astype(np.int32)
+    ws = RNG.uniform(0.001, 0.02, cout).astype(np.float32)
+    attrs = dict(strides=[stride] * 2, pads=[pad] * 4, output_padding=[out_pad] * 2,
+                 group=group, x_scale=0.05, x_zero_point=6, w_scale=[float(s) for s in ws],
+                 y_scale=0.09, y_zero_point=-4, act_min=-120, act_max=127)
+    got = run_kernel("QConvTranspose", [x, w, b], attrs, const_inputs=(1, 2),
+                     domain="edgert")[0]
+    real = (np.float32(0.05) * ws).astype(np.float64) / float(np.float32(0.09))
+    want = golden_conv_transpose(x, w, b, 6, real, -4, stride, pad, out_pad, group, -120, 127)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_qgemm_bit_exact():
     x = i8((3, 2, 7))
     w = RNG.integers(-127, 128, size=(4, 7)).astype(np.int8)

@@ -262,6 +262,42 @@ def test_resize_stays_int8(attrs):
     assert np.max(np.abs(q - want)) <= 4 * step
 
 
+@pytest.mark.parametrize("group,per_channel", [(1, True), (2, True), (1, False)])
+def test_conv_transpose_stays_int8(group, per_channel):
+    """Conv -> ConvTranspose(+Relu) -> Conv: the ConvTranspose runs int8 (weights per output
+    channel along axis 1, per tensor for groups), close to onnxruntime's float model; the QDQ
+    export is a valid model that onnxruntime runs just as close."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (4, 3, 3, 3)), ("wt", (4, 6 // group, 3, 3)), ("bt", (6,)),
+                          ("w2", (2, 6, 3, 3)))]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("ConvTranspose", ["c1", "wt", "bt"], ["t"], strides=[2, 2],
+                          pads=[1, 1, 1, 1], output_padding=[1, 1], group=group),
+         helper.make_node("Relu", ["t"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])],
+        "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 10, 12])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    cal = [{"x": rng.normal(size=(1, 3, 5, 6)).astype(np.float32)} for _ in range(8)]
+    data, rep = quantize(model, calibration=cal, per_channel=per_channel)
+    assert not rep.float_ops and rep.int8_ops.get("ConvTranspose") == 1
+    x = cal[0]["x"]
+    want = ort.InferenceSession(model).run(None, {"x": x})[0]
+    step = (want.max() - want.min()) / 255
+    got = Interpreter(data).run({"x": x})["y"]
+    assert np.max(np.abs(got - want)) <= 6 * step
+    qdq, _ = quantize(model, calibration=cal, per_channel=per_channel, format="onnx")
+    onnx.checker.check_model(onnx.load_from_string(qdq), full_check=True)
+    q = ort.InferenceSession(qdq).run(None, {"x": x})[0]
+    assert np.max(np.abs(q - want)) <= 6 * step
+
+
 # ----- a small model with every kind of rewrite -------------------------------------------------
 def _mixed_model():
     """Conv+Relu, residual Add+Relu, Concat, MaxPool, Sigmoid (LUT), LRN (stays float),

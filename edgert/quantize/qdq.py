@@ -6,8 +6,9 @@ onnxruntime (or any ONNX int8 engine) runs the same quantization:
 * every activation that the int8 model holds as int8 gets ``QuantizeLinear -> DequantizeLinear``
   right after its producer (a Relu/Clip folded into a Conv in the int8 model is kept after the
   Conv here, and its output carries the pair);
-* the weights of quantized Conv/Gemm/MatMul become int8 initializers behind a per-axis
-  ``DequantizeLinear`` (axis 0 for Conv and transposed Gemm weights, 1 for ``[K, N]`` weights),
+* the weights of quantized Conv/ConvTranspose/Gemm/MatMul become int8 initializers behind a
+  per-axis ``DequantizeLinear`` (axis 0 for Conv and transposed Gemm weights, 1 for ``[K, N]``
+  and ConvTranspose weights),
   biases int32 with scale ``x_scale * w_scale``; Gemm's ``alpha``/``beta``, already folded into
   those constants, become 1;
 * the model is written at opset 13 or newer, where per-axis DequantizeLinear exists, through
@@ -34,6 +35,9 @@ def _const(g: Graph, name: str, data: np.ndarray) -> Value:
 def _dq(g: Graph, anchor: Node, q: Value, scale: np.ndarray, axis: int, zp: np.ndarray | None,
         base: str) -> Value:
     out = g.new_value(base + "_dq", dtypes.FLOAT, q.shape)
+    if scale.ndim == 1 and scale.size == 1:  # per tensor: scalar parameters
+        scale = scale.reshape(())
+        zp = None if zp is None else np.asarray(zp).reshape(())
     ins = [q, _const(g, base + "_scale", scale.astype(np.float32))]
     if zp is not None:
         ins.append(_const(g, base + "_zp", zp))
@@ -46,16 +50,17 @@ def _dq(g: Graph, anchor: Node, q: Value, scale: np.ndarray, axis: int, zp: np.n
 def annotate_qdq(graph: Graph, result) -> Graph:
     """Insert the QDQ pairs and int8 weights into ``graph`` (modified in place) and return it."""
     qnodes = {n.name: n for n in result.graph.nodes
-              if n.domain == "edgert" and n.op_type in ("QConv", "QGemm") and n.name}
+              if n.domain == "edgert" and n.op_type in ("QConv", "QConvTranspose", "QGemm")
+              and n.name}
     # Weights and biases.
     for node in list(graph.nodes):
         qn = qnodes.get(node.name)
-        if qn is None or node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if qn is None or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             continue
         wq = qn.inputs[1]
         scales = np.asarray(wq.quant[0], np.float32)
         q = wq.const
-        axis = 0
+        axis = int(wq.quant[2])  # 1 for ConvTranspose's (C, M/group, k...) weights
         if node.op_type == "MatMul" or (node.op_type == "Gemm"
                                         and not node.attrs.get("transB", 0)):
             q, axis = np.ascontiguousarray(q.T), 1

@@ -12,9 +12,9 @@ So int8 chains stay int8 (residual Add, Concat and pooling included), and the mo
 outputs stay float (:func:`int8_io` makes them int8 on request). Rules per op (the new ops are documented in
 :mod:`edgert.runtime.kernels.cpu.quantized`):
 
-* Conv / Gemm / MatMul with constant weights: weights symmetric int8 per output channel (or per
-  tensor), bias int32 with scale ``x_scale * w_scale``; a following Relu/Clip that is the only
-  reader is folded into the output range and clamp.
+* Conv / ConvTranspose / Gemm / MatMul with constant weights: weights symmetric int8 per output
+  channel (or per tensor), bias int32 with scale ``x_scale * w_scale``; a following Relu/Clip
+  that is the only reader is folded into the output range and clamp.
 * Add / Mul (broadcasting; a constant operand is quantized per tensor), Concat (inputs rescaled).
 * Resize (every mode) on the int8 codes, keeping the input's parameters.
 * MaxPool / AveragePool / GlobalAveragePool: output keeps the input's parameters.
@@ -224,8 +224,9 @@ class _Rewriter:
     def try_int8(self, node: Node, skip: set[int]) -> str | None:
         """Emit the int8 form of ``node`` and return None, or return why it stays float."""
         op = node.op_type
+        linear_ops = ("Conv", "ConvTranspose", "Gemm", "MatMul")
         if node.domain not in ("", "ai.onnx") and not (node.domain == "edgert"
-                                                       and op in ("Conv", "Gemm", "MatMul")):
+                                                       and op in linear_ops):
             return f"no int8 kernel for {node.domain}.{op}"
         x = node.input(0)
         if not self.quantizable(x):
@@ -234,7 +235,7 @@ class _Rewriter:
         if len(live_outs) != 1 or live_outs[0].dtype != dtypes.FLOAT:
             return "more than one output"
         y = live_outs[0]
-        if op in ("Conv", "Gemm", "MatMul"):
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             return self.linear(node, x, y, skip)
         if op in ("Add", "Mul"):
             return self.binary(node, y, skip)
@@ -291,7 +292,28 @@ class _Rewriter:
         wf = w.const.astype(np.float32)
         bias = None
         attrs: dict = {}
-        if op == "Conv":
+        w_shape = wf.shape
+        if op == "ConvTranspose":
+            # W is (C_in, M / group, k...): quantize it output-channel-major, (M, C_in/g * k),
+            # and store it back in its own layout with the scales along axis 1 (per tensor for
+            # group > 1, where axis 1 does not span every output channel).
+            group = int(node.attrs.get("group", 1))
+            if wf.ndim < 3 or wf.shape[0] % group:
+                return "weight rank < 3 or channels not divisible by group"
+            b = node.input(2)
+            if b is not None:
+                if b.const is None:
+                    return "the bias is not a constant"
+                bias = b.const.astype(np.float32).reshape(-1)
+            for k in ("strides", "pads", "dilations", "group", "auto_pad", "kernel_shape",
+                      "output_padding", "output_shape"):
+                if k in node.attrs:
+                    attrs[k] = node.attrs[k]
+            c_g, m_g = wf.shape[0] // group, wf.shape[1]
+            wf = np.ascontiguousarray(wf.reshape(group, c_g, m_g, -1).transpose(0, 2, 1, 3)
+                                      .reshape(group * m_g, -1))
+            qop = "QConvTranspose"
+        elif op == "Conv":
             if wf.ndim < 3:
                 return "weight rank < 3"
             b = node.input(2)
@@ -332,8 +354,18 @@ class _Rewriter:
         if out is None:
             return "its output has no calibrated range"
         xs, xz = self.params_of(x)
-        w_scales = weight_params(wf, self.per_channel)
-        wq = quantize_weight(wf, w_scales)
+        w_axis = 0
+        if op == "ConvTranspose":
+            group = int(node.attrs.get("group", 1))
+            w_scales = weight_params(wf, self.per_channel and group == 1)
+            wq = quantize_weight(wf, w_scales)
+            c_g, m_g = w_shape[0] // group, w_shape[1]
+            wq = np.ascontiguousarray(wq.reshape(group, m_g, c_g, -1).transpose(0, 2, 1, 3)
+                                      .reshape(w_shape))
+            w_axis = 1
+        else:
+            w_scales = weight_params(wf, self.per_channel)
+            wq = quantize_weight(wf, w_scales)
         ys, yz = out
         attrs.update(x_scale=xs, x_zero_point=xz, w_scale=[float(s) for s in w_scales],
                      y_scale=ys, y_zero_point=yz)
@@ -343,7 +375,7 @@ class _Rewriter:
         attrs.update(act_min=act_min, act_max=act_max)
         xq = self.int8_of(x)
         wv = self.g.add_constant(w.name + "_q", wq)
-        wv.quant = (w_scales.astype(np.float32), np.zeros(w_scales.size, np.int64), 0)
+        wv.quant = (w_scales.astype(np.float32), np.zeros(w_scales.size, np.int64), w_axis)
         ins = [xq, wv]
         if bias is not None:
             bv = self.g.add_constant((node.input(2).name if node.input(2) else w.name) + "_q",

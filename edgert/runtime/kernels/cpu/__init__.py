@@ -60,7 +60,7 @@ FAMILY_OPS: dict[str, tuple[str, ...]] = {
     "quantized": (
         "edgert.Quantize", "edgert.Dequantize", "edgert.QConv", "edgert.QGemm", "edgert.QAdd",
         "edgert.QMul", "edgert.QConcat", "edgert.QMaxPool", "edgert.QAveragePool",
-        "edgert.QGlobalAveragePool", "edgert.QLut", "edgert.QSoftmax",
+        "edgert.QGlobalAveragePool", "edgert.QLut", "edgert.QSoftmax", "edgert.QConvTranspose",
     ),
     "fused": ("edgert.FusedElementwise",),
     "misc": (

@@ -15,6 +15,8 @@ Dequantize          int8 (or int32) x → float32; ``scale`` (list), ``zero_poin
 QConv               int8 x, int8 w, [int32 b] → int8; Conv attributes + ``x_scale``,
                     ``x_zero_point``, ``w_scale`` (list, per output channel), ``y_scale``,
                     ``y_zero_point``, ``act_min``/``act_max`` (int8 clamp: a fused Relu/Clip)
+QConvTranspose      int8 x, int8 w (C, M/group, k...), [int32 b] → int8; ConvTranspose
+                    attributes + the QConv quantization attributes
 QGemm               int8 x [..., K], int8 w [N, K], [int32 b] → int8 [..., N]; same attributes
 QAdd, QMul          int8 a, int8 b (broadcasting) → int8; ``a_scale``, ``a_zero_point``,
                     ``b_scale``, ``b_zero_point``, ``y_scale``, ``y_zero_point``, act_min/max
@@ -49,6 +51,7 @@ import numpy as np
 from edgert.errors import DTypeError, KernelError, ShapeError
 from edgert.runtime._jit import njit, prange
 from edgert.runtime.kernels.cpu.conv import (
+    ConvTransposeKernel,
     _im2col,
     as3d,
     kernel_shape_attr,
@@ -430,6 +433,62 @@ class QGemm(_QLinearBase):
         np.copyto(outputs[0].reshape(self.rows, -1), self.yt.T)
 
 
+# ----- QConvTranspose -----------------------------------------------------------------------------
+@njit(parallel=True)
+def _requant_exact(acc, bias, mult, shift, zo, lo, hi, y):
+    """``y[m, p] = clamp(zo + requant(acc[m, p] + bias[m]))`` for float64 ``acc`` holding exact
+    integers (any magnitude below 2**53; the sum is taken in int64)."""
+    for m in prange(acc.shape[0]):
+        b, mm, sh = bias[m], mult[m], shift[m]
+        for p in range(acc.shape[1]):
+            v = _requant(np.int64(acc[m, p]) + b, mm, sh) + zo
+            y[m, p] = min(max(v, lo), hi)
+
+
+class QConvTranspose(_QLinearBase):
+    """Int8 ConvTranspose (1-3 spatial axes, groups, every ONNX geometry attribute).
+
+    The float kernel's geometry and its ``Wᵀ @ X`` + col2im run on float64 copies of ``x - zp``
+    and the int8 weights: every partial sum is an integer below ``2**53`` (at most
+    ``C * k * 255 * 128`` per output), so float64 BLAS and the col2im additions are exact and
+    the result is the int32 accumulator of the int8 scheme; the requantization is the shared
+    fixed-point rule.
+    """
+
+    def prepare(self, inputs):
+        self.require_inputs(inputs, 2, 3)
+        x, w = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) > 2 else None
+        _need_dtype(self, x, INT8, "X")
+        _need_dtype(self, w, INT8, "W")
+        if w.value is None:
+            raise self.error("the weight input must be a constant (pre-packed at prepare)")
+        if len(w.shape) < 3 or len(x.shape) != len(w.shape):
+            raise self.error(f"X {x.shape} and W {w.shape} must both have rank 3..5", ShapeError)
+        group = int(self.attr("group", 1))
+        m_out = int(w.shape[1]) * max(group, 1)
+        self._quant_params(m_out, b, w.value)
+        self.float_kernel = ConvTransposeKernel(self.op)
+        f64 = np.dtype(np.float64)
+        (out,) = self.float_kernel.prepare(
+            [TensorInfo(tuple(x.shape), f64),
+             TensorInfo(tuple(w.shape), f64, np.asarray(w.value, np.float64))])
+        self.xf = np.empty(tuple(x.shape), np.float64)
+        self.acc = np.empty(tuple(out.shape), np.float64)
+        return [TensorInfo(tuple(out.shape), INT8)]
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return
+        np.subtract(inputs[0], np.float64(self.x_zp), out=self.xf, dtype=np.float64)
+        self.float_kernel.invoke([self.xf, None], [self.acc])
+        n, m = y.shape[0], y.shape[1]
+        for i in range(n):
+            _requant_exact(self.acc[i].reshape(m, -1), self.bias, self.mult, self.shift,
+                           self.y_zp, self.lo, self.hi, y[i].reshape(m, -1))
+
+
 # ----- elementwise --------------------------------------------------------------------------------
 ADD_LEFT_SHIFT = 20  # TFLite's headroom: (q - zp) << 20 keeps 11 bits of precision per input
 
@@ -775,6 +834,7 @@ def register(reg: KernelRegistry) -> None:
         ("Quantize", Quantize),
         ("Dequantize", Dequantize),
         ("QConv", QConv),
+        ("QConvTranspose", QConvTranspose),
         ("QGemm", QGemm),
         ("QAdd", QAdd),
         ("QMul", QMul),

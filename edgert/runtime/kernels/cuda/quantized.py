@@ -8,8 +8,8 @@ the zero point), plus the int32 bias, then the fixed-point requantization ``(acc
 plus the output zero point, clamped to ``[act_min, act_max]``. Integer arithmetic has one exact
 answer, so the device result equals the CPU one bit for bit (the tests use tolerance 0).
 
-One thread per output element (the windowed sum of :mod:`.conv`'s direct kernel). The weights,
-bias and multipliers are uploaded once.
+One thread per output element (the windowed sum of :mod:`.conv`'s direct kernel; QConvTranspose
+in its gather form). The weights, bias and multipliers are uploaded once.
 
 The other int8 ops follow their CPU kernels' integer arithmetic line by line:
 
@@ -109,6 +109,53 @@ def _qgemm(a, w, bias, mult, shift, y, n_out, k, x_zp, zo, lo, hi):
         y[i] = _requant_store(acc, n, bias, mult, shift, zo, lo, hi)
 
 
+@cuda.jit
+def _qconv_transpose(x, w, bias, mult, shift, y, geo, c_in, m_out, group, x_zp, zo, lo, hi):
+    """One thread per output: the gather form of ConvTranspose (output ``o`` of the full
+    result receives input ``i`` through tap ``k`` when ``o + pad = i * s + k * d``)."""
+    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
+    sd, sh, sw = geo[3], geo[4], geo[5]
+    dd, dh, dw = geo[6], geo[7], geo[8]
+    pd, ph, pw = geo[9], geo[10], geo[11]
+    d_n, h_n, w_n = geo[12], geo[13], geo[14]
+    od_n, oh_n, ow_n = geo[15], geo[16], geo[17]
+    ksz = kd_n * kh_n * kw_n
+    mpg = m_out // group
+    cpg = c_in // group
+    p_in = d_n * h_n * w_n
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        ow = i % ow_n
+        t = i // ow_n
+        oh = t % oh_n
+        t //= oh_n
+        od = t % od_n
+        t //= od_n
+        m = t % m_out
+        n = t // m_out
+        g = m // mpg
+        mo = m - g * mpg
+        acc = np.int64(0)
+        for c in range(cpg):
+            ci = g * cpg + c
+            xc = (n * c_in + ci) * p_in
+            wc = (ci * mpg + mo) * ksz
+            for kd in range(kd_n):
+                tz = od + pd - kd * dd
+                if tz < 0 or tz % sd != 0 or tz // sd >= d_n:
+                    continue
+                for kh in range(kh_n):
+                    ty = oh + ph - kh * dh
+                    if ty < 0 or ty % sh != 0 or ty // sh >= h_n:
+                        continue
+                    xrow = xc + ((tz // sd) * h_n + ty // sh) * w_n
+                    wrow = wc + (kd * kh_n + kh) * kw_n
+                    for kw in range(kw_n):
+                        tx = ow + pw - kw * dw
+                        if tx >= 0 and tx % sw == 0 and tx // sw < w_n:
+                            acc += (np.int64(x[xrow + tx // sw]) - x_zp) * np.int64(w[wrow + kw])
+        y[i] = _requant_store(acc, m, bias, mult, shift, zo, lo, hi)
+
+
 class _CudaQLinear(CudaKernel):
     def _upload_quant(self, w: np.ndarray):
         # The int8 weights as the model holds them ([M, K...] row-major), not the CPU kernel's
@@ -137,6 +184,28 @@ class CudaQConv(_CudaQLinear, cpu.QConv):
                 inputs[0].reshape(-1), self._d_w.reshape(-1), self._d_bias, self._d_mult,
                 self._d_shift, y.reshape(-1), self._d_geo, self._c_in, self._m_out, self.group,
                 self.x_zp, self.y_zp, self.lo, self.hi,
+            )
+
+
+class CudaQConvTranspose(_CudaQLinear, cpu.QConvTranspose):
+    CPU = cpu.QConvTranspose
+
+    def prepare(self, inputs):
+        outs = super().prepare(inputs)
+        self._c_in = int(inputs[0].shape[1])
+        self._m_out = int(outs[0].shape[1])
+        self._group = int(self.attr("group", 1))
+        self._upload_quant(np.asarray(inputs[1].value))
+        self._d_geo = self.upload(self.float_kernel.geo, "geo")
+        return outs
+
+    def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size:
+            _qconv_transpose[blocks(y.size), THREADS, self.stream](
+                inputs[0].reshape(-1), self._d_w.reshape(-1), self._d_bias, self._d_mult,
+                self._d_shift, y.reshape(-1), self._d_geo, self._c_in, self._m_out,
+                self._group, self.x_zp, self.y_zp, self.lo, self.hi,
             )
 
 
@@ -487,6 +556,7 @@ class CudaQSoftmax(CudaKernel, cpu.QSoftmax):
 def register(reg: KernelRegistry) -> None:
     for name, kernel in (
         ("QConv", CudaQConv),
+        ("QConvTranspose", CudaQConvTranspose),
         ("QGemm", CudaQGemm),
         ("Quantize", CudaQuantize),
         ("Dequantize", CudaDequantize),
