@@ -353,7 +353,7 @@ class Plan:
         self.implicit = bool(self.dims[0] > 0)
 
     @classmethod
-    def gemm(cls, k_n: int, p_n: int) -> "Plan":
+    def gemm(cls, k_n: int, p_n: int) -> Plan:
         """The GEMM layout for a ``(K, P)`` operand (:func:`pack_pointwise`, :func:`pack_conv`)."""
         kp_n = -(-k_n // 2)
         pt = np.arange(-(-p_n // NR), dtype=np.int64)
@@ -361,7 +361,7 @@ class Plan:
                    np.minimum(NR, p_n - pt * NR), pt.size * kp_n * 2 * NR)
 
     @classmethod
-    def implicit_conv(cls, geo: np.ndarray, c_n: int) -> "Plan | None":
+    def implicit_conv(cls, geo: np.ndarray, c_n: int) -> Plan | None:
         """The implicit layout for a conv of ``c_n`` input channels (``geo`` as conv.py's
         ``Window.geo``), or None when output rows are so short that a row-aligned tile would
         waste over a quarter of its lanes (the GEMM layout is then better).

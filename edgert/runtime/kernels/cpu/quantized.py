@@ -61,7 +61,6 @@ from edgert.runtime.kernels.cpu.conv import (
 from edgert.runtime.kernels.cpu.pooling import _max_pool_phase
 from edgert.runtime.kernels.cpu.qgemm import (
     Plan,
-    qadd,
     conv_taps,
     fits_int32,
     pack_conv,
@@ -69,6 +68,7 @@ from edgert.runtime.kernels.cpu.qgemm import (
     pack_padded,
     pack_pointwise,
     pack_weights,
+    qadd,
     qgemm,
 )
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
