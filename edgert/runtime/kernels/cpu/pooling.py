@@ -122,66 +122,62 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
 
 
 @njit(parallel=True)
-def _max_pool_phase(x, y, kh_n, kw_n, sh, sw, ph, pw, one, lowest):
-    """2-D MaxPool, dilation 1, no indices, over phase planes (as conv's ``_depthwise_phase``).
+def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
+    """2-D MaxPool, dilation 1, no indices: the window's rows first, then its columns.
 
-    ``x``: ``(N*C, H, W)``, ``y``: ``(N*C, OH, OW)``. The ``-inf``-padded plane is split into
-    ``sh * sw`` phase planes of row width ``Wq = OW + (KW - 1) // sw``, so every tap is one
-    contiguous stream over ``OH * Wq`` elements at any stride; :func:`_max_pool` read strided
-    slices row by row, which made a 3x3/2 pool on 64x111x111 take longer than the conv before
-    it (measured ~1.5 ms -> ~0.3 ms). NaN rule as in :func:`_max_pool`. ``lowest``: the
-    padding value, ``-inf`` for floats (the int8 max pool passes -128: max commutes with
-    quantization, so the same kernel pools quantized data).
+    ``x``: ``(N*C, H, W)``, ``y``: ``(N*C, OH, OW)``. Per output row, the max over the
+    ``KH`` input rows is taken element-wise over whole contiguous rows (vectorized), into a
+    row buffer padded with ``lowest`` on both sides; the output row is then the max over
+    ``KW`` columns of that buffer at stride ``sw`` (no bounds tests: the padding covers every
+    window, ``ceil_mode`` included). Measured 3-5x faster for int8 and 1.2-2.4x for float32
+    than splitting the plane into stride phases first (a strided copy per input row and
+    phase). NaN rule as in :func:`_max_pool`. ``lowest``: the padding value, ``-inf`` for
+    floats (the int8 max pool passes -128: max commutes with quantization).
     """
     nc, h_n, w_n = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
-    hq = oh_n + (kh_n - 1) // sh
-    wq = ow_n + (kw_n - 1) // sw
-    plane = hq * wq + (kw_n - 1) // sw + 1
-    span = oh_n * wq
-    nchunk = min(nc, 32)
+    width = max(w_n + pw, (ow_n - 1) * sw + kw_n)
+    nchunk = min(nc, 64)
     for ch in prange(nchunk):
-        t0 = ch * nc // nchunk
-        t1 = (ch + 1) * nc // nchunk
-        buf = np.empty(sh * sw * plane, y.dtype)
-        acc = np.empty(span, y.dtype)
-        for t in range(t0, t1):
-            for a in range(sh):
-                for bb in range(sw):
-                    base = (a * sw + bb) * plane
-                    off = bb - pw
-                    lo = 0
-                    if off < 0:
-                        lo = (-off + sw - 1) // sw
-                    hi = min((w_n - 1 - off) // sw + 1, wq)
-                    hi = max(hi, lo)
-                    for r in range(hq):
-                        iy = r * sh + a - ph
-                        dst = buf[base + r * wq : base + (r + 1) * wq]
-                        if iy < 0 or iy >= h_n or hi == lo:
-                            dst[:] = lowest
-                            continue
-                        dst[:lo] = lowest
-                        dst[hi:] = lowest
-                        dseg = dst[lo:hi]
-                        if sw == 1:
-                            dseg[:] = x[t, iy, lo + off : hi + off]
-                        else:
-                            sseg = x[t, iy, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
-                            for i in range(hi - lo):
-                                dseg[i] = sseg[i]
-                    buf[base + hq * wq : base + plane] = lowest
-            acc[:] = lowest
-            for kh in range(kh_n):
-                for kw in range(kw_n):
-                    st = ((kh % sh) * sw + kw % sw) * plane + (kh // sh) * wq + kw // sw
-                    src = buf[st : st + span]
-                    for i in range(span):
-                        v = src[i]
-                        cur = acc[i]
-                        acc[i] = (v if (v > cur or math.isnan(v)) else cur) * one
+        v = np.empty(width, y.dtype)
+        for i in range(width):
+            v[i] = lowest
+        vr = v[pw:pw + w_n]
+        for t in range(ch * nc // nchunk, (ch + 1) * nc // nchunk):
             for oh in range(oh_n):
-                y[t, oh, :] = acc[oh * wq : oh * wq + ow_n]
+                first = True
+                for kh in range(kh_n):
+                    iy = oh * sh - ph + kh
+                    if iy < 0 or iy >= h_n:
+                        continue
+                    xr = x[t, iy]
+                    if first:
+                        for i in range(w_n):
+                            vr[i] = xr[i]
+                        first = False
+                    else:
+                        for i in range(w_n):
+                            a = xr[i]
+                            b = vr[i]
+                            vr[i] = a if (a > b or math.isnan(a)) else b
+                if first:  # every row of the window is padding
+                    for i in range(w_n):
+                        vr[i] = lowest
+                yr = y[t, oh]
+                if sw == 2 and kw_n == 3:  # the common 3x3/2 window, unrolled
+                    for ow in range(ow_n):
+                        a = v[2 * ow]
+                        b = v[2 * ow + 1]
+                        c = v[2 * ow + 2]
+                        m = a if (a > b or math.isnan(a)) else b
+                        yr[ow] = c if (c > m or math.isnan(c)) else m
+                else:
+                    for ow in range(ow_n):
+                        m = v[ow * sw]
+                        for kw in range(1, kw_n):
+                            a = v[ow * sw + kw]
+                            m = a if (a > m or math.isnan(a)) else m
+                        yr[ow] = m
 
 
 @njit(parallel=True)
@@ -286,7 +282,7 @@ def _global_pool(x, y, mode, p):
 
 # Serial twins for inputs smaller than PARALLEL_MIN_WORK elements (no parallel launch).
 _max_pool_serial = serial_twin(_max_pool)
-_max_pool_phase_serial = serial_twin(_max_pool_phase)
+_max_pool_rows_serial = serial_twin(_max_pool_rows)
 _sum_pool_serial = serial_twin(_sum_pool)
 _global_pool_serial = serial_twin(_global_pool)
 
@@ -384,8 +380,8 @@ class MaxPoolKernel(_PoolBase):
             raise self.error(f"attribute 'storage_order' = {self.storage_order} must be 0 or 1")
         self.no_indices = np.zeros((0, 0, 0, 0), np.int64)
         self.one = dt.type(1.0)
-        # 2-D, dilation 1: the phase-plane kernel (used when the Indices output is not wanted).
-        self.phase = len(y_shape) == 4 and all(d == 1 for d in self.win.dilations)
+        # 2-D, dilation 1: the row-wise kernel (used when the Indices output is not wanted).
+        self.rows = len(y_shape) == 4 and all(d == 1 for d in self.win.dilations)
         return [TensorInfo(y_shape, dt), TensorInfo(y_shape, np.dtype(np.int64))]
 
     def invoke(self, inputs, outputs):
@@ -394,12 +390,12 @@ class MaxPoolKernel(_PoolBase):
             return
         x4, y4 = self._views(inputs[0], y)
         ind = outputs[1] if len(outputs) > 1 else None
-        if ind is None and self.phase:
-            pool2 = _max_pool_phase_serial if self.small else _max_pool_phase
+        if ind is None and self.rows:
+            pool2 = _max_pool_rows_serial if self.small else _max_pool_rows
             g = self.geo
             pool2(x4.reshape(x4.shape[0], x4.shape[2], x4.shape[3]),
                   y4.reshape(y4.shape[0], y4.shape[2], y4.shape[3]),
-                  g[1], g[2], g[4], g[5], g[10], g[11], self.one, self.dtype.type(-np.inf))
+                  g[1], g[2], g[4], g[5], g[10], g[11], self.dtype.type(-np.inf))
             return
         pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:

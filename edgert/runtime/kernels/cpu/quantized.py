@@ -58,7 +58,7 @@ from edgert.runtime.kernels.cpu.conv import (
     sliding_window,
     tap_ranges,
 )
-from edgert.runtime.kernels.cpu.pooling import _max_pool_phase
+from edgert.runtime.kernels.cpu.pooling import _max_pool_rows
 from edgert.runtime.kernels.cpu.qgemm import (
     Plan,
     conv_taps,
@@ -711,7 +711,7 @@ class _QPool(Kernel):
         self.geo = win.geo()
         self.in3, self.out3 = as3d(win.in_shape), as3d(win.out_shape)
         self.count_pad = bool(self.attr("count_include_pad", 0))
-        # 2-D max pool without dilation: the float kernel's phase-plane form (vectorized maxes
+        # 2-D max pool without dilation: the float kernel's row-wise form (vectorized maxes
         # over contiguous rows; the tap-range kernel below read strided int8 slices)
         self.phase = (self.is_max and len(x.shape) == 4 and int(np.prod(win.out_shape)) > 0
                       and all(d == 1 for d in win.dilations))
@@ -722,8 +722,8 @@ class _QPool(Kernel):
         nc = x.shape[0] * x.shape[1]
         if self.phase:
             g = self.geo
-            _max_pool_phase(x.reshape((nc,) + self.in3[1:]), y.reshape((nc,) + self.out3[1:]),
-                            g[1], g[2], g[4], g[5], g[10], g[11], np.int8(1), np.int8(-128))
+            _max_pool_rows(x.reshape((nc,) + self.in3[1:]), y.reshape((nc,) + self.out3[1:]),
+                           g[1], g[2], g[4], g[5], g[10], g[11], np.int8(-128))
             return
         _qpool(x.reshape((nc,) + self.in3), y.reshape((nc,) + self.out3), self.geo,
                self.is_max, self.count_pad)
