@@ -173,7 +173,7 @@ def _maxpool_y_only(x, attrs):
     kern = registry().lookup("MaxPool", "", 21)(OpContext("MaxPool", "mp", attrs, "", 21, 1))
     out = kern.prepare([TensorInfo(x.shape, x.dtype)])[0]
     inner = kern if isinstance(kern, pooling.MaxPoolKernel) else kern.inner
-    assert inner.phase
+    assert inner.rows  # the row-wise kernel (_max_pool_rows)
     y = np.full(out.shape, np.nan, x.dtype)
     kern.invoke([x], [y])
     return y
