@@ -60,9 +60,13 @@ CASES = {
     "pointwise": (1, 64, (13, 13), (1, 1), [0, 0, 0, 0], 36, 3, "pointwise"),
     "pointwise_all_equal": (1, 64, (13, 13), (1, 1), [0, 0, 0, 0], 40, 1, "pointwise"),
     "pointwise_batch": (2, 32, (9, 9), (1, 1), [0, 0, 0, 0], 28, 5, "pointwise"),
-    "im2col_image": (1, 16, (14, 14), (3, 3), [1, 1, 1, 1], 30, 4, "image"),
-    "im2col_batch": (2, 8, (12, 12), (3, 3), [1, 1, 1, 1], 26, 2, "batch"),
-    "im2col_row_blocks": (1, 16, (48, 48), (3, 3), [1, 1, 1, 1], 20, 3, "blocks"),
+    # (more than IMPLICIT_MAX_M channels and IMPLICIT_MAX_P positions: the BLAS routes)
+    "im2col_image": (1, 16, (18, 18), (3, 3), [1, 1, 1, 1], 36, 4, "image"),
+    "im2col_batch": (2, 8, (20, 20), (3, 3), [1, 1, 1, 1], 34, 2, "batch"),
+    "im2col_row_blocks": (1, 16, (48, 48), (3, 3), [1, 1, 1, 1], 36, 3, "blocks"),
+    # few channels: the implicit-GEMM kernel, which computes every channel alike by itself
+    "implicit": (2, 16, (14, 14), (3, 3), [1, 1, 1, 1], 30, 4, "implicit"),
+    "implicit_strided": (1, 12, (23, 58), (3, 3), [1, 0, 1, 0], 20, 3, "implicit"),
 }
 
 
@@ -77,20 +81,24 @@ def test_identical_filters_give_identical_channels(name, act):
         w[...] = np.float32(0.02)
         x *= np.float32(1e9)
         b[...] = np.float32(0.02)
-    attrs = {"pads": pads}
+    attrs = {"pads": pads, "strides": [2, 2] if name == "implicit_strided" else [1, 1]}
     want = ort_node("Conv", [x, w, b], attrs)[0]
     if act == "Relu":
         want = np.maximum(want, 0)
         attrs["activation"] = "Relu"
     kernel, got = _conv(x, w, b, attrs)
 
-    # The route under test was taken, and the filter classes were found.
+    # The route under test was taken, and the filter classes were found (BLAS routes).
     assert not kernel.pw_small
     assert kernel.path == ("pointwise" if route == "pointwise" else "im2col")
-    if route != "pointwise":
-        assert kernel.col_batch == (route == "batch")
-        assert bool(kernel.block_rows) == (route == "blocks")
-    assert kernel.row_index is not None and kernel.w_unique.shape[0] == n_distinct
+    assert (kernel.fplan is not None) == (route == "implicit")
+    if route == "implicit":
+        assert kernel.row_index is None
+    else:
+        if route != "pointwise":
+            assert kernel.col_batch == (route == "batch")
+            assert bool(kernel.block_rows) == (route == "blocks")
+        assert kernel.row_index is not None and kernel.w_unique.shape[0] == n_distinct
 
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     _assert_identical_channels(got, classes)

@@ -64,6 +64,7 @@ def test_depthwise_phase_selected_and_parallel_matches():
     (out,) = kern.prepare(infos)
     inner = getattr(kern, "inner", kern)  # float16 wrapper, if any
     assert inner.dw_plane is conv._depthwise_phase
+    inner.dw3 = None  # run the phase kernel itself (this layer would take _depthwise3)
     y = np.full(out.shape, np.nan, np.float32)
     kern.invoke([x, w, b], [y])
     np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
@@ -107,9 +108,10 @@ def test_depthwise_hwc_kernel(n, c, hw, k, strides, pads, bias, act):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-def test_depthwise_hwc_selected_parallel_and_shared_scratch():
+def test_depthwise_hwc_selected_parallel_and_shared_scratch(monkeypatch):
     """A small-plane layer takes _depthwise_hwc (parallel build here) inside a model, through
     the interpreter's shared scratch buffer, and matches onnxruntime."""
+    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (1 << 40, 1 << 40))  # not _depthwise3
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -339,13 +339,13 @@ class Plan:
     """
 
     def __init__(self, offs, cp_n: int, cstride: int, tile_b, tile_y, tile_cols, size: int,
-                 pads=(0, 0, 0), strides=(1, 1, 1), dims=(0, 0, 0)):
+                 pads=(0, 0, 0), strides=(1, 1, 1), dims=(0, 0, 0), dtype=np.int16):
         self.offs = np.asarray(offs, np.int64)
         self.cp_n, self.cstride = int(cp_n), int(cstride)
         self.tile_b = np.asarray(tile_b, np.int64)
         self.tile_y = np.asarray(tile_y, np.int64)
         self.tile_cols = np.asarray(tile_cols, np.int64)
-        self.buf = np.zeros(size, np.int16)
+        self.buf = np.zeros(size, dtype)
         # implicit layout only: pads begin, strides and the per-phase plane (Dq, Hq, Wq)
         self.pads = np.asarray(pads, np.int64)
         self.strides = np.asarray(strides, np.int64)
@@ -361,10 +361,12 @@ class Plan:
                    np.minimum(NR, p_n - pt * NR), pt.size * kp_n * 2 * NR)
 
     @classmethod
-    def implicit_conv(cls, geo: np.ndarray, c_n: int) -> Plan | None:
+    def implicit_conv(cls, geo: np.ndarray, c_n: int, lanes: int = 2,
+                      dtype=np.int16) -> Plan | None:
         """The implicit layout for a conv of ``c_n`` input channels (``geo`` as conv.py's
         ``Window.geo``), or None when output rows are so short that a row-aligned tile would
-        waste over a quarter of its lanes (the GEMM layout is then better).
+        waste over a quarter of its lanes (the GEMM layout is then better). ``lanes``: values
+        per input position, 2 (an int16 channel pair, this module) or 1 (fgemm.py's float32).
 
         A strided conv is split into stride phases (space-to-depth): phase ``(py, px)`` holds
         the padded input's rows ``py, py + s, ...`` and columns likewise, so that tap ``kh`` of
@@ -381,8 +383,8 @@ class Plan:
         dq = od_n + (kd - 1) * dd // sd
         hq = oh_n + (kh - 1) * dh // sh
         wq = tpr * NR + (kw - 1) * dw // sw
-        plane = dq * hq * wq * 2
-        cp_n = -(-c_n // 2)
+        plane = dq * hq * wq * lanes
+        cp_n = -(-c_n // lanes)
         cstride = sd * sh * sw * plane
         offs = []
         for a in range(kd):
@@ -390,14 +392,14 @@ class Plan:
                 for c in range(kw):
                     phase = (((a * dd) % sd) * sh + (b * dh) % sh) * sw + (c * dw) % sw
                     offs.append(phase * plane + (((a * dd) // sd * hq + (b * dh) // sh) * wq
-                                                 + (c * dw) // sw) * 2)
+                                                 + (c * dw) // sw) * lanes)
         i = np.arange(od_n * oh_n * tpr, dtype=np.int64)
         row, q = i // tpr, i % tpr
         od, oh = row // oh_n, row % oh_n
-        tile_b = ((od * hq + oh) * wq + q * NR) * 2
+        tile_b = ((od * hq + oh) * wq + q * NR) * lanes
         return cls(offs, cp_n, cstride, tile_b, row * ow_n + q * NR,
                    np.minimum(NR, ow_n - q * NR), cp_n * cstride, (pd, ph, pw), (sd, sh, sw),
-                   (dq, hq, wq))
+                   (dq, hq, wq), dtype)
 
 
 @njit(parallel=True)

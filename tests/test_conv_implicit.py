@@ -1,0 +1,95 @@
+"""The float32 implicit-GEMM conv path (runtime/kernels/cpu/fgemm.py) against onnxruntime.
+
+Each case is shaped so that ConvKernel selects the path (group 1, at most IMPLICIT_MAX_M output
+channels or IMPLICIT_MAX_P output positions, row tiles that use enough lanes); the test asserts
+that, then compares with onnxruntime's Conv followed by the activation in NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgert.runtime.kernels.cpu import fgemm, registry
+from edgert.runtime.registry import OpContext, TensorInfo
+from helpers import ATOL, RTOL, ort_node
+
+RNG = np.random.default_rng(21)
+
+
+def _run(x, w, b, attrs):
+    cls = registry().lookup("Conv", "edgert", 21)
+    kernel = cls(OpContext("Conv", "implicit_conv", dict(attrs), "edgert", 21, 1))
+    infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w)]
+    ins = [x, w]
+    if b is not None:
+        infos.append(TensorInfo(b.shape, b.dtype, b))
+        ins.append(b)
+    (info,) = kernel.prepare(infos)
+    y = np.full(info.shape, np.nan, np.float32)
+    kernel.invoke(ins, [y])
+    return getattr(kernel, "inner", kernel), y
+
+
+def _activate(v, act, params):
+    if act is None:
+        return v
+    if act == "Relu":
+        return np.maximum(v, 0)
+    if act == "Clip":
+        return np.clip(v, params[0], params[1])
+    if act == "LeakyRelu":
+        return np.where(v < 0, v * np.float32(params[0]), v)
+    raise AssertionError(act)
+
+
+# (x shape, M, kernel, conv attributes, bias, activation, activation params)
+CASES = {
+    "3x3_relu_batch": ((2, 8, 16, 14), 24, (3, 3), {"pads": [1, 1, 1, 1]}, True, "Relu", []),
+    "5x5_s2_clip": ((1, 5, 31, 30), 8, (5, 5),
+                    {"strides": [2, 2], "pads": [2, 1, 1, 2]}, False, "Clip", [-0.5, 0.7]),
+    "dilated_leaky": ((1, 6, 20, 28), 16, (3, 3),
+                      {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, True, "LeakyRelu", [0.1]),
+    "1d": ((2, 4, 60), 12, (7,), {"pads": [3, 3]}, True, None, []),
+    "3d": ((1, 3, 4, 6, 26), 10, (2, 3, 3), {"pads": [0, 1, 1, 1, 1, 1]}, True, "Relu", []),
+    "many_channels_few_positions": ((1, 32, 12, 14), 96, (3, 3), {"pads": [1, 1, 1, 1]}, True,
+                                    None, []),
+    "odd_channels_no_pad": ((1, 3, 17, 30), 7, (3, 3), {}, True, None, []),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_implicit_conv_matches_onnxruntime(name):
+    shape, m_out, k, attrs, with_bias, act, params = CASES[name]
+    x = RNG.standard_normal(shape).astype(np.float32)
+    w = (RNG.standard_normal((m_out, shape[1]) + k) * 0.3).astype(np.float32)
+    b = RNG.standard_normal(m_out).astype(np.float32) if with_bias else None
+    want = ort_node("Conv", [x, w] + ([b] if b is not None else []), attrs)[0]
+    want = _activate(want, act, params)
+    full = dict(attrs)
+    if act is not None:
+        full["activation"] = act
+        if params:
+            full["activation_params"] = params
+    kernel, got = _run(x, w, b, full)
+    assert kernel.fplan is not None, "the implicit path was not selected"
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_nan_propagates_and_plan_checks():
+    x = RNG.standard_normal((1, 4, 10, 16)).astype(np.float32)
+    x[0, 2, 5, 7] = np.nan
+    w = RNG.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    kernel, got = _run(x, w, None, {"pads": [1, 1, 1, 1], "activation": "Relu"})
+    assert kernel.fplan is not None
+    assert np.isnan(got[0, :, 4:7, 6:9]).all() and not np.isnan(got[0, :, 0, 0]).any()
+    # a buffer that does not fit the plan is refused before any tile runs
+    plan = kernel.fplan
+    y = np.empty((8, 160), np.float32)
+    with pytest.raises(ValueError):
+        fgemm.fconv_tiles(kernel.fapack, plan.buf[:-1], plan.offs, plan.cp_n, plan.cstride,
+                          plan.tile_b, plan.tile_y, plan.tile_cols, 8, np.zeros(0, np.float32),
+                          0, np.float32(0), np.float32(0), y, 1)
+    with pytest.raises(ValueError):
+        fgemm.fconv(kernel.fapack, plan, 8, np.zeros(0, np.float32), 0, np.float32(0),
+                    np.float32(0), np.empty((8, 100), np.float32))
