@@ -21,6 +21,12 @@ How Conv is computed (the path is chosen once, in ``prepare``):
   padded-plane ``_depthwise_s1``; everything else the general ``_depthwise``.
 * **small pointwise** (≤ ``POINTWISE_SMALL_MACS``): one fused Numba call (``_pointwise_small``)
   instead of a BLAS call plus an epilogue call, whose dispatch dominated tiny layers.
+* **stems** (dense 3x3, stride 2, pads 1, even planes, ≤ ``CONV3_S2_MAX_C`` input channels):
+  ``_conv3_s2`` sums flat 9-tap streams over the input's stride-2 phase planes, one call with the
+  epilogue fused (im2col built a 27-row column matrix for a 27-deep GEMM).
+
+Paths that are one Numba call remember it (``_single``): later invokes with the same planned
+arrays repeat the call without rebuilding views and arguments in Python.
 * **implicit GEMM** (group 1, float32, constant weights, at most ``IMPLICIT_MAX_M`` output
   channels or ``IMPLICIT_MAX_P`` output positions): :mod:`.fgemm` reads the receptive fields
   straight from a padded copy of the input (no column matrix) with its own FMA micro-kernel.
