@@ -198,12 +198,14 @@ def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float,
 
 def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, runs: int,
                   budget_s: float, inner: int = 1, gap_s: float = 0.0,
-                  block: int = 1) -> dict[str, float]:
+                  block: int = 1, ort_spin: bool = True) -> dict[str, float]:
     import onnxruntime as ort
 
     from edgert.runtime import Interpreter
 
     so = ort.SessionOptions()
+    if not ort_spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -326,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--block", type=int, default=1,
                     help="timed calls per turn after one untimed call (see alternate())")
+    ap.add_argument("--ort-no-spin", action="store_true",
+                    help="onnxruntime's worker threads block instead of spin-waiting between "
+                         "runs (session.intra_op.allow_spinning=0): no spinning is charged to "
+                         "edgert's runs, at some cost to onnxruntime's own latency")
     ap.add_argument("--gap-ms", type=float, default=0.0,
                     help="untimed pause before each timed call, so that one runtime's spinning "
                          "worker threads are idle when the other runs (default 0: back to back; "
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         for thr in args.threads:
             inner = 200 if name == "mlp" else 1
             r = bench_latency(path, epath, thr, args.runs if inner == 1 else 15, args.budget, inner,
-                              args.gap_ms / 1e3, args.block)
+                              args.gap_ms / 1e3, args.block, not args.ort_no_spin)
             row[f"t{thr}"] = r
             print(f"{name:<16} {thr}T  edgert {r['edgert_ms']:9.3f} ms  ort {r['ort_ms']:9.3f} ms"
                   f"  ratio {r['ratio']:5.2f}  (max|diff| {r['max_abs_diff']:.1e})",
