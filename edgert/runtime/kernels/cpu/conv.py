@@ -28,7 +28,8 @@ How Conv is computed (the path is chosen once, in ``prepare``):
 Paths that are one Numba call remember it (``_single``): later invokes with the same planned
 arrays repeat the call without rebuilding views and arguments in Python.
 * **implicit GEMM** (group 1, float32, constant weights, at most ``IMPLICIT_MAX_M`` output
-  channels or ``IMPLICIT_MAX_P`` output positions): :mod:`.fgemm` reads the receptive fields
+  channels, ``IMPLICIT_MAX_P`` output positions or ``IMPLICIT_MAX_C`` input channels):
+  :mod:`.fgemm` reads the receptive fields
   straight from a padded copy of the input (no column matrix) with its own FMA micro-kernel.
 * **im2col + GEMM** (everything else): a Numba kernel, parallel over the rows of the column
   matrix, unrolls the receptive fields into a scratch buffer that ``prepare`` allocates once;
@@ -1030,6 +1031,9 @@ COL_BLOCK_BYTES = 1 << 20
 # there; see its docstring).
 IMPLICIT_MAX_M = 32
 IMPLICIT_MAX_P = 256
+# ... and stems with at most this many input channels (ResNet's 7x7/2 on RGB: 0.67x the im2col +
+# GEMM time; its im2col matrix is 49x the input for a K = 147 GEMM).
+IMPLICIT_MAX_C = 4
 
 
 # ----- Conv -------------------------------------------------------------------------------------
@@ -1209,7 +1213,8 @@ class ConvKernel(Kernel):
         self.fplan = None
         if (self.path == _IM2COL and group == 1 and dt == np.float32 and w.value is not None
                 and self.conv3s2 is None
-                and (m_out <= IMPLICIT_MAX_M or p_out <= IMPLICIT_MAX_P)):
+                and (m_out <= IMPLICIT_MAX_M or p_out <= IMPLICIT_MAX_P
+                     or c_in <= IMPLICIT_MAX_C)):
             self.fplan = fgemm.plan(self.geo, c_in)
             if self.fplan is not None:
                 self.fapack = fgemm.pack_conv_weights(np.asarray(w.value, np.float32))

@@ -12,8 +12,9 @@ blocks in Numba's pool (no BLAS hand-off).
 
 conv.py takes this path where single-threaded OpenBLAS was measured slower (ResNet/DenseNet/
 SqueezeNet 3x3 shapes, one thread, same process): with at most 32 output channels (0.3-0.8x
-the im2col + sgemm time) or at most 256 output positions (0.74-0.86x); with 64-128 channels
-on 28x28-56x56 planes the two were even or BLAS won (1.0-1.2x), so those keep im2col.
+the im2col + sgemm time), at most 256 output positions (0.74-0.86x) or an RGB stem (0.67x for
+ResNet's 7x7/2); with 64-128 channels on 28x28-56x56 planes the two were even or BLAS won
+(0.8-1.25x, noisy), so those keep im2col.
 
 Every output channel runs the same instruction sequence over the same reduction order, so
 channels with identical filters come out bit-identical wherever they sit (OpenBLAS's sgemm
