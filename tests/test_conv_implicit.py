@@ -93,3 +93,42 @@ def test_nan_propagates_and_plan_checks():
     with pytest.raises(ValueError):
         fgemm.fconv(kernel.fapack, plan, 8, np.zeros(0, np.float32), 0, np.float32(0),
                     np.float32(0), np.empty((8, 100), np.float32))
+
+
+def test_shared_scratch_mode_in_an_interpreter(monkeypatch):
+    """Plans over SHARE_BYTES pack into the interpreter's shared scratch, zeroed per use: two
+    implicit convs of different geometry in a row (the second sees the first one's data in the
+    scratch unless the padding is zeroed again) match onnxruntime, in fp32 and int8."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgert.converter import convert
+    from edgert.quantize import quantize
+    from edgert.runtime import Interpreter
+    from edgert.runtime.kernels.cpu import qgemm
+
+    monkeypatch.setattr(qgemm, "SHARE_BYTES", 0)  # every plan buffer shared
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.2).astype(np.float32), n)
+             for n, s in (("w1", (16, 6, 3, 3)), ("w2", (8, 16, 5, 5)))]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[2, 2, 2, 2], strides=[2, 2])],
+        "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 20, 60])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 10, 30])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    x = rng.normal(size=(1, 6, 20, 60)).astype(np.float32)
+    want = ort.InferenceSession(model).run(None, {"x": x})[0]
+    interp = Interpreter(convert(model))
+    steps = [st.kernel for st in interp._steps]
+    assert any(getattr(getattr(k, "inner", k), "fplan", None) is not None for k in steps)
+    for _ in range(2):  # the second run reuses the dirty scratch
+        np.testing.assert_allclose(interp.run({"x": x})["y"], want, rtol=RTOL, atol=ATOL)
+    cal = [{"x": rng.normal(size=(1, 6, 20, 60)).astype(np.float32)} for _ in range(4)]
+    data, _ = quantize(model, calibration=cal)
+    got = [Interpreter(data).run({"x": x})["y"] for _ in range(1)]
+    monkeypatch.setattr(qgemm, "SHARE_BYTES", 1 << 40)  # every plan buffer owned
+    own = Interpreter(data)
+    np.testing.assert_array_equal(got[0], own.run({"x": x})["y"])
+    np.testing.assert_array_equal(got[0], own.run({"x": x})["y"])

@@ -1218,7 +1218,9 @@ class ConvKernel(Kernel):
             self.fplan = fgemm.plan(self.geo, c_in)
             if self.fplan is not None:
                 self.fapack = fgemm.pack_conv_weights(np.asarray(w.value, np.float32))
-                self.scratch_nbytes = 0
+                # a large padded input lives in the shared scratch (zeroed per invoke)
+                self.scratch_nbytes = self.fplan.size * 4 if self.fplan.shared else 0
+                self.col_shape = (self.fplan.size,)
         # Bit-identical filters: the GEMM multiplies only the first of each class (``w_unique``)
         # into a scratch, then ``row_index`` copies the rows out (see the module docstring).
         # ``_pointwise_small`` already computes every channel alike.
@@ -1358,12 +1360,12 @@ class ConvKernel(Kernel):
             return
         if self.fplan is not None:
             plan = self.fplan
+            buf = plan.buffer(None if self.col is None else self.col.view(np.uint8))
             x5 = x.reshape((n_img, c_in) + self.in3)
             for n in range(n_img):
-                fgemm.pack_input(x5[n], plan.pads, plan.strides, plan.dims, plan.cstride,
-                                 plan.buf)
+                fgemm.pack_input(x5[n], plan.pads, plan.strides, plan.dims, plan.cstride, buf)
                 fgemm.fconv(self.fapack, plan, m_out, bias, act.code, p0, p1,
-                            y[n].reshape(m_out, p_out))
+                            y[n].reshape(m_out, p_out), buf)
             return
         if self.col is None:
             self.col = np.empty(self.col_shape, self.dtype)

@@ -149,10 +149,10 @@ def pack_input(x, pads, strides, dims, cstride, buf):
                             buf[dst + j] = src[i]
 
 def fconv(apack: np.ndarray, p: Plan, m_n: int, bias: np.ndarray, act: int, p0, p1,
-          y: np.ndarray) -> None:
-    """Run :func:`fconv_tiles` on a packed ``p.buf`` into float32 ``y (M, P)``."""
-    fconv_tiles(apack, p.buf, p.offs, p.cp_n, p.cstride, p.tile_b, p.tile_y, p.tile_cols, m_n,
-                bias, act, p0, p1, y, get_num_threads())
+          y: np.ndarray, buf: np.ndarray | None = None) -> None:
+    """Run :func:`fconv_tiles` on a packed ``buf`` (default ``p.buf``) into float32 ``y (M, P)``."""
+    fconv_tiles(apack, p.buf if buf is None else buf, p.offs, p.cp_n, p.cstride, p.tile_b,
+                p.tile_y, p.tile_cols, m_n, bias, act, p0, p1, y, get_num_threads())
 
 @njit(parallel=True)
 def fconv_tiles(apack, b, offs, c_n, cstride, tile_b, tile_y, tile_cols, m_n, bias, act, p0,

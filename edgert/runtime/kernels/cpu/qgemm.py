@@ -48,6 +48,9 @@ from edgert.runtime._jit import njit, prange
 MR = 6  # rows of A (output channels) per micro-tile
 NR = 16  # columns of B (output positions) per micro-tile: two vectors of 8 int32
 BLOCK_BYTES = 1 << 20  # B data per cache block of column tiles (measured: 192 KB-8 MB)
+# A plan buffer above this size goes to the interpreter's shared scratch instead of being kept
+# per layer (a 1024x1024 image with 32 channels would otherwise hold 130 MB in every layer).
+SHARE_BYTES = 4 << 20
 
 
 def _data_ptr(context, builder, arrty, arr):
@@ -345,12 +348,33 @@ class Plan:
         self.tile_b = np.asarray(tile_b, np.int64)
         self.tile_y = np.asarray(tile_y, np.int64)
         self.tile_cols = np.asarray(tile_cols, np.int64)
-        self.buf = np.zeros(size, dtype)
+        self.size, self.dtype = int(size), np.dtype(dtype)
+        # Large buffers are not kept per layer: the kernel puts them in the interpreter's
+        # shared scratch (see :meth:`share`), zeroed before each use.
+        self.buf = np.zeros(size, dtype) if self.size * self.dtype.itemsize <= SHARE_BYTES \
+            else None
         # implicit layout only: pads begin, strides and the per-phase plane (Dq, Hq, Wq)
         self.pads = np.asarray(pads, np.int64)
         self.strides = np.asarray(strides, np.int64)
         self.dims = np.asarray(dims, np.int64)
         self.implicit = bool(self.dims[0] > 0)
+
+    @property
+    def shared(self) -> bool:
+        """True when the buffer lives in a shared scratch: :meth:`buffer` zeroes it per use."""
+        return self.buf is None
+
+    def buffer(self, scratch: np.ndarray | None) -> np.ndarray:
+        """The buffer to pack into: the plan's own, or the shared ``scratch`` (bytes, at least
+        ``size`` elements; a fresh array when the kernel runs outside an interpreter), zeroed:
+        the packers write only where data goes and leave the padding to the zeros."""
+        if self.buf is not None:
+            return self.buf
+        n = self.size * self.dtype.itemsize
+        buf = (np.empty(self.size, self.dtype) if scratch is None
+               else scratch[:n].view(self.dtype))
+        buf[:] = 0
+        return buf
 
     @classmethod
     def gemm(cls, k_n: int, p_n: int) -> Plan:
@@ -612,10 +636,11 @@ def pack_conv(x, zp, geo, c0, taps, bpack):
 
 
 def qgemm(apack: np.ndarray, plan: Plan, m_n: int, bias, mult, shift, zo: int, lo: int,
-          hi: int, y: np.ndarray, wide: bool) -> None:
-    """Run :func:`qgemm_tiles` for a packed ``plan.buf`` into int8 ``y (M, P)``."""
-    qgemm_tiles(apack, plan.buf, plan.offs, plan.cp_n, plan.cstride, plan.tile_b, plan.tile_y,
-                plan.tile_cols, m_n, bias, mult, shift, zo, lo, hi, y, wide, get_num_threads())
+          hi: int, y: np.ndarray, wide: bool, buf: np.ndarray | None = None) -> None:
+    """Run :func:`qgemm_tiles` for a packed ``buf`` (default ``plan.buf``) into int8 ``y``."""
+    qgemm_tiles(apack, plan.buf if buf is None else buf, plan.offs, plan.cp_n, plan.cstride,
+                plan.tile_b, plan.tile_y, plan.tile_cols, m_n, bias, mult, shift, zo, lo, hi, y,
+                wide, get_num_threads())
 
 
 @njit(parallel=True)

@@ -254,7 +254,20 @@ def _qgemm_kp(col, w, bias, mult, shift, y, group, zo, lo, hi):
 
 
 class _QLinearBase(Kernel):
-    """Shared parameter handling of QConv and QGemm."""
+    """Shared parameter handling of QConv and QGemm, and their packing buffer: a large one
+    (:attr:`qgemm.Plan.shared`) lives in the interpreter's shared scratch."""
+
+    scratch_nbytes = 0
+    _scratch = None
+
+    def _use_plan(self, plan: Plan) -> Plan:
+        self.plan = plan
+        self.scratch_nbytes = plan.size * plan.dtype.itemsize if plan.shared else 0
+        return plan
+
+    def bind_scratch(self, buf: np.ndarray) -> None:
+        """Pack into ``buf`` (bytes, at least ``scratch_nbytes``) when the plan is shared."""
+        self._scratch = buf
 
     def _quant_params(self, m_out: int, b: TensorInfo | None, w_value: np.ndarray | None):
         x_scale = _scale_attr(self, "x_scale")
@@ -346,6 +359,7 @@ class QConv(_QLinearBase):
             else:
                 self.plan = Plan.gemm(k, self.p_out)
                 self.apack = [pack_weights(v.reshape(m_g, k)) for v in w_g]
+            self._use_plan(self.plan)
             self.wide = not fits_int32(self.w_packed, self.bias)
             self.w_packed = None
             self.implicit = self.plan.implicit
@@ -377,6 +391,7 @@ class QConv(_QLinearBase):
                 continue
             m_g = m_out // self.group
             plan = self.plan
+            buf = plan.buffer(self._scratch)
             xn = x[n]
             if self.subsample is not None:
                 np.copyto(self.subsample[0], xn[self.subsample[1]])
@@ -384,17 +399,16 @@ class QConv(_QLinearBase):
             for g in range(self.group):
                 c0 = g * self.c_g
                 if self.pointwise or self.subsample is not None:
-                    pack_pointwise(xn.reshape(c_in, self.p_out), self.x_zp, c0, self.k,
-                                   plan.buf)
+                    pack_pointwise(xn.reshape(c_in, self.p_out), self.x_zp, c0, self.k, buf)
                 elif self.implicit:
                     pack_padded(x[n].reshape((c_in,) + self.in3), self.x_zp, c0, self.c_g,
-                                plan.pads, plan.strides, plan.dims, plan.cstride, plan.buf)
+                                plan.pads, plan.strides, plan.dims, plan.cstride, buf)
                 else:
                     pack_conv(x[n].reshape((c_in,) + self.in3), self.x_zp, self.geo, c0,
-                              self.taps, plan.buf)
+                              self.taps, buf)
                 bias, mult, shift = self.rq[g]
                 qgemm(self.apack[g], plan, m_g, bias, mult, shift, self.y_zp, self.lo,
-                      self.hi, yn[g * m_g:(g + 1) * m_g], self.wide)
+                      self.hi, yn[g * m_g:(g + 1) * m_g], self.wide, buf)
 
 
 class QGemm(_QLinearBase):
@@ -417,7 +431,7 @@ class QGemm(_QLinearBase):
         # y.T = W @ (x - zp).T on the pairwise multiply-add GEMM of qgemm.py.
         self.apack = pack_weights(np.asarray(w.value))
         self.wide = not fits_int32(np.asarray(w.value), self.bias)
-        self.plan = Plan.gemm(k, rows)
+        self._use_plan(Plan.gemm(k, rows))
         self.rows, self.k, self.kp = rows, k, (k + 1) // 2
         # the GEMM reads (K, rows) and writes (N, rows), both C-contiguous: transposed copies
         # of the input and output (K * rows and N * rows bytes, small next to the K * N MACs)
@@ -427,9 +441,10 @@ class QGemm(_QLinearBase):
 
     def invoke(self, inputs, outputs):
         np.copyto(self.xt, inputs[0].reshape(self.rows, self.k).T)
-        pack_pointwise(self.xt, self.x_zp, 0, self.k, self.plan.buf)
+        buf = self.plan.buffer(self._scratch)
+        pack_pointwise(self.xt, self.x_zp, 0, self.k, buf)
         qgemm(self.apack, self.plan, self.yt.shape[0], self.bias, self.mult, self.shift,
-              self.y_zp, self.lo, self.hi, self.yt, self.wide)
+              self.y_zp, self.lo, self.hi, self.yt, self.wide, buf)
         np.copyto(outputs[0].reshape(self.rows, -1), self.yt.T)
 
 
