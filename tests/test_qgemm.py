@@ -122,10 +122,10 @@ def test_pack_conv_matches_im2col(c, sp, ks, strides, dil, pb, pe):
     k, p = col.shape
     geo = geo3(ks, strides, dil, pb, pe, sp, out)
     x4 = x.reshape((c,) + (1,) * (3 - len(sp)) + sp)
-    bp = Q.new_bpack(k, p)
+    bp = Q.Plan.gemm(k, p).buf
     bp[:] = 77  # every element the packer owns must be overwritten; the rest stays 77
     Q.pack_conv(x4, zp, geo, 0, Q.conv_taps(geo, c), bp)
-    ref = Q.new_bpack(k, p)
+    ref = Q.Plan.gemm(k, p).buf
     ref[:] = 77
     # the same layout from the pointwise packer over the golden columns (+ zp, back to int8)
     Q.pack_pointwise((col + zp).astype(np.int8), zp, 0, k, ref)
@@ -161,9 +161,9 @@ def test_channel_range_of_pack_conv():
     ks, st, dl, pb, pe = (3, 3), (1, 1), (1, 1), (1, 1), (1, 1)
     col, out = golden_im2col(x[2:4], ks, st, dl, pb, pe, 5)
     geo = geo3(ks, st, dl, pb, pe, (5, 5), out)
-    bp = Q.new_bpack(*col.shape)
+    bp = Q.Plan.gemm(*col.shape).buf
     Q.pack_conv(x.reshape(6, 1, 5, 5), 5, geo, 2, Q.conv_taps(geo, 2), bp)
-    ref = Q.new_bpack(*col.shape)
+    ref = Q.Plan.gemm(*col.shape).buf
     Q.pack_pointwise((col + 5).astype(np.int8), 5, 0, col.shape[0], ref)
     np.testing.assert_array_equal(bp, ref)
 

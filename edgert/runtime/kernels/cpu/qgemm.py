@@ -324,15 +324,6 @@ def pack_conv_weights(w: np.ndarray) -> np.ndarray:
     return pack_weights(t.reshape(m_n, -1))
 
 
-def new_bpack(k_n: int, p_n: int) -> np.ndarray:
-    """A zeroed GEMM-layout buffer for a ``(K, P)`` operand.
-
-    The packers write only the ``K x P`` elements: the zero tail columns and the zero pad row
-    of an odd ``K`` are set here once, so a kernel allocates the buffer at prepare and reuses it.
-    """
-    return np.zeros(-(-p_n // NR) * -(-k_n // 2) * 2 * NR, np.int16)
-
-
 class Plan:
     """How :func:`qgemm_tiles` reads ``B`` and where each column tile's outputs go.
 
