@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange
 from edgert.runtime.kernels.cpu.epilogue import ACT_CLIP, ACT_NONE, ACT_RELU, act_row
-from edgert.runtime.kernels.cpu.qgemm import MR, NR, Plan, _data_ptr, _is_array
+from edgert.runtime.kernels.cpu.qgemm import MR, NR, Plan, _is_array, emit_tile
 
 BLOCK_BYTES = 1 << 20  # B data per cache block of column tiles, as in qgemm.py
 
@@ -47,52 +47,15 @@ def _ftile(typingctx, a, a_off, b, b_off, offs, c_n, cstride, c):
         return None
     sig = types.void(a, types.intp, b, types.intp, offs, types.intp, types.intp, c)
     def codegen(context, builder, signature, args):
-        a_arr, a_off_v, b_arr, b_off_v, offs_arr, c_v, cs_v, c_arr = args
-        f32 = ir.FloatType()
-        v8 = ir.VectorType(f32, 8)
-        idx_t = a_off_v.type
-        zeros8 = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        v8 = ir.VectorType(ir.FloatType(), 8)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]),
                                              "llvm.fma.v8f32")
-
-        def const(v):
-            return ir.Constant(idx_t, v)
-
-        ap0 = builder.gep(_data_ptr(context, builder, signature.args[0], a_arr), [a_off_v])
-        bp0 = builder.gep(_data_ptr(context, builder, signature.args[2], b_arr), [b_off_v])
-        op = _data_ptr(context, builder, signature.args[4], offs_arr)
-        n_taps = context.make_array(signature.args[4])(context, builder, offs_arr).nitems
-        cp = _data_ptr(context, builder, signature.args[7], c_arr)
-        slots = []
-        for r in range(MR):
-            for h in range(2):
-                ptr = builder.bitcast(builder.gep(cp, [const(r * NR + h * 8)]), v8.as_pointer())
-                slot = cgutils.alloca_once(builder, v8)
-                builder.store(ir.Constant(v8, [0.0] * 8), slot)
-                slots.append((slot, ptr))
-        with cgutils.for_range(builder, n_taps) as taps:
-            t = taps.index
-            bt = builder.gep(bp0, [builder.load(builder.gep(op, [t]))])
-            at = builder.gep(ap0, [builder.mul(builder.mul(t, c_v), const(MR))])
-            with cgutils.for_range(builder, c_v) as loop:
-                k = loop.index
-                bk = builder.gep(bt, [builder.mul(k, cs_v)])
-                b0 = builder.load(builder.bitcast(bk, v8.as_pointer()), align=4)
-                b1 = builder.load(builder.bitcast(builder.gep(bk, [const(8)]), v8.as_pointer()),
-                                  align=4)
-                ak = builder.gep(at, [builder.mul(k, const(MR))])
-                for r in range(MR):
-                    s = builder.load(builder.gep(ak, [const(r)]))
-                    vec = builder.insert_element(ir.Constant(v8, ir.Undefined), s,
-                                                 ir.Constant(ir.IntType(32), 0))
-                    vec = builder.shuffle_vector(vec, vec, zeros8)
-                    for h, bv in enumerate((b0, b1)):
-                        slot = slots[r * 2 + h][0]
-                        builder.store(builder.call(fma, [vec, bv, builder.load(slot)]), slot)
-        for slot, ptr in slots:
-            builder.store(builder.load(slot), ptr, align=4)
+        emit_tile(context, builder, signature, args, v8, v8,
+                  lambda acc, a, b: builder.call(fma, [a, b, acc]))
         return context.get_dummy_value()
+
     return sig, codegen
+
 
 def pack_conv_weights(w: np.ndarray) -> np.ndarray:
     """Float32 conv weights ``(M, C, *kernel)`` -> flat ``apack[mt, t, c, r]`` (zero rows past
