@@ -22,27 +22,37 @@ SPLIT_MIN_MACS = int(os.environ.get("EDGERT_SPLIT_MIN_MACS", 1 << 21))
 
 def set_gemm_threads(n: int) -> None:
     """Threads for :func:`matmul` (the interpreter sets its ``num_threads`` here)."""
-    global _gemm_threads, _pool
-    n = max(1, int(n))
-    if n > 1 and (_pool is None or _pool._max_workers < n - 1):
-        from concurrent.futures import ThreadPoolExecutor
+    global _gemm_threads
+    _gemm_threads = max(1, int(n))
 
-        old, _pool = _pool, ThreadPoolExecutor(n - 1, thread_name_prefix="edgert-gemm")
-        if old is not None:
-            old.shutdown(wait=False)
-    _gemm_threads = n
+
+def gemm_threads() -> int:
+    """The thread count set by :func:`set_gemm_threads`."""
+    return _gemm_threads
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``np.matmul(a, b, out=out)``, split over column blocks across the GEMM threads.
+    """``np.matmul(a, b, out=out)``, split over the GEMM threads when it is large enough.
 
-    ``b`` must have rank >= 2 (its last axis is split; ``a`` is shared by every block).
+    ``b`` must have rank >= 2. With NumPy's OpenBLAS reachable from compiled code
+    (:mod:`.cblas`) the blocks run on Numba's thread pool; otherwise ``b``'s last axis is split
+    over a Python thread pool.
     """
     n = _gemm_threads
     cols = b.shape[-1]
-    if n == 1 or b.ndim < 2 or cols < 2 * n or out.size * a.shape[-1] < SPLIT_MIN_MACS:
+    if n == 1 or b.ndim < 2 or cols < 2 or out.size * a.shape[-1] < SPLIT_MIN_MACS:
         np.matmul(a, b, out=out)
         return
+    if _threaded_cblas(a, b, out, n):
+        return
+    if cols < 2 * n:
+        np.matmul(a, b, out=out)
+        return
+    global _pool
+    if _pool is None or _pool._max_workers < n - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="edgert-gemm")
     # Column blocks rounded to 16 floats so each block's rows start on a cache-line multiple.
     step = -(-cols // n)
     step = -(-step // 16) * 16
@@ -53,6 +63,30 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     np.matmul(a, b[..., :step], out=out[..., :step])
     for f in futures:
         f.result()
+
+
+def _threaded_cblas(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int) -> bool:
+    """Run ``matmul`` through :mod:`.cblas` on Numba's pool; False when it does not apply
+    (no usable BLAS, other dtypes, broadcasting it does not cover, overlapping operands)."""
+    from edgert.runtime.kernels.cpu import cblas
+
+    r = cblas.routines()
+    dt = out.dtype
+    if r is None or dt not in (np.float32, np.float64) or a.dtype != dt or b.dtype != dt:
+        return False
+    a3, b3, c3 = cblas.as3d(a), cblas.as3d(b), cblas.as3d(out)
+    if a3 is None or b3 is None or c3 is None:
+        return False
+    # a's batch axes must be b's trailing ones (a[i % len(a)] pairs with b[i]), out's b's.
+    if a.ndim > 2 and (a.ndim > b.ndim or b.shape[b.ndim - a.ndim : -2] != a.shape[:-2]):
+        return False
+    if (out.shape[:-2] != b.shape[:-2] or c3.shape != (b3.shape[0], a.shape[-2], b.shape[-1])
+            or a.shape[-1] != b.shape[-2]):
+        return False
+    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        return False
+    cblas.gemm3(r, a3, b3, c3, threads, SPLIT_MIN_MACS)
+    return True
 
 
 def _row_keys(a: np.ndarray) -> np.ndarray:

@@ -59,9 +59,16 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-from edgert.runtime.kernels.cpu import fgemm
+from edgert.runtime.kernels.cpu import blas, cblas, fgemm
 from edgert.runtime.kernels.cpu.blas import identical_rows, matmul
-from edgert.runtime.kernels.cpu.epilogue import act_row, act_row_vec, epilogue, parse_activation
+from edgert.runtime.kernels.cpu.cblas import gemm_at
+from edgert.runtime.kernels.cpu.epilogue import (
+    ACT_NONE,
+    act_row,
+    act_row_vec,
+    epilogue,
+    parse_activation,
+)
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -373,6 +380,88 @@ def _im2col_hrows(x, col, geo, h0, h1):
                 sseg = x[c, 0, iy, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
                 for i in range(hi - lo):
                     dseg[i] = sseg[i]
+
+
+_im2col_hrows_serial = serial_twin(_im2col_hrows)
+
+
+@njit(parallel=True)
+def _conv_rows_blas(fn, wide, x, w, bias, y, geo, act, p0, p1, col, block_rows, parts):
+    """A group-1 2-D conv as im2col + BLAS GEMM + epilogue, in blocks of output rows.
+
+    ``x`` ``(N, C, 1, H, W)``, ``w`` ``(M, C * KH * KW)``, ``y`` ``(N, M, OH * OW)``, all
+    C-contiguous; ``col`` ``(>= parts, C * KH * KW * block_rows * OW)``. Each of ``parts``
+    threads takes a contiguous range of output rows of every image and, per block of at most
+    ``block_rows`` rows, unrolls it into its own ``col[t]``, multiplies it into ``y`` through the
+    BLAS routine at ``fn`` (:mod:`.cblas`), then adds the bias and activation while the block is
+    in cache: one parallel region per conv, no separate epilogue pass.
+    """
+    n_img, m_n, p_n = y.shape
+    k_n = w.shape[1]
+    oh_n, ow_n = geo[16], geo[17]
+    isz = y.itemsize
+    nb = bias.shape[0]
+    zero = y.dtype.type(0.0)
+    for t in prange(parts):
+        r0 = oh_n * t // parts
+        r1 = oh_n * (t + 1) // parts
+        buf = col[t]
+        for i in range(n_img):
+            for h0 in range(r0, r1, block_rows):
+                h1 = min(h0 + block_rows, r1)
+                cols = (h1 - h0) * ow_n
+                blk = buf[: k_n * cols].reshape((k_n, cols))
+                _im2col_hrows_serial(x[i], blk, geo, h0, h1)
+                gemm_at(fn, wide, m_n, cols, k_n, w.ctypes.data, k_n, blk.ctypes.data, cols,
+                        zero, y.ctypes.data + (i * m_n * p_n + h0 * ow_n) * isz, p_n)
+                if nb > 0 or act != ACT_NONE:
+                    for m in range(m_n):
+                        act_row(y[i, m, h0 * ow_n : h1 * ow_n], bias[m] if nb > 0 else zero,
+                                act, p0, p1)
+
+
+_conv_rows_blas_serial = serial_twin(_conv_rows_blas)
+
+
+@njit(parallel=True)
+def _pointwise_blas(fn, wide, w, x, bias, y, act, p0, p1, parts, split_rows, block):
+    """A group-1 pointwise conv ``y[i] = act(w @ x[i] + bias)`` through the BLAS routine at
+    ``fn``, over ``parts`` threads: each takes a range of output channels (``split_rows``, for
+    small planes) or of positions, the latter in blocks of ``block`` columns so that the
+    epilogue finds its block in cache. ``w`` ``(M, C)``, ``x`` ``(N, C, P)``, ``y``
+    ``(N, M, P)``, C-contiguous."""
+    n_img, m_n, p_n = y.shape
+    k_n = w.shape[1]
+    isz = y.itemsize
+    nb = bias.shape[0]
+    zero = y.dtype.type(0.0)
+    epi = nb > 0 or act != ACT_NONE
+    for t in prange(parts):
+        for i in range(n_img):
+            px = x.ctypes.data + i * k_n * p_n * isz
+            py = y.ctypes.data + i * m_n * p_n * isz
+            if split_rows:
+                r0 = m_n * t // parts
+                r1 = m_n * (t + 1) // parts
+                gemm_at(fn, wide, r1 - r0, p_n, k_n, w.ctypes.data + r0 * k_n * isz, k_n, px,
+                        p_n, zero, py + r0 * p_n * isz, p_n)
+                if epi:
+                    for m in range(r0, r1):
+                        act_row(y[i, m], bias[m] if nb > 0 else zero, act, p0, p1)
+                continue
+            step = ((p_n + parts - 1) // parts + 15) // 16 * 16
+            c0 = t * step
+            c1 = min(p_n, c0 + step)
+            for b0 in range(c0, c1, block):
+                b1 = min(c1, b0 + block)
+                gemm_at(fn, wide, m_n, b1 - b0, k_n, w.ctypes.data, k_n, px + b0 * isz, p_n,
+                        zero, py + b0 * isz, p_n)
+                if epi:
+                    for m in range(m_n):
+                        act_row(y[i, m, b0:b1], bias[m] if nb > 0 else zero, act, p0, p1)
+
+
+_pointwise_blas_serial = serial_twin(_pointwise_blas)
 
 
 @njit
@@ -1233,8 +1322,44 @@ class ConvKernel(Kernel):
             if classes is not None:
                 keep, self.row_index = classes
                 self.w_unique = self.w_packed[0][keep]
+        self._plan_blas(c_in, m_out, k_size, p_out, dt)
         y_shape = (n_img, m_out) + win.out_shape
         return [TensorInfo(y_shape, dt)]
+
+    def _plan_blas(self, c_in: int, m_out: int, k_size: int, p_out: int, dt: np.dtype) -> None:
+        """Choose the fused BLAS paths (``_pointwise_blas``, ``_conv_rows_blas``) where NumPy's
+        BLAS is callable from compiled code: group 1, no identical-filter classes, and a GEMM
+        route not already taken by a Numba kernel."""
+        self.blas_pw = self.blas_rows = False
+        if self.group != 1 or self.row_index is not None or self.pw_small:
+            return
+        r = cblas.routines()
+        if r is None:
+            return
+        self.blas_fn, self.blas_wide = r.address(dt), r.wide
+        self.blas_macs = m_out * c_in * k_size * p_out
+        if self.path == _POINTWISE:
+            # Column blocks whose input and output slices fit the cache block together.
+            cols = COL_BLOCK_BYTES // ((m_out + c_in) * dt.itemsize)
+            self.pw_block = max(64, cols // 16 * 16)
+            self.blas_pw = True
+        elif (self.path == _IM2COL and self.fplan is None and self.conv3s2 is None
+              and self.in3[0] == 1 and self.out3[0] == 1):
+            import numba
+
+            oh_n, ow_n = self.out3[1], self.out3[2]
+            row_elems = c_in * k_size * ow_n
+            self.block_rows = max(1, min(oh_n, COL_BLOCK_BYTES // (row_elems * dt.itemsize)))
+            # One column block per thread (the pool's size: the most a run can use).
+            threads = max(1, numba.config.NUMBA_NUM_THREADS)
+            self.col_shape = (threads, self.block_rows * row_elems)
+            self.scratch_nbytes = threads * self.block_rows * row_elems * dt.itemsize
+            self.blas_rows = True
+
+    def _blas_parts(self) -> int:
+        """Threads for a fused BLAS path: the run's count, or 1 below the split size."""
+        n = blas.gemm_threads()
+        return n if n > 1 and self.blas_macs >= blas.SPLIT_MIN_MACS else 1
 
     def bind_scratch(self, buf: np.ndarray) -> None:
         """Use ``buf`` (bytes, at least ``scratch_nbytes``) as the column-matrix scratch."""
@@ -1277,11 +1402,12 @@ class ConvKernel(Kernel):
         fn(*args)
         if (x is inputs[0] and self.w_packed is not None
                 and not (self.has_bias_input and self.b_packed.shape[0] == 0)):
-            self._fast = (inputs[0], outputs[0], fn, args)
+            self._fast = (inputs[0], outputs[0], fn, args, blas.gemm_threads())
 
     def invoke(self, inputs, outputs):
         fast = self._fast
-        if fast is not None and inputs[0] is fast[0] and outputs[0] is fast[1]:
+        if (fast is not None and inputs[0] is fast[0] and outputs[0] is fast[1]
+                and fast[4] == blas.gemm_threads()):
             fast[2](*fast[3])
             return
         y = outputs[0]
@@ -1342,6 +1468,25 @@ class ConvKernel(Kernel):
                 p0,
                 p1,
             )
+            return
+        if self.blas_pw:
+            parts = self._blas_parts()
+            split_rows = p_out < 32 * parts and m_out >= 2 * parts
+            self._single(inputs, outputs, x, _pointwise_blas if parts > 1 else
+                         _pointwise_blas_serial,
+                         (self.blas_fn, self.blas_wide, w[0], x.reshape(n_img, c_in, p_out), bias,
+                          y.reshape(n_img, m_out, p_out), act.code, p0, p1, parts, split_rows,
+                          self.pw_block))
+            return
+        if self.blas_rows:
+            if self.col is None:
+                self.col = np.empty(self.col_shape, self.dtype)
+            parts = self._blas_parts()
+            self._single(inputs, outputs, x, _conv_rows_blas if parts > 1 else
+                         _conv_rows_blas_serial,
+                         (self.blas_fn, self.blas_wide, x.reshape((n_img, c_in) + self.in3), w[0],
+                          bias, y.reshape(n_img, m_out, p_out), self.geo, act.code, p0, p1,
+                          self.col, self.block_rows, parts))
             return
         if self.path == _POINTWISE:
             if self.pw_small:
