@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgert.runtime.kernels.cpu import blas, registry
+from edgert.runtime.kernels.cpu import blas, conv, registry
 from edgert.runtime.kernels.cpu.blas import identical_rows
 from edgert.runtime.registry import OpContext, TensorInfo
 from helpers import ATOL, RTOL, ort_node
@@ -67,13 +67,18 @@ CASES = {
     # few channels: the implicit-GEMM kernel, which computes every channel alike by itself
     "implicit": (2, 16, (14, 14), (3, 3), [1, 1, 1, 1], 30, 4, "implicit"),
     "implicit_strided": (1, 12, (23, 58), (3, 3), [1, 0, 1, 0], 20, 3, "implicit"),
+    # the direct kernel (dconv.py, the default for these shapes), alike by construction too
+    "direct": (1, 16, (18, 18), (3, 3), [1, 1, 1, 1], 36, 4, "direct"),
+    "direct_strided": (2, 12, (23, 58), (3, 3), [1, 0, 1, 0], 20, 3, "direct"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("act", [None, "Relu"])
-def test_identical_filters_give_identical_channels(name, act):
+def test_identical_filters_give_identical_channels(name, act, monkeypatch):
     n, c_in, hw, k, pads, m_out, n_distinct, route = CASES[name]
+    if route != "direct":
+        monkeypatch.setattr(conv, "DCONV_MIN_C", 1 << 30)
     rng = np.random.default_rng(sorted(CASES).index(name))
     x = rng.uniform(0.5, 1.5, (n, c_in) + hw).astype(np.float32)
     w, b, classes = _filters(rng, m_out, c_in, k, n_distinct)
@@ -81,7 +86,7 @@ def test_identical_filters_give_identical_channels(name, act):
         w[...] = np.float32(0.02)
         x *= np.float32(1e9)
         b[...] = np.float32(0.02)
-    attrs = {"pads": pads, "strides": [2, 2] if name == "implicit_strided" else [1, 1]}
+    attrs = {"pads": pads, "strides": [2, 2] if name.endswith("_strided") else [1, 1]}
     want = ort_node("Conv", [x, w, b], attrs)[0]
     if act == "Relu":
         want = np.maximum(want, 0)
@@ -92,7 +97,8 @@ def test_identical_filters_give_identical_channels(name, act):
     assert not kernel.pw_small
     assert kernel.path == ("pointwise" if route == "pointwise" else "im2col")
     assert (kernel.fplan is not None) == (route == "implicit")
-    if route == "implicit":
+    assert (kernel.dgeo is not None) == (route == "direct")
+    if route in ("implicit", "direct"):
         assert kernel.row_index is None
     else:
         if route != "pointwise":

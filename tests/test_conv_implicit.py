@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgert.runtime.kernels.cpu import fgemm, registry
+from edgert.runtime.kernels.cpu import conv, fgemm, registry
 from edgert.runtime.registry import OpContext, TensorInfo
 from helpers import ATOL, RTOL, ort_node
 
@@ -59,7 +59,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_implicit_conv_matches_onnxruntime(name):
+def test_implicit_conv_matches_onnxruntime(name, monkeypatch):
+    # 2-D layers with 16+ output channels default to dconv.py; test this path on them too
+    monkeypatch.setattr(conv, "DCONV_MIN_C", 1 << 30)
     shape, m_out, k, attrs, with_bias, act, params = CASES[name]
     x = RNG.standard_normal(shape).astype(np.float32)
     w = (RNG.standard_normal((m_out, shape[1]) + k) * 0.3).astype(np.float32)

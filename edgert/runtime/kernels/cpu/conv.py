@@ -59,7 +59,7 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-from edgert.runtime.kernels.cpu import blas, cblas, fgemm
+from edgert.runtime.kernels.cpu import blas, cblas, dconv, fgemm
 from edgert.runtime.kernels.cpu.blas import identical_rows, matmul
 from edgert.runtime.kernels.cpu.cblas import gemm_at
 from edgert.runtime.kernels.cpu.epilogue import (
@@ -1123,6 +1123,11 @@ IMPLICIT_MAX_P = 256
 # ... and stems with at most this many input channels (ResNet's 7x7/2 on RGB: 0.67x the im2col +
 # GEMM time; its im2col matrix is 49x the input for a K = 147 GEMM).
 IMPLICIT_MAX_C = 4
+# Group-1 float32 2-D convs (not pointwise) with at least this many input and output channels
+# take the direct kernel of dconv.py (output channels in the lanes), measured faster than
+# im2col + OpenBLAS and the implicit GEMM there (ResNet/DenseNet/GoogLeNet/SqueezeNet layers).
+DCONV_MIN_C = 1
+DCONV_MIN_M = 16
 
 
 # ----- Conv -------------------------------------------------------------------------------------
@@ -1300,8 +1305,16 @@ class ConvKernel(Kernel):
         # Small GEMM shapes of a group-1 k x k conv: the implicit-GEMM kernel (no column
         # matrix; every channel computed alike, so no identical-filter classes either).
         self.fplan = None
+        self.dgeo = None
         if (self.path == _IM2COL and group == 1 and dt == np.float32 and w.value is not None
-                and self.conv3s2 is None
+                and self.conv3s2 is None and rank == 4 and c_in >= DCONV_MIN_C
+                and m_out >= DCONV_MIN_M):
+            self.dgeo = dconv.Geometry(self.geo, c_in)
+            self.dpack = dconv.pack_weights(np.asarray(w.value, np.float32))
+            self.scratch_nbytes = self.dgeo.pad_elems * 4
+            self.col_shape = (self.dgeo.pad_elems,)
+        if (self.dgeo is None and self.path == _IM2COL and group == 1 and dt == np.float32
+                and w.value is not None and self.conv3s2 is None
                 and (m_out <= IMPLICIT_MAX_M or p_out <= IMPLICIT_MAX_P
                      or c_in <= IMPLICIT_MAX_C)):
             self.fplan = fgemm.plan(self.geo, c_in)
@@ -1317,7 +1330,7 @@ class ConvKernel(Kernel):
         self.w_unique = None
         self.y_unique = None
         if self.w_packed is not None and group == 1 and self.path != _DEPTHWISE \
-                and not self.pw_small and self.fplan is None:
+                and not self.pw_small and self.fplan is None and self.dgeo is None:
             classes = identical_rows(self.w_packed[0])
             if classes is not None:
                 keep, self.row_index = classes
@@ -1344,7 +1357,7 @@ class ConvKernel(Kernel):
             self.pw_block = max(64, cols // 16 * 16)
             self.blas_pw = True
         elif (self.path == _IM2COL and self.fplan is None and self.conv3s2 is None
-              and self.in3[0] == 1 and self.out3[0] == 1):
+              and self.dgeo is None and self.in3[0] == 1 and self.out3[0] == 1):
             import numba
 
             oh_n, ow_n = self.out3[1], self.out3[2]
@@ -1502,6 +1515,25 @@ class ConvKernel(Kernel):
                         w, x[n].reshape(g, c_in // g, -1), out=y[n].reshape(g, m_out // g, p_out)
                     )
             epilogue(y.reshape(n_img * m_out, p_out), bias, act, self.params)
+            return
+        if self.dgeo is not None:
+            geo = self.dgeo
+            parts = blas.gemm_threads()
+            if m_out * c_in * self.ksize * p_out < blas.SPLIT_MIN_MACS:
+                parts = 1
+            fn = dconv.dconv if parts > 1 else dconv.dconv_serial
+            if geo.padded and self.col is None:
+                self.col = np.empty(self.col_shape, np.float32)
+            for n in range(n_img):
+                src = x[n].reshape(-1)
+                if geo.padded:
+                    padded = self.col.reshape(c_in, geo.hp, geo.wp)
+                    (dconv.pad_input if parts > 1 else dconv.pad_input_serial)(
+                        x[n].reshape(c_in, self.in3[1], self.in3[2]), padded, geo.pt, geo.pl)
+                    src = self.col
+                fn(self.dpack, src, geo.offs, c_in, geo.plane, geo.wp, geo.sh, geo.sw, geo.oh,
+                   geo.ow, geo.block_tiles, bias, act.code, p0, p1, y[n].reshape(m_out, p_out),
+                   parts)
             return
         if self.fplan is not None:
             plan = self.fplan
