@@ -164,7 +164,8 @@ def feeds_for(sess: Any, seed: int = 0) -> dict[str, np.ndarray]:
 
 # ----- timing -----------------------------------------------------------------------------------
 def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float,
-              gap_s: float = 0.0, block: int = 1) -> list[list[float]]:
+              gap_s: float = 0.0, block: int = 1,
+              switch_gap_s: float = 0.0) -> list[list[float]]:
     """Time the callables in alternation; stop after ``runs`` rounds or ``budget_s`` seconds.
 
     onnxruntime's worker threads spin-wait for a while after a run; back to back, they are
@@ -178,11 +179,18 @@ def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float,
     load still hit both alike.
     ``gap_s``: an untimed pause before each call (lets the cores idle down, which slows small
     models).
+    ``switch_gap_s``: an untimed pause at each change of runtime, before its untimed call. With
+    ``block``, each runtime then runs its calls back to back as an app's loop would (its own
+    threads may spin between them) on cores the other runtime's threads have left: measured
+    after an onnxruntime run at 2 threads, its workers spin for about 60 ms (one core's CPU
+    time), edgert's for about 3 ms.
     """
     times: list[list[float]] = [[] for _ in fns]
     deadline = time.perf_counter() + budget_s
     for r in range(runs):
         for k, fn in enumerate(fns):
+            if switch_gap_s:
+                time.sleep(switch_gap_s)
             if block > 1:
                 fn()
             for _ in range(block):
@@ -198,7 +206,8 @@ def alternate(fns: list[Callable[[], Any]], runs: int, budget_s: float,
 
 def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, runs: int,
                   budget_s: float, inner: int = 1, gap_s: float = 0.0,
-                  block: int = 1, ort_spin: bool = True) -> dict[str, float]:
+                  block: int = 1, ort_spin: bool = True,
+                  switch_gap_s: float = 0.0) -> dict[str, float]:
     import onnxruntime as ort
 
     from edgert.runtime import Interpreter
@@ -227,7 +236,7 @@ def bench_latency(path: pathlib.Path, edgert_path: pathlib.Path, threads: int, r
     for _ in range(2):  # warm-up
         e()
         o()
-    te, to = alternate([e, o], runs, budget_s, gap_s, block)
+    te, to = alternate([e, o], runs, budget_s, gap_s, block, switch_gap_s)
     med_e = float(np.median(te)) / inner
     med_o = float(np.median(to)) / inner
     return {"edgert_ms": med_e * 1e3, "ort_ms": med_o * 1e3, "ratio": med_e / med_o,
@@ -336,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="untimed pause before each timed call, so that one runtime's spinning "
                          "worker threads are idle when the other runs (default 0: back to back; "
                          "a pause also lets cores idle down, which slows small models)")
+    ap.add_argument("--switch-gap-ms", type=float, default=0.0,
+                    help="untimed pause whenever the runtime changes (before its untimed call "
+                         "with --block), so that each runtime's turn starts on cores the other "
+                         "runtime's spinning threads have left (onnxruntime's spin ~60 ms)")
     args = ap.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
@@ -349,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         for thr in args.threads:
             inner = 200 if name == "mlp" else 1
             r = bench_latency(path, epath, thr, args.runs if inner == 1 else 15, args.budget, inner,
-                              args.gap_ms / 1e3, args.block, not args.ort_no_spin)
+                              args.gap_ms / 1e3, args.block, not args.ort_no_spin,
+                              args.switch_gap_ms / 1e3)
             row[f"t{thr}"] = r
             print(f"{name:<16} {thr}T  edgert {r['edgert_ms']:9.3f} ms  ort {r['ort_ms']:9.3f} ms"
                   f"  ratio {r['ratio']:5.2f}  (max|diff| {r['max_abs_diff']:.1e})",

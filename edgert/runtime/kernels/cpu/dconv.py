@@ -199,8 +199,8 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, bias,
     """``y[m, q] = act(bias[m] + conv)`` for ``y (M, OH*OW)`` from the flat padded input ``x``.
 
     Blocks of ``block_tiles`` position tiles times blocks of ``MC`` output channels are the
-    units of work, blocks of positions outer so that consecutive units (one thread's share)
-    reuse the same input rows. Every offset a tile can reach is checked first.
+    units of work, blocks of positions outer so that consecutive units reuse the same input
+    rows. Every offset a tile can reach is checked first.
     """
     m_n, p_n = y.shape
     mb_n = (m_n + MC - 1) // MC
@@ -218,25 +218,26 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, bias,
     if not ok:
         raise ValueError("dconv: the geometry does not fit its buffers")
     tiles = (p_n + NP - 1) // NP
-    nblk = (tiles + block_tiles - 1) // block_tiles
-    units = nblk * mb_n
+    # Each thread takes an equal range of position tiles (or, on maps of a few tiles, of
+    # channel blocks), walked in blocks of ``block_tiles``, every channel block per block.
+    by_tiles = tiles >= 4 * parts or mb_n < parts
     has_bias = bias.size > 0
     k_n = t_n * c_n
     zero = np.float32(0.0)
     for g in prange(parts):
-        u0 = units * g // parts
-        u1 = units * (g + 1) // parts
+        ta, tb = (tiles * g // parts, tiles * (g + 1) // parts) if by_tiles else (0, tiles)
+        ma, mz = (0, mb_n) if by_tiles else (mb_n * g // parts, mb_n * (g + 1) // parts)
         # One block's tiles, position-major (16 channels per position): the tiles store whole
         # vectors here, and the epilogue transposes the block into y's rows once.
         acc = np.empty(block_tiles * NP * MC, np.float32)
         pos = np.empty(NP, np.int64)
-        for u in range(u0, u1):
-            blk = u // mb_n
-            mb = u - blk * mb_n
+        for u in range(((tb - ta + block_tiles - 1) // block_tiles) * (mz - ma)):
+            blk = u // (mz - ma)
+            mb = ma + u - blk * (mz - ma)
             m0 = mb * MC
             rows = min(MC, m_n - m0)
-            t0 = blk * block_tiles
-            t1 = min(tiles, t0 + block_tiles)
+            t0 = ta + blk * block_tiles
+            t1 = min(tb, t0 + block_tiles)
             oh = t0 * NP // ow_n  # the output row and column of the block's first position
             ow = t0 * NP - oh * ow_n
             for tile in range(t0, t1):
