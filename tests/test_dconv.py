@@ -31,6 +31,7 @@ def test_dconv_matches_onnxruntime(case, threads, monkeypatch):
     monkeypatch.setattr(conv, "DCONV_MIN_M", 1)
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     monkeypatch.setattr(dconv, "BLOCK_BYTES", 512)  # several position blocks
+    monkeypatch.setattr(dconv, "SUB", 2)  # several epilogue passes per block
     x_shape, w_shape, attrs = CASES[case]
     rng = np.random.default_rng(case)
     x = rng.standard_normal(x_shape).astype(np.float32)
@@ -91,9 +92,9 @@ def test_dconv_rejects_a_geometry_that_does_not_fit():
     small = np.zeros(g.pad_elems - 1, np.float32)
     with pytest.raises(ValueError, match="does not fit"):
         dconv.dconv_serial(w, small, g.offs, 4, g.plane, g.wp, g.sh, g.sw, g.oh, g.ow,
-                           g.block_tiles, np.zeros(0, np.float32), 0, np.float32(0),
+                           g.block_tiles, dconv.SUB, np.zeros(0, np.float32), 0, np.float32(0),
                            np.float32(0), y, 1)
     with pytest.raises(ValueError, match="does not fit"):
         dconv.dconv_serial(w[:-1], np.zeros(g.pad_elems, np.float32), g.offs, 4, g.plane, g.wp,
-                           g.sh, g.sw, g.oh, g.ow, g.block_tiles, np.zeros(0, np.float32), 0,
+                           g.sh, g.sw, g.oh, g.ow, g.block_tiles, dconv.SUB, np.zeros(0, np.float32), 0,
                            np.float32(0), np.float32(0), y, 1)

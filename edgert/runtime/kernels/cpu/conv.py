@@ -1532,8 +1532,8 @@ class ConvKernel(Kernel):
                         x[n].reshape(c_in, self.in3[1], self.in3[2]), padded, geo.pt, geo.pl)
                     src = self.col
                 fn(self.dpack, src, geo.offs, c_in, geo.plane, geo.wp, geo.sh, geo.sw, geo.oh,
-                   geo.ow, geo.block_tiles, bias, act.code, p0, p1, y[n].reshape(m_out, p_out),
-                   parts)
+                   geo.ow, geo.block_tiles, dconv.SUB, bias, act.code, p0, p1,
+                   y[n].reshape(m_out, p_out), parts)
             return
         if self.fplan is not None:
             plan = self.fplan

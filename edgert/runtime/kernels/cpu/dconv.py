@@ -32,6 +32,7 @@ NP = 6  # output positions per micro-tile
 # Input bytes per block of output positions: a block's padded input rows stay in L2 while every
 # block of output channels runs over them.
 BLOCK_BYTES = 256 << 10
+SUB = 24  # tiles per epilogue pass: their results (9 KB) stay in L1 for the transpose
 
 
 @intrinsic
@@ -194,13 +195,14 @@ pad_input_serial = serial_twin(pad_input)
 
 
 @njit(parallel=True)
-def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, bias, act, p0, p1,
-          y, parts):
+def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, bias, act, p0,
+          p1, y, parts):
     """``y[m, q] = act(bias[m] + conv)`` for ``y (M, OH*OW)`` from the flat padded input ``x``.
 
     Blocks of ``block_tiles`` position tiles times blocks of ``MC`` output channels are the
     units of work, blocks of positions outer so that consecutive units reuse the same input
-    rows. Every offset a tile can reach is checked first.
+    rows; the epilogue runs after every ``sub`` tiles. Every offset a tile can reach is checked
+    first.
     """
     m_n, p_n = y.shape
     mb_n = (m_n + MC - 1) // MC
@@ -208,7 +210,7 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, bias,
     max_off = 0
     ok = (c_n >= 1 and plane >= 0 and wp >= 1 and sh >= 1 and sw >= 1 and p_n == oh_n * ow_n
           and wpack.size >= mb_n * t_n * c_n * MC and (bias.size == 0 or bias.size >= m_n)
-          and block_tiles >= 1)
+          and block_tiles >= 1 and sub >= 1)
     for t in range(t_n):
         ok = ok and offs[t] >= 0
         max_off = max(max_off, offs[t])
@@ -227,9 +229,9 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, bias,
     for g in prange(parts):
         ta, tb = (tiles * g // parts, tiles * (g + 1) // parts) if by_tiles else (0, tiles)
         ma, mz = (0, mb_n) if by_tiles else (mb_n * g // parts, mb_n * (g + 1) // parts)
-        # One block's tiles, position-major (16 channels per position): the tiles store whole
-        # vectors here, and the epilogue transposes the block into y's rows once.
-        acc = np.empty(block_tiles * NP * MC, np.float32)
+        # SUB tiles' results, position-major (16 channels per position): the tiles store whole
+        # vectors here, and the epilogue transposes them into y's rows while they are in L1.
+        acc = np.empty(sub * NP * MC, np.float32)
         pos = np.empty(NP, np.int64)
         for u in range(((tb - ta + block_tiles - 1) // block_tiles) * (mz - ma)):
             blk = u // (mz - ma)
@@ -240,38 +242,40 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, bias,
             t1 = min(tb, t0 + block_tiles)
             oh = t0 * NP // ow_n  # the output row and column of the block's first position
             ow = t0 * NP - oh * ow_n
-            for tile in range(t0, t1):
-                cols = min(NP, p_n - tile * NP)
-                for j in range(NP):
-                    if j < cols:
-                        pos[j] = oh * sh * wp + ow * sw
-                        ow += 1
-                        if ow == ow_n:
-                            ow = 0
-                            oh += 1
-                    else:  # a short tile repeats its last position
-                        pos[j] = pos[j - 1]
-                _dtile(wpack, mb * k_n * MC, x, pos, offs, c_n, plane, acc,
-                       (tile - t0) * NP * MC)
-            q0 = t0 * NP
-            nq = min(p_n, t1 * NP) - q0
-            for r in range(rows):
-                bv = bias[m0 + r] if has_bias else zero
-                dst = y[m0 + r, q0:q0 + nq]
-                if act == ACT_RELU:  # NaN stays NaN, as epilogue.py's Relu
-                    for q in range(nq):
-                        v = acc[q * MC + r] + bv
-                        dst[q] = zero if v < zero else v  # noqa: FURB136
-                elif act == ACT_CLIP:  # NaN passes through, as epilogue.py's clip
-                    for q in range(nq):
-                        v = acc[q * MC + r] + bv
-                        v = p0 if v < p0 else v  # noqa: FURB136
-                        dst[q] = p1 if v > p1 else v  # noqa: FURB136
-                else:
-                    for q in range(nq):
-                        dst[q] = acc[q * MC + r] + bv
-                    if act != ACT_NONE:
-                        act_row(dst, zero, act, p0, p1)
+            for s0 in range(t0, t1, sub):
+                s1 = min(t1, s0 + sub)
+                for tile in range(s0, s1):
+                    cols = min(NP, p_n - tile * NP)
+                    for j in range(NP):
+                        if j < cols:
+                            pos[j] = oh * sh * wp + ow * sw
+                            ow += 1
+                            if ow == ow_n:
+                                ow = 0
+                                oh += 1
+                        else:  # a short tile repeats its last position
+                            pos[j] = pos[j - 1]
+                    _dtile(wpack, mb * k_n * MC, x, pos, offs, c_n, plane, acc,
+                           (tile - s0) * NP * MC)
+                q0 = s0 * NP
+                nq = min(p_n, s1 * NP) - q0
+                for r in range(rows):
+                    bv = bias[m0 + r] if has_bias else zero
+                    dst = y[m0 + r, q0:q0 + nq]
+                    if act == ACT_RELU:  # NaN stays NaN, as epilogue.py's Relu
+                        for q in range(nq):
+                            v = acc[q * MC + r] + bv
+                            dst[q] = zero if v < zero else v  # noqa: FURB136
+                    elif act == ACT_CLIP:  # NaN passes through, as epilogue.py's clip
+                        for q in range(nq):
+                            v = acc[q * MC + r] + bv
+                            v = p0 if v < p0 else v  # noqa: FURB136
+                            dst[q] = p1 if v > p1 else v  # noqa: FURB136
+                    else:
+                        for q in range(nq):
+                            dst[q] = acc[q * MC + r] + bv
+                        if act != ACT_NONE:
+                            act_row(dst, zero, act, p0, p1)
 
 
 dconv_serial = serial_twin(dconv)
