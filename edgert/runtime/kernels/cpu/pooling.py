@@ -159,7 +159,7 @@ def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
                         for i in range(w_n):
                             a = xr[i]
                             b = vr[i]
-                            vr[i] = a if (a > b or math.isnan(a)) else b
+                            vr[i] = a if ((a > b) | (a != a)) else b
                 if first:  # every row of the window is padding
                     for i in range(w_n):
                         vr[i] = lowest
@@ -169,14 +169,14 @@ def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
                         a = v[2 * ow]
                         b = v[2 * ow + 1]
                         c = v[2 * ow + 2]
-                        m = a if (a > b or math.isnan(a)) else b
-                        yr[ow] = c if (c > m or math.isnan(c)) else m
+                        m = a if ((a > b) | (a != a)) else b
+                        yr[ow] = c if ((c > m) | (c != c)) else m
                 else:
                     for ow in range(ow_n):
                         m = v[ow * sw]
                         for kw in range(1, kw_n):
                             a = v[ow * sw + kw]
-                            m = a if (a > m or math.isnan(a)) else m
+                            m = a if ((a > m) | (a != a)) else m
                         yr[ow] = m
 
 
