@@ -112,6 +112,8 @@ def test_depthwise_hwc_selected_parallel_and_shared_scratch(monkeypatch):
     """A small-plane layer takes _depthwise_hwc (parallel build here) inside a model, through
     the interpreter's shared scratch buffer, and matches onnxruntime."""
     monkeypatch.setattr(conv, "DW3_MIN_PLANE", (1 << 40, 1 << 40))  # not _depthwise3
+    # 96x24x24 outputs above, 96x12x12 below: one parallel and one serial build
+    monkeypatch.setattr(conv, "PARALLEL_MIN_WORK", 96 * 16 * 16)
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -145,12 +145,12 @@ def njit(fn=None, *, parallel: bool = False, fastmath: bool = True):
 prange = numba.prange
 
 # Work below this many output elements runs in a kernel's serial twin (see ``serial_twin``):
-# starting Numba's parallel region costs ~5 µs with one thread and 30-40 µs with two on a busy
-# 2-core machine (measured), more than the whole computation of a small layer. The environment
-# variable EDGERT_PARALLEL_MIN_WORK overrides it (read at import) for tuning on a device: on a
-# shared 2-vCPU VM, 2-thread runs with every kernel serial were measured faster than with this
-# default (MobileNetV2 19.6 vs 22.5 ms, SqueezeNet 15.9 vs 26.2 ms; see blas.SPLIT_MIN_MACS).
-PARALLEL_MIN_WORK = int(os.environ.get("EDGERT_PARALLEL_MIN_WORK", 1 << 15))
+# entering a parallel region costs ~3 µs on 2 threads with the workers spinning (measured;
+# 30-40 µs when they slept), more than a small layer's whole computation. Interleaved A/B at
+# 2 threads against the earlier 32K: ShuffleNet 0.91x, MobileNetV2 0.98x, ResNet-50 0.98x,
+# SqueezeNet 1.00x (see blas.SPLIT_MIN_MACS). The environment variable
+# EDGERT_PARALLEL_MIN_WORK overrides it (read at import) for tuning on a device.
+PARALLEL_MIN_WORK = int(os.environ.get("EDGERT_PARALLEL_MIN_WORK", 1 << 13))
 
 
 def serial_twin(parallel_fn):

@@ -11,13 +11,14 @@ import numpy as np
 # shared box, and for any app that does more than inference) that collapses: measured on 2 loaded
 # cores, a 64x576 @ 576x3136 GEMM took 28 ms with 1 BLAS thread and 100-140 ms with 2, and
 # SqueezeNet at 2 threads ran 10x slower than at 1. So BLAS always runs single-threaded, and
-# edgert splits a large product into ``num_threads`` column blocks itself: one hand-off and one
-# join per GEMM (the same split measured 28 ms on the loaded machine, half on an idle one).
+# edgert splits a large product into ``num_threads`` blocks itself, on Numba's thread pool where
+# NumPy's BLAS can be called from compiled code (cblas.py), else on a Python thread pool.
 _gemm_threads = 1
 _pool = None
-# Below this many multiply-adds a GEMM is not split (a hand-off costs ~20-50 µs). The
+# Below this many multiply-adds a GEMM is not split: ~20 µs of work, against ~3 µs to enter a
+# parallel region with spinning workers (measured along with _jit.PARALLEL_MIN_WORK). The
 # environment variable EDGERT_SPLIT_MIN_MACS overrides it (read at import).
-SPLIT_MIN_MACS = int(os.environ.get("EDGERT_SPLIT_MIN_MACS", 1 << 21))
+SPLIT_MIN_MACS = int(os.environ.get("EDGERT_SPLIT_MIN_MACS", 1 << 19))
 
 
 def set_gemm_threads(n: int) -> None:
