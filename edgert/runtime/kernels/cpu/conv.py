@@ -452,8 +452,11 @@ def _pointwise_blas(fn, wide, w, x, bias, y, act, p0, p1, parts, split_rows, blo
             step = ((p_n + parts - 1) // parts + 15) // 16 * 16
             c0 = t * step
             c1 = min(p_n, c0 + step)
-            for b0 in range(c0, c1, block):
-                b1 = min(c1, b0 + block)
+            # equal blocks of at most ``block`` columns (no short tail: BLAS repacks W per call)
+            nblk = max(1, (c1 - c0 + block - 1) // block)
+            bw = ((c1 - c0 + nblk - 1) // nblk + 15) // 16 * 16
+            for b0 in range(c0, c1, bw):
+                b1 = min(c1, b0 + bw)
                 gemm_at(fn, wide, m_n, b1 - b0, k_n, w.ctypes.data, k_n, px + b0 * isz, p_n,
                         zero, py + b0 * isz, p_n)
                 if epi:
@@ -1356,8 +1359,10 @@ class ConvKernel(Kernel):
         self.blas_macs = m_out * c_in * k_size * p_out
         if self.path == _POINTWISE:
             # Column blocks whose input and output slices fit the cache block together.
+            # At least 512: every BLAS call packs all of W again (M x K), which costs about as
+            # much as 16 columns of the product.
             cols = COL_BLOCK_BYTES // ((m_out + c_in) * dt.itemsize)
-            self.pw_block = max(64, cols // 16 * 16)
+            self.pw_block = max(512, cols // 16 * 16)
             self.blas_pw = True
         elif (self.path == _IM2COL and self.fplan is None and self.conv3s2 is None
               and self.dgeo is None and self.in3[0] == 1 and self.out3[0] == 1):
