@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgert.runtime.kernels.cpu import blas, qdconv, quantized
+from edgert.runtime.kernels.cpu import blas, dconv, qdconv, quantized
 from helpers import run_kernel
 from test_kernels_quantized import golden_conv
 
@@ -27,7 +27,7 @@ RNG = np.random.default_rng(7)
 ])
 def test_qdconv_bit_exact(n, cin, cout, hw, k, stride, pad, threads, monkeypatch):
     monkeypatch.setattr(quantized, "SPLIT_MIN_MACS_INT8", 1)
-    monkeypatch.setattr(qdconv, "BLOCK_BYTES", 256)  # several position blocks
+    monkeypatch.setattr(dconv, "BLOCK_BYTES", 256)  # several position blocks
     x = RNG.integers(-128, 128, size=(n, cin, hw, hw)).astype(np.int8)
     w = RNG.integers(-128, 128, size=(cout, cin, k, k)).astype(np.int8)
     b = RNG.integers(-5000, 5000, size=cout).astype(np.int32)

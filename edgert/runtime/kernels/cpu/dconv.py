@@ -194,6 +194,33 @@ def pad_input(x, xp, pt, pl):
 pad_input_serial = serial_twin(pad_input)
 
 
+@njit
+def share(tiles, mb_n, parts, g):
+    """Thread ``g``'s share of ``parts``: a range of position tiles with every channel block, or
+    (on maps of a few tiles) every tile with a range of channel blocks. Returns ``(ta, tb, ma,
+    mz)``."""
+    if tiles >= 4 * parts or mb_n < parts:
+        return tiles * g // parts, tiles * (g + 1) // parts, 0, mb_n
+    return 0, tiles, mb_n * g // parts, mb_n * (g + 1) // parts
+
+
+@njit
+def tile_positions(pos, cols, oh, ow, ow_n, sh, sw, wp, unit):
+    """Fill ``pos[j]`` with the offsets (``unit`` elements per input position) of the next
+    ``cols`` output positions from ``(oh, ow)``, a short tile repeating its last; returns the
+    ``(oh, ow)`` after them."""
+    for j in range(NP):
+        if j < cols:
+            pos[j] = unit * (oh * sh * wp + ow * sw)
+            ow += 1
+            if ow == ow_n:
+                ow = 0
+                oh += 1
+        else:
+            pos[j] = pos[j - 1]
+    return oh, ow
+
+
 @njit(parallel=True)
 def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, bias, act, p0,
           p1, y, parts):
@@ -220,15 +247,11 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, 
     if not ok:
         raise ValueError("dconv: the geometry does not fit its buffers")
     tiles = (p_n + NP - 1) // NP
-    # Each thread takes an equal range of position tiles (or, on maps of a few tiles, of
-    # channel blocks), walked in blocks of ``block_tiles``, every channel block per block.
-    by_tiles = tiles >= 4 * parts or mb_n < parts
     has_bias = bias.size > 0
     k_n = t_n * c_n
     zero = np.float32(0.0)
     for g in prange(parts):
-        ta, tb = (tiles * g // parts, tiles * (g + 1) // parts) if by_tiles else (0, tiles)
-        ma, mz = (0, mb_n) if by_tiles else (mb_n * g // parts, mb_n * (g + 1) // parts)
+        ta, tb, ma, mz = share(tiles, mb_n, parts, g)
         # SUB tiles' results, position-major (16 channels per position): the tiles store whole
         # vectors here, and the epilogue transposes them into y's rows while they are in L1.
         acc = np.empty(sub * NP * MC, np.float32)
@@ -245,16 +268,8 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, 
             for s0 in range(t0, t1, sub):
                 s1 = min(t1, s0 + sub)
                 for tile in range(s0, s1):
-                    cols = min(NP, p_n - tile * NP)
-                    for j in range(NP):
-                        if j < cols:
-                            pos[j] = oh * sh * wp + ow * sw
-                            ow += 1
-                            if ow == ow_n:
-                                ow = 0
-                                oh += 1
-                        else:  # a short tile repeats its last position
-                            pos[j] = pos[j - 1]
+                    oh, ow = tile_positions(pos, min(NP, p_n - tile * NP), oh, ow, ow_n, sh, sw,
+                                            wp, 1)
                     _dtile(wpack, mb * k_n * MC, x, pos, offs, c_n, plane, acc,
                            (tile - s0) * NP * MC)
                 q0 = s0 * NP

@@ -24,7 +24,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange, serial_twin
-from edgert.runtime.kernels.cpu.dconv import BLOCK_BYTES, MC, NP, SUB, rolled_loop
+from edgert.runtime.kernels.cpu import dconv
+from edgert.runtime.kernels.cpu.dconv import MC, NP, SUB, rolled_loop, share, tile_positions
 from edgert.runtime.kernels.cpu.qgemm import _data_ptr, _is_array
 
 
@@ -114,26 +115,16 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(t).reshape(-1)
 
 
-class Geometry:
-    """A 2-D int8 conv's pair layout: padded planes of ``(HP, WP, 2)`` int16 per channel pair."""
+class Geometry(dconv.Geometry):
+    """:class:`.dconv.Geometry` for the pair layout: padded planes of ``(HP, WP, 2)`` int16 per
+    channel pair, offsets in int16 elements."""
 
     def __init__(self, geo: np.ndarray, c_n: int):
-        kh, kw = int(geo[1]), int(geo[2])
-        self.sh, self.sw = int(geo[4]), int(geo[5])
-        dh, dw = int(geo[7]), int(geo[8])
-        self.pt, self.pl = int(geo[10]), int(geo[11])
-        h, w = int(geo[13]), int(geo[14])
-        self.oh, self.ow = int(geo[16]), int(geo[17])
-        pb, pr = int(geo[19]), int(geo[20])
-        self.cp_n = -(-c_n // 2)
-        self.hp, self.wp = h + self.pt + pb, w + self.pl + pr
-        self.cstride = self.hp * self.wp * 2  # int16 elements per channel pair
+        super().__init__(geo, -(-c_n // 2))  # blocks sized by pairs of 4 bytes, as floats
+        self.cp_n = self.c_n
+        self.cstride = self.plane * 2  # int16 elements per channel pair
         self.size = self.cp_n * self.cstride
-        self.offs = np.array([2 * (a * dh * self.wp + b * dw) for a in range(kh)
-                              for b in range(kw)], np.int64)
-        row_bytes = self.cp_n * self.wp * 4 * self.sh
-        rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
-        self.block_tiles = max(1, -(-rows * self.ow // NP))
+        self.offs = self.offs * 2
 
 
 @njit(parallel=True)
@@ -194,11 +185,9 @@ def qdconv(wpack, x, offs, cp_n, cstride, wp, sh, sw, oh_n, ow_n, block_tiles, s
     if not ok:
         raise ValueError("qdconv: the geometry does not fit its buffers")
     tiles = (p_n + NP - 1) // NP
-    by_tiles = tiles >= 4 * parts or mb_n < parts
     k_n = t_n * cp_n * 2
     for g in prange(parts):
-        ta, tb = (tiles * g // parts, tiles * (g + 1) // parts) if by_tiles else (0, tiles)
-        ma, mz = (0, mb_n) if by_tiles else (mb_n * g // parts, mb_n * (g + 1) // parts)
+        ta, tb, ma, mz = share(tiles, mb_n, parts, g)
         acc = np.empty(sub * NP * MC, np.int32)
         pos = np.empty(NP, np.int64)
         for u in range(((tb - ta + block_tiles - 1) // block_tiles) * (mz - ma)):
@@ -213,16 +202,8 @@ def qdconv(wpack, x, offs, cp_n, cstride, wp, sh, sw, oh_n, ow_n, block_tiles, s
             for s0 in range(t0, t1, sub):
                 s1 = min(t1, s0 + sub)
                 for tile in range(s0, s1):
-                    cols = min(NP, p_n - tile * NP)
-                    for j in range(NP):
-                        if j < cols:
-                            pos[j] = 2 * (oh * sh * wp + ow * sw)
-                            ow += 1
-                            if ow == ow_n:
-                                ow = 0
-                                oh += 1
-                        else:  # a short tile repeats its last position
-                            pos[j] = pos[j - 1]
+                    oh, ow = tile_positions(pos, min(NP, p_n - tile * NP), oh, ow, ow_n, sh, sw,
+                                            wp, 2)
                     _qtile(wpack, mb * k_n * MC, x, pos, offs, cp_n, cstride, acc,
                            (tile - s0) * NP * MC)
                 q0 = s0 * NP
