@@ -9,7 +9,12 @@ size-1 loops cost nothing measurable.
 How Conv is computed (the path is chosen once, in ``prepare``):
 
 * **pointwise** (1×1 kernel, stride 1, no padding): the image already *is* the GEMM operand,
-  ``Y[n] (M, P) = W (M, C) @ X[n] (C, P)``, one BLAS call with no copy.
+  ``Y[n] (M, P) = W (M, C) @ X[n] (C, P)``: NumPy's OpenBLAS called from a Numba kernel
+  (:mod:`.cblas`), in column blocks per thread with the bias and activation applied to each
+  block while it is in cache (``_pointwise_blas``).
+* **direct** (group 1, float32, 2-D, at least ``DCONV_MIN_C`` input and ``DCONV_MIN_M``
+  output channels): :mod:`.dconv`, 16 output channels in the vector lanes by 6 positions per
+  tile, read straight from a padded copy of the input.
 * **depthwise** (one input channel per group, ``group > 1``): direct Numba kernels. Im2col would
   copy each input ``K`` times to feed a GEMM with inner dimension ``K`` (≈9), which BLAS runs far
   below peak. 3x3 layers with pads 1 and stride 1 or 2 (MobileNet's) take the flat-plane
@@ -31,9 +36,10 @@ arrays repeat the call without rebuilding views and arguments in Python.
   channels, ``IMPLICIT_MAX_P`` output positions or ``IMPLICIT_MAX_C`` input channels):
   :mod:`.fgemm` reads the receptive fields
   straight from a padded copy of the input (no column matrix) with its own FMA micro-kernel.
-* **im2col + GEMM** (everything else): a Numba kernel, parallel over the rows of the column
-  matrix, unrolls the receptive fields into a scratch buffer that ``prepare`` allocates once;
-  ``np.matmul(..., out=...)`` (OpenBLAS) then multiplies all groups into the planned output.
+* **im2col + GEMM** (everything else): per thread, blocks of output rows are unrolled into the
+  thread's scratch, multiplied by OpenBLAS and finished by the epilogue while in cache
+  (``_conv_rows_blas``); without a BLAS reachable from compiled code, a Numba im2col into a
+  scratch buffer and ``np.matmul(..., out=...)`` for all groups.
 
 ConvTranspose is the adjoint: ``col (M·K, P_in) = Wᵀ @ X[n]`` by BLAS, then a Numba col2im
 scatters-adds the columns into the output, parallel over output channels (disjoint writes).

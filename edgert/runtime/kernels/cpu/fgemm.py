@@ -10,11 +10,9 @@ LLVM IR through a Numba intrinsic (12 vector accumulators of 8 floats, ``llvm.fm
 and the fused activation are applied while the tile is in L1, and the threads split column
 blocks in Numba's pool (no BLAS hand-off).
 
-conv.py takes this path where single-threaded OpenBLAS was measured slower (ResNet/DenseNet/
-SqueezeNet 3x3 shapes, one thread, same process): with at most 32 output channels (0.3-0.8x
-the im2col + sgemm time), at most 256 output positions (0.74-0.86x) or an RGB stem (0.67x for
-ResNet's 7x7/2); with 64-128 channels on 28x28-56x56 planes the two were even or BLAS won
-(0.8-1.25x, noisy), so those keep im2col.
+conv.py takes this path for group-1 k x k convs that :mod:`.dconv` does not take (fewer than
+16 output channels, RGB stems, 1-D and 3-D convs) where it was measured faster than im2col +
+OpenBLAS: at most 32 output channels, at most 256 output positions, or at most 4 input channels.
 
 Every output channel runs the same instruction sequence over the same reduction order, so
 channels with identical filters come out bit-identical wherever they sit (OpenBLAS's sgemm
