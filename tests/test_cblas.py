@@ -93,7 +93,6 @@ def test_fused_blas_conv_matches_onnxruntime(case, act, threads, monkeypatch):
     monkeypatch.setattr(conv, "COL_BLOCK_BYTES", 4096)  # several row blocks per thread
     monkeypatch.setattr(conv, "IMPLICIT_MAX_M", 0)  # keep these shapes off fgemm
     monkeypatch.setattr(conv, "IMPLICIT_MAX_P", 0)
-    monkeypatch.setattr(conv, "IMPLICIT_MAX_C", 0)
     monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
     blas.set_gemm_threads(threads)
     try:
@@ -115,7 +114,6 @@ def test_fused_blas_conv_matches_onnxruntime(case, act, threads, monkeypatch):
 def test_fused_paths_are_selected(monkeypatch):
     monkeypatch.setattr(conv, "IMPLICIT_MAX_M", 0)
     monkeypatch.setattr(conv, "IMPLICIT_MAX_P", 0)
-    monkeypatch.setattr(conv, "IMPLICIT_MAX_C", 0)
     monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
     from edgert.runtime.kernels.cpu import registry
     from edgert.runtime.registry import OpContext, TensorInfo

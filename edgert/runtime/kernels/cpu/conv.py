@@ -33,7 +33,7 @@ How Conv is computed (the path is chosen once, in ``prepare``):
 Paths that are one Numba call remember it (``_single``): later invokes with the same planned
 arrays repeat the call without rebuilding views and arguments in Python.
 * **implicit GEMM** (group 1, float32, constant weights, at most ``IMPLICIT_MAX_M`` output
-  channels, ``IMPLICIT_MAX_P`` output positions or ``IMPLICIT_MAX_C`` input channels):
+  channels or ``IMPLICIT_MAX_P`` output positions, where dconv does not apply):
   :mod:`.fgemm` reads the receptive fields
   straight from a padded copy of the input (no column matrix) with its own FMA micro-kernel.
 * **im2col + GEMM** (everything else): per thread, blocks of output rows are unrolled into the
@@ -1129,17 +1129,16 @@ COL_BLOCK_BYTES = 1 << 20
 # there; see its docstring).
 IMPLICIT_MAX_M = 32
 IMPLICIT_MAX_P = 256
-# ... and stems with at most this many input channels (ResNet's 7x7/2 on RGB: 0.67x the im2col +
-# GEMM time; its im2col matrix is 49x the input for a K = 147 GEMM).
-IMPLICIT_MAX_C = 4
 # Group-1 float32 2-D convs (not pointwise) with at least this many input and output channels
 # take the direct kernel of dconv.py (output channels in the lanes). Measured against the best
 # of im2col + OpenBLAS and the implicit GEMM, one thread, calls interleaved: 0.71-0.94x on
 # stride-1 3x3 layers of ResNet/DenseNet/SqueezeNet/GoogLeNet shapes (0.35x on 7x7 maps), even
-# on stride 2; RGB stems (3 channels: a 27-deep reduction per tile) stay on the other paths
-# (1.07-1.23x), as do 1x1 layers (1.00-1.10x against OpenBLAS).
+# on stride 2. RGB stems take it with kernels of at least DCONV_STEM_TAPS taps (7x7/2: 0.97x,
+# 11x11/4: 0.93x); their 3x3 layers (a 27-deep reduction per tile) stay on im2col + OpenBLAS
+# (dconv 1.11-1.27x, the implicit GEMM 1.4-1.8x), as do 1x1 layers (1.00-1.10x).
 DCONV_MIN_C = 5
 DCONV_MIN_M = 16
+DCONV_STEM_TAPS = 25
 
 
 # ----- Conv -------------------------------------------------------------------------------------
@@ -1319,16 +1318,15 @@ class ConvKernel(Kernel):
         self.fplan = None
         self.dgeo = None
         if (self.path == _IM2COL and group == 1 and dt == np.float32 and w.value is not None
-                and self.conv3s2 is None and rank == 4 and c_in >= DCONV_MIN_C
-                and m_out >= DCONV_MIN_M):
+                and self.conv3s2 is None and rank == 4 and m_out >= DCONV_MIN_M
+                and (c_in >= DCONV_MIN_C or k_size >= DCONV_STEM_TAPS)):
             self.dgeo = dconv.Geometry(self.geo, c_in)
             self.dpack = dconv.pack_weights(np.asarray(w.value, np.float32))
             self.scratch_nbytes = self.dgeo.pad_elems * 4
             self.col_shape = (self.dgeo.pad_elems,)
         if (self.dgeo is None and self.path == _IM2COL and group == 1 and dt == np.float32
                 and w.value is not None and self.conv3s2 is None
-                and (m_out <= IMPLICIT_MAX_M or p_out <= IMPLICIT_MAX_P
-                     or c_in <= IMPLICIT_MAX_C)):
+                and (m_out <= IMPLICIT_MAX_M or p_out <= IMPLICIT_MAX_P)):
             self.fplan = fgemm.plan(self.geo, c_in)
             if self.fplan is not None:
                 self.fapack = fgemm.pack_conv_weights(np.asarray(w.value, np.float32))

@@ -11,8 +11,8 @@ and the fused activation are applied while the tile is in L1, and the threads sp
 blocks in Numba's pool (no BLAS hand-off).
 
 conv.py takes this path for group-1 k x k convs that :mod:`.dconv` does not take (fewer than
-16 output channels, RGB stems, 1-D and 3-D convs) where it was measured faster than im2col +
-OpenBLAS: at most 32 output channels, at most 256 output positions, or at most 4 input channels.
+16 output channels, 1-D and 3-D convs) where it was measured faster than im2col + OpenBLAS: at
+most 32 output channels or at most 256 output positions.
 
 Every output channel runs the same instruction sequence over the same reduction order, so
 channels with identical filters come out bit-identical wherever they sit (OpenBLAS's sgemm
