@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange, serial_twin
 from edgert.runtime.kernels.cpu import dconv
-from edgert.runtime.kernels.cpu.dconv import MC, NP, SUB, rolled_loop, share, tile_positions
+from edgert.runtime.kernels.cpu.dconv import MC, NP, rolled_loop, share, tile_positions
 from edgert.runtime.kernels.cpu.qgemm import _data_ptr, _is_array
 
 
