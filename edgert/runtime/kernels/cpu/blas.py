@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from edgert.runtime.kernels.cpu import cblas
+
 # OpenBLAS's own multi-threading synchronizes many times per call, and its workers spin-yield
 # while waiting. On a machine whose cores are also busy with other work (the usual case on a
 # shared box, and for any app that does more than inference) that collapses: measured on 2 loaded
@@ -69,8 +71,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 def _threaded_cblas(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int) -> bool:
     """Run ``matmul`` through :mod:`.cblas` on Numba's pool; False when it does not apply
     (no usable BLAS, other dtypes, broadcasting it does not cover, overlapping operands)."""
-    from edgert.runtime.kernels.cpu import cblas
-
     r = cblas.routines()
     dt = out.dtype
     if r is None or dt not in (np.float32, np.float64) or a.dtype != dt or b.dtype != dt:

@@ -205,6 +205,39 @@ def share(tiles, mb_n, parts, g):
 
 
 @njit
+def reach_fits(offs, oh_n, ow_n, sh, sw, wp, unit, cstride, c_n, width, size):
+    """True when every tap offset is >= 0 and the farthest element a tile can read (the last
+    position's last tap of the last channel, ``width`` elements wide) lies below ``size``."""
+    max_off = 0
+    for t in range(offs.size):
+        if offs[t] < 0:
+            return False
+        max_off = max(max_off, offs[t])
+    if oh_n * ow_n == 0:
+        return True
+    last = unit * ((oh_n - 1) * sh * wp + (ow_n - 1) * sw) + max_off + (c_n - 1) * cstride
+    return last + width - 1 < size
+
+
+@njit
+def units(ta, tb, ma, mz, block_tiles):
+    """How many (position block, channel block) units a :func:`share` covers."""
+    return ((tb - ta + block_tiles - 1) // block_tiles) * (mz - ma)
+
+
+@njit
+def unit_span(u, ta, tb, ma, mz, block_tiles, ow_n):
+    """Unit ``u`` of a share: its channel block, tile range and the first tile's output row and
+    column, blocks of positions outer (consecutive units reuse the same input rows)."""
+    blk = u // (mz - ma)
+    mb = ma + u - blk * (mz - ma)
+    t0 = ta + blk * block_tiles
+    t1 = min(tb, t0 + block_tiles)
+    oh = t0 * NP // ow_n
+    return mb, t0, t1, oh, t0 * NP - oh * ow_n
+
+
+@njit
 def tile_positions(pos, cols, oh, ow, ow_n, sh, sw, wp, unit):
     """Fill ``pos[j]`` with the offsets (``unit`` elements per input position) of the next
     ``cols`` output positions from ``(oh, ow)``, a short tile repeating its last; returns the
@@ -234,16 +267,10 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, 
     m_n, p_n = y.shape
     mb_n = (m_n + MC - 1) // MC
     t_n = offs.size
-    max_off = 0
     ok = (c_n >= 1 and plane >= 0 and wp >= 1 and sh >= 1 and sw >= 1 and p_n == oh_n * ow_n
           and wpack.size >= mb_n * t_n * c_n * MC and (bias.size == 0 or bias.size >= m_n)
-          and block_tiles >= 1 and sub >= 1)
-    for t in range(t_n):
-        ok = ok and offs[t] >= 0
-        max_off = max(max_off, offs[t])
-    if p_n > 0:
-        reach = (oh_n - 1) * sh * wp + (ow_n - 1) * sw + max_off + (c_n - 1) * plane
-        ok = ok and reach < x.size
+          and block_tiles >= 1 and sub >= 1
+          and reach_fits(offs, oh_n, ow_n, sh, sw, wp, 1, plane, c_n, 1, x.size))
     if not ok:
         raise ValueError("dconv: the geometry does not fit its buffers")
     tiles = (p_n + NP - 1) // NP
@@ -256,15 +283,10 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, 
         # vectors here, and the epilogue transposes them into y's rows while they are in L1.
         acc = np.empty(sub * NP * MC, np.float32)
         pos = np.empty(NP, np.int64)
-        for u in range(((tb - ta + block_tiles - 1) // block_tiles) * (mz - ma)):
-            blk = u // (mz - ma)
-            mb = ma + u - blk * (mz - ma)
+        for u in range(units(ta, tb, ma, mz, block_tiles)):
+            mb, t0, t1, oh, ow = unit_span(u, ta, tb, ma, mz, block_tiles, ow_n)
             m0 = mb * MC
             rows = min(MC, m_n - m0)
-            t0 = ta + blk * block_tiles
-            t1 = min(tb, t0 + block_tiles)
-            oh = t0 * NP // ow_n  # the output row and column of the block's first position
-            ow = t0 * NP - oh * ow_n
             for s0 in range(t0, t1, sub):
                 s1 = min(t1, s0 + sub)
                 for tile in range(s0, s1):

@@ -25,7 +25,16 @@ from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange, serial_twin
 from edgert.runtime.kernels.cpu import dconv
-from edgert.runtime.kernels.cpu.dconv import MC, NP, rolled_loop, share, tile_positions
+from edgert.runtime.kernels.cpu.dconv import (
+    MC,
+    NP,
+    reach_fits,
+    rolled_loop,
+    share,
+    tile_positions,
+    unit_span,
+    units,
+)
 from edgert.runtime.kernels.cpu.qgemm import _data_ptr, _is_array
 
 
@@ -170,16 +179,10 @@ def qdconv(wpack, x, offs, cp_n, cstride, wp, sh, sw, oh_n, ow_n, block_tiles, s
     m_n, p_n = y.shape
     mb_n = (m_n + MC - 1) // MC
     t_n = offs.size
-    max_off = 0
     ok = (cp_n >= 1 and cstride >= 0 and wp >= 1 and sh >= 1 and sw >= 1 and p_n == oh_n * ow_n
           and wpack.size >= mb_n * t_n * cp_n * MC * 2 and bias.size >= m_n
-          and mult.size >= m_n and shift.size >= m_n and block_tiles >= 1 and sub >= 1)
-    for t in range(t_n):
-        ok = ok and offs[t] >= 0
-        max_off = max(max_off, offs[t])
-    if p_n > 0:
-        reach = 2 * ((oh_n - 1) * sh * wp + (ow_n - 1) * sw) + max_off + (cp_n - 1) * cstride + 1
-        ok = ok and reach < x.size
+          and mult.size >= m_n and shift.size >= m_n and block_tiles >= 1 and sub >= 1
+          and reach_fits(offs, oh_n, ow_n, sh, sw, wp, 2, cstride, cp_n, 2, x.size))
     for m in range(min(m_n, shift.size)):
         ok = ok and 1 <= shift[m] <= 62
     if not ok:
@@ -190,15 +193,10 @@ def qdconv(wpack, x, offs, cp_n, cstride, wp, sh, sw, oh_n, ow_n, block_tiles, s
         ta, tb, ma, mz = share(tiles, mb_n, parts, g)
         acc = np.empty(sub * NP * MC, np.int32)
         pos = np.empty(NP, np.int64)
-        for u in range(((tb - ta + block_tiles - 1) // block_tiles) * (mz - ma)):
-            blk = u // (mz - ma)
-            mb = ma + u - blk * (mz - ma)
+        for u in range(units(ta, tb, ma, mz, block_tiles)):
+            mb, t0, t1, oh, ow = unit_span(u, ta, tb, ma, mz, block_tiles, ow_n)
             m0 = mb * MC
             rows = min(MC, m_n - m0)
-            t0 = ta + blk * block_tiles
-            t1 = min(tb, t0 + block_tiles)
-            oh = t0 * NP // ow_n
-            ow = t0 * NP - oh * ow_n
             for s0 in range(t0, t1, sub):
                 s1 = min(t1, s0 + sub)
                 for tile in range(s0, s1):
