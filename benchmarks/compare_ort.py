@@ -143,12 +143,25 @@ def model_path(name: str) -> pathlib.Path | None:
     raise SystemExit(f"unknown model {name!r}; choose from {ALL_MODELS}")
 
 
+def _converter_mtime() -> float:
+    """The newest modification time of the code that converts (importer, optimizer, format)."""
+    import edgert
+
+    root = pathlib.Path(edgert.__file__).parent
+    files = [root / "converter.py"]
+    for sub in ("importer", "optimizer", "format"):
+        files += (root / sub).rglob("*.py")
+    return max(f.stat().st_mtime for f in files if f.exists())
+
+
 def edgert_file(onnx_path: pathlib.Path) -> pathlib.Path:
-    """The `.edgert` conversion (default options) of a model, cached by the ONNX file's mtime."""
+    """The `.edgert` conversion (default options) of a model, cached until the ONNX file or the
+    converting code changes (a new optimizer pass must not be measured on an old file)."""
     from edgert.converter import convert
 
     out = model_cache() / (onnx_path.stem + ".edgert")
-    if not out.exists() or out.stat().st_mtime < onnx_path.stat().st_mtime:
+    newest = max(onnx_path.stat().st_mtime, _converter_mtime())
+    if not out.exists() or out.stat().st_mtime < newest:
         convert(str(onnx_path), str(out))
     return out
 

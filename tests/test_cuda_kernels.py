@@ -56,6 +56,19 @@ def test_conv_fused_activation(act, params):
     check_same("Conv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")
 
 
+@pytest.mark.parametrize("w_shape, attrs", [
+    ((5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),  # implicit GEMM
+    ((3, 1, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}),  # direct
+])
+def test_conv_fused_residual(w_shape, attrs):
+    """edgert.Conv's fourth input Z: ``act(conv + B + Z)`` in the device pass."""
+    x, w, b = rnd(1, 3, 5, 5), rnd(*w_shape), rnd(w_shape[0])
+    z = rnd(1, w_shape[0], 5, 5)
+    got = check_same("Conv", [x, w, b, z], dict(attrs, activation="Relu"), const_inputs=(1, 2),
+                     domain="edgert")
+    assert (got[0] == 0).any()
+
+
 def test_conv_depthwise_fused_relu_keeps_nan():
     x = rnd(1, 3, 4, 4)
     x[0, 1, 2, 2] = np.nan

@@ -389,6 +389,64 @@ def test_activation_not_fused_with_two_readers_or_computed_bounds():
     assert all(n.domain == "" for n in graph.nodes)
 
 
+# ----- residual sum fusion (edgert domain) --------------------------------------------------------
+RESIDUAL = HEADER + """
+g (float[1,8,5,5] x) => (float[1,8,5,5] y) {
+    a = Conv(x, W1, B1)
+    n = BatchNormalization(a, s, b, mu, var)
+    r = Relu(n)
+    c = Conv<pads=[1,1,1,1]>(r, W2, B2)
+    t = Add(x, c)
+    y = Relu(t)
+}"""
+
+
+def residual_weights(m=8):
+    return dict(W1=rnd(m, 8, 1, 1), B1=rnd(m), s=rnd(m, lo=0.5), b=rnd(m), mu=rnd(m),
+                var=rnd(m, lo=0.5), W2=rnd(8, m, 3, 3), B2=rnd(8))
+
+
+def test_residual_add_and_relu_fuse_into_the_conv():
+    graph, _ = check(make_model(RESIDUAL, **residual_weights()), allow_fused=False)
+    assert "Add" in ops(graph)
+    graph, report = check(make_model(RESIDUAL, **residual_weights()), allow_fused=True)
+    assert ops(graph) == ["edgert.Conv", "edgert.Conv"]
+    last = graph.nodes[-1]
+    assert last.inputs[3].name == "x" and last.attrs["activation"] == "Relu"
+    assert last.outputs[0].name == "y"
+    assert report.passes["fuse_residual_add"].fused == 1
+
+
+def test_residual_fusion_with_grouped_pointwise_and_no_bias():
+    text = HEADER + """
+    g (float[1,8,6,6] x, float[1,8,6,6] z) => (float[1,8,6,6] y) {
+        c = Conv<group=4>(x, W)
+        y = Add(c, z)
+    }"""
+    graph, _ = check(make_model(text, W=rnd(8, 2, 1, 1)), allow_fused=True)
+    assert ops(graph) == ["edgert.Conv"]
+    assert graph.nodes[0].inputs[2] is None and graph.nodes[0].inputs[3].name == "z"
+
+
+@pytest.mark.parametrize("body", [
+    # the activation comes before the sum: act(conv) + z is not act(conv + z)
+    "c = Conv(x, W, B)\n r = Relu(c)\n y = Add(r, z)",
+    # broadcasting residual
+    "c = Conv(x, W, B)\n y = Add(c, zb)",
+    # the conv's output is read twice
+    "c = Conv(x, W, B)\n s = Add(c, z)\n y = Add(s, c)",
+])
+def test_residual_fusion_declines(body):
+    text = HEADER + f"""
+    g (float[1,4,5,5] x, float[1,4,5,5] z, float[1,4,1,5] zb) => (float[1,4,5,5] y) {{
+        {body}
+    }}"""
+    m = make_model(text, W=rnd(4, 4, 1, 1), B=rnd(4))
+    graph, report = check(m, allow_fused=True)
+    assert report.passes["fuse_residual_add"].fused == 0
+    assert all(n.input(3) is None for n in graph.nodes)
+
+
 # ----- report -------------------------------------------------------------------------------------
 def test_level_zero_is_a_no_op_and_report_prints():
     graph = import_onnx(make_model(CONV_BN, **conv_bn_weights()))

@@ -102,8 +102,23 @@ def test_residual_add_relu_and_bn_relu_fused():
     m = make_model(text, W=rnd(4, 3, 3, 3), B=rnd(4), s=rnd(4), b=rnd(4), mu=rnd(4),
                    var=rnd(4, lo=0.5))
     graph, report = check(m, allow_fused=True)
+    # Add + Relu go into the conv (its residual input and activation); BN + Relu are one group.
+    assert ops(graph) == ["edgert.Conv", "edgert.FusedElementwise"]
+    assert graph.nodes[0].inputs[3].name == "r" and graph.nodes[0].attrs["activation"] == "Relu"
+    assert report.passes["fuse_residual_add"].fused == 1
+    assert report.passes["fuse_elementwise"].removed == 1
+
+
+def test_residual_add_relu_fused_into_elementwise_when_the_conv_output_is_read_twice():
+    text = HEADER + """
+    g (float[1,3,5,5] x, float[1,4,5,5] r) => (float[1,4,5,5] y, float[1,4,5,5] c) {
+        c = Conv<pads=[1,1,1,1]>(x, W, B)
+        a = Add(c, r)
+        y = Relu(a)
+    }"""
+    graph, report = check(make_model(text, W=rnd(4, 3, 3, 3), B=rnd(4)), allow_fused=True)
     assert ops(graph) == ["Conv", "edgert.FusedElementwise"]
-    assert report.passes["fuse_elementwise"].removed == 3
+    assert report.passes["fuse_elementwise"].removed == 1
 
 
 @pytest.mark.parametrize("divisor, expect", [(math.sqrt(2), "Gelu"),

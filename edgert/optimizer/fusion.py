@@ -39,10 +39,16 @@ _FLOAT_KINDS = "f"
 
 
 def _plain(node: Node, ops: tuple[str, ...]) -> bool:
-    """A node of one of ``ops`` in the default domain or an ``edgert`` node without activation."""
-    return node.op_type in ops and (
+    """A node of one of ``ops`` in the default domain or an ``edgert`` node without activation
+    or residual sum (the algebra of the folding passes does not hold through either)."""
+    return node.op_type in ops and not _has_sum(node) and (
         node.domain == "" or (node.domain == "edgert" and not node.attrs.get("activation"))
     )
+
+
+def _has_sum(node: Node) -> bool:
+    """An ``edgert.Conv`` with its fused residual input ``Z`` (see :func:`fuse_residual_add`)."""
+    return node.domain == "edgert" and node.input(3) is not None
 
 
 def _next(graph: Graph, v: Value, pinned: set[str], ops: tuple[str, ...]) -> Node | None:
@@ -492,6 +498,65 @@ def matmul_add_to_gemm(graph: Graph, ctx) -> bool:
     return changed
 
 
+# ----- residual sum fusion (edgert domain) --------------------------------------------------------
+def _same_dims(a: Value, b: Value) -> bool:
+    """Both shapes known and equal dim for dim (equal sizes or the same symbolic name)."""
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    return all(x == y and isinstance(x, (int, str)) and x != "" for x, y in zip(a.shape, b.shape))
+
+
+def fuse_residual_add(graph: Graph, ctx) -> bool:
+    """``Add(Conv(x, W, B), z)`` → ``edgert.Conv(x, W, B, z)``: the residual sum of ResNet,
+    MobileNetV2 and ShuffleNet blocks added in the conv's epilogue, while its output block is in
+    cache, instead of one more pass over memory (as onnxruntime's FusedConv ``Z`` input).
+    :func:`fuse_activation` then fuses a following Relu as ``act(conv + B + z)``.
+
+    Runs only with ``allow_fused``. Declines unless: the Add has no broadcasting (``z``, the
+    conv's output and the Add's output have the same known shape and float dtype); ``z`` is not
+    a constant (per-channel constants fold into the bias instead); the conv has neither an
+    activation nor a residual already, and its output has no other reader and is not a graph
+    output. When both operands qualify, the second one's conv takes the sum.
+    """
+    if not ctx.allow_fused:
+        return False
+    pinned = pinned_names(graph)
+    changed = False
+    for add in list(graph.nodes):
+        if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+            continue
+        y = add.outputs[0]
+        if y.dtype not in (dtypes.FLOAT, dtypes.DOUBLE):
+            continue
+        for i in (1, 0):
+            mid, z = add.inputs[i], add.inputs[1 - i]
+            if mid is None or z is None or mid is z or z.const is not None:
+                continue
+            conv = mid.producer
+            if conv is None or not _plain(conv, ("Conv",)) or len(conv.inputs) > 3:
+                continue
+            if not single_use(graph, mid, pinned):
+                continue
+            if not (_same_dims(mid, y) and _same_dims(z, y)) or mid.dtype != y.dtype \
+                    or z.dtype != y.dtype:
+                continue
+            # Keep the node list topological: the conv moves to the Add's place (its inputs and
+            # z are all computed before the Add; its output's readers all come after).
+            graph.nodes.remove(conv)
+            graph.nodes.insert(graph.nodes.index(add), conv)
+            _splice(graph, conv, add)
+            while len(conv.inputs) < 3:
+                conv.inputs.append(None)
+            conv.inputs.append(None)
+            graph.set_input(conv, 3, z)
+            conv.domain = "edgert"
+            graph.opset.setdefault("edgert", 1)
+            ctx.count(removed=1, fused=1)
+            changed = True
+            break
+    return changed
+
+
 # ----- activation fusion (edgert domain) ----------------------------------------------------------
 def _activation_params(graph: Graph, act: Node) -> list[float] | None:
     """``activation_params`` for an activation node, or None when it cannot be fused."""
@@ -531,7 +596,8 @@ def fuse_activation(graph: Graph, ctx) -> bool:
     pinned = pinned_names(graph)
     changed = False
     for node in list(graph.nodes):
-        if not _plain(node, _WEIGHTED):
+        with_sum = node.op_type == "Conv" and _has_sum(node) and not node.attrs.get("activation")
+        if not (_plain(node, _WEIGHTED) or with_sum):
             continue
         act = _next(graph, node.outputs[0], pinned, _ACTIVATIONS)
         if act is None or act.inputs[0] is not node.outputs[0]:

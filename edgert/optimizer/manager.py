@@ -114,6 +114,7 @@ LEVEL2: list[Pass] = [
     layout.merge_transposes,
     layout.merge_reshapes,
     shuffle.fuse_channel_shuffle,
+    fusion.fuse_residual_add,
     fusion.fuse_activation,
 ]
 

@@ -228,6 +228,8 @@ class _Rewriter:
         if node.domain not in ("", "ai.onnx") and not (node.domain == "edgert"
                                                        and op in linear_ops):
             return f"no int8 kernel for {node.domain}.{op}"
+        if node.domain == "edgert" and op == "Conv" and node.input(3) is not None:
+            return "no int8 kernel for a Conv with a fused residual sum"
         x = node.input(0)
         if not self.quantizable(x):
             return "its input has no calibrated range"

@@ -70,10 +70,12 @@ from edgert.runtime.kernels.cpu.blas import identical_rows, matmul
 from edgert.runtime.kernels.cpu.cblas import gemm_at
 from edgert.runtime.kernels.cpu.epilogue import (
     ACT_NONE,
+    Activation,
     act_row,
     act_row_vec,
     epilogue,
     parse_activation,
+    sum_epilogue,
 )
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
@@ -430,44 +432,55 @@ _conv_rows_blas_serial = serial_twin(_conv_rows_blas)
 
 
 @njit(parallel=True)
-def _pointwise_blas(fn, wide, w, x, bias, y, act, p0, p1, parts, split_rows, block):
-    """A group-1 pointwise conv ``y[i] = act(w @ x[i] + bias)`` through the BLAS routine at
-    ``fn``, over ``parts`` threads: each takes a range of output channels (``split_rows``, for
-    small planes) or of positions, the latter in blocks of ``block`` columns so that the
-    epilogue finds its block in cache. ``w`` ``(M, C)``, ``x`` ``(N, C, P)``, ``y``
-    ``(N, M, P)``, C-contiguous."""
+def _pointwise_blas(fn, wide, w, x, bias, y, z, act, p0, p1, parts, split_rows, block):
+    """A pointwise conv ``y[i, g] = act(w[g] @ x[i, g] + bias[g] + z[i, g])`` per group ``g``
+    through the BLAS routine at ``fn``, over ``parts`` threads: each takes a range of every
+    group's output channels (``split_rows``, for small planes) or of positions, the latter in
+    blocks of ``block`` columns so that the epilogue finds its block in cache. ``w``
+    ``(G, M/G, C/G)``, ``x`` ``(N, C, P)``, ``y`` and the residual ``z`` ``(N, M, P)`` (``z``
+    empty: none), C-contiguous."""
     n_img, m_n, p_n = y.shape
-    k_n = w.shape[1]
+    g_n, mg_n, k_n = w.shape
     isz = y.itemsize
     nb = bias.shape[0]
     zero = y.dtype.type(0.0)
-    epi = nb > 0 or act != ACT_NONE
+    has_z = z.shape[0] > 0
+    epi = nb > 0 or act != ACT_NONE or has_z
     for t in prange(parts):
         for i in range(n_img):
-            px = x.ctypes.data + i * k_n * p_n * isz
-            py = y.ctypes.data + i * m_n * p_n * isz
-            if split_rows:
-                r0 = m_n * t // parts
-                r1 = m_n * (t + 1) // parts
-                gemm_at(fn, wide, r1 - r0, p_n, k_n, w.ctypes.data + r0 * k_n * isz, k_n, px,
-                        p_n, zero, py + r0 * p_n * isz, p_n)
-                if epi:
-                    for m in range(r0, r1):
-                        act_row(y[i, m], bias[m] if nb > 0 else zero, act, p0, p1)
-                continue
-            step = ((p_n + parts - 1) // parts + 15) // 16 * 16
-            c0 = t * step
-            c1 = min(p_n, c0 + step)
-            # equal blocks of at most ``block`` columns (no short tail: BLAS repacks W per call)
-            nblk = max(1, (c1 - c0 + block - 1) // block)
-            bw = ((c1 - c0 + nblk - 1) // nblk + 15) // 16 * 16
-            for b0 in range(c0, c1, bw):
-                b1 = min(c1, b0 + bw)
-                gemm_at(fn, wide, m_n, b1 - b0, k_n, w.ctypes.data, k_n, px + b0 * isz, p_n,
-                        zero, py + b0 * isz, p_n)
-                if epi:
-                    for m in range(m_n):
-                        act_row(y[i, m, b0:b1], bias[m] if nb > 0 else zero, act, p0, p1)
+            for g in range(g_n):
+                pw = w.ctypes.data + g * mg_n * k_n * isz
+                px = x.ctypes.data + (i * g_n + g) * k_n * p_n * isz
+                py = y.ctypes.data + (i * m_n + g * mg_n) * p_n * isz
+                m_base = g * mg_n
+                if split_rows:
+                    r0 = mg_n * t // parts
+                    r1 = mg_n * (t + 1) // parts
+                    gemm_at(fn, wide, r1 - r0, p_n, k_n, pw + r0 * k_n * isz, k_n, px, p_n,
+                            zero, py + r0 * p_n * isz, p_n)
+                    if epi:
+                        for m in range(m_base + r0, m_base + r1):
+                            if has_z:
+                                y[i, m] += z[i, m]
+                            act_row(y[i, m], bias[m] if nb > 0 else zero, act, p0, p1)
+                    continue
+                step = ((p_n + parts - 1) // parts + 15) // 16 * 16
+                c0 = t * step
+                c1 = min(p_n, c0 + step)
+                # equal blocks of at most ``block`` columns (no short tail: BLAS repacks W per
+                # call)
+                nblk = max(1, (c1 - c0 + block - 1) // block)
+                bw = ((c1 - c0 + nblk - 1) // nblk + 15) // 16 * 16
+                for b0 in range(c0, c1, bw):
+                    b1 = min(c1, b0 + bw)
+                    gemm_at(fn, wide, mg_n, b1 - b0, k_n, pw, k_n, px + b0 * isz, p_n,
+                            zero, py + b0 * isz, p_n)
+                    if epi:
+                        for m in range(m_base, m_base + mg_n):
+                            row = y[i, m, b0:b1]
+                            if has_z:
+                                row += z[i, m, b0:b1]
+                            act_row(row, bias[m] if nb > 0 else zero, act, p0, p1)
 
 
 _pointwise_blas_serial = serial_twin(_pointwise_blas)
@@ -1146,14 +1159,20 @@ _POINTWISE, _DEPTHWISE, _IM2COL = "pointwise", "depthwise", "im2col"
 
 
 class ConvKernel(Kernel):
-    """ONNX Conv (and ``edgert.Conv`` with a fused activation). Inputs: X, W, optional B."""
+    """ONNX Conv, and ``edgert.Conv``: a fused activation (``activation`` attributes) and an
+    optional fourth input ``Z``, a residual of the output's shape added before the activation
+    (``Y = act(conv(X, W) + B + Z)``, the optimizer's ``fuse_residual_add``). Inputs: X, W,
+    optional B, optional Z."""
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
         self._fast = None  # see _single
-        self.require_inputs(inputs, 2, 3)
+        self.require_inputs(inputs, 2, 4)
         x, w = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) > 2 else None
-        dt = float_dtype(self, [(x, "X"), (w, "W"), (b, "B")])
+        z = inputs[3] if len(inputs) > 3 else None
+        if z is not None and self.op.domain != "edgert":
+            raise self.error("a fourth input (the residual Z) is edgert.Conv's, not ONNX Conv's")
+        dt = float_dtype(self, [(x, "X"), (w, "W"), (b, "B"), (z, "Z")])
         rank = len(x.shape)
         if not 3 <= rank <= 5:
             raise self.error(
@@ -1347,25 +1366,42 @@ class ConvKernel(Kernel):
                 self.w_unique = self.w_packed[0][keep]
         self._plan_blas(c_in, m_out, k_size, p_out, dt)
         y_shape = (n_img, m_out) + win.out_shape
+        # The residual: added in the epilogue of the pointwise BLAS path; every other path runs
+        # without its activation and is followed by one pass ``y = act(y + z)``.
+        self.has_sum = z is not None
+        self.sum_act, self.sum_params = self.act, self.params
+        self.sum_after = False
+        self.no_sum = np.zeros((0, 0, 0), dt)
+        if self.has_sum:
+            if tuple(z.shape) != y_shape:
+                raise self.error(f"residual Z has shape {tuple(z.shape)}, expected the "
+                                 f"output's {y_shape}", ShapeError)
+            if not self.blas_pw:
+                self.sum_after = True
+                self.act = Activation()
+                self.params = self.act.params(dt)
         return [TensorInfo(y_shape, dt)]
 
     def _plan_blas(self, c_in: int, m_out: int, k_size: int, p_out: int, dt: np.dtype) -> None:
         """Choose the fused BLAS paths (``_pointwise_blas``, ``_conv_rows_blas``) where NumPy's
-        BLAS is callable from compiled code: group 1, no identical-filter classes, and a GEMM
-        route not already taken by a Numba kernel."""
+        BLAS is callable from compiled code: no identical-filter classes, a GEMM route not
+        already taken by a Numba kernel, and group 1 unless pointwise (a grouped pointwise conv is
+        one GEMM per group, each with its epilogue fused)."""
         self.blas_pw = self.blas_rows = False
-        if self.group != 1 or self.row_index is not None or self.pw_small:
+        if self.row_index is not None or self.pw_small:
+            return
+        if self.group != 1 and self.path != _POINTWISE:
             return
         r = cblas.routines()
         if r is None:
             return
         self.blas_fn, self.blas_wide = r.address(dt), r.wide
-        self.blas_macs = m_out * c_in * k_size * p_out
+        self.blas_macs = m_out * (c_in // self.group) * k_size * p_out
         if self.path == _POINTWISE:
             # Column blocks whose input and output slices fit the cache block together.
             # At least 512: every BLAS call packs all of W again (M x K), which costs about as
             # much as 16 columns of the product.
-            cols = COL_BLOCK_BYTES // ((m_out + c_in) * dt.itemsize)
+            cols = COL_BLOCK_BYTES // ((m_out + c_in) // self.group * dt.itemsize)
             self.pw_block = max(512, cols // 16 * 16)
             self.blas_pw = True
         elif (self.path == _IM2COL and self.fplan is None and self.conv3s2 is None
@@ -1427,12 +1463,22 @@ class ConvKernel(Kernel):
         fn(*args)
         if (x is inputs[0] and self.w_packed is not None
                 and not (self.has_bias_input and self.b_packed.shape[0] == 0)):
-            self._fast = (inputs[0], outputs[0], fn, args, blas.gemm_threads())
+            z = inputs[3] if self.has_sum else None
+            self._fast = (inputs[0], outputs[0], fn, args, blas.gemm_threads(), z)
 
     def invoke(self, inputs, outputs):
+        self._invoke(inputs, outputs)
+        if self.sum_after:
+            y = outputs[0]
+            sum_epilogue(y.reshape(y.shape[0] * y.shape[1], -1),
+                         np.ascontiguousarray(inputs[3]).reshape(y.shape[0] * y.shape[1], -1),
+                         self.sum_act, self.sum_params)
+
+    def _invoke(self, inputs, outputs):
         fast = self._fast
         if (fast is not None and inputs[0] is fast[0] and outputs[0] is fast[1]
-                and fast[4] == blas.gemm_threads()):
+                and fast[4] == blas.gemm_threads()
+                and (not self.has_sum or inputs[3] is fast[5])):
             fast[2](*fast[3])
             return
         y = outputs[0]
@@ -1496,11 +1542,14 @@ class ConvKernel(Kernel):
             return
         if self.blas_pw:
             parts = self._blas_parts()
-            split_rows = p_out < 32 * parts and m_out >= 2 * parts
+            split_rows = p_out < 32 * parts and m_out // g >= 2 * parts
             self._single(inputs, outputs, x, _pointwise_blas if parts > 1 else
                          _pointwise_blas_serial,
-                         (self.blas_fn, self.blas_wide, w[0], x.reshape(n_img, c_in, p_out), bias,
-                          y.reshape(n_img, m_out, p_out), act.code, p0, p1, parts, split_rows,
+                         (self.blas_fn, self.blas_wide, w, x.reshape(n_img, c_in, p_out), bias,
+                          y.reshape(n_img, m_out, p_out),
+                          (np.ascontiguousarray(inputs[3]).reshape(n_img, m_out, p_out)
+                           if self.has_sum else self.no_sum),
+                          act.code, p0, p1, parts, split_rows,
                           self.pw_block))
             return
         if self.blas_rows:

@@ -238,9 +238,20 @@ def apply_col_bias_activation(out2d, bias, act, p0, p1):
         act_row_vec(out2d[r], bias, act, p0, p1)
 
 
+@njit(parallel=True)
+def apply_sum_activation(out2d, z2d, act, p0, p1):
+    """In place: ``out2d = act(out2d + z2d)`` (a fused residual sum, same shapes), by rows."""
+    zero = out2d.dtype.type(0.0)
+    for r in prange(out2d.shape[0]):
+        row = out2d[r]
+        row += z2d[r]
+        act_row(row, zero, act, p0, p1)
+
+
 # Serial twins for small outputs (a parallel launch costs more than the work there).
 apply_bias_activation_serial = serial_twin(apply_bias_activation)
 apply_col_bias_activation_serial = serial_twin(apply_col_bias_activation)
+apply_sum_activation_serial = serial_twin(apply_sum_activation)
 
 
 def epilogue(out2d: np.ndarray, bias: np.ndarray, act: Activation, params: tuple) -> None:
@@ -251,6 +262,14 @@ def epilogue(out2d: np.ndarray, bias: np.ndarray, act: Activation, params: tuple
         apply_bias_activation_serial(out2d, bias, act.code, params[0], params[1])
     else:
         apply_bias_activation(out2d, bias, act.code, params[0], params[1])
+
+
+def sum_epilogue(out2d: np.ndarray, z2d: np.ndarray, act: Activation, params: tuple) -> None:
+    """``out2d = act(out2d + z2d)`` in place (``z2d`` of ``out2d``'s shape and dtype)."""
+    if out2d.size == 0:
+        return
+    fn = apply_sum_activation_serial if out2d.size < PARALLEL_MIN_WORK else apply_sum_activation
+    fn(out2d, z2d, act.code, params[0], params[1])
 
 
 def col_epilogue(out2d: np.ndarray, bias: np.ndarray, code: int, p0, p1) -> None:

@@ -39,7 +39,7 @@ DIRECT_BELOW = 8
 
 
 @cuda.jit
-def _conv_igemm(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1):
+def _conv_igemm(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1, zsum, has_sum):
     """Implicit-GEMM convolution; grid ``(P/16, (M/G)/16, N*G)``, block 16x16."""
     sa = cuda.shared.array((TILE, TILE), np.float32)
     sb = cuda.shared.array((TILE, TILE), np.float32)
@@ -99,11 +99,15 @@ def _conv_igemm(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1):
         m = g * mpg + row
         if has_bias:
             acc += bias[m]
-        y[(n * m_out + m) * p_out + col] = activate(acc, code, p0, p1)
+        i = (n * m_out + m) * p_out + col
+        if has_sum:
+            acc += zsum[i]
+        y[i] = activate(acc, code, p0, p1)
 
 
 @cuda.jit
-def _conv_direct(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1):
+def _conv_direct(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1, zsum,
+                 has_sum):
     """One thread per output element (grid-stride), summing its whole window."""
     kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
     sd, sh, sw = geo[3], geo[4], geo[5]
@@ -145,11 +149,14 @@ def _conv_direct(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1)
                             acc += x[xrow + ix] * w[wrow + kw]
         if has_bias:
             acc += bias[m]
+        if has_sum:
+            acc += zsum[i]
         y[i] = activate(acc, code, p0, p1)
 
 
 class CudaConv(CudaKernel, cpu.ConvKernel):
-    """ONNX Conv / edgert.Conv on the device (see the module docstring)."""
+    """ONNX Conv / edgert.Conv (with a fused activation and residual) on the device (see the
+    module docstring)."""
 
     CPU = cpu.ConvKernel
 
@@ -178,11 +185,15 @@ class CudaConv(CudaKernel, cpu.ConvKernel):
         y = outputs[0]
         if y.size == 0:
             return
-        code = self.act.code
-        p0, p1 = (np.float32(v) for v in self.params)
+        # The graph's activation, applied to conv + bias + the residual Z (edgert.Conv's fourth
+        # input) in the one device pass; ``act`` may be the CPU paths' "none" (see prepare).
+        code = self.sum_act.code
+        p0, p1 = (np.float32(v) for v in self.sum_params)
         has_bias = self.b_packed.shape[0] > 0
+        zsum = inputs[3].reshape(-1) if self.has_sum else self._d_b
         args = (inputs[0].reshape(-1), self._d_w.reshape(-1), self._d_b, y.reshape(-1),
-                self._d_geo, self._c_in, self._m_out, self.group, has_bias, code, p0, p1)
+                self._d_geo, self._c_in, self._m_out, self.group, has_bias, code, p0, p1,
+                zsum, self.has_sum)
         if self._direct:
             _conv_direct[blocks(y.size), THREADS, self.stream](*args)
             return

@@ -1,0 +1,139 @@
+"""``edgert.Conv`` with a fused residual ``Z`` (fourth input): ``Y = act(conv(X, W) + B + Z)``.
+
+The reference is onnxruntime's plain Conv, with ``Z`` and the activation applied in NumPy. Every
+conv path is covered: the pointwise BLAS path adds ``Z`` in its epilogue (group 1 and grouped,
+column and output-channel splits, 1 and 2 threads); the others run without their activation and
+are followed by one ``act(y + z)`` pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import ATOL, RTOL, ort_node, run_kernel
+
+from edgert.errors import DTypeError, KernelError, ShapeError
+from edgert.runtime.kernels.cpu import blas, conv, registry
+from edgert.runtime.registry import OpContext, TensorInfo
+
+CASES = [
+    # (x shape, w shape, attrs, path the kernel must take)
+    ((1, 24, 20, 20), (32, 24, 1, 1), {}, "blas_pw"),
+    ((2, 40, 5, 5), (48, 40, 1, 1), {}, "blas_pw"),  # small plane: output-channel split
+    ((1, 16, 12, 12), (16, 4, 1, 1), {"group": 4}, "blas_pw"),  # ShuffleNet's grouped 1x1
+    ((1, 16, 3, 3), (32, 4, 1, 1), {"group": 4}, "blas_pw"),
+    ((1, 16, 11, 13), (24, 16, 3, 3), {"pads": [1, 1, 1, 1]}, "sum_after"),
+    ((1, 12, 14, 14), (12, 1, 3, 3), {"group": 12, "pads": [1, 1, 1, 1]}, "sum_after"),
+    ((2, 6, 17), (8, 6, 3), {"pads": [1, 1]}, "sum_after"),  # 1-D
+    ((1, 3, 2, 2), (4, 3, 1, 1), {}, "sum_after"),  # a few MACs: the small pointwise kernel
+]
+
+
+def _reference(x, w, b, z, attrs, act):
+    y = ort_node("Conv", [x, w] + ([b] if b is not None else []), attrs)[0] + z
+    if act == "Relu":
+        return np.maximum(y, 0)
+    if act == "Clip":
+        return np.clip(y, -0.5, 0.5)
+    return y
+
+
+def _kernel(x, w, b, z, attrs, const=(1, 2)):
+    cls = registry().lookup("Conv", "edgert", 1)
+    k = cls(OpContext("Conv", "c", attrs, "edgert", 1, 1))
+    infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w if 1 in const else None),
+             None if b is None else TensorInfo(b.shape, b.dtype, b if 2 in const else None),
+             TensorInfo(z.shape, z.dtype)]
+    k.prepare(infos)
+    return getattr(k, "inner", k)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", [None, "Relu", "Clip"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_residual_matches_onnxruntime(case, act, threads, monkeypatch):
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
+    x_shape, w_shape, attrs, path = CASES[case]
+    if path == "blas_pw":
+        monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
+    rng = np.random.default_rng(case)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if case != 2 else None
+    want_no_z = ort_node("Conv", [x, w] + ([b] if b is not None else []), attrs)[0]
+    z = rng.standard_normal(want_no_z.shape).astype(np.float32)
+    want = _reference(x, w, b, z, attrs, act)
+    kattrs = dict(attrs)
+    if act is not None:
+        kattrs["activation"] = act
+        if act == "Clip":
+            kattrs["activation_params"] = [-0.5, 0.5]
+    k = _kernel(x, w, b, z, kattrs)
+    assert getattr(k, path), f"expected the {path} path"
+    blas.set_gemm_threads(threads)
+    try:
+        inputs = [x, w, b, z]
+        for _ in range(2):  # the second call takes the remembered fast path
+            got = run_kernel("Conv", inputs, kattrs, const_inputs=(1, 2), domain="edgert",
+                             num_threads=threads)[0]
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    finally:
+        blas.set_gemm_threads(1)
+
+
+def test_residual_with_weights_known_only_at_run_time_and_float64():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 6, 6))
+    w = rng.standard_normal((8, 8, 1, 1))
+    b = rng.standard_normal(8)
+    z = rng.standard_normal((1, 8, 6, 6))
+    want = np.maximum(np.einsum("mc,nchw->nmhw", w[:, :, 0, 0], x) + b[None, :, None, None] + z,
+                      0)
+    got = run_kernel("Conv", [x, w, b, z], {"activation": "Relu"}, domain="edgert")[0]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_residual_remembered_call_sees_a_new_residual_array():
+    """The remembered call of a constant-weight conv is keyed on Z's identity too."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 16, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 1, 1)).astype(np.float32)
+    b = np.zeros(16, np.float32)
+    k = _kernel(x, w, b, np.zeros((1, 16, 9, 9), np.float32), {})
+    y = np.empty((1, 16, 9, 9), np.float32)
+    for seed in (5, 6):
+        z = np.random.default_rng(seed).standard_normal((1, 16, 9, 9)).astype(np.float32)
+        k.invoke([x, w, b, z], [y])
+        want = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0], x) + z
+        np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
+
+
+def test_residual_errors():
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    w = np.zeros((4, 4, 1, 1), np.float32)
+    b = np.zeros(4, np.float32)
+    with pytest.raises(ShapeError, match="residual Z"):
+        _kernel(x, w, b, np.zeros((1, 4, 5, 4), np.float32), {})
+    with pytest.raises(DTypeError):
+        _kernel(x, w, b, np.zeros((1, 4, 5, 5), np.float64), {})
+    cls = registry().lookup("Conv", "", 21)
+    k = cls(OpContext("Conv", "c", {}, "", 21, 1))
+    with pytest.raises(KernelError, match="edgert.Conv"):
+        k.prepare([TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w),
+                   TensorInfo(b.shape, b.dtype, b), TensorInfo(x.shape, x.dtype)])
+
+
+def test_pointwise_residual_is_in_the_blas_epilogue(monkeypatch):
+    """No separate pass on the pointwise BLAS path (its activation stays in the kernel)."""
+    monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
+    x = np.zeros((1, 8, 30, 30), np.float32)
+    w = np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float32)  # distinct rows
+    k = _kernel(x, w, np.zeros(8, np.float32), x, {"activation": "Relu"})
+    if not k.blas_pw:
+        pytest.skip("no callable BLAS here")
+    assert not k.sum_after and k.act.active
+    called = []
+    monkeypatch.setattr(conv, "sum_epilogue", lambda *a: called.append(a))
+    k.invoke([x, w, np.zeros(8, np.float32), x], [np.empty_like(x)])
+    assert not called
