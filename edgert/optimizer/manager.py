@@ -12,7 +12,8 @@ Levels (as onnxruntime's):
   weights or merged into one BatchNormalization, MatMul+Add → Gemm, Pad folded into Conv and
   Max/AveragePool, Sum of two → Add), :mod:`.layout` (Transpose/Reshape chains merged or
   cancelled). With ``allow_fused=True`` it also turns ShuffleNet's channel shuffles into
-  ``edgert.ChannelShuffle`` (:mod:`.shuffle`), fuses activations into the
+  ``edgert.ChannelShuffle`` (:mod:`.shuffle`), fuses residual sums into the producing Conv
+  (``edgert.Conv``'s fourth input ``Z``), fuses activations into the
   producing Conv/ConvTranspose/Gemm/MatMul (domain ``edgert``, attributes ``activation`` /
   ``activation_params``, which the CPU kernels apply in their epilogue), then, once the rest
   has settled, groups of elementwise nodes into ``edgert.FusedElementwise``
