@@ -222,6 +222,9 @@ AVGPOOL_CASES = {
     "same_upper": {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
     "same_lower": {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
     "valid": {"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "VALID"},
+    "five_rows": {"kernel_shape": [5, 4], "strides": [1, 2], "pads": [2, 1, 2, 2]},
+    "halves": {"kernel_shape": [2, 2], "strides": [2, 2]},
+    "one_row": {"kernel_shape": [1, 3], "strides": [1, 2], "pads": [0, 1, 0, 1]},
 }
 
 
@@ -420,3 +423,34 @@ def test_registered():
         "GlobalLpPool",
     ):
         assert reg.lookup(op, "", 1) is reg.lookup(op, "", 22) is not None
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [5, 4], "strides": [1, 2], "pads": [2, 1, 2, 2]},  # more than 3 rows
+    {"kernel_shape": [1, 3], "strides": [1, 1]},
+    {"kernel_shape": [3, 1], "strides": [3, 1], "pads": [2, 0, 2, 0]},  # all-padding rows
+])
+def test_maxpool_row_kernel_without_indices_propagates_nan(attrs):
+    """The interpreter omits Indices when the model does: the row-wise kernel, whose window
+    rows are merged one to three at a time, against the NaN-propagating NumPy reference."""
+    from edgert.runtime.kernels.cpu import registry
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    rng = np.random.default_rng(9)
+    x = rand(rng, 2, 3, 11, 12)
+    x.reshape(-1)[rng.choice(x.size, 12, replace=False)] = np.nan
+    k = registry().lookup("MaxPool", "", 21)(OpContext("MaxPool", "p", attrs, "", 21, 1))
+    info = k.prepare([TensorInfo(x.shape, x.dtype)])[0]
+    y = np.empty(info.shape, np.float32)
+    k.invoke([x], [y])
+    assert k.rows
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    want = numpy_pool(x, "max", attrs["kernel_shape"], attrs["strides"], [1, 1], pads[:2],
+                      list(info.shape[2:]))
+    np.testing.assert_array_equal(y, want.astype(np.float32))  # NaN == NaN here
+    x2 = rand(rng, 2, 3, 11, 12)  # and onnxruntime, where NaN does not come in
+    k.invoke([x2], [y])
+    np.testing.assert_array_equal(y, ort_node("MaxPool", [x2], attrs)[0])

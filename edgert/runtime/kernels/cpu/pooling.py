@@ -145,24 +145,40 @@ def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
         vr = v[pw:pw + w_n]
         for t in range(ch * nc // nchunk, (ch + 1) * nc // nchunk):
             for oh in range(oh_n):
-                first = True
-                for kh in range(kh_n):
-                    iy = oh * sh - ph + kh
-                    if iy < 0 or iy >= h_n:
-                        continue
-                    xr = x[t, iy]
-                    if first:
-                        for i in range(w_n):
-                            vr[i] = xr[i]
-                        first = False
-                    else:
-                        for i in range(w_n):
-                            a = xr[i]
-                            b = vr[i]
-                            vr[i] = a if ((a > b) | (a != a)) else b
-                if first:  # every row of the window is padding
+                # The window's rows inside the plane, merged in one pass for up to three rows
+                # (a copy and a read-modify-write pass per row ran 3-4x slower: measured).
+                iy0 = oh * sh - ph
+                a0 = max(iy0, 0)
+                a1 = min(iy0 + kh_n, h_n)
+                if a1 <= a0:  # every row of the window is padding
                     for i in range(w_n):
                         vr[i] = lowest
+                elif a1 - a0 == 1:
+                    r0 = x[t, a0]
+                    for i in range(w_n):
+                        vr[i] = r0[i]
+                else:
+                    r0 = x[t, a0]
+                    r1 = x[t, a0 + 1]
+                    if a1 - a0 == 2:
+                        for i in range(w_n):
+                            a = r0[i]
+                            b = r1[i]
+                            vr[i] = a if ((a > b) | (a != a)) else b
+                    else:
+                        r2 = x[t, a0 + 2]
+                        for i in range(w_n):
+                            a = r0[i]
+                            b = r1[i]
+                            c = r2[i]
+                            m = a if ((a > b) | (a != a)) else b
+                            vr[i] = c if ((c > m) | (c != c)) else m
+                        for iy in range(a0 + 3, a1):
+                            xr = x[t, iy]
+                            for i in range(w_n):
+                                a = xr[i]
+                                b = vr[i]
+                                vr[i] = a if ((a > b) | (a != a)) else b
                 yr = y[t, oh]
                 if sw == 2 and kw_n == 3:  # the common 3x3/2 window, unrolled
                     for ow in range(ow_n):
@@ -171,6 +187,11 @@ def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
                         c = v[2 * ow + 2]
                         m = a if ((a > b) | (a != a)) else b
                         yr[ow] = c if ((c > m) | (c != c)) else m
+                elif sw == 2 and kw_n == 2:
+                    for ow in range(ow_n):
+                        a = v[2 * ow]
+                        b = v[2 * ow + 1]
+                        yr[ow] = a if ((a > b) | (a != a)) else b
                 else:
                     for ow in range(ow_n):
                         m = v[ow * sw]
@@ -269,11 +290,29 @@ def _avg_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, inv_outer, inv_w):
         vr = v[pw:pw + w_n]
         for t in range(ch * nc // nchunk, (ch + 1) * nc // nchunk):
             for oh in range(oh_n):
-                for i in range(w_n):
-                    vr[i] = zero
-                for kh in range(kh_n):
-                    iy = oh * sh - ph + kh
-                    if 0 <= iy < h_n:
+                # The window's rows inside the plane, summed in one pass for up to three rows.
+                iy0 = oh * sh - ph
+                a0 = max(iy0, 0)
+                a1 = min(iy0 + kh_n, h_n)
+                if a1 <= a0:
+                    for i in range(w_n):
+                        vr[i] = zero
+                elif a1 - a0 == 1:
+                    r0 = x[t, a0]
+                    for i in range(w_n):
+                        vr[i] = r0[i]
+                elif a1 - a0 == 2:
+                    r0 = x[t, a0]
+                    r1 = x[t, a0 + 1]
+                    for i in range(w_n):
+                        vr[i] = r0[i] + r1[i]
+                else:
+                    r0 = x[t, a0]
+                    r1 = x[t, a0 + 1]
+                    r2 = x[t, a0 + 2]
+                    for i in range(w_n):
+                        vr[i] = r0[i] + r1[i] + r2[i]
+                    for iy in range(a0 + 3, a1):
                         xr = x[t, iy]
                         for i in range(w_n):
                             vr[i] += xr[i]
@@ -282,6 +321,9 @@ def _avg_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, inv_outer, inv_w):
                 if sw == 2 and kw_n == 3:  # the common 3x3/2 window, unrolled
                     for ow in range(ow_n):
                         yr[ow] = (v[2 * ow] + v[2 * ow + 1] + v[2 * ow + 2]) * (scale * inv_w[ow])
+                elif sw == 2 and kw_n == 2:
+                    for ow in range(ow_n):
+                        yr[ow] = (v[2 * ow] + v[2 * ow + 1]) * (scale * inv_w[ow])
                 else:
                     for ow in range(ow_n):
                         acc = v[ow * sw]
