@@ -256,6 +256,17 @@ def test_qpools_bit_exact():
     s = x.astype(np.int64).reshape(2, 3, -1).sum(-1)
     want = np.sign(s) * ((np.abs(s) * 2 + 25) // 50)
     np.testing.assert_array_equal(got.reshape(2, 3), want.astype(np.int8))
+    # an average over the whole unpadded plane (ResNet's final 7x7 pool), on a sum that needs
+    # more than int16 and with exact halves
+    for xx in (x, np.full((1, 2, 7, 7), -128, np.int8), np.array([[[[1, 0]], [[-1, 0]]]],
+                                                                  np.int8)):
+        hw = xx.shape[2] * xx.shape[3]
+        got = run_kernel("QAveragePool", [xx], dict(kernel_shape=list(xx.shape[2:])),
+                         domain="edgert")[0]
+        s = xx.astype(np.int64).reshape(xx.shape[0], xx.shape[1], -1).sum(-1)
+        want = np.sign(s) * ((np.abs(s) * 2 + hw) // (2 * hw))
+        assert got.shape == xx.shape[:2] + (1, 1)
+        np.testing.assert_array_equal(got.reshape(s.shape), want.astype(np.int8))
 
 
 @pytest.mark.parametrize("shape,attrs", [

@@ -23,7 +23,7 @@ from edgert.runtime.registry import Kernel, TensorInfo
 
 _F16 = np.dtype(np.float16)
 # ONNX input names, for error messages
-_INPUT_NAMES = {"Gemm": "ABC", "MatMul": "AB", "Conv": "XWB", "ConvTranspose": "XWB"}
+_INPUT_NAMES = {"Gemm": "ABC", "MatMul": "AB", "Conv": "XWBZ", "ConvTranspose": "XWB"}
 _F32 = np.dtype(np.float32)
 
 
