@@ -1,9 +1,9 @@
 """``edgert.Conv`` with a fused residual ``Z`` (fourth input): ``Y = act(conv(X, W) + B + Z)``.
 
 The reference is onnxruntime's plain Conv, with ``Z`` and the activation applied in NumPy. Every
-conv path is covered: the pointwise BLAS path adds ``Z`` in its epilogue (group 1 and grouped,
-column and output-channel splits, 1 and 2 threads); the others run without their activation and
-are followed by one ``act(y + z)`` pass.
+conv path is covered: the pointwise BLAS path and the direct kernel (dconv.py) add ``Z`` in their
+epilogues (group 1 and grouped, column and output-channel splits, 1 and 2 threads); the others
+run without their activation and are followed by one ``act(y + z)`` pass.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ CASES = [
     ((2, 40, 5, 5), (48, 40, 1, 1), {}, "blas_pw"),  # small plane: output-channel split
     ((1, 16, 12, 12), (16, 4, 1, 1), {"group": 4}, "blas_pw"),  # ShuffleNet's grouped 1x1
     ((1, 16, 3, 3), (32, 4, 1, 1), {"group": 4}, "blas_pw"),
-    ((1, 16, 11, 13), (24, 16, 3, 3), {"pads": [1, 1, 1, 1]}, "sum_after"),
+    ((1, 16, 11, 13), (24, 16, 3, 3), {"pads": [1, 1, 1, 1]}, "dgeo"),  # direct kernel
+    ((2, 8, 9, 9), (20, 8, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 1]}, "dgeo"),
+    ((1, 4, 9, 9), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, "sum_after"),  # im2col / implicit
     ((1, 12, 14, 14), (12, 1, 3, 3), {"group": 12, "pads": [1, 1, 1, 1]}, "sum_after"),
     ((2, 6, 17), (8, 6, 3), {"pads": [1, 1]}, "sum_after"),  # 1-D
     ((1, 3, 2, 2), (4, 3, 1, 1), {}, "sum_after"),  # a few MACs: the small pointwise kernel

@@ -93,8 +93,8 @@ def test_dconv_rejects_a_geometry_that_does_not_fit():
     with pytest.raises(ValueError, match="does not fit"):
         dconv.dconv_serial(w, small, g.offs, 4, g.plane, g.wp, g.sh, g.sw, g.oh, g.ow,
                            g.block_tiles, dconv.SUB, np.zeros(0, np.float32), 0, np.float32(0),
-                           np.float32(0), y, 1)
+                           np.float32(0), y, np.zeros((0, 0), np.float32), 1)
     with pytest.raises(ValueError, match="does not fit"):
         dconv.dconv_serial(w[:-1], np.zeros(g.pad_elems, np.float32), g.offs, 4, g.plane, g.wp,
                            g.sh, g.sw, g.oh, g.ow, g.block_tiles, dconv.SUB, np.zeros(0, np.float32), 0,
-                           np.float32(0), np.float32(0), y, 1)
+                           np.float32(0), np.float32(0), y, np.zeros((0, 0), np.float32), 1)

@@ -1366,17 +1366,19 @@ class ConvKernel(Kernel):
                 self.w_unique = self.w_packed[0][keep]
         self._plan_blas(c_in, m_out, k_size, p_out, dt)
         y_shape = (n_img, m_out) + win.out_shape
-        # The residual: added in the epilogue of the pointwise BLAS path; every other path runs
-        # without its activation and is followed by one pass ``y = act(y + z)``.
+        # The residual: added in the epilogue of the pointwise BLAS path and of the direct
+        # kernel; every other path runs without its activation and is followed by one pass
+        # ``y = act(y + z)``.
         self.has_sum = z is not None
         self.sum_act, self.sum_params = self.act, self.params
         self.sum_after = False
         self.no_sum = np.zeros((0, 0, 0), dt)
+        self.no_sum2 = np.zeros((0, 0), dt)
         if self.has_sum:
             if tuple(z.shape) != y_shape:
                 raise self.error(f"residual Z has shape {tuple(z.shape)}, expected the "
                                  f"output's {y_shape}", ShapeError)
-            if not self.blas_pw:
+            if not self.blas_pw and self.dgeo is None:
                 self.sum_after = True
                 self.act = Activation()
                 self.params = self.act.params(dt)
@@ -1594,7 +1596,9 @@ class ConvKernel(Kernel):
                     src = self.col
                 fn(self.dpack, src, geo.offs, c_in, geo.plane, geo.wp, geo.sh, geo.sw, geo.oh,
                    geo.ow, geo.block_tiles, dconv.SUB, bias, act.code, p0, p1,
-                   y[n].reshape(m_out, p_out), parts)
+                   y[n].reshape(m_out, p_out),
+                   (np.ascontiguousarray(inputs[3][n]).reshape(m_out, p_out) if self.has_sum
+                    else self.no_sum2), parts)
             return
         if self.fplan is not None:
             plan = self.fplan

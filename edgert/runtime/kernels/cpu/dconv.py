@@ -256,8 +256,9 @@ def tile_positions(pos, cols, oh, ow, ow_n, sh, sw, wp, unit):
 
 @njit(parallel=True)
 def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, bias, act, p0,
-          p1, y, parts):
-    """``y[m, q] = act(bias[m] + conv)`` for ``y (M, OH*OW)`` from the flat padded input ``x``.
+          p1, y, z, parts):
+    """``y[m, q] = act(bias[m] + conv + z[m, q])`` for ``y (M, OH*OW)`` from the flat padded
+    input ``x``; ``z``, the residual (edgert.Conv's fourth input), is of ``y``'s shape or empty.
 
     Blocks of ``block_tiles`` position tiles times blocks of ``MC`` output channels are the
     units of work, blocks of positions outer so that consecutive units reuse the same input
@@ -270,11 +271,13 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, 
     ok = (c_n >= 1 and plane >= 0 and wp >= 1 and sh >= 1 and sw >= 1 and p_n == oh_n * ow_n
           and wpack.size >= mb_n * t_n * c_n * MC and (bias.size == 0 or bias.size >= m_n)
           and block_tiles >= 1 and sub >= 1
+          and (z.size == 0 or (z.shape[0] == m_n and z.shape[1] == p_n))
           and reach_fits(offs, oh_n, ow_n, sh, sw, wp, 1, plane, c_n, 1, x.size))
     if not ok:
         raise ValueError("dconv: the geometry does not fit its buffers")
     tiles = (p_n + NP - 1) // NP
     has_bias = bias.size > 0
+    has_z = z.size > 0
     k_n = t_n * c_n
     zero = np.float32(0.0)
     for g in prange(parts):
@@ -299,7 +302,13 @@ def dconv(wpack, x, offs, c_n, plane, wp, sh, sw, oh_n, ow_n, block_tiles, sub, 
                 for r in range(rows):
                     bv = bias[m0 + r] if has_bias else zero
                     dst = y[m0 + r, q0:q0 + nq]
-                    if act == ACT_RELU:  # NaN stays NaN, as epilogue.py's Relu
+                    if has_z:
+                        zr = z[m0 + r, q0:q0 + nq]
+                        for q in range(nq):
+                            dst[q] = acc[q * MC + r] + bv + zr[q]
+                        if act != ACT_NONE:
+                            act_row(dst, zero, act, p0, p1)
+                    elif act == ACT_RELU:  # NaN stays NaN, as epilogue.py's Relu
                         for q in range(nq):
                             v = acc[q * MC + r] + bv
                             dst[q] = zero if v < zero else v  # noqa: FURB136
