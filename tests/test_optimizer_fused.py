@@ -39,6 +39,59 @@ def test_kernel_add_relu_with_channel_and_scalar_inputs():
     np.testing.assert_allclose(got, np.maximum((x + r) * c - s, 0), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("tail", [None, "relu", "clip"])
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 300)])
+def test_kernel_affine_form_of_batchnorm(tail, swap, shape):
+    """``act(x * s + t)`` (BatchNormalization as the optimizer writes it, then Relu or Clip)
+    takes the one-pass kernel, operands in either order; NaN stays NaN through Relu and Clip."""
+    x = rnd(*shape) * 3
+    x.reshape(-1)[::17] = np.nan
+    nch = shape[1]
+    sc, t = rnd(nch), rnd(nch)
+    lo, hi = np.array([-0.5], np.float32), np.array([0.8], np.float32)
+    mul = (F.OP_MUL, 5, 1, 0, 0) if swap else (F.OP_MUL, 5, 0, 1, 0)
+    add = (F.OP_ADD, 6, 2, 5, 0) if swap else (F.OP_ADD, 6, 5, 2, 0)
+    instrs = [mul, add]
+    want = x * sc.reshape((1, nch) + (1,) * (len(shape) - 2)) \
+        + t.reshape((1, nch) + (1,) * (len(shape) - 2))
+    if tail == "relu":
+        instrs.append((F.OP_RELU, 7, 6, 0, 0))
+        want = np.where(want < 0, 0, want)
+    elif tail == "clip":
+        instrs.append((F.OP_CLIP, 7, 6, 3, 4))
+        want = np.where(want < lo, lo, np.where(want > hi, hi, want))
+    attrs = program(*instrs)
+    attrs["modes"] = [0, 2, 2, 1, 1]
+    cls = F.FusedElementwiseKernel
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    k = cls(OpContext("FusedElementwise", "f", attrs, "edgert", 1, 1))
+    ins = [x, sc, t, lo, hi]
+    k.prepare([TensorInfo(v.shape, v.dtype, None if i == 0 else v) for i, v in enumerate(ins)])
+    assert k.affine is not None
+    (got,) = run_kernel("FusedElementwise", ins, attrs, const_inputs=(1, 2, 3, 4),
+                        domain="edgert")
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)  # NaN == NaN here
+
+
+def test_kernel_affine_form_declines_other_programs():
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    x, c = rnd(1, 3, 4, 4), rnd(3)
+    for instrs, const in [
+        ([(F.OP_MUL, 3, 0, 1, 0), (F.OP_SUB, 4, 3, 2, 0)], (1, 2)),  # a subtraction
+        ([(F.OP_MUL, 3, 0, 1, 0), (F.OP_ADD, 4, 3, 2, 0)], (1,)),  # t known only at run time
+        ([(F.OP_MUL, 3, 0, 1, 0), (F.OP_ADD, 4, 3, 2, 0), (F.OP_SIGMOID, 5, 4, 0, 0)], (1, 2)),
+    ]:
+        attrs = program(*instrs)
+        attrs["modes"] = [0, 2, 2]
+        k = F.FusedElementwiseKernel(OpContext("FusedElementwise", "f", attrs, "edgert", 1, 1))
+        k.prepare([TensorInfo(x.shape, x.dtype)] + [
+            TensorInfo(c.shape, c.dtype, c if i in const else None) for i in (1, 2)])
+        assert k.affine is None
+
+
 def test_kernel_unary_ops_nan_and_zero_division():
     x = np.array([-3.0, -0.5, 0.0, 0.7, 4.0, np.nan], np.float32)
     z = np.zeros_like(x)

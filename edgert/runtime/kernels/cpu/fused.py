@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
-from edgert.runtime._jit import njit, prange
+from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
 # Opcodes. Binary ops read src1, src2; unary ops src1; CLIP reads x=src1, lo=src2, hi=src3.
@@ -220,6 +220,85 @@ def fused_eval(out, ins, nin, modes, inner, nch, prog, params, nreg):
         _copy(out[start:stop], regs[res], m)
 
 
+@njit(parallel=True)
+def affine_rows(x, s, t, out, inner, nch, relu, clip, lo, hi):
+    """``out = act(x * s[c] + t[c])`` over rows of ``inner`` elements, row ``r`` of channel
+    ``r % nch``; ``act`` is Relu (``relu``), Clip to ``[lo, hi]`` (``clip``) or none.
+
+    BatchNormalization (+ Relu/Clip) as one multiply-add per element: the pre-activations of
+    DenseNet and of pre-activation ResNets. The register program took ~1.1 ns per element
+    (a copy, two fills and three passes per block); this loop is one pass.
+    """
+    n = out.shape[0]
+    rows = n // inner
+    zero = out.dtype.type(0.0)
+    for r in prange(rows):
+        c = r % nch
+        sv = s[c]
+        tv = t[c]
+        src = x[r * inner:(r + 1) * inner]
+        dst = out[r * inner:(r + 1) * inner]
+        if relu:
+            for i in range(inner):
+                v = src[i] * sv + tv
+                dst[i] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
+        elif clip:
+            for i in range(inner):
+                v = src[i] * sv + tv
+                v = lo if v < lo else v  # noqa: FURB136 (NaN passes through both tests)
+                dst[i] = hi if v > hi else v  # noqa: FURB136
+        else:
+            for i in range(inner):
+                dst[i] = src[i] * sv + tv
+
+
+affine_rows_serial = serial_twin(affine_rows)
+
+
+def _affine_form(modes, prog, consts, nch, dtype):
+    """``(s, t, relu, clip, lo, hi)`` when the program is ``act(x * s + t)`` for the one
+    full-shape input ``x`` (register 0) and constant per-channel or scalar ``s``, ``t`` (as the
+    optimizer writes BatchNormalization, optionally followed by Relu or Clip), else None."""
+    if len(modes) < 3 or modes[0] != MODE_FULL or any(m == MODE_FULL for m in modes[1:]):
+        return None
+    if any(c is None for c in consts[1:]):
+        return None
+    ops = [tuple(int(v) for v in row) for row in prog]
+    if len(ops) not in (2, 3):
+        return None
+
+    def vec(reg):
+        c = consts[reg]
+        return np.broadcast_to(c.reshape(-1), (nch,)).astype(dtype) if c.size in (1, nch) \
+            else None
+
+    (op1, d1, a1, b1, _), (op2, d2, a2, b2, _) = ops[:2]
+    if op1 != OP_MUL or 0 not in (a1, b1) or op2 != OP_ADD or d1 not in (a2, b2):
+        return None
+    s_reg = b1 if a1 == 0 else a1
+    t_reg = b2 if a2 == d1 else a2
+    if s_reg == 0 or t_reg in (0, d1) or s_reg >= len(modes) or t_reg >= len(modes):
+        return None
+    s_v, t_v = vec(s_reg), vec(t_reg)
+    if s_v is None or t_v is None:
+        return None
+    relu = clip = False
+    lo = hi = dtype.type(0.0)
+    if len(ops) == 3:
+        op3, _, a3, lo_reg, hi_reg = ops[2]
+        if a3 != d2:
+            return None
+        if op3 == OP_RELU:
+            relu = True
+        elif op3 == OP_CLIP and lo_reg < len(modes) and hi_reg < len(modes) \
+                and modes[lo_reg] == MODE_SCALAR and modes[hi_reg] == MODE_SCALAR:
+            clip = True
+            lo, hi = dtype.type(consts[lo_reg][0]), dtype.type(consts[hi_reg][0])
+        else:
+            return None
+    return (np.ascontiguousarray(s_v), np.ascontiguousarray(t_v), relu, clip, lo, hi)
+
+
 class FusedElementwiseKernel(Kernel):
     """``edgert.FusedElementwise``: one output, float32/float64, inputs full/scalar/per-channel."""
 
@@ -281,11 +360,19 @@ class FusedElementwiseKernel(Kernel):
         self.nreg = nreg
         self.inner = max(inner, 1)
         self.nch = max(nch, 1)
+        self.affine = _affine_form(modes, prog, self.const_copies, self.nch, dtype)
+        size = int(np.prod(shape))
+        self.affine_fn = affine_rows_serial if size < PARALLEL_MIN_WORK else affine_rows
         return [TensorInfo(tuple(shape), dtype)]
 
     def invoke(self, inputs, outputs):
         out = outputs[0]
         if out.size == 0:
+            return None
+        if self.affine is not None and out.flags.c_contiguous:
+            s, t, relu, clip, lo, hi = self.affine
+            self.affine_fn(np.ascontiguousarray(inputs[0]).reshape(-1), s, t, out.reshape(-1),
+                           self.inner, self.nch, relu, clip, lo, hi)
             return None
         # Numba indexes a tuple at run time only when every element has one type, so all
         # inputs must be writable C arrays: constants (often read-only views of the mapped
