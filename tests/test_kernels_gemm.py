@@ -83,6 +83,31 @@ def test_gemm_fully_connected_batch_one():
     check("Gemm", [a, b, c], {"transB": 1}, (1, 2))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 1003])
+def test_gemm_batch_one_head_takes_the_gemv_kernel(n, threads, monkeypatch):
+    """One row times a constant transposed B: blas.gemv over B's rows, split over threads
+    (row counts not a multiple of its four-row step), bias and activation after."""
+    from edgert.runtime.kernels.cpu import blas
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
+    rng = np.random.default_rng(n)
+    a, b, c = rand(rng, 1, 300), rand(rng, n, 300), rand(rng, n)
+    attrs = {"transB": 1, "activation": "Relu"}
+    k = registry().lookup("Gemm", "edgert", 1)(OpContext("Gemm", "g", attrs, "edgert", 1, 1))
+    k.prepare([TensorInfo(a.shape, a.dtype), TensorInfo(b.shape, b.dtype, b),
+               TensorInfo(c.shape, c.dtype, c)])
+    assert k.gemv_wt is not None
+    blas.set_gemm_threads(threads)
+    try:
+        got = run_kernel("Gemm", [a, b, c], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    finally:
+        blas.set_gemm_threads(1)
+    want = np.maximum(ort_node("Gemm", [a, b, c], {"transB": 1})[0], 0)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
 # ----- MatMul -----------------------------------------------------------------------------------
 MATMUL_SHAPES = {
     "2d": ((3, 4), (4, 5)),

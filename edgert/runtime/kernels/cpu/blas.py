@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from edgert.runtime._jit import njit, prange, serial_twin
 from edgert.runtime.kernels.cpu import cblas
 
 # OpenBLAS's own multi-threading synchronizes many times per call, and its workers spin-yield
@@ -137,3 +138,48 @@ def identical_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     rank = np.empty_like(order)
     rank[order] = np.arange(order.shape[0])
     return first[order], rank[inverse.reshape(-1)]
+
+
+@njit(parallel=True)
+def gemv_rows(a, wt, y, parts):
+    """``y[n] = a · wt[n]`` for ``wt (N, K)`` row-major (a Gemm's ``B`` with ``transB=1``, as
+    classifier heads store it), ``parts`` threads each taking a range of rows.
+
+    A one-row Gemm reads each weight once, so it runs at memory speed; through ``matmul`` its
+    transposed ``B`` (a strided view) was split on the Python thread pool at 2 threads and ran
+    slower than on one (MobileNetV2's 1280x1000 head: 0.54 -> 0.79 ms in the model, measured).
+    Four rows per pass share the loads of ``a``.
+    """
+    n_n, k_n = wt.shape
+    if a.shape[0] != k_n or y.shape[0] != n_n:
+        raise ValueError("gemv_rows: operand shapes do not match")
+    for p in prange(parts):
+        n = n_n * p // parts
+        n1 = n_n * (p + 1) // parts
+        while n + 4 <= n1:
+            w0, w1, w2, w3 = wt[n], wt[n + 1], wt[n + 2], wt[n + 3]
+            s0 = s1 = s2 = s3 = y.dtype.type(0.0)
+            for k in range(k_n):
+                av = a[k]
+                s0 += av * w0[k]
+                s1 += av * w1[k]
+                s2 += av * w2[k]
+                s3 += av * w3[k]
+            y[n], y[n + 1], y[n + 2], y[n + 3] = s0, s1, s2, s3
+            n += 4
+        while n < n1:
+            w0 = wt[n]
+            s0 = y.dtype.type(0.0)
+            for k in range(k_n):
+                s0 += a[k] * w0[k]
+            y[n] = s0
+            n += 1
+
+
+gemv_rows_serial = serial_twin(gemv_rows)
+
+
+def gemv(a: np.ndarray, wt: np.ndarray, y: np.ndarray) -> None:
+    """``y = wt @ a`` (see :func:`gemv_rows`), split over the GEMM threads when large enough."""
+    n = _gemm_threads if wt.size >= SPLIT_MIN_MACS else 1
+    (gemv_rows if n > 1 else gemv_rows_serial)(a, wt, y, n)

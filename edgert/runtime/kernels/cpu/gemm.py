@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 from edgert.errors import ShapeError
-from edgert.runtime.kernels.cpu.blas import matmul, set_gemm_threads  # noqa: F401 (re-export)
+from edgert.runtime.kernels.cpu.blas import gemv, matmul, set_gemm_threads  # noqa: F401
 from edgert.runtime.kernels.cpu.conv import float_dtype, owned
 from edgert.runtime.kernels.cpu.epilogue import col_epilogue, epilogue, parse_activation
 from edgert.runtime.kernels.cpu.float16 import with_float16
@@ -128,6 +128,12 @@ class GemmKernel(Kernel):
             # Otherwise a zero-copy (possibly transposed) view of the file's weights: BLAS takes
             # the transpose flag at full speed, and a copy would double resident memory.
             self.b_packed = bp
+        # One row times a constant transposed B (a batch-1 classifier head): blas.gemv over
+        # B's rows as stored.
+        self.gemv_wt = None
+        if (m == 1 and self.trans_b and not self.trans_a and not self.alpha_folded
+                and self.b_packed is not None and self.b_packed.T.flags.c_contiguous):
+            self.gemv_wt = self.b_packed.T
 
         # C: how it broadcasts over (M, N), and beta folded into it when it is constant.
         self.c_mode = _C_NONE
@@ -171,11 +177,12 @@ class GemmKernel(Kernel):
         if y.size == 0:
             return
         a = inputs[0].T if self.trans_a else inputs[0]
-        if self.b_packed is not None:
-            b = self.b_packed
+        if self.gemv_wt is not None:
+            gemv(np.ascontiguousarray(a).reshape(-1), self.gemv_wt, y.reshape(-1))
         else:
-            b = inputs[1].T if self.trans_b else inputs[1]
-        matmul(a, b, out=y)
+            b = self.b_packed if self.b_packed is not None else (
+                inputs[1].T if self.trans_b else inputs[1])
+            matmul(a, b, out=y)
         if self.alpha != 1.0 and not self.alpha_folded:
             y *= self.dtype.type(self.alpha)
         code = self.act.code
