@@ -44,8 +44,9 @@ def _kernel(x, w, b, z, attrs, const=(1, 2)):
     cls = registry().lookup("Conv", "edgert", 1)
     k = cls(OpContext("Conv", "c", attrs, "edgert", 1, 1))
     infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w if 1 in const else None),
-             None if b is None else TensorInfo(b.shape, b.dtype, b if 2 in const else None),
-             TensorInfo(z.shape, z.dtype)]
+             None if b is None else TensorInfo(b.shape, b.dtype, b if 2 in const else None)]
+    if z is not None:
+        infos.append(TensorInfo(z.shape, z.dtype))
     k.prepare(infos)
     return getattr(k, "inner", k)
 
@@ -139,3 +140,55 @@ def test_pointwise_residual_is_in_the_blas_epilogue(monkeypatch):
     monkeypatch.setattr(conv, "sum_epilogue", lambda *a: called.append(a))
     k.invoke([x, w, np.zeros(8, np.float32), x], [np.empty_like(x)])
     assert not called
+
+
+# ----- fused channel shuffle ----------------------------------------------------------------------
+def _shuffled(y, g):
+    n, m = y.shape[:2]
+    return y.reshape((n, g, m // g) + y.shape[2:]).swapaxes(1, 2).reshape(y.shape)
+
+
+SHUFFLE_CASES = [
+    # (x shape, w shape, attrs incl. channel_shuffle, native path?)
+    ((1, 16, 12, 12), (16, 4, 1, 1), {"group": 4}, True),  # column blocks
+    ((2, 24, 4, 4), (36, 8, 1, 1), {"group": 3}, True),  # small planes: output-channel split
+    ((1, 8, 7, 7), (12, 2, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, False),
+    ((1, 8, 9, 9), (12, 8, 1, 1), {}, False),  # group 1, shuffled by 3 (attr below)
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("with_z", [False, True])
+@pytest.mark.parametrize("case", range(len(SHUFFLE_CASES)))
+def test_channel_shuffle_in_the_conv(case, with_z, threads, monkeypatch):
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
+    x_shape, w_shape, attrs, native = SHUFFLE_CASES[case]
+    g = attrs.get("group", 3)
+    rng = np.random.default_rng(20 + case)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    plain = ort_node("Conv", [x, w, b], attrs)[0]
+    z = rng.standard_normal(plain.shape).astype(np.float32) if with_z else None
+    want = _shuffled(np.maximum(plain + (z if with_z else 0), 0), g)
+    kattrs = dict(attrs, activation="Relu", channel_shuffle=g)
+    assert _kernel(x, w, b, z, kattrs).shuffle_native == native
+    inputs = [x, w, b] + ([z] if with_z else [])
+    blas.set_gemm_threads(threads)
+    try:
+        for _ in range(2):
+            got = run_kernel("Conv", inputs, kattrs, const_inputs=(1, 2), domain="edgert",
+                             num_threads=threads)[0]
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    finally:
+        blas.set_gemm_threads(1)
+
+
+def test_channel_shuffle_errors():
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    w = np.zeros((6, 4, 1, 1), np.float32)
+    with pytest.raises(ShapeError, match="channel_shuffle"):
+        run_kernel("Conv", [x, w], {"channel_shuffle": 4}, const_inputs=(1,), domain="edgert")
+    with pytest.raises(KernelError, match="edgert.Conv"):
+        run_kernel("Conv", [x, w], {"channel_shuffle": 2}, const_inputs=(1,))

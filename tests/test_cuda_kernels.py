@@ -69,6 +69,12 @@ def test_conv_fused_residual(w_shape, attrs):
     assert (got[0] == 0).any()
 
 
+def test_conv_with_a_fused_channel_shuffle_runs_on_the_host():
+    x, w = rnd(1, 4, 3, 3), rnd(6, 2, 1, 1)
+    run_cuda_kernel("Conv", [x, w], {"group": 2, "channel_shuffle": 2}, const_inputs=(1,),
+                    domain="edgert", expect_device=False)
+
+
 def test_conv_depthwise_fused_relu_keeps_nan():
     x = rnd(1, 3, 4, 4)
     x[0, 1, 2, 2] = np.nan

@@ -432,3 +432,32 @@ def test_loop_body_optimized():
     assert [n.op_type for n in b.nodes] == ["LayerNormalization", "Identity"]
     assert [v.name for v in b.inputs] == ["i", "cond_in", "acc_in"]
     assert [v.name for v in b.outputs] == ["cond_out", "acc_out"]
+
+
+SHUFFLE_UNIT = H13 + """
+g (float[1,12,5,5] x) => (float[1,12,5,5] y) {
+    c = Conv<group=GC>(x, W, B)
+    r = Relu(c)
+    t = Reshape(r, s1)
+    u = Transpose<perm=[0,2,1,3,4]>(t)
+    v = Reshape(u, s2)
+    y = Conv<group=12, pads=[1,1,1,1]>(v, Wd, Bd)
+}"""
+
+
+@pytest.mark.parametrize("conv_groups, fused", [(3, True), (1, False), (4, False)])
+def test_channel_shuffle_goes_into_a_conv_with_the_same_groups(conv_groups, fused):
+    """ShuffleNet's unit: grouped 1x1 conv, Relu, shuffle by the conv's groups, depthwise conv.
+    The shuffle becomes the first conv's ``channel_shuffle`` only when the groups agree."""
+    m = make_model(SHUFFLE_UNIT.replace("GC", str(conv_groups)),
+                   W=rnd(12, 12 // conv_groups, 1, 1), B=rnd(12), Wd=rnd(12, 1, 3, 3),
+                   Bd=rnd(12), s1=np.array([1, 3, 4, 5, 5], np.int64),
+                   s2=np.array([1, 12, 5, 5], np.int64))
+    graph, report = check(m, allow_fused=True)
+    if fused:
+        assert ops(graph) == ["edgert.Conv", "Conv"]
+        first = graph.nodes[0]
+        assert first.attrs["channel_shuffle"] == 3 and first.attrs["activation"] == "Relu"
+        assert report.passes["fuse_shuffle_into_conv"].fused == 1
+    else:
+        assert "edgert.ChannelShuffle" in ops(graph)

@@ -47,8 +47,11 @@ def _plain(node: Node, ops: tuple[str, ...]) -> bool:
 
 
 def _has_sum(node: Node) -> bool:
-    """An ``edgert.Conv`` with its fused residual input ``Z`` (see :func:`fuse_residual_add`)."""
-    return node.domain == "edgert" and node.input(3) is not None
+    """An ``edgert.Conv`` with its fused residual input ``Z`` (see :func:`fuse_residual_add`)
+    or a fused channel shuffle (:func:`fuse_shuffle_into_conv`): either way its output is no
+    longer the plain ``conv + B`` that the folding passes assume."""
+    return node.domain == "edgert" and (node.input(3) is not None
+                                        or bool(node.attrs.get("channel_shuffle")))
 
 
 def _next(graph: Graph, v: Value, pinned: set[str], ops: tuple[str, ...]) -> Node | None:
@@ -557,6 +560,44 @@ def fuse_residual_add(graph: Graph, ctx) -> bool:
     return changed
 
 
+def fuse_shuffle_into_conv(graph: Graph, ctx) -> bool:
+    """``edgert.ChannelShuffle(Conv(x), group=g)`` → ``edgert.Conv`` with ``channel_shuffle=g``
+    when the conv has ``g`` groups: each group's output rows go straight to their shuffled
+    places (ShuffleNet's grouped 1x1 convs), one copy of the activations less.
+
+    Output channel ``i * C/g + j`` of the conv (group ``i``, row ``j``) is written at channel
+    ``j * g + i``, as ChannelShuffle moves it. The conv may already carry its activation and
+    residual (they apply before the move). Runs only with ``allow_fused``; declines when the
+    conv's output has other readers or is a graph output, or its group count differs.
+    """
+    if not ctx.allow_fused:
+        return False
+    pinned = pinned_names(graph)
+    changed = False
+    for node in list(graph.nodes):
+        if node.op_type != "Conv" or node.domain not in ("", "edgert") \
+                or node.attrs.get("channel_shuffle"):
+            continue
+        sh = _next_any(graph, node.outputs[0], pinned)
+        if sh is None or sh.op_type != "ChannelShuffle" or sh.domain != "edgert":
+            continue
+        g = int(sh.attrs.get("group", 0))
+        if g < 2 or int(node.attrs.get("group", 1)) != g:
+            continue
+        _splice(graph, node, sh)
+        node.domain = "edgert"
+        node.attrs["channel_shuffle"] = g
+        graph.opset.setdefault("edgert", 1)
+        ctx.count(removed=1, fused=1)
+        changed = True
+    return changed
+
+
+def _next_any(graph: Graph, v: Value, pinned: set[str]) -> Node | None:
+    """The single reader of ``v`` (any domain), when ``v`` may disappear."""
+    return v.consumers[0] if single_use(graph, v, pinned) else None
+
+
 # ----- activation fusion (edgert domain) ----------------------------------------------------------
 def _activation_params(graph: Graph, act: Node) -> list[float] | None:
     """``activation_params`` for an activation node, or None when it cannot be fused."""
@@ -596,6 +637,7 @@ def fuse_activation(graph: Graph, ctx) -> bool:
     pinned = pinned_names(graph)
     changed = False
     for node in list(graph.nodes):
+        # a residual or shuffle conv takes its activation too (applied before the shuffle's move)
         with_sum = node.op_type == "Conv" and _has_sum(node) and not node.attrs.get("activation")
         if not (_plain(node, _WEIGHTED) or with_sum):
             continue

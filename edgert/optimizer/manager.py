@@ -117,6 +117,7 @@ LEVEL2: list[Pass] = [
     shuffle.fuse_channel_shuffle,
     fusion.fuse_residual_add,
     fusion.fuse_activation,
+    fusion.fuse_shuffle_into_conv,
 ]
 
 

@@ -230,6 +230,8 @@ class _Rewriter:
             return f"no int8 kernel for {node.domain}.{op}"
         if node.domain == "edgert" and op == "Conv" and node.input(3) is not None:
             return "no int8 kernel for a Conv with a fused residual sum"
+        if node.domain == "edgert" and node.attrs.get("channel_shuffle"):
+            return "no int8 kernel for a Conv with a fused channel shuffle"
         x = node.input(0)
         if not self.quantizable(x):
             return "its input has no calibrated range"

@@ -432,13 +432,17 @@ _conv_rows_blas_serial = serial_twin(_conv_rows_blas)
 
 
 @njit(parallel=True)
-def _pointwise_blas(fn, wide, w, x, bias, y, z, act, p0, p1, parts, split_rows, block):
+def _pointwise_blas(fn, wide, w, x, bias, y, z, act, p0, p1, parts, split_rows, block, shuffle):
     """A pointwise conv ``y[i, g] = act(w[g] @ x[i, g] + bias[g] + z[i, g])`` per group ``g``
     through the BLAS routine at ``fn``, over ``parts`` threads: each takes a range of every
     group's output channels (``split_rows``, for small planes) or of positions, the latter in
     blocks of ``block`` columns so that the epilogue finds its block in cache. ``w``
     ``(G, M/G, C/G)``, ``x`` ``(N, C, P)``, ``y`` and the residual ``z`` ``(N, M, P)`` (``z``
-    empty: none), C-contiguous."""
+    empty: none), C-contiguous.
+
+    ``shuffle``: ``y`` is channel-shuffled by the groups (edgert.Conv's ``channel_shuffle``):
+    row ``j`` of group ``g`` is written at channel ``j * G + g``, through the GEMM's output row
+    stride; bias and residual stay indexed by the conv's own channel."""
     n_img, m_n, p_n = y.shape
     g_n, mg_n, k_n = w.shape
     isz = y.itemsize
@@ -446,23 +450,29 @@ def _pointwise_blas(fn, wide, w, x, bias, y, z, act, p0, p1, parts, split_rows, 
     zero = y.dtype.type(0.0)
     has_z = z.shape[0] > 0
     epi = nb > 0 or act != ACT_NONE or has_z
+    # output channel of group g's row j, as (first channel, channel step)
+    ch_step = g_n if shuffle else 1
+    ldc = ch_step * p_n
     for t in prange(parts):
         for i in range(n_img):
             for g in range(g_n):
                 pw = w.ctypes.data + g * mg_n * k_n * isz
                 px = x.ctypes.data + (i * g_n + g) * k_n * p_n * isz
-                py = y.ctypes.data + (i * m_n + g * mg_n) * p_n * isz
+                ch0 = g if shuffle else g * mg_n
+                py = y.ctypes.data + (i * m_n + ch0) * p_n * isz
                 m_base = g * mg_n
                 if split_rows:
                     r0 = mg_n * t // parts
                     r1 = mg_n * (t + 1) // parts
                     gemm_at(fn, wide, r1 - r0, p_n, k_n, pw + r0 * k_n * isz, k_n, px, p_n,
-                            zero, py + r0 * p_n * isz, p_n)
+                            zero, py + r0 * ldc * isz, ldc)
                     if epi:
-                        for m in range(m_base + r0, m_base + r1):
+                        for j in range(r0, r1):
+                            m = m_base + j
+                            row = y[i, ch0 + j * ch_step]
                             if has_z:
-                                y[i, m] += z[i, m]
-                            act_row(y[i, m], bias[m] if nb > 0 else zero, act, p0, p1)
+                                row += z[i, m]
+                            act_row(row, bias[m] if nb > 0 else zero, act, p0, p1)
                     continue
                 step = ((p_n + parts - 1) // parts + 15) // 16 * 16
                 c0 = t * step
@@ -474,10 +484,11 @@ def _pointwise_blas(fn, wide, w, x, bias, y, z, act, p0, p1, parts, split_rows, 
                 for b0 in range(c0, c1, bw):
                     b1 = min(c1, b0 + bw)
                     gemm_at(fn, wide, mg_n, b1 - b0, k_n, pw, k_n, px + b0 * isz, p_n,
-                            zero, py + b0 * isz, p_n)
+                            zero, py + b0 * isz, ldc)
                     if epi:
-                        for m in range(m_base, m_base + mg_n):
-                            row = y[i, m, b0:b1]
+                        for j in range(mg_n):
+                            m = m_base + j
+                            row = y[i, ch0 + j * ch_step, b0:b1]
                             if has_z:
                                 row += z[i, m, b0:b1]
                             act_row(row, bias[m] if nb > 0 else zero, act, p0, p1)
@@ -1382,6 +1393,19 @@ class ConvKernel(Kernel):
                 self.sum_after = True
                 self.act = Activation()
                 self.params = self.act.params(dt)
+        # A fused channel shuffle (edgert.Conv's ``channel_shuffle``, the optimizer's
+        # fuse_shuffle_into_conv): written in place by the pointwise BLAS path when the shuffle
+        # groups are the conv's; elsewhere the conv runs into a buffer that is then moved.
+        g_sh = int(self.attr("channel_shuffle", 0) or 0)
+        if g_sh and self.op.domain != "edgert":
+            raise self.error("attribute 'channel_shuffle' is edgert.Conv's, not ONNX Conv's")
+        if g_sh < 0 or (g_sh and m_out % g_sh):
+            raise self.error(f"channel_shuffle = {g_sh} must be >= 0 and divide the {m_out} "
+                             "output channels", ShapeError)
+        self.shuffle_g = g_sh if g_sh > 1 else 0
+        self.shuffle_native = bool(self.shuffle_g) and self.blas_pw and group == self.shuffle_g
+        self.shuffle_after = bool(self.shuffle_g) and not self.shuffle_native
+        self._pre_shuffle = None
         return [TensorInfo(y_shape, dt)]
 
     def _plan_blas(self, c_in: int, m_out: int, k_size: int, p_out: int, dt: np.dtype) -> None:
@@ -1469,12 +1493,22 @@ class ConvKernel(Kernel):
             self._fast = (inputs[0], outputs[0], fn, args, blas.gemm_threads(), z)
 
     def invoke(self, inputs, outputs):
-        self._invoke(inputs, outputs)
+        out = outputs[0]
+        y = out
+        if self.shuffle_after:
+            if self._pre_shuffle is None or self._pre_shuffle.shape != out.shape:
+                self._pre_shuffle = np.empty(out.shape, out.dtype)
+            y = self._pre_shuffle
+        self._invoke(inputs, [y])
         if self.sum_after:
-            y = outputs[0]
             sum_epilogue(y.reshape(y.shape[0] * y.shape[1], -1),
                          np.ascontiguousarray(inputs[3]).reshape(y.shape[0] * y.shape[1], -1),
                          self.sum_act, self.sum_params)
+        if self.shuffle_after:
+            # out[n, j * g + i] = y[n, i * M/g + j] (edgert.ChannelShuffle's move)
+            n, g, plane = y.shape[0], self.shuffle_g, int(np.prod(y.shape[2:]))
+            np.copyto(out.reshape(n, -1, g, plane),
+                      y.reshape(n, g, -1, plane).transpose(0, 2, 1, 3))
 
     def _invoke(self, inputs, outputs):
         fast = self._fast
@@ -1552,7 +1586,7 @@ class ConvKernel(Kernel):
                           (np.ascontiguousarray(inputs[3]).reshape(n_img, m_out, p_out)
                            if self.has_sum else self.no_sum),
                           act.code, p0, p1, parts, split_rows,
-                          self.pw_block))
+                          self.pw_block, self.shuffle_native))
             return
         if self.blas_rows:
             if self.col is None:

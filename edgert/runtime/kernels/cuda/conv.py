@@ -166,6 +166,7 @@ class CudaConv(CudaKernel, cpu.ConvKernel):
             self.dtype == F32
             and self.w_packed is not None
             and (not self.has_bias_input or self.b_packed.shape[0] > 0)
+            and not self.shuffle_g  # a fused channel shuffle runs on the host
         )
         if not self.on_device:
             return outs
