@@ -27,7 +27,8 @@ CASES = [
     ((1, 4, 9, 9), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, "sum_after"),  # im2col / implicit
     ((1, 12, 14, 14), (12, 1, 3, 3), {"group": 12, "pads": [1, 1, 1, 1]}, "sum_after"),
     ((2, 6, 17), (8, 6, 3), {"pads": [1, 1]}, "sum_after"),  # 1-D
-    ((1, 3, 2, 2), (4, 3, 1, 1), {}, "sum_after"),  # a few MACs: the small pointwise kernel
+    ((1, 3, 2, 2), (4, 3, 1, 1), {}, "pw_small"),  # a few MACs: the small pointwise kernel
+    ((1, 4, 2, 3), (4, 2, 1, 1), {"group": 2}, "blas_pw"),  # grouped, few MACs
 ]
 
 
