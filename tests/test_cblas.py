@@ -82,6 +82,7 @@ CONV_CASES = [
     ((1, 6, 30, 30), (40, 6, 5, 5), {"pads": [2, 2, 2, 2], "dilations": [2, 1]}),
     ((1, 24, 40, 40), (64, 24, 1, 1), {}),  # pointwise, column blocks
     ((2, 40, 5, 5), (80, 40, 1, 1), {}),  # pointwise on a small plane: output-channel split
+    ((1, 16, 9, 9), (136, 16, 1, 1), {}),  # more channels than positions: output-channel split
 ]
 
 
