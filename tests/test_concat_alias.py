@@ -122,3 +122,27 @@ def test_nested_concats_and_a_replan():
                                    rtol=RTOL, atol=ATOL)
         # inner is dropped; the outer one copies inner's block only (inner is not re-aliased)
         assert it.stats.aliased_ops == 1
+
+
+def test_int8_concat_of_equally_quantized_inputs_is_dropped(tmp_path, monkeypatch):
+    """The quantizer gives a Concat's inputs its own quantization, so edgert.QConcat is a copy
+    and is planned away too; the outputs equal those of the plan that copies."""
+    import edgert
+    from edgert.runtime import interpreter as itp
+
+    m = build(FIRE, Ws=w(3, 4, 1, 1), Wa=w(5, 3, 1, 1), Wb=w(6, 3, 3, 3), Wy=w(2, 11, 1, 1))
+    src = tmp_path / "fire.onnx"
+    onnx.save(m, src)
+    out = tmp_path / "fire_int8.edgert"
+    cal = [{"x": w(1, 4, 6, 6)} for _ in range(4)]
+    edgert.quantize(str(src), str(out), calibration=cal)
+    it = Interpreter(str(out))
+    assert it.stats.aliased_ops == 1
+    monkeypatch.setattr(itp.Interpreter, "_alias_concats", lambda self, s, i, v: (s, {}))
+    plain = Interpreter(str(out))
+    assert plain.stats.aliased_ops == 0
+    for _ in range(2):
+        x = w(1, 4, 6, 6)
+        a, b = it.run({"x": x}), plain.run({"x": x})
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])

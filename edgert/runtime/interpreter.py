@@ -551,7 +551,11 @@ class Interpreter:
         dropped: set[int] = set()
         for pos, st in enumerate(steps):
             op = ops[st.op_index]
-            if st.dynamic or op.op_type != "Concat" or op.domain not in ("", "ai.onnx"):
+            # edgert.QConcat: the int8 Concat, a plain copy of the inputs whose quantization is
+            # the output's (the quantizer gives them the same, TFLite's rule)
+            quant = op.op_type == "QConcat" and op.domain == "edgert"
+            if st.dynamic or not (quant or (op.op_type == "Concat"
+                                             and op.domain in ("", "ai.onnx"))):
                 continue
             out = st.outputs[0]
             info = infos[out]
@@ -566,9 +570,10 @@ class Interpreter:
                 continue
             offset = 0
             mine: dict[int, tuple[int, int]] = {}
-            for i in st.inputs:
+            for k, i in enumerate(st.inputs):
                 size = infos[i].size if i >= 0 and infos[i] is not None else 0
-                if (i >= 0 and i not in pinned and values[i] is None and i in produced
+                copied = not quant or st.kernel.params[k] is None
+                if (copied and i >= 0 and i not in pinned and values[i] is None and i in produced
                         and produced[i] not in dropped and reads.get(i) == 1
                         and st.inputs.count(i) == 1 and i not in aliases
                         and np.dtype(infos[i].dtype) == np.dtype(info.dtype)):
@@ -579,8 +584,10 @@ class Interpreter:
             aliases.update(mine)
             if len(mine) == len(st.inputs):
                 dropped.add(pos)
-            else:
+            elif not quant:
                 st.aliased = set(mine)
+            # (a QConcat that rescales some inputs runs as is: its copies of the in-place
+            # inputs are onto themselves)
         return [st for pos, st in enumerate(steps) if pos not in dropped], aliases
 
     def _plan_tensors(self, steps: list, infos: list, values: list,
