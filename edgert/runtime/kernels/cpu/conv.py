@@ -1393,14 +1393,12 @@ class ConvKernel(Kernel):
                 self.w_unique = self.w_packed[0][keep]
         self._plan_blas(c_in, m_out, k_size, p_out, dt)
         y_shape = (n_img, m_out) + win.out_shape
-        # The residual: added in the pointwise BLAS path's and the direct kernel's epilogues and
-        # in the small pointwise kernel; every other path runs without its activation and is followed by one pass
-        # ``y = act(y + z)``.
+        # The residual: added by the pointwise BLAS, small pointwise and direct kernels; every
+        # other path runs without its activation and is followed by one pass y = act(y + z).
         self.has_sum = z is not None
         self.sum_act, self.sum_params = self.act, self.params
         self.sum_after = False
-        self.no_sum = np.zeros((0, 0, 0), dt)
-        self.no_sum2 = np.zeros((0, 0), dt)
+        self.no_sum = {3: np.zeros((0, 0, 0), dt), 2: np.zeros((0, 0), dt)}
         if self.has_sum:
             if tuple(z.shape) != y_shape:
                 raise self.error(f"residual Z has shape {tuple(z.shape)}, expected the "
@@ -1526,6 +1524,12 @@ class ConvKernel(Kernel):
             np.copyto(out.reshape(n, -1, g, plane),
                       y.reshape(n, g, -1, plane).transpose(0, 2, 1, 3))
 
+    def _residual(self, inputs, shape: tuple) -> np.ndarray:
+        """The residual ``Z`` as a C-contiguous array of ``shape``, or an empty one."""
+        if not self.has_sum:
+            return self.no_sum[len(shape)]
+        return np.ascontiguousarray(inputs[3]).reshape(shape)
+
     def _invoke(self, inputs, outputs):
         fast = self._fast
         if (fast is not None and inputs[0] is fast[0] and outputs[0] is fast[1]
@@ -1600,8 +1604,7 @@ class ConvKernel(Kernel):
                          _pointwise_blas_serial,
                          (self.blas_fn, self.blas_wide, w, x.reshape(n_img, c_in, p_out), bias,
                           y.reshape(n_img, m_out, p_out),
-                          (np.ascontiguousarray(inputs[3]).reshape(n_img, m_out, p_out)
-                           if self.has_sum else self.no_sum),
+                          self._residual(inputs, (n_img, m_out, p_out)),
                           act.code, p0, p1, parts, split_rows,
                           self.pw_block, self.shuffle_native))
             return
@@ -1620,9 +1623,7 @@ class ConvKernel(Kernel):
                 self._single(inputs, outputs, x, _pointwise_small,
                              (w[0], x.reshape(n_img, c_in, p_out), bias,
                               y.reshape(n_img, m_out, p_out),
-                              (np.ascontiguousarray(inputs[3]).reshape(n_img, m_out, p_out)
-                               if self.has_sum else self.no_sum),
-                              act.code, p0, p1))
+                              self._residual(inputs, (n_img, m_out, p_out)), act.code, p0, p1))
                 return
             if g == 1:
                 self._gemm(w[0], x.reshape(n_img, c_in, -1), y.reshape(n_img, m_out, p_out))
@@ -1641,6 +1642,7 @@ class ConvKernel(Kernel):
             fn = dconv.dconv if parts > 1 else dconv.dconv_serial
             if geo.padded and self.col is None:
                 self.col = np.empty(self.col_shape, np.float32)
+            z3 = self._residual(inputs, (n_img, m_out, p_out))
             for n in range(n_img):
                 src = x[n].reshape(-1)
                 if geo.padded:
@@ -1650,9 +1652,7 @@ class ConvKernel(Kernel):
                     src = self.col
                 fn(self.dpack, src, geo.offs, c_in, geo.plane, geo.wp, geo.sh, geo.sw, geo.oh,
                    geo.ow, geo.block_tiles, dconv.SUB, bias, act.code, p0, p1,
-                   y[n].reshape(m_out, p_out),
-                   (np.ascontiguousarray(inputs[3][n]).reshape(m_out, p_out) if self.has_sum
-                    else self.no_sum2), parts)
+                   y[n].reshape(m_out, p_out), z3[n] if self.has_sum else self.no_sum[2], parts)
             return
         if self.fplan is not None:
             plan = self.fplan
