@@ -153,8 +153,9 @@ def test_qconv_transpose_bit_exact(group, cin, cout, stride, pad, out_pad):
     np.testing.assert_array_equal(got, want)
 
 
-def test_qgemm_bit_exact():
-    x = i8((3, 2, 7))
+@pytest.mark.parametrize("x_shape", [(3, 2, 7), (1, 7), (7,)])  # one row: the GEMV kernel
+def test_qgemm_bit_exact(x_shape):
+    x = i8(x_shape)
     w = RNG.integers(-127, 128, size=(4, 7)).astype(np.int8)
     b = RNG.integers(-900, 900, size=4).astype(np.int32)
     ws = RNG.uniform(0.001, 0.02, 4).astype(np.float32)
@@ -180,14 +181,15 @@ def test_qconv_qgemm_long_reduction_worst_case_exact():
     got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
     want = golden_conv(x, w, b, np.float32(1.0), 127, ws, 1.0, 0, 1, 1, 1)
     np.testing.assert_array_equal(got, want)
-    xg = np.ascontiguousarray(x.reshape(2, -1)[:, :1000])
-    wg = np.ascontiguousarray(w.reshape(3, -1)[:, :1000])
-    got = run_kernel("QGemm", [xg, wg, b], {k: v for k, v in attrs.items() if k != "pads"},
-                     const_inputs=(1, 2), domain="edgert")[0]
-    acc = (xg.astype(np.int64) - 127) @ wg.astype(np.int64).T + b
-    real = (np.float32(1.0) * ws).astype(np.float64)
-    want = np.clip(golden_requant(acc, real), -128, 127).astype(np.int8)
-    np.testing.assert_array_equal(got, want)
+    for rows in (2, 1):  # one row takes the GEMV kernel
+        xg = np.ascontiguousarray(x.reshape(2, -1)[:rows, :1000])
+        wg = np.ascontiguousarray(w.reshape(3, -1)[:, :1000])
+        got = run_kernel("QGemm", [xg, wg, b], {k: v for k, v in attrs.items() if k != "pads"},
+                         const_inputs=(1, 2), domain="edgert")[0]
+        acc = (xg.astype(np.int64) - 127) @ wg.astype(np.int64).T + b
+        real = (np.float32(1.0) * ws).astype(np.float64)
+        want = np.clip(golden_requant(acc, real), -128, 127).astype(np.int8)
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("sa_shape,sb_shape,so", [
@@ -298,13 +300,14 @@ def test_quantize_dequantize_lut():
     np.testing.assert_array_equal(y, np.array(table, np.int8)[q.astype(np.int64) + 128])
 
 
-def test_qsoftmax_close_to_float():
+@pytest.mark.parametrize("axis", [1, 0])  # the last axis is computed in place
+def test_qsoftmax_close_to_float(axis):
     x = i8((4, 10))
-    y = run_kernel("QSoftmax", [x], dict(axis=1, x_scale=0.1, x_zero_point=0,
+    y = run_kernel("QSoftmax", [x], dict(axis=axis, x_scale=0.1, x_zero_point=0,
                                          y_scale=1 / 256, y_zero_point=-128), domain="edgert")[0]
     r = x.astype(np.float64) * float(np.float32(0.1))
-    p = np.exp(r - r.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = np.exp(r - r.max(axis, keepdims=True))
+    p /= p.sum(axis, keepdims=True)
     want = np.clip(np.rint(p * 256) - 128, -128, 127)
     assert np.max(np.abs(y.astype(np.int64) - want)) <= 1  # float32 vs float64 at exact ties
 

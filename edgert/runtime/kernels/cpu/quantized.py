@@ -450,6 +450,24 @@ class QConv(_QLinearBase):
                       self.hi, yn[g * m_g:(g + 1) * m_g], self.wide, buf)
 
 
+@njit
+def _qgemv(x, w, x_zp, bias, mult, shift, zo, lo, hi, y):
+    """One row: ``y[n] = clamp(zo + requant(bias[n] + sum_k (x[k] - x_zp) * w[n, k]))``, the
+    same integers and rounding as :func:`.qgemm.qgemm` (the caller checked that a row's sum
+    fits int32; the bias is added in int64)."""
+    n_n, k_n = w.shape
+    xs = np.empty(k_n, np.int32)
+    for k in range(k_n):
+        xs[k] = np.int32(x[k]) - np.int32(x_zp)
+    for n in range(n_n):
+        row = w[n]
+        acc = np.int32(0)
+        for k in range(k_n):
+            acc += xs[k] * np.int32(row[k])
+        v = _requant(np.int64(acc) + bias[n], mult[n], shift[n]) + zo
+        y[n] = min(max(v, lo), hi)
+
+
 class QGemm(_QLinearBase):
     """Int8 fully connected: ``x [..., K] @ w[N, K].T`` (Gemm and MatMul with constant weights)."""
 
@@ -476,9 +494,17 @@ class QGemm(_QLinearBase):
         # of the input and output (K * rows and N * rows bytes, small next to the K * N MACs)
         self.xt = np.empty((k, rows), np.int8)
         self.yt = np.empty((n_out, rows), np.int8)
+        # One row (batch-1 heads): a single compiled call on W's rows as stored; the transposes,
+        # packing and tiled GEMM cost ~10 µs of calls around a few thousand multiply-adds.
+        self.w_rows = np.ascontiguousarray(np.asarray(w.value, np.int8)) if rows == 1 else None
         return [TensorInfo(tuple(x.shape[:-1]) + (w.shape[0],), INT8)]
 
     def invoke(self, inputs, outputs):
+        if self.w_rows is not None:
+            _qgemv(np.ascontiguousarray(inputs[0]).reshape(-1), self.w_rows, self.x_zp,
+                   self.bias, self.mult, self.shift, self.y_zp, self.lo, self.hi,
+                   outputs[0].reshape(-1))
+            return
         np.copyto(self.xt, inputs[0].reshape(self.rows, self.k).T)
         buf = self.plan.buffer(self._scratch)
         pack_pointwise(self.xt, self.x_zp, 0, self.k, buf)
@@ -886,6 +912,14 @@ class QSoftmax(Kernel):
         return [TensorInfo(tuple(x.shape), INT8)]
 
     def invoke(self, inputs, outputs):
+        y = outputs[0]
+        if y.size == 0:
+            return
+        if self.axis == y.ndim - 1 and y.flags.c_contiguous:  # rows in place: no copies
+            n = y.shape[-1]
+            _qsoftmax(np.ascontiguousarray(inputs[0]).reshape(-1, n), self.sx, self.zx, self.so,
+                      self.zo, y.reshape(-1, n))
+            return
         x = np.moveaxis(inputs[0], self.axis, -1)
         shape = x.shape
         xr = np.ascontiguousarray(x).reshape(-1, shape[-1])
