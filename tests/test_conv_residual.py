@@ -52,6 +52,19 @@ def _kernel(x, w, b, z, attrs, const=(1, 2)):
     return getattr(k, "inner", k)
 
 
+def _check_twice(inputs, attrs, threads, want):
+    """Run edgert.Conv twice on ``threads`` GEMM threads (the second call takes the remembered
+    fast path) and compare with ``want``."""
+    blas.set_gemm_threads(threads)
+    try:
+        for _ in range(2):
+            got = run_kernel("Conv", inputs, attrs, const_inputs=(1, 2), domain="edgert",
+                             num_threads=threads)[0]
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    finally:
+        blas.set_gemm_threads(1)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("act", [None, "Relu", "Clip"])
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -74,15 +87,7 @@ def test_residual_matches_onnxruntime(case, act, threads, monkeypatch):
             kattrs["activation_params"] = [-0.5, 0.5]
     k = _kernel(x, w, b, z, kattrs)
     assert getattr(k, path), f"expected the {path} path"
-    blas.set_gemm_threads(threads)
-    try:
-        inputs = [x, w, b, z]
-        for _ in range(2):  # the second call takes the remembered fast path
-            got = run_kernel("Conv", inputs, kattrs, const_inputs=(1, 2), domain="edgert",
-                             num_threads=threads)[0]
-            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    finally:
-        blas.set_gemm_threads(1)
+    _check_twice([x, w, b, z], kattrs, threads, want)
 
 
 def test_residual_with_weights_known_only_at_run_time_and_float64():
@@ -175,15 +180,7 @@ def test_channel_shuffle_in_the_conv(case, with_z, threads, monkeypatch):
     want = _shuffled(np.maximum(plain + (z if with_z else 0), 0), g)
     kattrs = dict(attrs, activation="Relu", channel_shuffle=g)
     assert _kernel(x, w, b, z, kattrs).shuffle_native == native
-    inputs = [x, w, b] + ([z] if with_z else [])
-    blas.set_gemm_threads(threads)
-    try:
-        for _ in range(2):
-            got = run_kernel("Conv", inputs, kattrs, const_inputs=(1, 2), domain="edgert",
-                             num_threads=threads)[0]
-            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    finally:
-        blas.set_gemm_threads(1)
+    _check_twice([x, w, b] + ([z] if with_z else []), kattrs, threads, want)
 
 
 def test_channel_shuffle_errors():

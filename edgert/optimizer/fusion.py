@@ -41,12 +41,12 @@ _FLOAT_KINDS = "f"
 def _plain(node: Node, ops: tuple[str, ...]) -> bool:
     """A node of one of ``ops`` in the default domain or an ``edgert`` node without activation
     or residual sum (the algebra of the folding passes does not hold through either)."""
-    return node.op_type in ops and not _has_sum(node) and (
+    return node.op_type in ops and not _beyond_plain_conv(node) and (
         node.domain == "" or (node.domain == "edgert" and not node.attrs.get("activation"))
     )
 
 
-def _has_sum(node: Node) -> bool:
+def _beyond_plain_conv(node: Node) -> bool:
     """An ``edgert.Conv`` with its fused residual input ``Z`` (see :func:`fuse_residual_add`)
     or a fused channel shuffle (:func:`fuse_shuffle_into_conv`): either way its output is no
     longer the plain ``conv + B`` that the folding passes assume."""
@@ -638,8 +638,9 @@ def fuse_activation(graph: Graph, ctx) -> bool:
     changed = False
     for node in list(graph.nodes):
         # a residual or shuffle conv takes its activation too (applied before the shuffle's move)
-        with_sum = node.op_type == "Conv" and _has_sum(node) and not node.attrs.get("activation")
-        if not (_plain(node, _WEIGHTED) or with_sum):
+        fused_conv = (node.op_type == "Conv" and _beyond_plain_conv(node)
+                      and not node.attrs.get("activation"))
+        if not (_plain(node, _WEIGHTED) or fused_conv):
             continue
         act = _next(graph, node.outputs[0], pinned, _ACTIVATIONS)
         if act is None or act.inputs[0] is not node.outputs[0]:
