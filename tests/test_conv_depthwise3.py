@@ -139,6 +139,50 @@ def test_depthwise3_keeps_nan(stride, monkeypatch):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise3_row_end_inf_stays_in_its_row(stride, monkeypatch):
+    """The flat stream reads across row ends at columns 0 and W-1 and selects those taps away:
+    an Inf at the end of one row must not reach the next row's column 0 (a product with 0 would
+    make it NaN), nor -Inf at a row's start the row above."""
+    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
+    attrs = _attrs(2, 1, stride, [1, 1, 1, 1], None)
+    x = np.random.default_rng(3).standard_normal((1, 2, 8, 6)).astype(np.float32)
+    x[0, 0, 3, 5] = np.inf
+    x[0, 1, 4, 0] = -np.inf
+    x[0, 1, 6, 5] = np.inf
+    w = np.random.default_rng(4).uniform(0.5, 1.5, (2, 1, 3, 3)).astype(np.float32)
+    b = np.array([0.25, -0.5], np.float32)
+    kern, inner, out = _kernel(x, w, b, attrs)
+    assert inner.dw3 is not None
+    got = _run(kern, out, [x, w, b])
+    want = _want([x, w, b], attrs, None)
+    assert np.isinf(want).any() and not np.isnan(want).any()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("act,params,ref", [
+    ("Sigmoid", None, lambda v: 1 / (1 + np.exp(-v))),
+    ("HardSigmoid", [0.2, 0.5], lambda v: np.clip(0.2 * v + 0.5, 0, 1)),
+])
+def test_depthwise3_other_activations_after_the_bias(stride, act, params, ref, monkeypatch):
+    """Relu and Clip are clamps in the kernel's store; other fused activations run after it,
+    on the biased sum."""
+    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 3, 6, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    attrs = _attrs(3, 1, stride, [1, 1, 1, 1], None)
+    attrs["activation"] = act
+    if params is not None:
+        attrs["activation_params"] = params
+    kern, inner, out = _kernel(x, w, b, attrs)
+    assert inner.dw3 is not None
+    want = ref(_want([x, w, b], attrs, None)).astype(np.float32)
+    np.testing.assert_allclose(_run(kern, out, [x, w, b]), want, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize(
     "hw,stride,pads,k",
     [

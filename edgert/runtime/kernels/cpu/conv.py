@@ -69,8 +69,11 @@ from edgert.runtime.kernels.cpu import blas, cblas, dconv, fgemm
 from edgert.runtime.kernels.cpu.blas import identical_rows, matmul
 from edgert.runtime.kernels.cpu.cblas import gemm_at
 from edgert.runtime.kernels.cpu.epilogue import (
+    ACT_CLIP,
     ACT_NONE,
+    ACT_RELU,
     Activation,
+    _clip,
     act_row,
     act_row_vec,
     epilogue,
@@ -813,19 +816,25 @@ def _depthwise_hwc(x, wt, bias, y, sh, sw, ph, pw, act, p0, p1, xt, yt):
 
 
 @njit
-def _dw3_s1_plane(xp, wm, yp, h_n, w_n):
-    """One channel of a 3x3 depthwise conv, stride 1, pads 1 (``H, W >= 2``), no bias.
+def _dw3_s1_plane(xp, wm, yp, h_n, w_n, b, lo, hi, keep):
+    """One channel of a 3x3 depthwise conv, stride 1, pads 1 (``H, W >= 2``):
+    ``yp = clamp(conv(xp) + b, lo, hi)`` (``lo``/``hi`` infinite: no clamp; NaN passes).
 
-    ``xp``/``yp``: the flat ``H * W`` input and output planes, ``wm``: ``(3, 3)``. Rows 1..H-2
+    ``xp``/``yp``: the flat ``H * W`` input and output planes, ``wm``: ``(3, 3)``, ``keep``:
+    ``(2, H * W)`` flags, column ``!= 0`` and ``!= W - 1`` of each output position. Rows 1..H-2
     run as one flat stream: tap ``(kh, kw)`` of output ``p`` reads ``p + (kh - 1) * W + kw - 1``,
-    nine contiguous slices taken once per plane (per-row loops spent more on slice set-up than on
-    arithmetic: 28x28..7x7 rows). Columns 0 and W-1 read across a row boundary in that stream and
-    are recomputed with their six real taps; rows 0 and H-1 have two input rows each.
+    nine contiguous slices taken once per plane. At columns 0 and W-1 the left or right taps read
+    across a row boundary; the flags select them away (a select, not a product with 0, so that an
+    Inf there cannot turn into NaN). Recomputing those columns with scalar code instead, and the
+    separate bias/activation pass, took three times as long as the stream itself (14x14 and 28x28
+    planes, measured). Rows 0 and H-1 have two input rows each.
     """
     w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
     w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
     w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
+    e = w_n - 1
     if h_n >= 3:
+        # Outputs W+1 .. (H-1)*W-2; the two ends of that range are done below.
         n = (h_n - 2) * w_n - 2
         s0 = xp[0:n]
         s1 = xp[1 : n + 1]
@@ -836,15 +845,30 @@ def _dw3_s1_plane(xp, wm, yp, h_n, w_n):
         s6 = xp[2 * w_n : 2 * w_n + n]
         s7 = xp[2 * w_n + 1 : 2 * w_n + 1 + n]
         s8 = xp[2 * w_n + 2 : 2 * w_n + 2 + n]
+        kl = keep[0, w_n + 1 : w_n + 1 + n]
+        kr = keep[1, w_n + 1 : w_n + 1 + n]
         yo = yp[w_n + 1 : w_n + 1 + n]
         for i in range(n):
-            yo[i] = (w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
-                     + w5 * s5[i] + w6 * s6[i] + w7 * s7[i] + w8 * s8[i])
+            v = w1 * s1[i] + w4 * s4[i] + w7 * s7[i] + b
+            left = w0 * s0[i] + w3 * s3[i] + w6 * s6[i]
+            right = w2 * s2[i] + w5 * s5[i] + w8 * s8[i]
+            v = v + left if kl[i] else v
+            v = v + right if kr[i] else v
+            v = lo if v < lo else v
+            yo[i] = hi if v > hi else v
+        # Row 1 column 0 and row H-2 column W-1: six taps each.
+        a = (h_n - 3) * w_n
+        c = a + w_n
+        yp[w_n] = _clip(w1 * xp[0] + w2 * xp[1] + w4 * xp[w_n] + w5 * xp[w_n + 1]
+                        + w7 * xp[2 * w_n] + w8 * xp[2 * w_n + 1] + b, lo, hi)
+        yp[c + e] = _clip(w0 * xp[a + e - 1] + w1 * xp[a + e] + w3 * xp[c + e - 1]
+                          + w4 * xp[c + e] + w6 * xp[c + w_n + e - 1] + w7 * xp[c + w_n + e]
+                          + b, lo, hi)
     # Rows 0 and H-1, columns 1..W-2: two input rows each.
     m = w_n - 2
+    lo_r = (h_n - 2) * w_n
+    hi_r = lo_r + w_n
     if m > 0:
-        lo = (h_n - 2) * w_n
-        hi = lo + w_n
         a0 = xp[0:m]
         a1 = xp[1 : m + 1]
         a2 = xp[2 : m + 2]
@@ -853,33 +877,28 @@ def _dw3_s1_plane(xp, wm, yp, h_n, w_n):
         b2 = xp[w_n + 2 : w_n + 2 + m]
         yi = yp[1 : m + 1]
         for i in range(m):
-            yi[i] = w3 * a0[i] + w4 * a1[i] + w5 * a2[i] + w6 * b0[i] + w7 * b1[i] + w8 * b2[i]
-        a0 = xp[lo : lo + m]
-        a1 = xp[lo + 1 : lo + 1 + m]
-        a2 = xp[lo + 2 : lo + 2 + m]
-        b0 = xp[hi : hi + m]
-        b1 = xp[hi + 1 : hi + 1 + m]
-        b2 = xp[hi + 2 : hi + 2 + m]
-        yi = yp[hi + 1 : hi + 1 + m]
+            v = w3 * a0[i] + w4 * a1[i] + w5 * a2[i] + w6 * b0[i] + w7 * b1[i] + w8 * b2[i] + b
+            v = lo if v < lo else v
+            yi[i] = hi if v > hi else v
+        a0 = xp[lo_r : lo_r + m]
+        a1 = xp[lo_r + 1 : lo_r + 1 + m]
+        a2 = xp[lo_r + 2 : lo_r + 2 + m]
+        b0 = xp[hi_r : hi_r + m]
+        b1 = xp[hi_r + 1 : hi_r + 1 + m]
+        b2 = xp[hi_r + 2 : hi_r + 2 + m]
+        yi = yp[hi_r + 1 : hi_r + 1 + m]
         for i in range(m):
-            yi[i] = w0 * a0[i] + w1 * a1[i] + w2 * a2[i] + w3 * b0[i] + w4 * b1[i] + w5 * b2[i]
-    # Columns 0 and W-1 of rows 1..H-2, unrolled over their six taps.
-    e = w_n - 1
-    for oh in range(1, h_n - 1):
-        a = (oh - 1) * w_n
-        b = a + w_n
-        c = b + w_n
-        yp[b] = (w1 * xp[a] + w2 * xp[a + 1] + w4 * xp[b] + w5 * xp[b + 1]
-                 + w7 * xp[c] + w8 * xp[c + 1])
-        yp[b + e] = (w0 * xp[a + e - 1] + w1 * xp[a + e] + w3 * xp[b + e - 1]
-                     + w4 * xp[b + e] + w6 * xp[c + e - 1] + w7 * xp[c + e])
+            v = w0 * a0[i] + w1 * a1[i] + w2 * a2[i] + w3 * b0[i] + w4 * b1[i] + w5 * b2[i] + b
+            v = lo if v < lo else v
+            yi[i] = hi if v > hi else v
     # The corners: four taps each.
-    a = (h_n - 2) * w_n
-    b = a + w_n
-    yp[0] = w4 * xp[0] + w5 * xp[1] + w7 * xp[w_n] + w8 * xp[w_n + 1]
-    yp[e] = w3 * xp[e - 1] + w4 * xp[e] + w6 * xp[w_n + e - 1] + w7 * xp[w_n + e]
-    yp[b] = w1 * xp[a] + w2 * xp[a + 1] + w4 * xp[b] + w5 * xp[b + 1]
-    yp[b + e] = w0 * xp[a + e - 1] + w1 * xp[a + e] + w3 * xp[b + e - 1] + w4 * xp[b + e]
+    yp[0] = _clip(w4 * xp[0] + w5 * xp[1] + w7 * xp[w_n] + w8 * xp[w_n + 1] + b, lo, hi)
+    yp[e] = _clip(w3 * xp[e - 1] + w4 * xp[e] + w6 * xp[w_n + e - 1] + w7 * xp[w_n + e] + b,
+                  lo, hi)
+    yp[hi_r] = _clip(w1 * xp[lo_r] + w2 * xp[lo_r + 1] + w4 * xp[hi_r] + w5 * xp[hi_r + 1] + b,
+                     lo, hi)
+    yp[hi_r + e] = _clip(w0 * xp[lo_r + e - 1] + w1 * xp[lo_r + e] + w3 * xp[hi_r + e - 1]
+                         + w4 * xp[hi_r + e] + b, lo, hi)
 
 
 @njit
@@ -900,17 +919,41 @@ def _phases2(xp, buf, h_n, w_n):
 
 
 @njit
-def _dw3_s2_phases(buf, wm, yp, oh_n, ow_n, acc, col0):
+def _keep_cols(h_n, w_n):
+    """``(2, H * W)`` flags of a flat ``H x W`` plane: column ``!= 0``, column ``!= W - 1``."""
+    keep = np.ones((2, h_n * w_n), np.uint8)
+    for r in range(h_n):
+        keep[0, r * w_n] = 0
+        keep[1, r * w_n + w_n - 1] = 0
+    return keep
+
+
+@njit
+def _clamp_bounds(act, p0, p1, zero, inf):
+    """``(lo, hi, fused)`` in the output's dtype (``zero``, ``inf``): the clamp that applies
+    Relu/Clip (or nothing) in a kernel's own store, and whether that is the whole activation
+    (else ``act_row`` follows, without bias)."""
+    if act == ACT_RELU:
+        return zero, inf, True
+    if act == ACT_CLIP:
+        return p0, p1, True
+    return -inf, inf, act == ACT_NONE
+
+
+@njit
+def _dw3_s2_phases(buf, wm, yp, oh_n, ow_n, acc, b, lo, hi, keep_l):
     """One 3x3 stride-2 pads-1 filter over phase planes (:func:`_phases2`) into the flat
-    ``OH * OW`` plane ``yp``: written, or added to what is there when ``acc`` (no bias).
-    ``col0``: scratch of at least ``OH`` elements.
+    ``OH * OW`` plane ``yp``: ``yp = clamp([yp +] conv + b, lo, hi)``, adding to what is there
+    when ``acc`` (``lo``/``hi`` infinite: no clamp; NaN passes). ``keep_l``: ``OH * OW`` flags,
+    output column ``!= 0``.
 
     Tap ``(kh, kw)`` of output ``p = oh * OW + ow`` reads ``P[a, b][p + dr * OW + dq]``, a
     constant offset: ``kh = 0, 1, 2 -> (a, dr) = (1, -1), (0, 0), (1, 0)``, and alike for
-    columns. Outputs ``p > OW`` are one flat stream (column 0 reads across a row there: it is
-    computed beforehand and restored), row 0 has two input rows and column 0 two input columns.
-    :func:`_depthwise_phase` gathered the phases with strided scalar copies and zero-padded
-    them, which cost more than the arithmetic.
+    columns. Outputs ``p > OW`` are one flat stream, where the column-0 outputs' left taps
+    (``dq = -1``) read across a row and are selected away by ``keep_l``; row 0 has two input
+    rows. :func:`_depthwise_phase` gathered the phases with strided scalar copies and
+    zero-padded them, which cost more than the arithmetic; recomputing column 0 with scalar code
+    cost as much as the stream.
     """
     q = oh_n * ow_n
     w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
@@ -921,11 +964,6 @@ def _dw3_s2_phases(buf, wm, yp, oh_n, ow_n, acc, col0):
     p10 = buf[2 * q : 3 * q]
     p11 = buf[3 * q : 4 * q]
     zero = yp.dtype.type(0.0)
-    for oh in range(1, oh_n):
-        p = oh * ow_n
-        col0[oh] = (yp[p] if acc else zero) + (
-            w1 * p10[p - ow_n] + w2 * p11[p - ow_n] + w4 * p00[p] + w5 * p01[p]
-            + w7 * p10[p] + w8 * p11[p])
     n = q - ow_n - 1
     if n > 0:
         s0 = p11[0:n]                      # (kh, kw) = (0, 0): P[1, 1][p - OW - 1]
@@ -937,15 +975,22 @@ def _dw3_s2_phases(buf, wm, yp, oh_n, ow_n, acc, col0):
         s6 = p11[ow_n : ow_n + n]          # (2, 0): P[1, 1][p - 1]
         s7 = p10[ow_n + 1 : ow_n + 1 + n]  # (2, 1): P[1, 0][p]
         s8 = p11[ow_n + 1 : ow_n + 1 + n]  # (2, 2): P[1, 1][p]
+        kl = keep_l[ow_n + 1 : ow_n + 1 + n]
         yo = yp[ow_n + 1 : ow_n + 1 + n]
-        if acc:
-            for i in range(n):
-                yo[i] += (w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
-                          + w5 * s5[i] + w6 * s6[i] + w7 * s7[i] + w8 * s8[i])
-        else:
-            for i in range(n):
-                yo[i] = (w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
-                         + w5 * s5[i] + w6 * s6[i] + w7 * s7[i] + w8 * s8[i])
+        for i in range(n):
+            v = (w1 * s1[i] + w2 * s2[i] + w4 * s4[i] + w5 * s5[i] + w7 * s7[i] + w8 * s8[i]
+                 + b)
+            left = w0 * s0[i] + w3 * s3[i] + w6 * s6[i]
+            v = v + left if kl[i] else v
+            if acc:
+                v += yo[i]
+            v = lo if v < lo else v
+            yo[i] = hi if v > hi else v
+    if oh_n > 1:
+        # Row 1, column 0.
+        p = ow_n
+        yp[p] = _clip((yp[p] if acc else zero) + w1 * p10[0] + w2 * p11[0] + w4 * p00[p]
+                      + w5 * p01[p] + w7 * p10[p] + w8 * p11[p] + b, lo, hi)
     m = ow_n - 1
     if m > 0:
         t3 = p01[0:m]
@@ -955,17 +1000,14 @@ def _dw3_s2_phases(buf, wm, yp, oh_n, ow_n, acc, col0):
         t7 = p10[1 : m + 1]
         t8 = p11[1 : m + 1]
         yo = yp[1:ow_n]
-        if acc:
-            for i in range(m):
-                yo[i] += (w3 * t3[i] + w4 * t4[i] + w5 * t5[i] + w6 * t6[i] + w7 * t7[i]
-                          + w8 * t8[i])
-        else:
-            for i in range(m):
-                yo[i] = (w3 * t3[i] + w4 * t4[i] + w5 * t5[i] + w6 * t6[i] + w7 * t7[i]
-                         + w8 * t8[i])
-    yp[0] = (yp[0] if acc else zero) + (w4 * p00[0] + w5 * p01[0] + w7 * p10[0] + w8 * p11[0])
-    for oh in range(1, oh_n):
-        yp[oh * ow_n] = col0[oh]
+        for i in range(m):
+            v = w3 * t3[i] + w4 * t4[i] + w5 * t5[i] + w6 * t6[i] + w7 * t7[i] + w8 * t8[i] + b
+            if acc:
+                v += yo[i]
+            v = lo if v < lo else v
+            yo[i] = hi if v > hi else v
+    yp[0] = _clip((yp[0] if acc else zero) + w4 * p00[0] + w5 * p01[0] + w7 * p10[0]
+                  + w8 * p11[0] + b, lo, hi)
 
 
 @njit(parallel=True)
@@ -987,9 +1029,11 @@ def _depthwise3(x, w, bias, y, h_n, w_n, stride, act, p0, p1):
     zero = y.dtype.type(0.0)
     total = n_img * m_n
     nchunk = min(total, 32)
+    lo, hi, fused = _clamp_bounds(act, p0, p1, zero, y.dtype.type(np.inf))
+    keep = _keep_cols(oh_n, ow_n)
+    keep_l = keep[0]
     for ch in prange(nchunk):
         buf = np.empty(h_n * w_n if stride == 2 else 1, y.dtype)
-        col0 = np.empty(oh_n, y.dtype)
         last = -1
         for t in range(ch * total // nchunk, (ch + 1) * total // nchunk):
             n = t // m_n
@@ -997,14 +1041,16 @@ def _depthwise3(x, w, bias, y, h_n, w_n, stride, act, p0, p1):
             c = m // mult
             yp = y[n, m]
             xp = x[n, c]
+            b = bias[m] if nb > 0 else zero
             if stride == 1:
-                _dw3_s1_plane(xp, w[m], yp, h_n, w_n)
+                _dw3_s1_plane(xp, w[m], yp, h_n, w_n, b, lo, hi, keep)
             else:
                 if n * c_n + c != last:  # a channel multiplier reuses the phases
                     last = n * c_n + c
                     _phases2(xp, buf, h_n, w_n)
-                _dw3_s2_phases(buf, w[m], yp, oh_n, ow_n, False, col0)
-            act_row(yp, bias[m] if nb > 0 else zero, act, p0, p1)
+                _dw3_s2_phases(buf, w[m], yp, oh_n, ow_n, False, b, lo, hi, keep_l)
+            if not fused:
+                act_row(yp, zero, act, p0, p1)
 
 
 @njit(parallel=True)
@@ -1024,16 +1070,22 @@ def _conv3_s2(x, w, bias, y, act, p0, p1, phases):
     nb = bias.shape[0]
     zero = y.dtype.type(0.0)
     plane = h_n * w_n
+    inf = y.dtype.type(np.inf)
+    lo, hi, fused = _clamp_bounds(act, p0, p1, zero, inf)
+    keep_l = _keep_cols(oh_n, ow_n)[0]
     for n in range(n_img):
         for c in prange(c_n):
             _phases2(x[n, c].reshape(plane), phases[c * plane : (c + 1) * plane], h_n, w_n)
         for m in prange(m_n):
             yp = y[n, m].reshape(oh_n * ow_n)
-            col0 = np.empty(oh_n, y.dtype)
+            # The clamp only after the last channel's sum.
             for c in range(c_n):
+                b = bias[m] if nb > 0 and c == c_n - 1 else zero
+                last = c == c_n - 1
                 _dw3_s2_phases(phases[c * plane : (c + 1) * plane], w[m, c], yp, oh_n, ow_n,
-                               c > 0, col0)
-            act_row(yp, bias[m] if nb > 0 else zero, act, p0, p1)
+                               c > 0, b, lo if last else -inf, hi if last else inf, keep_l)
+            if not fused:
+                act_row(yp, zero, act, p0, p1)
 
 
 @njit
@@ -1151,9 +1203,10 @@ PW_ROW_SPLIT_WIDE = True
 # Depthwise layers (multiplier 1) with input planes up to this size take _depthwise_hwc.
 DW_HWC_MAX_PLANE = 32 * 32
 # 3x3 depthwise layers with pads 1 take _depthwise3 from these input plane sizes on (stride 1,
-# stride 2); below, _depthwise_hwc where it applies (measured on MobileNetV2's layers, 1 thread:
-# stride 1 at 14x14 0.12 vs 0.19 ms, at 7x7 0.30 vs 0.18 ms; stride 2 at 28x28 a tie).
-DW3_MIN_PLANE = (12 * 12, 48 * 48)
+# stride 2); below, _depthwise_hwc where it applies. Measured with the masked-stream planes,
+# _depthwise3 / _depthwise_hwc time at 1 and 2 threads: stride 1 at 16x16 0.58-0.59, 10x10
+# 0.89-0.97, 8x8 1.13-1.26, 7x7 1.27-1.82; stride 2 at 32x32 0.69-0.86, 28x28 1.05-1.17.
+DW3_MIN_PLANE = (10 * 10, 30 * 30)
 # Dense 3x3 stride-2 convs (pads 1, even planes) with at most this many input channels (network
 # stems) take _conv3_s2 instead of im2col + GEMM.
 CONV3_S2_MAX_C = 4
