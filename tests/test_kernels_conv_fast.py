@@ -91,9 +91,10 @@ def test_depthwise_phase_keeps_nan():
         (2, 5, (8, 9), (3, 3), [2, 2], [1, 1, 1, 1], False),  # stride 2, batch 2, no bias
         (1, 4, (9, 9), (5, 5), [2, 1], [2, 1, 0, 2], True),  # generic taps, asymmetric pads
         (1, 3, (2, 3), (3, 3), [1, 1], [1, 1, 1, 1], True),  # no interior pixel at all
+        (1, 4, (5, 6), (3, 3), [1, 1], [2, 2, 2, 3], True),  # pixels with every tap in padding
     ],
 )
-@pytest.mark.parametrize("act", [None, "Clip"])
+@pytest.mark.parametrize("act", [None, "Clip", "HardSwish"])
 def test_depthwise_hwc_kernel(n, c, hw, k, strides, pads, bias, act):
     """The channel-vectorized kernel that small depthwise planes take."""
     rng = np.random.default_rng(c * 7 + k[0])
@@ -104,6 +105,9 @@ def test_depthwise_hwc_kernel(n, c, hw, k, strides, pads, bias, act):
     if act == "Clip":
         want = np.clip(want, -0.5, 1.5)
         attrs = dict(attrs, activation="Clip", activation_params=[-0.5, 1.5])
+    elif act == "HardSwish":  # not a clamp: applied after the kernel's biased sum
+        want = want * np.clip(want / 6 + 0.5, 0, 1)
+        attrs = dict(attrs, activation="HardSwish")
     got = run_kernel("Conv", ins, attrs, const_inputs=(1, 2), domain="edgert")[0]
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 

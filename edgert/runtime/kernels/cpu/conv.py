@@ -729,18 +729,31 @@ def _depthwise_phase(x, w, bias, y, sh, sw, ph, pw, act, p0, p1):
                 act_row(yrow, b, act, p0, p1)
 
 
+@njit
+def _hwc_row(iy, ix, h_n, w_n, pad_row):
+    """Row of input pixel ``(iy, ix)`` in the pixel-major plane, or ``pad_row`` (zeros)."""
+    if iy < 0 or iy >= h_n or ix < 0 or ix >= w_n:
+        return pad_row
+    return iy * w_n + ix
+
+
 @njit(parallel=True)
 def _depthwise_hwc(x, wt, bias, y, sh, sw, ph, pw, act, p0, p1, xt, yt):
     """Depthwise 2-D conv (multiplier 1, dilation 1) vectorized across channels.
 
     ``x``: ``(N, C, H, W)``, ``wt``: ``(KH, KW, C)`` (packed at prepare), ``bias``: ``(C,)``
-    (zeros when absent), ``y``: ``(N, C, OH, OW)``; scratch ``xt`` ``(H * W, C)`` and ``yt``
+    (zeros when absent), ``y``: ``(N, C, OH, OW)``; scratch ``xt`` ``(H * W + 1, C)`` and ``yt``
     ``(OH * OW, C)``. Each image is transposed to pixel-major order, every output pixel is then
-    a multiply-add of up to ``KH * KW`` contiguous channel vectors (bias and activation applied
-    to the vector), and the result is transposed back. On small planes (7x7..28x28, where the
-    late MobileNet layers have 384..960 channels) the per-channel kernels spend their time on
-    set-up per row; here the inner loop runs over hundreds of channels instead (measured 3x
-    faster on 960 channels of 7x7, and on stride-2 layers up to 28x28).
+    a multiply-add of ``KH * KW`` contiguous channel vectors, taps in the padding reading the
+    extra zero row of ``xt`` (so border pixels take the same single pass as interior ones),
+    with bias and Relu/Clip in the same store; then the result is transposed back. On small
+    planes (7x7..28x28, where the late MobileNet layers have 384..960 channels) the per-channel
+    kernels spend their time on set-up per row; here the inner loop runs over hundreds of
+    channels instead.
+
+    No array views are taken inside the parallel loops: each view of a shared array updates its
+    reference count atomically, and with two threads doing so per pixel on the same counters the
+    2-thread run was no faster than 1 thread (measured).
     """
     n_img, c_n, h_n, w_n = x.shape
     oh_n, ow_n = y.shape[2], y.shape[3]
@@ -748,6 +761,9 @@ def _depthwise_hwc(x, wt, bias, y, sh, sw, ph, pw, act, p0, p1, xt, yt):
     p_in = h_n * w_n
     p_out = oh_n * ow_n
     zero = y.dtype.type(0.0)
+    lo, hi, fused = _clamp_bounds(act, p0, p1, zero, y.dtype.type(np.inf))
+    for c in range(c_n):
+        xt[p_in, c] = zero
     # Transposes by blocks of 8 channels: 8 contiguous rows in, one 8-wide store per pixel (and
     # the reverse on the way out), 1.2-2x faster than a pixel-by-pixel gather on 7x7..28x28.
     cb = c_n // 8
@@ -755,64 +771,63 @@ def _depthwise_hwc(x, wt, bias, y, sh, sw, ph, pw, act, p0, p1, xt, yt):
         xn = x[n].reshape(c_n, p_in)
         for blk in prange(cb):
             c0 = blk * 8
-            r0, r1, r2, r3 = xn[c0], xn[c0 + 1], xn[c0 + 2], xn[c0 + 3]
-            r4, r5, r6, r7 = xn[c0 + 4], xn[c0 + 5], xn[c0 + 6], xn[c0 + 7]
             for p in range(p_in):
-                d = xt[p, c0 : c0 + 8]
-                d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
-                d[4], d[5], d[6], d[7] = r4[p], r5[p], r6[p], r7[p]
+                xt[p, c0], xt[p, c0 + 1] = xn[c0, p], xn[c0 + 1, p]
+                xt[p, c0 + 2], xt[p, c0 + 3] = xn[c0 + 2, p], xn[c0 + 3, p]
+                xt[p, c0 + 4], xt[p, c0 + 5] = xn[c0 + 4, p], xn[c0 + 5, p]
+                xt[p, c0 + 6], xt[p, c0 + 7] = xn[c0 + 6, p], xn[c0 + 7, p]
         for c in range(cb * 8, c_n):
             for p in range(p_in):
                 xt[p, c] = xn[c, p]
-        for oh in prange(oh_n):
-            for ow in range(ow_n):
-                acc = yt[oh * ow_n + ow]
-                iy0 = oh * sh - ph
-                ix0 = ow * sw - pw
-                if (kh_n == 3 and kw_n == 3 and iy0 >= 0 and iy0 + 2 < h_n and ix0 >= 0
-                        and ix0 + 2 < w_n):
-                    # Interior pixel of a 3x3 kernel: all nine taps in one pass, one store.
-                    r0 = iy0 * w_n + ix0
-                    r1 = r0 + w_n
-                    r2 = r1 + w_n
-                    x0, x1, x2 = xt[r0], xt[r0 + 1], xt[r0 + 2]
-                    x3, x4, x5 = xt[r1], xt[r1 + 1], xt[r1 + 2]
-                    x6, x7, x8 = xt[r2], xt[r2 + 1], xt[r2 + 2]
-                    w0, w1, w2 = wt[0, 0], wt[0, 1], wt[0, 2]
-                    w3, w4, w5 = wt[1, 0], wt[1, 1], wt[1, 2]
-                    w6, w7, w8 = wt[2, 0], wt[2, 1], wt[2, 2]
-                    for c in range(c_n):
-                        acc[c] = (w0[c] * x0[c] + w1[c] * x1[c] + w2[c] * x2[c]
-                                  + w3[c] * x3[c] + w4[c] * x4[c] + w5[c] * x5[c]
-                                  + w6[c] * x6[c] + w7[c] * x7[c] + w8[c] * x8[c])
-                else:
-                    acc[:] = zero
-                    for kh in range(kh_n):
-                        iy = iy0 + kh
-                        if iy < 0 or iy >= h_n:
+        for q in prange(p_out):
+            oh = q // ow_n
+            iy0 = oh * sh - ph
+            ix0 = (q - oh * ow_n) * sw - pw
+            if kh_n == 3 and kw_n == 3:
+                r0 = _hwc_row(iy0, ix0, h_n, w_n, p_in)
+                r1 = _hwc_row(iy0, ix0 + 1, h_n, w_n, p_in)
+                r2 = _hwc_row(iy0, ix0 + 2, h_n, w_n, p_in)
+                r3 = _hwc_row(iy0 + 1, ix0, h_n, w_n, p_in)
+                r4 = _hwc_row(iy0 + 1, ix0 + 1, h_n, w_n, p_in)
+                r5 = _hwc_row(iy0 + 1, ix0 + 2, h_n, w_n, p_in)
+                r6 = _hwc_row(iy0 + 2, ix0, h_n, w_n, p_in)
+                r7 = _hwc_row(iy0 + 2, ix0 + 1, h_n, w_n, p_in)
+                r8 = _hwc_row(iy0 + 2, ix0 + 2, h_n, w_n, p_in)
+                for c in range(c_n):
+                    v = (wt[0, 0, c] * xt[r0, c] + wt[0, 1, c] * xt[r1, c]
+                         + wt[0, 2, c] * xt[r2, c] + wt[1, 0, c] * xt[r3, c]
+                         + wt[1, 1, c] * xt[r4, c] + wt[1, 2, c] * xt[r5, c]
+                         + wt[2, 0, c] * xt[r6, c] + wt[2, 1, c] * xt[r7, c]
+                         + wt[2, 2, c] * xt[r8, c] + bias[c])
+                    v = lo if v < lo else v
+                    yt[q, c] = hi if v > hi else v
+            else:
+                for c in range(c_n):
+                    yt[q, c] = bias[c]
+                for kh in range(kh_n):
+                    for kw in range(kw_n):
+                        r = _hwc_row(iy0 + kh, ix0 + kw, h_n, w_n, p_in)
+                        if r == p_in:
                             continue
-                        for kw in range(kw_n):
-                            ix = ix0 + kw
-                            if ix < 0 or ix >= w_n:
-                                continue
-                            src = xt[iy * w_n + ix]
-                            wv = wt[kh, kw]
-                            for c in range(c_n):
-                                acc[c] += wv[c] * src[c]
-                act_row_vec(acc, bias, act, p0, p1)
+                        for c in range(c_n):
+                            yt[q, c] += wt[kh, kw, c] * xt[r, c]
+                for c in range(c_n):
+                    v = yt[q, c]
+                    v = lo if v < lo else v
+                    yt[q, c] = hi if v > hi else v
+            if not fused:
+                act_row(yt[q], zero, act, p0, p1)
         yn = y[n].reshape(c_n, p_out)
         for blk in prange(cb):
             c0 = blk * 8
-            d0, d1, d2, d3 = yn[c0], yn[c0 + 1], yn[c0 + 2], yn[c0 + 3]
-            d4, d5, d6, d7 = yn[c0 + 4], yn[c0 + 5], yn[c0 + 6], yn[c0 + 7]
             for p in range(p_out):
-                src = yt[p, c0 : c0 + 8]
-                d0[p], d1[p], d2[p], d3[p] = src[0], src[1], src[2], src[3]
-                d4[p], d5[p], d6[p], d7[p] = src[4], src[5], src[6], src[7]
+                yn[c0, p], yn[c0 + 1, p] = yt[p, c0], yt[p, c0 + 1]
+                yn[c0 + 2, p], yn[c0 + 3, p] = yt[p, c0 + 2], yt[p, c0 + 3]
+                yn[c0 + 4, p], yn[c0 + 5, p] = yt[p, c0 + 4], yt[p, c0 + 5]
+                yn[c0 + 6, p], yn[c0 + 7, p] = yt[p, c0 + 6], yt[p, c0 + 7]
         for c in range(cb * 8, c_n):
-            dst = yn[c]
             for p in range(p_out):
-                dst[p] = yt[p, c]
+                yn[c, p] = yt[p, c]
 
 
 @njit
@@ -1401,7 +1416,7 @@ class ConvKernel(Kernel):
             self.wt_packed = owned(self.w_packed.reshape(m_out, -1).T, dt).reshape(
                 ksp + (m_out,))
             self.hwc_bias = self.b_packed if self.b_packed.shape[0] else np.zeros(m_out, dt)
-            self.hwc_sizes = (in_plane * c_in, p_out * m_out)
+            self.hwc_sizes = ((in_plane + 1) * c_in, p_out * m_out)
             self.scratch_nbytes = sum(self.hwc_sizes) * dt.itemsize
             self.col_shape = (sum(self.hwc_sizes),)
         # The per-channel kernels stay selected as well (used when dw_hwc is not).
