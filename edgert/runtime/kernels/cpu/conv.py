@@ -1205,6 +1205,10 @@ _conv3_s2_serial = serial_twin(_conv3_s2)
 
 # Stride-1 depthwise planes with at least this many outputs take _depthwise_phase.
 DW_PHASE_MIN_PLANE = 48 * 48
+# Strided 1x1 convs gather their pixels and take the pointwise paths (see prepare). Interleaved
+# A/B on ResNet-50: 0.98x at 1 thread, 0.95x at 2; its three projection shortcuts from 13-17 to
+# 22-30 GMAC/s.
+STRIDED_POINTWISE = True
 # 1x1 convs (one group) of at most this many multiply-adds run as one fused Numba call.
 POINTWISE_SMALL_MACS = 1 << 17
 # Pointwise BLAS convs split over threads by output channels below this many positions per
@@ -1321,10 +1325,20 @@ class ConvKernel(Kernel):
 
         pointwise = (
             all(k == 1 for k in ksp)
-            and all(s == 1 for s in win.strides)
             and not any(win.pads_begin)
             and not any(win.pads_end)
         )
+        # A strided 1x1 conv (ResNet's projection shortcuts) reads every stride-th pixel: those
+        # are gathered into a contiguous scratch per invoke (C x P_out, a quarter of the input at
+        # stride 2) and the layer is then a pointwise one. Through im2col it was blocked by
+        # output rows into GEMMs a few columns wide, each packing all of W: ResNet-50's three
+        # such layers ran at 13-17 GMAC/s against 28-30 for its stride-1 1x1 convs.
+        self.pw_stride = None
+        if pointwise and any(s != 1 for s in win.strides):
+            if STRIDED_POINTWISE:
+                self.pw_stride = as3d(win.strides)
+            else:
+                pointwise = False
         if pointwise:
             self.path = _POINTWISE
         elif c_per_group == 1 and group > 1:
@@ -1354,6 +1368,9 @@ class ConvKernel(Kernel):
         # allocates its own on first invoke.
         self.col = None
         self.scratch_nbytes = 0
+        if self.pw_stride is not None:
+            self.col_shape = (n_img, c_in, p_out)
+            self.scratch_nbytes = n_img * c_in * p_out * dt.itemsize
         if self.path == _IM2COL:
             per_image = c_in * k_size * p_out * dt.itemsize
             self.col_batch = n_img > 1 and n_img * per_image <= COL_BATCH_BYTES
@@ -1598,6 +1615,19 @@ class ConvKernel(Kernel):
             np.copyto(out.reshape(n, -1, g, plane),
                       y.reshape(n, g, -1, plane).transpose(0, 2, 1, 3))
 
+    def _subsample(self, x: np.ndarray) -> np.ndarray:
+        """Every stride-th pixel of ``x`` (a strided 1x1 conv's input) as a contiguous
+        ``(N, C, P_out)`` array in the scratch."""
+        if self.col is None:
+            self.col = np.empty(self.col_shape, self.dtype)
+        n_img, c_in = x.shape[0], x.shape[1]
+        (sd, sh, sw), (od, oh, ow) = self.pw_stride, self.out3
+        x5 = x.reshape((n_img, c_in) + self.in3)
+        xs = self.col.reshape((n_img, c_in) + self.out3)
+        np.copyto(xs, x5[:, :, : (od - 1) * sd + 1 : sd, : (oh - 1) * sh + 1 : sh,
+                         : (ow - 1) * sw + 1 : sw])
+        return self.col
+
     def _residual(self, inputs, shape: tuple) -> np.ndarray:
         """The residual ``Z`` as a C-contiguous array of ``shape``, or an empty one."""
         if not self.has_sum:
@@ -1625,6 +1655,8 @@ class ConvKernel(Kernel):
         m_out = y.shape[1]
         g = self.group
         p_out = self.p_out
+        if self.pw_stride is not None:
+            x = self._subsample(x)
         act, (p0, p1) = self.act, self.params
         if self.conv3s2 is not None:
             if self.col is None:
