@@ -300,9 +300,11 @@ def test_quantize_dequantize_lut():
     np.testing.assert_array_equal(y, np.array(table, np.int8)[q.astype(np.int64) + 128])
 
 
-@pytest.mark.parametrize("axis", [1, 0])  # the last axis is computed in place
-def test_qsoftmax_close_to_float(axis):
-    x = i8((4, 10))
+@pytest.mark.parametrize("shape,axis", [((4, 10), 1), ((4, 10), 0),  # last axis: in place
+                                        ((3, 10, 1, 1), 1),  # size-1 dims after it: in place
+                                        ((2, 5, 3), 1)])  # moved to the last axis and back
+def test_qsoftmax_close_to_float(shape, axis):
+    x = i8(shape)
     y = run_kernel("QSoftmax", [x], dict(axis=axis, x_scale=0.1, x_zero_point=0,
                                          y_scale=1 / 256, y_zero_point=-128), domain="edgert")[0]
     r = x.astype(np.float64) * float(np.float32(0.1))

@@ -909,14 +909,16 @@ class QSoftmax(Kernel):
         self.axis = self.normalize_axis(int(self.attr("axis", -1)), len(x.shape))
         self.sx, self.zx = _scale_attr(self, "x_scale"), _zp_attr(self, "x_zero_point")
         self.so, self.zo = _scale_attr(self, "y_scale"), _zp_attr(self, "y_zero_point")
+        # Only size-1 dims after the axis (a classifier's (N, C, 1, 1) logits): rows as they lie.
+        self.rows = all(int(d) == 1 for d in x.shape[self.axis + 1:])
         return [TensorInfo(tuple(x.shape), INT8)]
 
     def invoke(self, inputs, outputs):
         y = outputs[0]
         if y.size == 0:
             return
-        if self.axis == y.ndim - 1 and y.flags.c_contiguous:  # rows in place: no copies
-            n = y.shape[-1]
+        if self.rows and y.flags.c_contiguous:  # rows in place: no copies
+            n = y.shape[self.axis]
             _qsoftmax(np.ascontiguousarray(inputs[0]).reshape(-1, n), self.sx, self.zx, self.so,
                       self.zo, y.reshape(-1, n))
             return
