@@ -75,7 +75,6 @@ from edgert.runtime.kernels.cpu.epilogue import (
     Activation,
     _clip,
     act_row,
-    act_row_vec,
     epilogue,
     parse_activation,
     sum_epilogue,
