@@ -224,6 +224,28 @@ def test_cached_kernels_load_and_new_signatures_still_compile(tmp_path):
     assert not second["scipy_linalg"]  # the BLAS probe is still kept from importing SciPy
 
 
+def test_runtime_helper_library_is_cached_and_a_broken_copy_is_replaced(tmp_path):
+    """Numba's runtime helpers (reference counts, allocation) are stored once in the cache
+    folder and loaded by later processes; an unreadable copy is compiled and written again."""
+    import json
+
+    import numpy as np
+
+    (tmp_path / "startup_kernels.py").write_text(_KERNELS)
+    env = dict(os.environ, EDGERT_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    _run_child(tmp_path, env)
+    (stored,) = (tmp_path / "cache" / "numba").glob("edgert_nrt_*.bin")
+    x = np.linspace(-2, 2, 7)
+    for damage in (None, b"not a pickle", stored.read_bytes()[:100]):
+        if damage is not None:
+            stored.write_bytes(damage)
+        r = json.loads(_run_child(tmp_path, env))
+        assert r["hits"] == 3
+        np.testing.assert_allclose(r["exp"], np.exp(x) * 2.0, rtol=1e-12)  # allocates via NRT
+        assert stored.stat().st_size > 1000  # (re)written whole
+
+
 def _run_child(tmp_path, env, *extra: str) -> str:
     out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), *extra],
                          capture_output=True, text=True, env=env)
