@@ -69,12 +69,11 @@ from edgert.runtime.kernels.cpu import blas, cblas, dconv, fgemm
 from edgert.runtime.kernels.cpu.blas import identical_rows, matmul
 from edgert.runtime.kernels.cpu.cblas import gemm_at
 from edgert.runtime.kernels.cpu.epilogue import (
-    ACT_CLIP,
     ACT_NONE,
-    ACT_RELU,
     Activation,
     _clip,
     act_row,
+    clamp_bounds,
     epilogue,
     parse_activation,
     sum_epilogue,
@@ -766,7 +765,7 @@ def _depthwise_hwc(x, wt, bias, y, sh, sw, ph, pw, act, p0, p1, xt, yt):
     p_in = h_n * w_n
     p_out = oh_n * ow_n
     zero = y.dtype.type(0.0)
-    lo, hi, fused = _clamp_bounds(act, p0, p1, zero, y.dtype.type(np.inf))
+    lo, hi, fused = clamp_bounds(act, p0, p1, zero, y.dtype.type(np.inf))
     for c in range(c_n):
         xt[p_in, c] = zero
     # Transposes by blocks of 8 channels: 8 contiguous rows in, one 8-wide store per pixel (and
@@ -938,26 +937,11 @@ def _phases2(xp, buf, h_n, w_n):
             od[i] = src[2 * i + 1]
 
 
-@njit
-def _keep_cols(h_n, w_n):
-    """``(2, H * W)`` flags of a flat ``H x W`` plane: column ``!= 0``, column ``!= W - 1``."""
-    keep = np.ones((2, h_n * w_n), np.uint8)
-    for r in range(h_n):
-        keep[0, r * w_n] = 0
-        keep[1, r * w_n + w_n - 1] = 0
-    return keep
-
-
-@njit
-def _clamp_bounds(act, p0, p1, zero, inf):
-    """``(lo, hi, fused)`` in the output's dtype (``zero``, ``inf``): the clamp that applies
-    Relu/Clip (or nothing) in a kernel's own store, and whether that is the whole activation
-    (else ``act_row`` follows, without bias)."""
-    if act == ACT_RELU:
-        return zero, inf, True
-    if act == ACT_CLIP:
-        return p0, p1, True
-    return -inf, inf, act == ACT_NONE
+def keep_cols(h_n: int, w_n: int) -> np.ndarray:
+    """``(2, H * W)`` flags of a flat ``H x W`` plane: column ``!= 0``, column ``!= W - 1``
+    (the cross-row taps of :func:`_dw3_s1_plane` / :func:`_dw3_s2_phases`, built at prepare)."""
+    col = np.arange(h_n * w_n) % w_n
+    return np.stack([col != 0, col != w_n - 1]).astype(np.uint8)
 
 
 @njit
@@ -1031,14 +1015,15 @@ def _dw3_s2_phases(buf, wm, yp, oh_n, ow_n, acc, b, lo, hi, keep_l):
 
 
 @njit(parallel=True)
-def _depthwise3(x, w, bias, y, h_n, w_n, stride, act, p0, p1):
+def _depthwise3(x, w, bias, y, h_n, w_n, stride, act, p0, p1, keep):
     """Depthwise 3x3 conv with pads 1, dilation 1, stride 1 or 2 (even planes), NCHW.
 
     ``x``: ``(N, C, H * W)``, ``w``: ``(M, 3, 3)``, ``y``: ``(N, M, OH * OW)`` (flat planes:
-    a reshape per plane inside the kernel cost ~50 ns, a tenth of a 7x7 plane's time); one
-    plane at a time through :func:`_dw3_s1_plane` / :func:`_dw3_s2_phases`, then bias and
-    activation over the whole plane while it is in L1. Channels go out in at most 32 chunks, so
-    the scratch of stride 2 is allocated once per chunk.
+    a reshape per plane inside the kernel cost ~50 ns, a tenth of a 7x7 plane's time),
+    ``keep``: :func:`keep_cols` of the output plane; one plane at a time through
+    :func:`_dw3_s1_plane` / :func:`_dw3_s2_phases`, with bias and Relu/Clip in their stores
+    (another activation over the whole plane after, while it is in L1). Channels go out in at
+    most 32 chunks, so the scratch of stride 2 is allocated once per chunk.
     """
     n_img, c_n = x.shape[0], x.shape[1]
     m_n = y.shape[1]
@@ -1049,8 +1034,7 @@ def _depthwise3(x, w, bias, y, h_n, w_n, stride, act, p0, p1):
     zero = y.dtype.type(0.0)
     total = n_img * m_n
     nchunk = min(total, 32)
-    lo, hi, fused = _clamp_bounds(act, p0, p1, zero, y.dtype.type(np.inf))
-    keep = _keep_cols(oh_n, ow_n)
+    lo, hi, fused = clamp_bounds(act, p0, p1, zero, y.dtype.type(np.inf))
     keep_l = keep[0]
     for ch in prange(nchunk):
         buf = np.empty(h_n * w_n if stride == 2 else 1, y.dtype)
@@ -1074,11 +1058,11 @@ def _depthwise3(x, w, bias, y, h_n, w_n, stride, act, p0, p1):
 
 
 @njit(parallel=True)
-def _conv3_s2(x, w, bias, y, act, p0, p1, phases):
+def _conv3_s2(x, w, bias, y, act, p0, p1, phases, keep):
     """Dense 3x3 conv, stride 2, pads 1, even planes, few input channels (a network's stem).
 
     ``x``: ``(N, C, H, W)``, ``w``: ``(M, C, 3, 3)``, ``y``: ``(N, M, H/2, W/2)``, ``phases``:
-    scratch of ``C * H * W``. Each input channel is split into its stride-2 phase planes once
+    scratch of ``C * H * W``, ``keep``: :func:`keep_cols` of the output plane. Each input channel is split into its stride-2 phase planes once
     (:func:`_phases2`); every output plane is then the sum over ``C`` of flat 9-tap streams
     (:func:`_dw3_s2_phases`), with bias and activation in the same call. The im2col path made
     three dispatches (column matrix with strided copies, a 27-deep GEMM, a separate epilogue
@@ -1091,8 +1075,8 @@ def _conv3_s2(x, w, bias, y, act, p0, p1, phases):
     zero = y.dtype.type(0.0)
     plane = h_n * w_n
     inf = y.dtype.type(np.inf)
-    lo, hi, fused = _clamp_bounds(act, p0, p1, zero, inf)
-    keep_l = _keep_cols(oh_n, ow_n)[0]
+    lo, hi, fused = clamp_bounds(act, p0, p1, zero, inf)
+    keep_l = keep[0]
     for n in range(n_img):
         for c in prange(c_n):
             _phases2(x[n, c].reshape(plane), phases[c * plane : (c + 1) * plane], h_n, w_n)
@@ -1428,6 +1412,7 @@ class ConvKernel(Kernel):
             if self.dw3_stride and not (
                     hwc_fits and in_plane < DW3_MIN_PLANE[self.dw3_stride - 1]):
                 self.dw3 = _depthwise3 if big else _depthwise3_serial
+                self.keep = keep_cols(*win.out_shape)
         # Stems (3x3, stride 2, pads 1, even planes, few input channels): _conv3_s2, with the
         # input's phase planes in the shared scratch.
         self.conv3s2 = None
@@ -1438,6 +1423,7 @@ class ConvKernel(Kernel):
             if (h_in % 2 == 0 and w_in % 2 == 0
                     and tuple(win.out_shape) == (h_in // 2, w_in // 2)):
                 self.conv3s2 = _conv3_s2 if big else _conv3_s2_serial
+                self.keep = keep_cols(*win.out_shape)
                 self.w3 = None if w.value is None else owned(w.value, dt)
                 self.scratch_nbytes = c_in * in_plane * dt.itemsize
                 self.col_shape = (c_in * in_plane,)
@@ -1672,13 +1658,13 @@ class ConvKernel(Kernel):
                 self.col = np.empty(self.col_shape, self.dtype)
             w3 = self.w3 if self.w3 is not None else np.ascontiguousarray(inputs[1])
             self._single(inputs, outputs, x, self.conv3s2,
-                         (x, w3, bias, y, act.code, p0, p1, self.col))
+                         (x, w3, bias, y, act.code, p0, p1, self.col, self.keep))
             return
         if self.dw3 is not None:
             self._single(inputs, outputs, x, self.dw3,
                          (x.reshape(n_img, c_in, -1), w.reshape(m_out, 3, 3), bias,
                           y.reshape(n_img, m_out, -1), self.in3[1], self.in3[2],
-                          self.dw3_stride, act.code, p0, p1))
+                          self.dw3_stride, act.code, p0, p1, self.keep))
             return
         if self.dw_hwc is not None and bias.shape[0] in (0, m_out):
             if self.col is None:

@@ -120,6 +120,18 @@ def _clip(v, lo, hi):
 
 
 @njit
+def clamp_bounds(act, p0, p1, zero, inf):
+    """``(lo, hi, fused)`` in the output's dtype (``zero``, ``inf``): the clamp that applies
+    Relu/Clip (or nothing) in a kernel's own store, NaN passing, and whether that is the whole
+    activation (else ``act_row`` follows, without bias)."""
+    if act == ACT_RELU:
+        return zero, inf, True
+    if act == ACT_CLIP:
+        return p0, p1, True
+    return -inf, inf, act == ACT_NONE
+
+
+@njit
 def act_row(row, b, act, p0, p1):
     """``row[i] = act(row[i] + b)`` in place for a 1-D contiguous ``row``."""
     n = row.shape[0]
