@@ -9,9 +9,10 @@ cache): *start-up* is import + load + allocate + first result (onnxruntime: impo
 creation + first run); *RSS* is the child's peak resident set size (``VmHWM``). The edgert
 child loads a ``.edgert`` file converted beforehand, as a device would.
 
-Models: the materialized light models (see ``light_models.py``), ``tests/data/torch_mobilenet.onnx``,
-a real-size MobileNetV2 exported from PyTorch when torch is installed (cached, not committed), and
-a 64→128→10 MLP with Softmax (per-call latency through ``run()``).
+Models: the materialized light models (see ``light_models.py``),
+``tests/data/torch_mobilenet.onnx``, a real-size MobileNetV2 exported from PyTorch when torch is
+installed (cached, not committed), and a 64→128→10 MLP with Softmax (per-call latency through
+``run()``).
 
     python benchmarks/compare_ort.py [--threads 1 2] [--runs 20] [--gap-ms 0] [--no-startup]
         [models...]
@@ -27,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +69,8 @@ def mlp_onnx(path: pathlib.Path) -> pathlib.Path:
         nodes, "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+        [numpy_helper.from_array(a, n)
+         for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -272,7 +275,8 @@ from edgert.runtime import Interpreter
 it = Interpreter(sys.argv[1], num_threads=int(sys.argv[2]))
 feeds = {}
 for d in it.get_input_details():
-    feeds[d["name"]] = np.random.default_rng(0).standard_normal(tuple(d["shape"])).astype(d["dtype"])
+    feeds[d["name"]] = (np.random.default_rng(0).standard_normal(tuple(d["shape"]))
+                        .astype(d["dtype"]))
 it.run(feeds)
 t1 = time.perf_counter()
 for _ in range(3):

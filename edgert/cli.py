@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -260,7 +259,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             t = time.perf_counter()
             interp.run(feeds)
             times.append(time.perf_counter() - t)
-        print(f"steady state over {args.time_runs} runs: median {statistics.median(times) * 1e3:.3f} ms,"
+        print(f"steady state over {args.time_runs} runs:"
+              f" median {statistics.median(times) * 1e3:.3f} ms,"
               f" min {min(times) * 1e3:.3f} ms")
     return 0
 

@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgert import __version__
-from edgert import dtypes
+from edgert import __version__, dtypes
 from edgert.errors import EdgeRTError, UnsupportedOpError
 from edgert.format.model import (
     KIND_NAMES,

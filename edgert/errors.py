@@ -13,7 +13,8 @@ class EdgeRTError(Exception):
 
 
 class ModelFormatError(EdgeRTError):
-    """A `.edgert` file is malformed: truncated, wrong identifier, offsets or indices out of range."""
+    """A `.edgert` file is malformed: truncated, wrong identifier, offsets or indices out of
+    range."""
 
 
 class ModelImportError(EdgeRTError):

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    from train_digits_edgert import digits_cnn
+
     import edgert
     from edgert.runtime import Interpreter
     from edgert.train import Tensor, export_onnx, manual_seed
@@ -55,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from edgert.train.data import DataLoader, RandomCrop, TensorDataset
     from edgert.train.fit import evaluate, fit
     from edgert.train.optim import Adam, OneCycleLR
-    from train_digits_edgert import digits_cnn
 
     train = np.load(ROOT / "models" / "digits_train.npz")
     test = np.load(ROOT / "models" / "digits_test.npz")

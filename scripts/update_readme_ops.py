@@ -49,7 +49,8 @@ def main() -> int:
     new = render(text)
     if "--check" in sys.argv:
         if new != text:
-            print("README.md's operator list is out of date: run python scripts/update_readme_ops.py")
+            print("README.md's operator list is out of date:"
+                  " run python scripts/update_readme_ops.py")
             return 1
         return 0
     path.write_text(new)

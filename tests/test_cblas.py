@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ATOL, RTOL, ort_node, run_kernel
 
 from edgert.runtime.kernels.cpu import blas, cblas, conv
-from helpers import ATOL, RTOL, ort_node, run_kernel
 
 pytestmark = pytest.mark.skipif(cblas.routines() is None,
                                 reason="NumPy's BLAS is not an OpenBLAS reachable here")

@@ -102,5 +102,6 @@ def test_bad_arguments_exit_2():
     r = subprocess.run([sys.executable, "-m", "edgert", "run", "x.edgert", "--threads", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "positive integer" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "edgert", "frobnicate"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "edgert", "frobnicate"],
+                       capture_output=True, text=True)
     assert r.returncode == 2

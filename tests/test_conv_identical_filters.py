@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ATOL, RTOL, ort_node
 
 from edgert.runtime.kernels.cpu import blas, conv, registry
 from edgert.runtime.kernels.cpu.blas import identical_rows
 from edgert.runtime.registry import OpContext, TensorInfo
-from helpers import ATOL, RTOL, ort_node
 
 
 def _conv(x, w, b, attrs):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ATOL, RTOL, ort_node
 
 from edgert.runtime.kernels.cpu import conv, fgemm, registry
 from edgert.runtime.registry import OpContext, TensorInfo
-from helpers import ATOL, RTOL, ort_node
 
 RNG = np.random.default_rng(21)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ATOL, RTOL, ort_node, run_kernel
 
 from edgert.runtime.kernels.cpu import blas, conv, dconv
-from helpers import ATOL, RTOL, ort_node, run_kernel
 
 CASES = [
     # (x shape, w shape, attrs)
@@ -96,5 +96,6 @@ def test_dconv_rejects_a_geometry_that_does_not_fit():
                            np.float32(0), y, np.zeros((0, 0), np.float32), 1)
     with pytest.raises(ValueError, match="does not fit"):
         dconv.dconv_serial(w[:-1], np.zeros(g.pad_elems, np.float32), g.offs, 4, g.plane, g.wp,
-                           g.sh, g.sw, g.oh, g.ow, g.block_tiles, dconv.SUB, np.zeros(0, np.float32), 0,
-                           np.float32(0), np.float32(0), y, np.zeros((0, 0), np.float32), 1)
+                           g.sh, g.sw, g.oh, g.ow, g.block_tiles, dconv.SUB,
+                           np.zeros(0, np.float32), 0, np.float32(0), np.float32(0), y,
+                           np.zeros((0, 0), np.float32), 1)

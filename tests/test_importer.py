@@ -843,7 +843,8 @@ def test_dft_17_axis_becomes_input():
 def test_group_normalization_18_scale_becomes_per_channel():
     m = _parse("""
         <ir_version: 8, opset_import: ["" : 18]>
-        g (float[2, 6, 3] x) => (float y) <float[3] s = {1.0, 2.0, -1.0}, float[3] b = {0.5, 0, 1}> {
+        g (float[2, 6, 3] x) => (float y) <float[3] s = {1.0, 2.0, -1.0},
+                                          float[3] b = {0.5, 0, 1}> {
             y = GroupNormalization<num_groups = 3>(x, s, b)
         }""")
     g = _same_results(m, {"x": _randn(2, 6, 3)})

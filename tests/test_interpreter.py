@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import ATOL, RTOL
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert.converter import convert
 from edgert.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
 from edgert.runtime import Interpreter
-from helpers import ATOL, RTOL
 
 
 def _ort(model: onnx.ModelProto, feeds):
@@ -150,7 +150,8 @@ def test_bad_inputs_give_clear_errors():
         interp.run({})
     with pytest.raises(DTypeError, match="input 'x': expected dtype float32, got float64"):
         interp.run({"x": x.astype(np.float64)})
-    with pytest.raises(ShapeError, match=r"input 'x': got shape \(2, 5\), the model expects \('batch', 6\)"):
+    with pytest.raises(ShapeError,
+                       match=r"input 'x': got shape \(2, 5\), the model expects \('batch', 6\)"):
         interp.run({"x": np.zeros((2, 5), np.float32)})
     with pytest.raises(ShapeError, match="got shape"):
         interp.run({"x": np.zeros((2, 6, 1), np.float32)})
@@ -208,5 +209,6 @@ def test_bfloat16_arithmetic_is_refused_not_computed_on_raw_bits():
          helper.make_tensor_value_info("b", TensorProto.BFLOAT16, [2])],
         [helper.make_tensor_value_info("c", TensorProto.BFLOAT16, [2])],
     )
-    with pytest.raises(UnsupportedOpError, match="add_bf16.*bfloat16 tensors are only moved or cast"):
+    with pytest.raises(UnsupportedOpError,
+                       match="add_bf16.*bfloat16 tensors are only moved or cast"):
         convert(model)

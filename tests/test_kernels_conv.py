@@ -32,7 +32,7 @@ def check(op: str, inputs: list, attrs: dict, const=(1, 2), domain: str = "") ->
     return got
 
 
-# ----- Conv: the im2col + GEMM path -----------------------------------------------------------------
+# ----- Conv: the im2col + GEMM path ---------------------------------------------------------------
 CONV2D_CASES = {
     "plain": {},
     "pads_sym": {"pads": [1, 1, 1, 1]},
@@ -271,7 +271,7 @@ def test_conv_transpose3d():
     check("ConvTranspose", [x, w, b], {"strides": [2, 1, 2], "pads": [1, 0, 0, 0, 1, 1]})
 
 
-# ----- fused activations (edgert.Conv / edgert.ConvTranspose) ----------------------------------------
+# ----- fused activations (edgert.Conv / edgert.ConvTranspose) -------------------------------------
 def _activation_ref(y: np.ndarray, name: str, params: list[float]) -> np.ndarray:
     """The activation from its NumPy formula (float64), independent of the epilogue."""
     y = y.astype(np.float64)
@@ -381,7 +381,8 @@ ERRORS = [
         [(1, 3, 4, 4), (2, 3, 5, 3)],
         {},
         ShapeError,
-        "spatial axis 0: the kernel extent 5 (kernel 5, dilation 1) is larger than the padded input 4",
+        "spatial axis 0: the kernel extent 5 (kernel 5, dilation 1) is larger than the padded"
+        " input 4",
     ),
     (
         "dilated_kernel_too_big",

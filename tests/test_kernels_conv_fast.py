@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ATOL, RTOL, ort_node, run_kernel
 
 from edgert.runtime.kernels.cpu import conv
-from helpers import ATOL, RTOL, ort_node, run_kernel
 
 
 def _dw_case(rng, n, c, mult, hw, k):

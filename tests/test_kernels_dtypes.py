@@ -42,16 +42,39 @@ def _run(model, feeds):
 
 # ----- Cast -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("code", sorted(ML))
-def test_cast_float_and_int_to_subbyte_ints_wrap_like_ml_dtypes(code):
-    # Truncation toward zero, then the low bits in two's complement (ONNX: "discard higher bits").
-    f = np.array([-9, -8.5, -7.5, -2.5, -1.5, -0.5, 0.5, 1.5, 6.5, 7.9, 8, 15.5, 16, 17, 1e6,
-                  -1e6, 3e9], np.float32)
-    got = run_kernel("Cast", [f], {"to": code}, version=25)[0]
-    assert got.dtype == dtypes.to_numpy(code)
-    np.testing.assert_array_equal(got, f.astype(ML[code]).astype(np.int16))
+def test_cast_float_to_subbyte_ints_truncates_and_saturates(code):
+    # In range, ONNX defines the cast: truncation toward zero. Out of range it is undefined, and
+    # edgert's documented choice is saturation (NaN -> 0). NumPy formulas, not ml_dtypes, whose
+    # out-of-range results changed between releases.
+    lo, hi = dtypes.value_range(code)
+    f = np.array([-9, -8.5, -7.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.9, 6.5, 7.9, 8, 15.5, 16, 17,
+                  1e6, -1e6, 3e9, np.inf, -np.inf, np.nan], np.float32)
+    for src in (f, f.astype(np.float16), f.astype(np.float64)):
+        got = run_kernel("Cast", [src], {"to": code}, version=25)[0]
+        assert got.dtype == dtypes.to_numpy(code)
+        t = np.trunc(f.astype(np.float64))
+        defined = np.isfinite(t) & (t >= lo) & (t <= hi)
+        np.testing.assert_array_equal(got[defined], t[defined])
+        np.testing.assert_array_equal(got[~defined & (t > hi)], hi)
+        np.testing.assert_array_equal(got[~defined & (t < lo)], lo)
+        np.testing.assert_array_equal(got[np.isnan(f)], 0)
+    # the in-range values also agree with ml_dtypes (the types' own implementation)
+    inside = f[np.isfinite(f) & (np.trunc(f) >= lo) & (np.trunc(f) <= hi)]
+    got = run_kernel("Cast", [inside], {"to": code}, version=25)[0]
+    np.testing.assert_array_equal(got, inside.astype(ML[code]).astype(np.int16))
+
+
+@pytest.mark.parametrize("code", sorted(ML))
+def test_cast_int_to_subbyte_ints_discards_higher_bits(code):
+    # ONNX: a fixed -> fixed narrowing keeps the low bits, read in two's complement.
+    lo, hi = dtypes.value_range(code)
+    span = hi - lo + 1
     i = np.array([-200, -17, -9, -1, 0, 1, 3, 4, 7, 8, 15, 16, 255, 2**40 + 3], np.int64)
-    got = run_kernel("Cast", [i], {"to": code}, version=25)[0]
-    np.testing.assert_array_equal(got, i.astype(ML[code]).astype(np.int16))
+    want = (i - lo) % span + lo
+    for src in (i, i.astype(np.int32), i.astype(np.int16)):
+        got = run_kernel("Cast", [src], {"to": code}, version=25)[0]
+        np.testing.assert_array_equal(got, (src.astype(np.int64) - lo) % span + lo)
+    np.testing.assert_array_equal(run_kernel("Cast", [i], {"to": code}, version=25)[0], want)
 
 
 def test_cast_float4e2m1_round_trip_matches_ml_dtypes():

@@ -469,7 +469,8 @@ def test_non_broadcastable_shapes_name_op_and_shapes():
         ("Sigmoid", [np.ones(3, np.int32)]),
         ("Add", [np.ones(3, bool), np.ones(3, bool)]),
         ("And", [np.ones(3, np.float32), np.ones(3, np.float32)]),
-        ("BitShift", [np.ones(3, np.float32), np.ones(3, np.float32)]),  # signed ints are valid since opset 28
+        # signed ints are valid since opset 28
+        ("BitShift", [np.ones(3, np.float32), np.ones(3, np.float32)]),
         ("Sum", [np.ones(3, np.int32)]),
         ("Neg", [np.ones(3, np.uint8)]),
         ("Pow", [np.ones(3, np.int8), np.ones(3, np.int8)]),

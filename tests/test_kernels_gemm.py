@@ -1,4 +1,5 @@
-"""Gemm and MatMul CPU kernels against onnxruntime, and the fused epilogue against NumPy formulas."""
+"""Gemm and MatMul CPU kernels against onnxruntime, and the fused epilogue against NumPy
+formulas."""
 
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ATOL, RTOL, ort_node, run_kernel
 from onnx import TensorProto, helper
 
 from edgert.errors import EdgeRTError, InputError, UnsupportedOpError
-from helpers import ATOL, RTOL, ort_node, run_kernel
 
 RNG = np.random.default_rng(1234)
 

@@ -354,7 +354,8 @@ ERRORS = [
         (1, 2, 3, 5),
         {"kernel_shape": [4, 2]},
         ShapeError,
-        "spatial axis 0: the kernel extent 4 (kernel 4, dilation 1) is larger than the padded input 3",
+        "spatial axis 0: the kernel extent 4 (kernel 4, dilation 1) is larger than the padded"
+        " input 3",
     ),
     (
         "rank_2",

@@ -184,7 +184,7 @@ def test_tf_half_pixel_for_nn_opset11(how):
     check(inputs, attrs, exact=True, opset=11)
 
 
-# ----- dtypes ------------------------------------------------------------------------------------------
+# ----- dtypes -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32])
 @pytest.mark.parametrize("how", ["up", "down"])
 def test_nearest_integer_dtypes_match_onnxruntime(dtype, how):
@@ -252,7 +252,7 @@ def test_bool_and_strings_only_for_nearest():
             infos(rand((1, 1, 2, 2), np.bool_), None, np.ones(4, np.float32), known=(2,)))
 
 
-# ----- ranks, layouts, axes, keep_aspect_ratio_policy ---------------------------------------------------
+# ----- ranks, layouts, axes, keep_aspect_ratio_policy ---------------------------------------------
 @pytest.mark.parametrize("shape, scales", [
     ((6,), [2.5]),
     ((3, 4), [0.7, 2.5]),
@@ -317,7 +317,7 @@ def test_single_axis():
     check([x, None, None, np.array([2], np.int64)], {"mode": "cubic", "axes": [2]})
 
 
-# ----- where edgert follows the specification rather than onnxruntime -----------------------------------
+# ----- where edgert follows the specification rather than onnxruntime -----------------------------
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
 def test_scale_applies_even_when_the_size_does_not_change(mode):
     """floor(4 * 1.15) = 4: the size is unchanged but the coordinates still scale by 1.15 (the
@@ -340,7 +340,7 @@ def test_roi_applies_on_axes_of_scale_one():
     assert_close(got, ref_node(inputs, attrs).astype(np.float32), exact=False)
 
 
-# ----- execution paths -----------------------------------------------------------------------------------
+# ----- execution paths ----------------------------------------------------------------------------
 @pytest.mark.parametrize("known", ["all", (0,)], ids=["static", "dynamic"])
 @pytest.mark.parametrize("use_sizes", [False, True])
 def test_parameters_known_only_at_invoke(known, use_sizes):
@@ -392,7 +392,7 @@ def test_not_foldable():
     assert not registry().lookup("Resize").foldable
 
 
-# ----- errors ----------------------------------------------------------------------------------------------
+# ----- errors -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("attrs, inputs, error, message", [
     ({"mode": "area"}, ([1, 1, 2, 2], None), KernelError, "mode 'area' is not one of"),
     ({"coordinate_transformation_mode": "corners"}, ([1, 1, 2, 2], None), KernelError,

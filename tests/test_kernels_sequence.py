@@ -461,7 +461,8 @@ def test_tensor_op_on_a_sequence_is_refused_at_conversion():
              helper.make_node("Shape", ["s"], ["y"], name="shape_of_seq")]
     graph = helper.make_graph(nodes, "g", [x], [y])
     graph.value_info.append(helper.make_value_info(
-        "s", helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [2]))))
+        "s", helper.make_sequence_type_proto(
+            helper.make_tensor_type_proto(TensorProto.FLOAT, [2]))))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     with pytest.raises(UnsupportedOpError, match=r"shape_of_seq|Shape.*tensors only"):
         convert(model, level=0)

@@ -32,7 +32,7 @@ def rand(shape, dtype=np.float32, seed=0):
     if dt.kind in "iu":
         lo = 0 if dt.kind == "u" else -50
         return np.asarray(rng.integers(lo, 50, size=shape).astype(dt))
-    if dt == object:
+    if dt.kind == "O":
         return np.array([f"s{v}" for v in rng.integers(0, 100, size=int(np.prod(shape)))],
                         dtype=object).reshape(shape)
     return np.asarray(rng.standard_normal(shape).astype(dt))
@@ -70,7 +70,7 @@ def infos(*arrays, known=()):
             for i, a in enumerate(arrays)]
 
 
-# ----- registration / contract ----------------------------------------------------------------------
+# ----- registration / contract --------------------------------------------------------------------
 SHAPE_OPS = [
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
     "Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "Shape", "Size",
@@ -88,7 +88,7 @@ def test_registered_for_every_opset_and_foldable(op):
         assert cls.foldable
 
 
-# ----- Reshape family ---------------------------------------------------------------------------------
+# ----- Reshape family -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", MOVE_DTYPES)
 @pytest.mark.parametrize("known", [True, False])
 @pytest.mark.parametrize("shape", [(0, -1), (-1,), (4, 0, 1, -1), (2, 3, 4), (6, -1, 2)])
@@ -280,7 +280,7 @@ def test_slice_int32_params_and_errors():
         make("Slice").prepare(infos(x, np.array([0.0]), i64(2), known=(1, 2)))
 
 
-# ----- shapes as values ---------------------------------------------------------------------------------
+# ----- shapes as values ---------------------------------------------------------------------------
 @pytest.mark.parametrize("start, end", [(None, None), (1, None), (-2, None), (0, -1),
                                         (-10, 10), (3, 1)])
 def test_shape(start, end):
@@ -322,7 +322,7 @@ def test_constant_of_shape_negative_dim():
         make("ConstantOfShape").prepare(infos(i64(2, -1), known=(0,)))
 
 
-# ----- Cast ---------------------------------------------------------------------------------------------
+# ----- Cast ---------------------------------------------------------------------------------------
 CAST_TYPES = {
     np.float32: 1, np.uint8: 2, np.int8: 3, np.uint16: 4, np.int16: 5, np.int32: 6,
     np.int64: 7, np.bool_: 9, np.float16: 10, np.float64: 11, np.uint32: 12, np.uint64: 13,
@@ -389,7 +389,7 @@ def test_cast_like(src, like):
     check("CastLike", [x, np.zeros(1, like)])
 
 
-# ----- Identity / Dropout ------------------------------------------------------------------------------
+# ----- Identity / Dropout -------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", MOVE_DTYPES)
 def test_identity(dtype):
     check("Identity", [rand((2, 3), dtype)], known=())
@@ -415,7 +415,7 @@ def test_dropout_training_mode_is_rejected():
                  [np.empty(o.shape, o.dtype) for o in outs])
 
 
-# ----- Expand / Tile / Range / EyeLike ---------------------------------------------------------------
+# ----- Expand / Tile / Range / EyeLike ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.int8, np.bool_, np.float16])
 @pytest.mark.parametrize("known", [True, False])
 @pytest.mark.parametrize("xs, shape", [((3, 1), (2, 3, 4)), ((3, 1), (1,)), ((1, 4), (3, 1)),
@@ -465,7 +465,7 @@ def test_eye_like(k, dtype):
     check("EyeLike", [rand((3, 4), np.int32)], attrs)
 
 
-# ----- Pad ----------------------------------------------------------------------------------------------
+# ----- Pad ----------------------------------------------------------------------------------------
 PADS = [
     (0, 1, 2, 1, 0, 3),
     (1, 0, 0, 0, 2, 0),
@@ -520,7 +520,7 @@ def test_pad_unknown_mode():
         make("Pad", {"mode": "mirror"}).prepare(infos(rand((3, 4)), i64(0, 0, 0, 0), known=(1,)))
 
 
-# ----- Trilu / CumSum / DepthToSpace / SpaceToDepth ---------------------------------------------------
+# ----- Trilu / CumSum / DepthToSpace / SpaceToDepth -----------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.bool_])
 @pytest.mark.parametrize("upper", [0, 1])
 @pytest.mark.parametrize("k", [None, 0, 2, -1, -7, 9])
@@ -563,7 +563,7 @@ def test_depth_space_errors():
         make("SpaceToDepth", {"blocksize": 3}).prepare(infos(rand((1, 1, 4, 6))))
 
 
-# ----- Gather family --------------------------------------------------------------------------------------
+# ----- Gather family ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", MOVE_DTYPES)
 @pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("axis", [0, 1, -1])
@@ -679,7 +679,7 @@ def test_scatter_errors():
             infos(rand((3,)), i64(0), rand((1,))))
 
 
-# ----- NonZero / OneHot / TopK -------------------------------------------------------------------------
+# ----- NonZero / OneHot / TopK --------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.int32, np.bool_, np.uint8])
 @pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 2), ()])
 def test_nonzero(dtype, shape):
@@ -728,7 +728,7 @@ def test_topk_errors():
         make("TopK").prepare(infos(rand((3, 5)), i64(6), known=(1,)))
 
 
-# ----- dynamic parameters through the interpreter's protocol ----------------------------------------
+# ----- dynamic parameters through the interpreter's protocol --------------------------------------
 def test_deferred_kernel_prepares_again_when_values_arrive():
     """What the interpreter does with a parameter computed at run time: prepare without the
     value (unknown output shape), then re-prepare with every value and invoke into the planned
@@ -751,7 +751,7 @@ def test_deferred_split_reports_output_count():
     assert len(outs) == 3 and all(o.shape is None for o in outs)
 
 
-# ----- string tensors (data movement is dtype-agnostic) ---------------------------------------------------
+# ----- string tensors (data movement is dtype-agnostic) -------------------------------------------
 @pytest.mark.parametrize("op, extra, attrs, n_out", [
     ("Identity", [], {}, 1),
     ("Reshape", [i64(4, -1)], {}, 1),
@@ -770,7 +770,7 @@ def test_string_tensors(op, extra, attrs, n_out):
     check(op, [x] + extra, attrs, n_out=n_out)
 
 
-# ----- through the interpreter --------------------------------------------------------------------------
+# ----- through the interpreter --------------------------------------------------------------------
 def test_dynamic_batch_shape_chain_folds_and_nonzero_runs_dynamically():
     """A dynamic-batch export's Shape->Gather->Unsqueeze->Concat->Reshape chain is computed at
     prepare (folded); NonZero and what depends on it run with shapes found at invoke."""

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from model_zoo import LIGHT_MODELS, TORCH_MODELS, light_model, torch_model
 
 from edgert.converter import convert
 from edgert.runtime import Interpreter
-from model_zoo import LIGHT_MODELS, TORCH_MODELS, light_model, torch_model
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import ATOL, RTOL
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert.cli import main
@@ -23,7 +24,6 @@ from edgert.converter import convert
 from edgert.errors import DTypeError, InputError
 from edgert.runtime import Interpreter
 from edgert.runtime.kernels.cpu import blas, conv
-from helpers import ATOL, RTOL
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
@@ -264,7 +264,7 @@ def test_serial_twin_matches_parallel_kernel():
     np.testing.assert_allclose(a, np.maximum(y + bias[:, None], 0), rtol=RTOL, atol=ATOL)
 
 
-# ----- CLI -----------------------------------------------------------------------------------------
+# ----- CLI ----------------------------------------------------------------------------------------
 def test_bench_profile_json(capsys):
     assert main(["bench", str(DIGITS), "--shape", "input=2x1x8x8", "--threads", "1", "--runs",
                  "3", "--warmup", "0", "--profile", "--json"]) == 0

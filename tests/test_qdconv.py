@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from edgert.runtime.kernels.cpu import blas, dconv, qdconv, quantized
 from helpers import run_kernel
 from test_kernels_quantized import golden_conv
+
+from edgert.runtime.kernels.cpu import blas, dconv, qdconv, quantized
 
 RNG = np.random.default_rng(7)
 

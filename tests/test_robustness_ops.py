@@ -24,7 +24,7 @@ import pathlib
 import subprocess
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -477,9 +477,9 @@ def _():
 # Sequences
 @case("sequence_positions")
 def _():
-    from edgert.runtime.values import value_info
     from edgert.runtime.kernels.cpu import registry
     from edgert.runtime.registry import OpContext
+    from edgert.runtime.values import value_info
 
     seq = [np.zeros(2, F32), np.ones(3, F32)]
 

@@ -6,6 +6,7 @@
   that also need the parsed model or its hash.
 """
 
+from edgert.importer.onnx_export import export_onnx
 from edgert.importer.onnx_import import (
     LoadedModel,
     describe_unsupported,
@@ -13,7 +14,6 @@ from edgert.importer.onnx_import import (
     import_onnx,
     load_onnx,
 )
-from edgert.importer.onnx_export import export_onnx
 
 __all__ = [
     "LoadedModel", "describe_unsupported", "export_onnx", "import_model", "import_onnx",

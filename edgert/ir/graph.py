@@ -223,7 +223,9 @@ class Graph:
             self.nodes.insert(index, node)
         return node
 
-    def insert_before(self, anchor: Node, op_type: str, inputs, outputs=1, attrs=None, **kw) -> Node:
+    def insert_before(
+        self, anchor: Node, op_type: str, inputs, outputs=1, attrs=None, **kw
+    ) -> Node:
         return self.add_node(op_type, inputs, outputs, attrs, index=self.nodes.index(anchor), **kw)
 
     def remove_node(self, node: Node) -> None:

@@ -33,7 +33,6 @@ import numpy as np
 from edgert.ir import Graph, Node
 from edgert.optimizer._util import new_const, pinned_names, single_use
 
-
 # Rewrite to a standard Gather without fused ops (see the module docstring for why it is off).
 STANDARD_GATHER = False
 

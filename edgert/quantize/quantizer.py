@@ -9,8 +9,8 @@ float form, an int8 form, or both; a form is created on demand:
   and stays float — it is listed in :attr:`QuantizeResult.float_ops`.
 
 So int8 chains stay int8 (residual Add, Concat and pooling included), and the model's inputs and
-outputs stay float (:func:`int8_io` makes them int8 on request). Rules per op (the new ops are documented in
-:mod:`edgert.runtime.kernels.cpu.quantized`):
+outputs stay float (:func:`int8_io` makes them int8 on request). Rules per op (the new ops are
+documented in :mod:`edgert.runtime.kernels.cpu.quantized`):
 
 * Conv / ConvTranspose / Gemm / MatMul with constant weights: weights symmetric int8 per output
   channel (or per tensor), bias int32 with scale ``x_scale * w_scale``; a following Relu/Clip

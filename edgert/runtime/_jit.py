@@ -140,10 +140,10 @@ def _initialize_nrt(rtsys, ctx) -> None:
         import hashlib
         import pickle
 
+        from llvmlite import binding as ll
+        from numba.core import config as nconfig
         from numba.core.compiler_lock import global_compiler_lock
         from numba.core.runtime import _nrt_python, nrtdynmod
-        from numba.core import config as nconfig
-        from llvmlite import binding as ll
 
         codegen = ctx.codegen()
         key = repr((numba.__version__, ll.llvm_version_info, codegen.magic_tuple(),

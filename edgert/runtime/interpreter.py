@@ -113,7 +113,9 @@ class Interpreter:
             CudaInterpreter.__init__(self, model, num_threads=num_threads, device="cuda")
             return
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise EdgeRTError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+            raise EdgeRTError(
+                f"num_threads must be a positive integer or None, got {num_threads!r}"
+            )
         t0 = time.perf_counter()
         self._model = model if isinstance(model, ModelDef) else read_model(model)
         self.load_seconds = time.perf_counter() - t0
@@ -139,7 +141,9 @@ class Interpreter:
                 self._input_shapes[i] = ()  # nothing to plan
                 continue
             if not dtypes.is_known(t.dtype):
-                raise ModelFormatError(f"model input '{t.name}' has no element type (dtype {t.dtype})")
+                raise ModelFormatError(
+                    f"model input '{t.name}' has no element type (dtype {t.dtype})"
+                )
             known = not t.unknown_rank and all(d >= 0 for d in t.shape)
             self._input_shapes[i] = tuple(t.shape) if known else None
         self._arrays: list[np.ndarray | None] = [None] * len(g.tensors)
@@ -339,7 +343,9 @@ class Interpreter:
                 return {name: _read_only(arr) for name, arr in self._out_views}
             return {name: np.array(arr, copy=True) for name, arr in self._out_views}
         if not isinstance(feeds, dict):
-            raise InputError(f"run() takes a dict of input name -> array, got {type(feeds).__name__}")
+            raise InputError(
+                f"run() takes a dict of input name -> array, got {type(feeds).__name__}"
+            )
         unknown = [k for k in feeds if k not in self._input_index]
         if unknown:
             raise InputError(
@@ -347,7 +353,9 @@ class Interpreter:
             )
         missing = [k for k in self._input_index if k not in feeds]
         if missing:
-            raise InputError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
+            raise InputError(
+                f"missing input(s) {missing}; the model's inputs are {self.input_names}"
+            )
         checked = {}
         special = {}
         for name, value in feeds.items():
@@ -410,7 +418,9 @@ class Interpreter:
     def _input_tensor(self, key: int | str) -> int:
         if isinstance(key, str):
             if key not in self._input_index:
-                raise InputError(f"no input named {key!r}; the model's inputs are {self.input_names}")
+                raise InputError(
+                    f"no input named {key!r}; the model's inputs are {self.input_names}"
+                )
             return self._input_index[key]
         if int(key) not in self._input_shapes:
             raise InputError(

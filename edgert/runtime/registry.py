@@ -214,7 +214,9 @@ class KernelRegistry:
                 )
         entries.append((since, until, kernel))
 
-    def lookup(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> type[Kernel] | None:
+    def lookup(
+        self, op_type: str, domain: str = "", version: int = MAX_OPSET
+    ) -> type[Kernel] | None:
         if self._unloaded:
             families = self._declared.get((domain, op_type))
             if families:

@@ -1062,12 +1062,12 @@ def _conv3_s2(x, w, bias, y, act, p0, p1, phases, keep):
     """Dense 3x3 conv, stride 2, pads 1, even planes, few input channels (a network's stem).
 
     ``x``: ``(N, C, H, W)``, ``w``: ``(M, C, 3, 3)``, ``y``: ``(N, M, H/2, W/2)``, ``phases``:
-    scratch of ``C * H * W``, ``keep``: :func:`keep_cols` of the output plane. Each input channel is split into its stride-2 phase planes once
-    (:func:`_phases2`); every output plane is then the sum over ``C`` of flat 9-tap streams
-    (:func:`_dw3_s2_phases`), with bias and activation in the same call. The im2col path made
-    three dispatches (column matrix with strided copies, a 27-deep GEMM, a separate epilogue
-    pass): 43 µs against onnxruntime's 17 µs on a 3x32x32 stem; on a 224x224 stem the two are
-    at par (~0.6 ms, memory-bound either way).
+    scratch of ``C * H * W``, ``keep``: :func:`keep_cols` of the output plane. Each input channel is
+    split into its stride-2 phase planes once (:func:`_phases2`); every output plane is then the sum
+    over ``C`` of flat 9-tap streams (:func:`_dw3_s2_phases`), with bias and activation in the same
+    call. The im2col path made three dispatches (column matrix with strided copies, a 27-deep GEMM,
+    a separate epilogue pass): 43 µs against onnxruntime's 17 µs on a 3x32x32 stem; on a 224x224
+    stem the two are at par (~0.6 ms, memory-bound either way).
     """
     n_img, c_n, h_n, w_n = x.shape
     m_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]

@@ -4,7 +4,7 @@
 * float4e2m1: its 4-bit code (0..15, sign in bit 3) in a uint8;
 * float8e8m0: a biased power-of-two exponent in a uint8 (value ``2**(code - 127)``, 255 is NaN);
 * int4 / uint4 / int2 / uint2: the value itself, unpacked, in an int8 / uint8 (decode is the
-  identity; encode wraps, see :func:`encode`).
+  identity; encode wraps integers and saturates floats, see :func:`_encode_int`).
 
 Decoding a float8 code is a lookup in its 256-entry table. Encoding rounds to the nearest
 representable value, ties to the even code (round-half-to-even, as ONNX Cast specifies): the
@@ -39,7 +39,7 @@ CODED_TYPES = (*BITS_TYPES, *sorted(dtypes.SUBBYTE_INTS))
 _FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(code: int) -> np.ndarray:
     """float64 value of each of the 256 codes of a float8 format."""
     e_bits, m_bits, bias, fnuz, has_inf = _FORMATS[code]
@@ -135,11 +135,17 @@ def encode(x: np.ndarray, code: int, saturate: bool = True, round_mode: str = "u
 def _encode_int(x: np.ndarray, code: int) -> np.ndarray:
     """int4 / uint4 / int2 / uint2 values of ``x``, as ONNX Cast defines a narrowing cast.
 
-    Integers keep their low bits, reinterpreted in two's complement ("discard higher bits",
-    200 -> -56 for int8; -9 -> 7 for int4). Floats truncate toward zero first; an out-of-range
-    float is undefined in ONNX, and edgert wraps it like an integer, as the ONNX reference
-    (ml_dtypes) does; NaN and infinities become 0. Float wrapping is exact: fmod of an integral
-    float64 by a power of two has no rounding.
+    Integers (and bools) keep their low bits, reinterpreted in two's complement: ONNX Cast
+    defines a fixed -> fixed narrowing as "discard higher bits" (200 -> -56 for int8; -9 -> 7
+    for int4).
+
+    Floats truncate toward zero; a result outside the type's range is *undefined* in ONNX, and
+    edgert's documented choice is to **saturate** it to the range (-9.5 -> -8 and 1e6 -> 7 for
+    int4, -3 -> 0 for uint4; +-inf to the range's ends) and to give 0 for NaN. Saturation is what
+    QuantizeLinear specifies for these types, what a user converting weights or activations
+    expects (the nearest representable value, never a sign flip), and does not depend on a
+    library's habit: the ONNX reference implementation delegates to ml_dtypes, which wrapped
+    until 0.6 and returns 0 since 0.7.
     """
     lo, hi = dtypes.value_range(code)
     span = hi - lo + 1
@@ -149,14 +155,13 @@ def _encode_int(x: np.ndarray, code: int) -> np.ndarray:
     if x.dtype.kind in "iu":
         low = (x.astype(np.int64) if x.dtype != np.uint64 else x.astype(np.uint64)) & (span - 1)
         low = low.astype(np.int64)
-    else:
-        f = np.asarray(x, np.float64)
-        with np.errstate(invalid="ignore"):
-            t = np.where(np.isfinite(f), np.trunc(f), 0.0)
-            low = np.mod(t, span).astype(np.int64)  # in [0, span): exact for integral floats
-    if lo < 0:
-        low = np.where(low > hi, low - span, low)
-    return low.astype(holder)
+        if lo < 0:
+            low = np.where(low > hi, low - span, low)
+        return low.astype(holder)
+    f = np.asarray(x, np.float64)
+    with np.errstate(invalid="ignore"):
+        t = np.clip(np.trunc(f), lo, hi)  # +-inf clip to the ends; NaN stays NaN
+    return np.where(np.isnan(t), 0.0, t).astype(holder)
 
 
 def _encode_fp4(x: np.ndarray) -> np.ndarray:

@@ -278,7 +278,7 @@ class _Window(EagerKernel):
         self.require_inputs(inputs, 1, 1)
         size = inputs[0].value  # None: the length is only known at run time
         out_dt = dtypes.to_numpy(int(self.attr("output_datatype", dtypes.FLOAT)))
-        if out_dt == object:
+        if out_dt.kind == "O":
             raise self.error("output_datatype cannot be string", DTypeError)
         if size is None:
             return [TensorInfo(None, out_dt)]

@@ -602,7 +602,7 @@ class MaxUnpoolKernel(Kernel):
     """
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
-        from edgert.errors import DTypeError, InputError
+        from edgert.errors import DTypeError
 
         self.require_inputs(inputs, 2, 3)
         x, ind = inputs[0], inputs[1]

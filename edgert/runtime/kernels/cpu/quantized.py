@@ -50,6 +50,8 @@ import numpy as np
 
 from edgert.errors import DTypeError, KernelError, ShapeError
 from edgert.runtime._jit import njit, prange
+from edgert.runtime.kernels.cpu import qdconv
+from edgert.runtime.kernels.cpu.blas import gemm_threads
 from edgert.runtime.kernels.cpu.conv import (
     ConvTransposeKernel,
     _im2col,
@@ -58,8 +60,6 @@ from edgert.runtime.kernels.cpu.conv import (
     sliding_window,
     tap_ranges,
 )
-from edgert.runtime.kernels.cpu import qdconv
-from edgert.runtime.kernels.cpu.blas import gemm_threads
 from edgert.runtime.kernels.cpu.dconv import SUB
 from edgert.runtime.kernels.cpu.pooling import _max_pool_rows
 from edgert.runtime.kernels.cpu.qgemm import (

@@ -302,7 +302,7 @@ class Resize(ShapeKernel):
         x = inputs[0]
         dt = np.dtype(x.dtype)
         r = len(x.shape)
-        if dt == object or (dt.kind == "b" and self._mode != "nearest"):
+        if dt.kind == "O" or (dt.kind == "b" and self._mode != "nearest"):
             raise self.error(f"{self._mode} resize of {dt} tensors is not supported", DTypeError)
         if dt.kind not in "biuf":
             raise self.error(f"input dtype {dt} is not supported", DTypeError)

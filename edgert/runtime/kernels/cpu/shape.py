@@ -20,8 +20,8 @@ import numpy as np
 
 from edgert import dtypes
 from edgert.errors import DTypeError, ShapeError, UnsupportedOpError
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 from edgert.runtime.kernels.cpu import float8
+from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
 
 class _Deferred(Exception):
@@ -216,7 +216,7 @@ class Dropout(ShapeKernel):
             outputs[1].fill(True)
 
 
-# ----- shapes as data ------------------------------------------------------------------------------
+# ----- shapes as data -----------------------------------------------------------------------------
 class Shape(ShapeKernel):
     """Shape (opset 15 ``start``/``end``, clamped like Python slicing); the value is set at
     prepare from the input's shape, even when its data is unknown."""
@@ -595,7 +595,7 @@ class Cast(ShapeKernel):
         x = inputs[0]
         self._to = self._target(inputs)
         src = np.dtype(x.dtype)
-        if src == object and self._to == np.dtype(np.bool_):
+        if src.kind == "O" and self._to == np.dtype(np.bool_):
             raise self.unsupported("Cast from string to bool is not supported")
         return [TensorInfo(x.shape, self._to)]
 
@@ -628,10 +628,10 @@ def cast_bits_into(out: np.ndarray, x: np.ndarray, kernel: Kernel, to) -> None:
 def cast_into(out: np.ndarray, x: np.ndarray, kernel: Kernel) -> None:
     """``out[...] = x`` converted to ``out``'s dtype with ONNX Cast semantics."""
     src, dst = x.dtype, out.dtype
-    if dst == object and src != object:
+    if dst.kind == "O" and src.kind != "O":
         out[...] = _to_text(x)
         return
-    if src == object and dst != object:
+    if src.kind == "O" and dst.kind != "O":
         try:
             parsed = x.astype(np.float64) if dst.kind == "f" else x.astype(np.int64)
         except (ValueError, TypeError) as exc:
@@ -731,7 +731,7 @@ class EyeLike(ShapeKernel):
             if int(to) in _NO_NUMPY_DTYPE or not dtypes.is_known(int(to)):
                 raise self.unsupported(f"EyeLike dtype {dtypes.name(int(to))} is not supported")
             dt = dtypes.to_numpy(int(to))
-        if dt == object:
+        if dt.kind == "O":
             raise self.error("EyeLike of a string tensor is not defined", DTypeError)
         self._k = int(self.attr("k", 0))
         return [TensorInfo(x.shape, dt)]
