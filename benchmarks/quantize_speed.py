@@ -25,7 +25,7 @@ def gemm_rates(shapes=((64, 576, 3136), (256, 2304, 196), (512, 4608, 49), (1024
     import numba
 
     from edgert.runtime.kernels.cpu import qgemm as Q
-    from edgert.runtime.kernels.cpu.gemm import set_blas_threads
+    from edgert.runtime.kernels.cpu._native.openblas import set_blas_threads
 
     numba.set_num_threads(1)  # single thread on both sides
     set_blas_threads(1)

@@ -20,15 +20,19 @@ def run_kernel(
     version: int = 21,
     domain: str = "",
     num_threads: int = 1,
+    path=None,
+    tuning=None,
 ) -> list[np.ndarray]:
     """Prepare and invoke one CPU kernel as the interpreter would.
 
     ``const_inputs`` lists the input indices whose values are known at prepare time (initializers
-    or shape arithmetic), or ``"all"``.
+    or shape arithmetic), or ``"all"``. ``path`` forces a kernel family's algorithm (a
+    ``ConvPath``) and ``tuning`` replaces its thresholds (a ``ConvTuning``).
     """
     cls = registry().lookup(op_type, domain, version)
     assert cls is not None, f"no CPU kernel for {op_type}"
-    kernel = cls(OpContext(op_type, "test_node", dict(attrs or {}), domain, version, num_threads))
+    kernel = cls(OpContext(op_type, "test_node", dict(attrs or {}), domain, version, num_threads,
+                           path, tuning))
     infos = []
     for i, x in enumerate(inputs):
         if x is None:

@@ -1,4 +1,5 @@
-"""NumPy's BLAS called from compiled kernels (``cblas.py``) and the fused Conv paths built on it.
+"""NumPy's BLAS called from compiled kernels (``_native/openblas.py``) and the fused Conv paths
+built on it.
 
 References: ``np.matmul`` for the GEMM splits (same BLAS, so only the blocking differs) and
 onnxruntime for the fused convs, at one and two threads (the split and the serial builds).
@@ -10,17 +11,12 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node, run_kernel
 
-from edgert.runtime.kernels.cpu import blas, cblas, conv
+from edgert.runtime.kernels.cpu import blas
+from edgert.runtime.kernels.cpu._native import openblas
+from edgert.runtime.kernels.cpu.conv import ConvPath, ConvTuning
 
-pytestmark = pytest.mark.skipif(cblas.routines() is None,
+pytestmark = pytest.mark.skipif(openblas.routines() is None,
                                 reason="NumPy's BLAS is not an OpenBLAS reachable here")
-
-
-@pytest.fixture
-def two_gemm_threads():
-    blas.set_gemm_threads(2)
-    yield
-    blas.set_gemm_threads(1)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -34,19 +30,19 @@ def two_gemm_threads():
         ((3, 9, 17), (3, 17, 500)),
     ],
 )
-def test_gemm_split_matches_numpy(dt, a_shape, b_shape, two_gemm_threads, monkeypatch):
+def test_gemm_split_matches_numpy(dt, a_shape, b_shape, monkeypatch):
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     rng = np.random.default_rng(0)
     a = rng.standard_normal(a_shape).astype(dt)
     b = rng.standard_normal(b_shape).astype(dt)
     out = np.full(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]) + (a_shape[-2], b_shape[-1]),
                   np.nan, dt)
-    assert blas._threaded_cblas(a, b, out, 2)
+    assert blas._threaded_openblas(a, b, out, 2)
     tol = 1e-5 if dt == np.float32 else 1e-12
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=tol, atol=tol * 10)
 
 
-def test_matmul_on_column_views(two_gemm_threads, monkeypatch):
+def test_matmul_on_column_views(monkeypatch):
     """Strided 2-D views (a column block of a wider matrix) are read and written in place."""
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     rng = np.random.default_rng(1)
@@ -54,24 +50,24 @@ def test_matmul_on_column_views(two_gemm_threads, monkeypatch):
     b = rng.standard_normal((33, 300)).astype(np.float32)[:, 7:250]
     big = np.full((20, 300), -1.0, np.float32)
     out = big[:, 5:248]
-    blas.matmul(a, b, out)
+    blas.matmul(a, b, out, threads=2)
     np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
     assert (big[:, :5] == -1).all() and (big[:, 248:] == -1).all()  # nothing outside written
 
 
-def test_matmul_falls_back_where_cblas_does_not_apply(two_gemm_threads, monkeypatch):
+def test_matmul_falls_back_where_openblas_does_not_apply(monkeypatch):
     """Overlapping operands, other dtypes and a batched A with a 2-D B go to np.matmul."""
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     rng = np.random.default_rng(2)
     buf = rng.standard_normal((40, 40)).astype(np.float32)
-    assert not blas._threaded_cblas(buf[:, :20], buf[:20, :], buf[:, :], 2)
+    assert not blas._threaded_openblas(buf[:, :20], buf[:20, :], buf[:, :], 2)
     ai = rng.integers(-5, 5, (4, 6)).astype(np.int32)
-    assert not blas._threaded_cblas(ai, ai.T.copy(), np.empty((4, 4), np.int32), 2)
+    assert not blas._threaded_openblas(ai, ai.T.copy(), np.empty((4, 4), np.int32), 2)
     a3 = rng.standard_normal((2, 5, 6)).astype(np.float32)
     b2 = rng.standard_normal((6, 7)).astype(np.float32)
-    assert not blas._threaded_cblas(a3, b2, np.empty((2, 5, 7), np.float32), 2)
+    assert not blas._threaded_openblas(a3, b2, np.empty((2, 5, 7), np.float32), 2)
     out = np.empty((2, 5, 7), np.float32)
-    blas.matmul(a3, b2, out)
+    blas.matmul(a3, b2, out, threads=2)
     np.testing.assert_allclose(out, a3 @ b2, rtol=1e-5, atol=1e-5)
 
 
@@ -86,44 +82,40 @@ CONV_CASES = [
 ]
 
 
+# Several row blocks per thread; every split tried; these shapes kept off fgemm and the fused
+# small pointwise call.
+FUSED = ConvTuning(col_block_bytes=4096, split_min_macs=1, implicit_max_m=0, implicit_max_p=0,
+                   pointwise_small_macs=0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 @pytest.mark.parametrize("act", [None, "Relu"])
-def test_fused_blas_conv_matches_onnxruntime(case, act, threads, monkeypatch):
-    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
-    monkeypatch.setattr(conv, "COL_BLOCK_BYTES", 4096)  # several row blocks per thread
-    monkeypatch.setattr(conv, "IMPLICIT_MAX_M", 0)  # keep these shapes off fgemm
-    monkeypatch.setattr(conv, "IMPLICIT_MAX_P", 0)
-    monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
-    blas.set_gemm_threads(threads)
-    try:
-        x_shape, w_shape, attrs = CONV_CASES[case]
-        rng = np.random.default_rng(case)
-        x = rng.standard_normal(x_shape).astype(np.float32)
-        w = rng.standard_normal(w_shape).astype(np.float32)
-        b = rng.standard_normal(w_shape[0]).astype(np.float32)
-        want = ort_node("Conv", [x, w, b], attrs)[0]
-        if act == "Relu":
-            want = np.maximum(want, 0)
-            attrs = dict(attrs, activation="Relu")
-        got = run_kernel("Conv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
-    finally:
-        blas.set_gemm_threads(1)
+def test_fused_blas_conv_matches_onnxruntime(case, act, threads):
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    rng = np.random.default_rng(case)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    want = ort_node("Conv", [x, w, b], attrs)[0]
+    if act == "Relu":
+        want = np.maximum(want, 0)
+        attrs = dict(attrs, activation="Relu")
+    path = ConvPath.POINTWISE_BLAS if w_shape[2] == 1 else ConvPath.IM2COL_BLAS_ROWS
+    got = run_kernel("Conv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert",
+                     num_threads=threads, path=path, tuning=FUSED)[0]
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-def test_fused_paths_are_selected(monkeypatch):
-    monkeypatch.setattr(conv, "IMPLICIT_MAX_M", 0)
-    monkeypatch.setattr(conv, "IMPLICIT_MAX_P", 0)
-    monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
+def test_fused_paths_are_selected():
     from edgert.runtime.kernels.cpu import registry
     from edgert.runtime.registry import OpContext, TensorInfo
 
     cls = registry().lookup("Conv", "", 21)
-    for w_shape, want in (((8, 4, 3, 3), "blas_rows"), ((8, 4, 1, 1), "blas_pw")):
+    for w_shape, want in (((8, 4, 3, 3), ConvPath.IM2COL_BLAS_ROWS),
+                          ((8, 4, 1, 1), ConvPath.POINTWISE_BLAS)):
         k = cls(OpContext("Conv", "c", {"pads": [1, 1, 1, 1]} if w_shape[2] == 3 else {},
-                          "", 21, 1))
+                          "", 21, 1, tuning=FUSED))
         w = np.random.default_rng(0).standard_normal(w_shape).astype(np.float32)  # distinct rows
         k.prepare([TensorInfo((1, 4, 9, 9), np.float32), TensorInfo(w_shape, np.float32, w)])
-        k = getattr(k, "inner", k)
-        assert getattr(k, want)
+        assert k.path is want

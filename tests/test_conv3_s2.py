@@ -1,4 +1,4 @@
-"""The stem kernel (``conv._conv3_s2``, issue 7) against onnxruntime.
+"""The stem kernel (``ConvPath.STEM_3X3_S2``, ``conv/depthwise3.py``) against onnxruntime.
 
 Dense 3x3 convs with stride 2, pads 1, even planes and at most ``CONV3_S2_MAX_C`` input channels
 (a network's first layer) are summed over input channels from stride-2 phase planes instead of
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node
 
-from edgert.runtime.kernels.cpu import conv, registry
+from edgert.runtime.kernels.cpu import registry
+from edgert.runtime.kernels.cpu.conv import ConvPath, depthwise3
 from edgert.runtime.registry import OpContext, TensorInfo
 
 
@@ -25,7 +26,7 @@ def _kernel(x, w, b, attrs, const=True, threads=1):
     if b is not None:
         infos.append(TensorInfo(b.shape, b.dtype, b if const else None))
     (out,) = kern.prepare(infos)
-    return kern, getattr(kern, "inner", kern), out
+    return kern, kern, out
 
 
 def _run(kern, out, ins):
@@ -66,7 +67,7 @@ def test_conv3_s2_matches_ort(n, c, m, hw, pads, bias, act):
     elif act == "Clip":
         attrs.update(activation="Clip", activation_params=[0.0, 6.0])
     kern, inner, out = _kernel(x, w, b, attrs)
-    assert inner.conv3s2 is conv._conv3_s2_serial
+    assert inner.path is ConvPath.STEM_3X3_S2 and inner.plan.fn is depthwise3._conv3_s2_serial
     ins = [x, w] + ([b] if bias else [])
     np.testing.assert_allclose(_run(kern, out, ins), _want(ins, attrs), rtol=RTOL, atol=ATOL)
 
@@ -82,7 +83,7 @@ def test_conv3_s2_parallel_and_runtime_weights():
     want = _want([x, w, b], attrs)
     for const in (True, False):
         kern, inner, out = _kernel(x, w, b, attrs, const=const, threads=2)
-        assert inner.conv3s2 is conv._conv3_s2
+        assert inner.plan.fn is depthwise3._conv3_s2
         assert inner.scratch_nbytes == x.nbytes
         np.testing.assert_allclose(_run(kern, out, [x, w, b]), want, rtol=RTOL, atol=ATOL)
 
@@ -97,7 +98,7 @@ def test_conv3_s2_identical_filters_identical_channels():
     b = np.full(12, 0.02, np.float32)
     attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
     kern, inner, out = _kernel(x, w, b, attrs)
-    assert inner.conv3s2 is not None
+    assert inner.path is ConvPath.STEM_3X3_S2
     got = _run(kern, out, [x, w, b])
     np.testing.assert_allclose(got, _want([x, w, b], attrs), rtol=RTOL, atol=ATOL)
     for ch in range(1, 6):
@@ -122,6 +123,6 @@ def test_conv3_s2_not_taken_outside_its_shapes(c, hw, strides, pads, group):
     w = rng.standard_normal((4, c // group, 3, 3)).astype(np.float32)
     attrs = {"strides": strides, "pads": pads, "group": group}
     kern, inner, out = _kernel(x, w, None, attrs)
-    assert inner.conv3s2 is None
+    assert inner.path is not ConvPath.STEM_3X3_S2
     np.testing.assert_allclose(_run(kern, out, [x, w]), _want([x, w], attrs), rtol=RTOL,
                                atol=ATOL)

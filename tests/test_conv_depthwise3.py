@@ -1,4 +1,4 @@
-"""The flat-plane 3x3 depthwise kernel (``conv._depthwise3``, issue 7) against onnxruntime.
+"""The flat-plane 3x3 depthwise kernel (``ConvPath.DEPTHWISE_3X3``) against onnxruntime.
 
 ``_depthwise3`` takes MobileNet's depthwise layers: 3x3, pads 1, stride 1 (any plane of at least
 2x2) or stride 2 (even planes). Each plane is computed as one contiguous stream plus separately
@@ -13,19 +13,24 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node
 
-from edgert.runtime.kernels.cpu import conv, registry
+from edgert.runtime.kernels.cpu import registry
+from edgert.runtime.kernels.cpu.conv import ConvPath, ConvTuning, depthwise, depthwise3
 from edgert.runtime.registry import OpContext, TensorInfo
 
+# DEPTHWISE_3X3 on small planes too (not DEPTHWISE_HWC); and the other way round.
+DW3_ALWAYS = ConvTuning(dw3_min_plane=(0, 0))
+HWC_FIRST = ConvTuning(dw3_min_plane=(1 << 40, 1 << 40))
 
-def _kernel(x, w, b, attrs, const=True, threads=1):
-    """A prepared ConvKernel (the float ConvKernel, unwrapped) and its output shape."""
+
+def _kernel(x, w, b, attrs, const=True, threads=1, tuning=None):
+    """A prepared ConvKernel and its output shape."""
     kern = registry().lookup("Conv", "edgert", 21)(
-        OpContext("Conv", "dw3", dict(attrs), "edgert", 21, threads))
+        OpContext("Conv", "dw3", dict(attrs), "edgert", 21, threads, tuning=tuning))
     infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w if const else None)]
     if b is not None:
         infos.append(TensorInfo(b.shape, b.dtype, b if const else None))
     (out,) = kern.prepare(infos)
-    return kern, getattr(kern, "inner", kern), out
+    return kern, kern, out
 
 
 def _run(kern, out, ins):
@@ -68,15 +73,15 @@ def _attrs(c, mult, stride, pads, act):
     ],
 )
 @pytest.mark.parametrize("bias,act", [(True, None), (False, "Relu"), (True, "Clip")])
-def test_depthwise3_matches_ort(n, c, mult, hw, stride, pads, bias, act, monkeypatch):
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))  # small planes here too, not hwc
+def test_depthwise3_matches_ort(n, c, mult, hw, stride, pads, bias, act):
     rng = np.random.default_rng(hash((n, c, mult, hw, stride)) % 2**32)
     x = rng.standard_normal((n, c) + hw).astype(np.float32)
     w = rng.standard_normal((c * mult, 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(c * mult).astype(np.float32) if bias else None
     attrs = _attrs(c, mult, stride, pads, act)
-    kern, inner, out = _kernel(x, w, b, attrs)
-    assert inner.dw3 is conv._depthwise3_serial and inner.dw3_stride == stride
+    kern, inner, out = _kernel(x, w, b, attrs, tuning=DW3_ALWAYS)
+    assert inner.path is ConvPath.DEPTHWISE_3X3 and inner.plan.stride == stride
+    assert inner.plan.fn is depthwise3._depthwise3_serial
     ins = [x, w] + ([b] if bias else [])
     np.testing.assert_allclose(_run(kern, out, ins), _want(ins, attrs, act), rtol=RTOL, atol=ATOL)
 
@@ -93,14 +98,14 @@ def test_depthwise3_parallel_runtime_weights_and_float64(stride):
     attrs = _attrs(c, 1, stride, [1, 1, 1, 1], "Relu")
     want = _want([x, w, b], attrs, "Relu")
     kern, inner, out = _kernel(x, w, b, attrs, threads=2)
-    assert inner.dw3 is conv._depthwise3
+    assert inner.plan.fn is depthwise3._depthwise3
     np.testing.assert_allclose(_run(kern, out, [x, w, b]), want, rtol=RTOL, atol=ATOL)
     kern, inner, out = _kernel(x, w, b, attrs, const=False, threads=2)
-    assert inner.dw3 is conv._depthwise3
+    assert inner.plan.fn is depthwise3._depthwise3
     np.testing.assert_allclose(_run(kern, out, [x, w, b]), want, rtol=RTOL, atol=ATOL)
     x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
     kern, inner, out = _kernel(x64, w64, b64, attrs, threads=2)
-    assert inner.dw3 is conv._depthwise3
+    assert inner.plan.fn is depthwise3._depthwise3
     got = _run(kern, out, [x64, w64, b64])
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, _numpy_dw3(x64, w64, b64, stride, "Relu"), rtol=1e-10,
@@ -123,28 +128,26 @@ def _numpy_dw3(x, w, b, stride, act):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise3_keeps_nan(stride, monkeypatch):
+def test_depthwise3_keeps_nan(stride):
     """A NaN input reaches exactly the outputs whose window covers it, through Relu, wherever
     it sits (interior, border row, border column)."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
     attrs = _attrs(3, 1, stride, [1, 1, 1, 1], "Relu")
     for pos in [(0, 3, 3), (1, 0, 4), (2, 5, 0), (0, 7, 7)]:
         x = np.zeros((1, 3, 8, 8), np.float32)
         x[(0,) + pos] = np.nan
         w = np.ones((3, 1, 3, 3), np.float32)
-        kern, inner, out = _kernel(x, w, None, attrs)
-        assert inner.dw3 is not None
+        kern, inner, out = _kernel(x, w, None, attrs, tuning=DW3_ALWAYS)
+        assert inner.path is ConvPath.DEPTHWISE_3X3
         got = _run(kern, out, [x, w])
         want = _want([x, w], attrs, "Relu")
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise3_row_end_inf_stays_in_its_row(stride, monkeypatch):
+def test_depthwise3_row_end_inf_stays_in_its_row(stride):
     """The flat stream reads across row ends at columns 0 and W-1 and selects those taps away:
     an Inf at the end of one row must not reach the next row's column 0 (a product with 0 would
     make it NaN), nor -Inf at a row's start the row above."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
     attrs = _attrs(2, 1, stride, [1, 1, 1, 1], None)
     x = np.random.default_rng(3).standard_normal((1, 2, 8, 6)).astype(np.float32)
     x[0, 0, 3, 5] = np.inf
@@ -152,8 +155,8 @@ def test_depthwise3_row_end_inf_stays_in_its_row(stride, monkeypatch):
     x[0, 1, 6, 5] = np.inf
     w = np.random.default_rng(4).uniform(0.5, 1.5, (2, 1, 3, 3)).astype(np.float32)
     b = np.array([0.25, -0.5], np.float32)
-    kern, inner, out = _kernel(x, w, b, attrs)
-    assert inner.dw3 is not None
+    kern, inner, out = _kernel(x, w, b, attrs, tuning=DW3_ALWAYS)
+    assert inner.path is ConvPath.DEPTHWISE_3X3
     got = _run(kern, out, [x, w, b])
     want = _want([x, w, b], attrs, None)
     assert np.isinf(want).any() and not np.isnan(want).any()
@@ -165,10 +168,9 @@ def test_depthwise3_row_end_inf_stays_in_its_row(stride, monkeypatch):
     ("Sigmoid", None, lambda v: 1 / (1 + np.exp(-v))),
     ("HardSigmoid", [0.2, 0.5], lambda v: np.clip(0.2 * v + 0.5, 0, 1)),
 ])
-def test_depthwise3_other_activations_after_the_bias(stride, act, params, ref, monkeypatch):
+def test_depthwise3_other_activations_after_the_bias(stride, act, params, ref):
     """Relu and Clip are clamps in the kernel's store; other fused activations run after it,
     on the biased sum."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 3, 6, 8)).astype(np.float32)
     w = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
@@ -177,8 +179,8 @@ def test_depthwise3_other_activations_after_the_bias(stride, act, params, ref, m
     attrs["activation"] = act
     if params is not None:
         attrs["activation_params"] = params
-    kern, inner, out = _kernel(x, w, b, attrs)
-    assert inner.dw3 is not None
+    kern, inner, out = _kernel(x, w, b, attrs, tuning=DW3_ALWAYS)
+    assert inner.path is ConvPath.DEPTHWISE_3X3
     want = ref(_want([x, w, b], attrs, None)).astype(np.float32)
     np.testing.assert_allclose(_run(kern, out, [x, w, b]), want, rtol=RTOL, atol=ATOL)
 
@@ -192,15 +194,14 @@ def test_depthwise3_other_activations_after_the_bias(stride, act, params, ref, m
         ((1, 6), 1, [1, 1, 1, 1], 3),  # a single row
     ],
 )
-def test_depthwise3_not_taken_outside_its_shapes(hw, stride, pads, k, monkeypatch):
+def test_depthwise3_not_taken_outside_its_shapes(hw, stride, pads, k):
     """Layers outside 3x3 / pads 1 / stride 1 or 2 on even planes keep the other kernels."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 3) + hw).astype(np.float32)
     w = rng.standard_normal((3, 1, k, k)).astype(np.float32)
     attrs = {"group": 3, "strides": [stride, stride], "pads": pads}
-    kern, inner, out = _kernel(x, w, None, attrs)
-    assert inner.dw3 is None
+    kern, inner, out = _kernel(x, w, None, attrs, tuning=DW3_ALWAYS)
+    assert inner.path is not ConvPath.DEPTHWISE_3X3
     np.testing.assert_allclose(_run(kern, out, [x, w]), _want([x, w], attrs, None),
                                rtol=RTOL, atol=ATOL)
 
@@ -211,23 +212,22 @@ def test_depthwise3_leaves_small_planes_to_hwc():
     x = rng.standard_normal((1, 8, 7, 7)).astype(np.float32)
     w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
     _, inner, _ = _kernel(x, w, None, _attrs(8, 1, 1, [1, 1, 1, 1], None))
-    assert inner.dw3 is None and inner.dw_hwc is not None
+    assert inner.path is ConvPath.DEPTHWISE_HWC
     x = rng.standard_normal((1, 8, 56, 56)).astype(np.float32)
     _, inner, _ = _kernel(x, w, None, _attrs(8, 1, 1, [1, 1, 1, 1], None))
-    assert inner.dw3 is not None
+    assert inner.path is ConvPath.DEPTHWISE_3X3
 
 
-def test_repeated_invoke_reuses_the_call_and_sees_new_data(monkeypatch):
+def test_repeated_invoke_reuses_the_call_and_sees_new_data():
     """A second invoke with the same (planned) arrays repeats the remembered kernel call: new
     input values are read, other arrays take the full path, a non-contiguous input (copied per
     call) is never remembered, and a runtime bias disables the shortcut."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (0, 0))
     rng = np.random.default_rng(21)
     x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
     w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     attrs = _attrs(4, 1, 1, [1, 1, 1, 1], "Relu")
-    kern, inner, out = _kernel(x, w, b, attrs)
+    kern, inner, out = _kernel(x, w, b, attrs, tuning=DW3_ALWAYS)
     y = np.empty(out.shape, np.float32)
     kern.invoke([x, w, b], [y])
     assert inner._fast is not None and inner._fast[0] is x and inner._fast[1] is y
@@ -240,11 +240,11 @@ def test_repeated_invoke_reuses_the_call_and_sees_new_data(monkeypatch):
     np.testing.assert_allclose(y2, _want([x2, w, b], attrs, "Relu"), rtol=RTOL, atol=ATOL)
 
     xt = np.asfortranarray(x2)  # not C-contiguous: copied in invoke, so not remembered
-    kern, inner, out = _kernel(xt, w, b, attrs)
+    kern, inner, out = _kernel(xt, w, b, attrs, tuning=DW3_ALWAYS)
     np.testing.assert_allclose(_run(kern, out, [xt, w, b]), _want([x2, w, b], attrs, "Relu"),
                                rtol=RTOL, atol=ATOL)
     assert inner._fast is None
-    kern, inner, out = _kernel(x, w, b, attrs, const=False)
+    kern, inner, out = _kernel(x, w, b, attrs, const=False, tuning=DW3_ALWAYS)
     y = np.empty(out.shape, np.float32)
     kern.invoke([x, w, b], [y])
     assert inner._fast is None
@@ -252,17 +252,17 @@ def test_repeated_invoke_reuses_the_call_and_sees_new_data(monkeypatch):
 
 @pytest.mark.parametrize("c,hw,stride,threads", [(13, (7, 7), 1, 1), (17, (10, 8), 2, 1),
                                                  (24, (6, 6), 1, 1), (200, (24, 24), 2, 2)])
-def test_hwc_blocked_transposes(c, hw, stride, threads, monkeypatch):
+def test_hwc_blocked_transposes(c, hw, stride, threads):
     """_depthwise_hwc transposes by blocks of 8 channels plus a channel tail (13, 17), or
     blocks only (24, 200); 200 channels also run its parallel build."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (1 << 40, 1 << 40))  # keep these on hwc
     rng = np.random.default_rng(c)
     x = rng.standard_normal((2, c) + hw).astype(np.float32)
     w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(c).astype(np.float32)
     attrs = _attrs(c, 1, stride, [1, 1, 1, 1], "Clip")
-    kern, inner, out = _kernel(x, w, b, attrs, threads=threads)
-    assert inner.dw3 is None
-    assert inner.dw_hwc is (conv._depthwise_hwc if threads == 2 else conv._depthwise_hwc_serial)
+    kern, inner, out = _kernel(x, w, b, attrs, threads=threads, tuning=HWC_FIRST)
+    assert inner.path is not ConvPath.DEPTHWISE_3X3
+    assert inner.plan.fn is (depthwise._depthwise_hwc if threads == 2
+                              else depthwise._depthwise_hwc_serial)
     np.testing.assert_allclose(_run(kern, out, [x, w, b]), _want([x, w, b], attrs, "Clip"),
                                rtol=RTOL, atol=ATOL)

@@ -19,15 +19,17 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node
 
-from edgert.runtime.kernels.cpu import blas, conv, registry
+from edgert.runtime.kernels.cpu import blas, registry
 from edgert.runtime.kernels.cpu.blas import identical_rows
+from edgert.runtime.kernels.cpu.conv import ConvPath, ConvTuning
 from edgert.runtime.registry import OpContext, TensorInfo
 
 
-def _conv(x, w, b, attrs):
+def _conv(x, w, b, attrs, threads=1, tuning=None):
     """Prepare (constant W and B) and invoke one Conv kernel; returns (kernel, output)."""
     cls = registry().lookup("Conv", "edgert", 21)
-    kernel = cls(OpContext("Conv", "conv_under_test", dict(attrs), "edgert", 21, 1))
+    kernel = cls(OpContext("Conv", "conv_under_test", dict(attrs), "edgert", 21, threads,
+                           tuning=tuning))
     infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w),
              TensorInfo(b.shape, b.dtype, b)]
     (info,) = kernel.prepare(infos)
@@ -75,10 +77,9 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("act", [None, "Relu"])
-def test_identical_filters_give_identical_channels(name, act, monkeypatch):
+def test_identical_filters_give_identical_channels(name, act):
     n, c_in, hw, k, pads, m_out, n_distinct, route = CASES[name]
-    if route != "direct":
-        monkeypatch.setattr(conv, "DCONV_MIN_C", 1 << 30)
+    tuning = None if route == "direct" else ConvTuning(dconv_min_c=1 << 30)  # keep off DIRECT
     rng = np.random.default_rng(sorted(CASES).index(name))
     x = rng.uniform(0.5, 1.5, (n, c_in) + hw).astype(np.float32)
     w, b, classes = _filters(rng, m_out, c_in, k, n_distinct)
@@ -91,20 +92,19 @@ def test_identical_filters_give_identical_channels(name, act, monkeypatch):
     if act == "Relu":
         want = np.maximum(want, 0)
         attrs["activation"] = "Relu"
-    kernel, got = _conv(x, w, b, attrs)
+    kernel, got = _conv(x, w, b, attrs, tuning=tuning)
 
-    # The route under test was taken, and the filter classes were found (BLAS routes).
-    assert not kernel.pw_small
-    assert kernel.path == ("pointwise" if route == "pointwise" else "im2col")
-    assert (kernel.fplan is not None) == (route == "implicit")
-    assert (kernel.dgeo is not None) == (route == "direct")
-    if route in ("implicit", "direct"):
-        assert kernel.row_index is None
-    else:
+    # The route under test was taken, and the filter classes were found (GEMM routes): the
+    # fused BLAS paths, which cannot keep classes alike, are not.
+    want_path = {"pointwise": ConvPath.POINTWISE_GEMM, "implicit": ConvPath.IMPLICIT_GEMM,
+                 "direct": ConvPath.DIRECT}.get(route, ConvPath.IM2COL_GEMM)
+    assert kernel.path is want_path
+    if route not in ("implicit", "direct"):
         if route != "pointwise":
-            assert kernel.col_batch == (route == "batch")
-            assert bool(kernel.block_rows) == (route == "blocks")
-        assert kernel.row_index is not None and kernel.w_unique.shape[0] == n_distinct
+            assert kernel.plan.col_batch == (route == "batch")
+            assert bool(kernel.plan.block_rows) == (route == "blocks")
+        keep, _ = kernel.plan.classes
+        assert len(keep) == n_distinct
 
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     _assert_identical_channels(got, classes)
@@ -117,12 +117,8 @@ def test_identical_filters_with_threaded_gemm(monkeypatch):
     w, b, classes = _filters(rng, 48, 64, (1, 1), 4)
     want = ort_node("Conv", [x, w, b], {})[0]
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 0)  # split even this small GEMM
-    threads = blas._gemm_threads
-    blas.set_gemm_threads(2)
-    try:
-        _, got = _conv(x, w, b, {})
-    finally:
-        blas.set_gemm_threads(threads)
+    kernel, got = _conv(x, w, b, {}, threads=2)
+    assert kernel.path is ConvPath.POINTWISE_GEMM
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     _assert_identical_channels(got, classes)
 
@@ -132,8 +128,10 @@ def test_distinct_filters_take_the_plain_gemm():
     x = rng.standard_normal((1, 16, 10, 10)).astype(np.float32)
     w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
     b = rng.standard_normal(24).astype(np.float32)
-    kernel, got = _conv(x, w, b, {"pads": [1, 1, 1, 1]})
-    assert kernel.row_index is None
+    kernel, got = _conv(x, w, b, {"pads": [1, 1, 1, 1]},
+                        tuning=ConvTuning(dconv_min_c=1 << 30, implicit_max_m=0))
+    assert not kernel.plan.p.identical_filters
+    assert kernel.path in (ConvPath.IM2COL_BLAS_ROWS, ConvPath.IM2COL_GEMM)
     np.testing.assert_allclose(got, ort_node("Conv", [x, w, b], {"pads": [1, 1, 1, 1]})[0],
                                rtol=RTOL, atol=ATOL)
 

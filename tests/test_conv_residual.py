@@ -13,23 +13,28 @@ import pytest
 from helpers import ATOL, RTOL, ort_node, run_kernel
 
 from edgert.errors import DTypeError, KernelError, ShapeError
-from edgert.runtime.kernels.cpu import blas, conv, registry
+from edgert.runtime.kernels.cpu import registry
+from edgert.runtime.kernels.cpu.conv import ConvPath, ConvTuning, kernel
 from edgert.runtime.registry import OpContext, TensorInfo
 
 CASES = [
-    # (x shape, w shape, attrs, path the kernel must take)
-    ((1, 24, 20, 20), (32, 24, 1, 1), {}, "blas_pw"),
-    ((2, 40, 5, 5), (48, 40, 1, 1), {}, "blas_pw"),  # small plane: output-channel split
-    ((1, 16, 12, 12), (16, 4, 1, 1), {"group": 4}, "blas_pw"),  # ShuffleNet's grouped 1x1
-    ((1, 16, 3, 3), (32, 4, 1, 1), {"group": 4}, "blas_pw"),
-    ((1, 16, 11, 13), (24, 16, 3, 3), {"pads": [1, 1, 1, 1]}, "dgeo"),  # direct kernel
-    ((2, 8, 9, 9), (20, 8, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 1]}, "dgeo"),
-    ((1, 4, 9, 9), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, "sum_after"),  # im2col / implicit
-    ((1, 12, 14, 14), (12, 1, 3, 3), {"group": 12, "pads": [1, 1, 1, 1]}, "sum_after"),
-    ((2, 6, 17), (8, 6, 3), {"pads": [1, 1]}, "sum_after"),  # 1-D
-    ((1, 3, 2, 2), (4, 3, 1, 1), {}, "pw_small"),  # a few MACs: the small pointwise kernel
-    ((1, 4, 2, 3), (4, 2, 1, 1), {"group": 2}, "blas_pw"),  # grouped, few MACs
+    # (x shape, w shape, attrs, the path the kernel must take; None: one that runs a separate
+    # act(y + z) pass)
+    ((1, 24, 20, 20), (32, 24, 1, 1), {}, ConvPath.POINTWISE_BLAS),
+    ((2, 40, 5, 5), (48, 40, 1, 1), {}, ConvPath.POINTWISE_BLAS),  # output-channel split
+    ((1, 16, 12, 12), (16, 4, 1, 1), {"group": 4}, ConvPath.POINTWISE_BLAS),  # ShuffleNet's
+    ((1, 16, 3, 3), (32, 4, 1, 1), {"group": 4}, ConvPath.POINTWISE_BLAS),
+    ((1, 16, 11, 13), (24, 16, 3, 3), {"pads": [1, 1, 1, 1]}, ConvPath.DIRECT),
+    ((2, 8, 9, 9), (20, 8, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 1]}, ConvPath.DIRECT),
+    ((1, 4, 9, 9), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, None),  # im2col / implicit
+    ((1, 12, 14, 14), (12, 1, 3, 3), {"group": 12, "pads": [1, 1, 1, 1]}, None),
+    ((2, 6, 17), (8, 6, 3), {"pads": [1, 1]}, None),  # 1-D
+    ((1, 3, 2, 2), (4, 3, 1, 1), {}, ConvPath.POINTWISE_SMALL),  # a few MACs
+    ((1, 4, 2, 3), (4, 2, 1, 1), {"group": 2}, ConvPath.POINTWISE_BLAS),  # grouped, few MACs
 ]
+# every split tried; the BLAS path for small pointwise layers too
+SPLIT = ConvTuning(split_min_macs=1)
+BLAS_PW = ConvTuning(split_min_macs=1, pointwise_small_macs=0)
 
 
 def _reference(x, w, b, z, attrs, act):
@@ -41,38 +46,32 @@ def _reference(x, w, b, z, attrs, act):
     return y
 
 
-def _kernel(x, w, b, z, attrs, const=(1, 2)):
+def _kernel(x, w, b, z, attrs, const=(1, 2), tuning=None):
     cls = registry().lookup("Conv", "edgert", 1)
-    k = cls(OpContext("Conv", "c", attrs, "edgert", 1, 1))
+    k = cls(OpContext("Conv", "c", attrs, "edgert", 1, 1, tuning=tuning))
     infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w if 1 in const else None),
              None if b is None else TensorInfo(b.shape, b.dtype, b if 2 in const else None)]
     if z is not None:
         infos.append(TensorInfo(z.shape, z.dtype))
     k.prepare(infos)
-    return getattr(k, "inner", k)
+    return k
 
 
-def _check_twice(inputs, attrs, threads, want):
-    """Run edgert.Conv twice on ``threads`` GEMM threads (the second call takes the remembered
+def _check_twice(inputs, attrs, threads, want, tuning):
+    """Run edgert.Conv twice on ``threads`` threads (the second call takes the remembered
     fast path) and compare with ``want``."""
-    blas.set_gemm_threads(threads)
-    try:
-        for _ in range(2):
-            got = run_kernel("Conv", inputs, attrs, const_inputs=(1, 2), domain="edgert",
-                             num_threads=threads)[0]
-            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    finally:
-        blas.set_gemm_threads(1)
+    for _ in range(2):
+        got = run_kernel("Conv", inputs, attrs, const_inputs=(1, 2), domain="edgert",
+                         num_threads=threads, tuning=tuning)[0]
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("act", [None, "Relu", "Clip"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_residual_matches_onnxruntime(case, act, threads, monkeypatch):
-    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
+def test_residual_matches_onnxruntime(case, act, threads):
     x_shape, w_shape, attrs, path = CASES[case]
-    if path == "blas_pw":
-        monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
+    tuning = BLAS_PW if path is ConvPath.POINTWISE_BLAS else SPLIT
     rng = np.random.default_rng(case)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
@@ -85,9 +84,12 @@ def test_residual_matches_onnxruntime(case, act, threads, monkeypatch):
         kattrs["activation"] = act
         if act == "Clip":
             kattrs["activation_params"] = [-0.5, 0.5]
-    k = _kernel(x, w, b, z, kattrs)
-    assert getattr(k, path), f"expected the {path} path"
-    _check_twice([x, w, b, z], kattrs, threads, want)
+    k = _kernel(x, w, b, z, kattrs, tuning=tuning)
+    if path is None:
+        assert k.sum_after, k.path
+    else:
+        assert k.path is path and not k.sum_after
+    _check_twice([x, w, b, z], kattrs, threads, want, tuning)
 
 
 def test_residual_with_weights_known_only_at_run_time_and_float64():
@@ -135,15 +137,14 @@ def test_residual_errors():
 
 def test_pointwise_residual_is_in_the_blas_epilogue(monkeypatch):
     """No separate pass on the pointwise BLAS path (its activation stays in the kernel)."""
-    monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
     x = np.zeros((1, 8, 30, 30), np.float32)
     w = np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float32)  # distinct rows
-    k = _kernel(x, w, np.zeros(8, np.float32), x, {"activation": "Relu"})
-    if not k.blas_pw:
+    k = _kernel(x, w, np.zeros(8, np.float32), x, {"activation": "Relu"}, tuning=BLAS_PW)
+    if k.path is not ConvPath.POINTWISE_BLAS:
         pytest.skip("no callable BLAS here")
-    assert not k.sum_after and k.act.active
+    assert not k.sum_after and k.plan.act.active
     called = []
-    monkeypatch.setattr(conv, "sum_epilogue", lambda *a: called.append(a))
+    monkeypatch.setattr(kernel, "sum_epilogue", lambda *a: called.append(a))
     k.invoke([x, w, np.zeros(8, np.float32), x], [np.empty_like(x)])
     assert not called
 
@@ -166,9 +167,7 @@ SHUFFLE_CASES = [
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("with_z", [False, True])
 @pytest.mark.parametrize("case", range(len(SHUFFLE_CASES)))
-def test_channel_shuffle_in_the_conv(case, with_z, threads, monkeypatch):
-    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
-    monkeypatch.setattr(conv, "POINTWISE_SMALL_MACS", 0)
+def test_channel_shuffle_in_the_conv(case, with_z, threads):
     x_shape, w_shape, attrs, native = SHUFFLE_CASES[case]
     g = attrs.get("group", 3)
     rng = np.random.default_rng(20 + case)
@@ -179,8 +178,8 @@ def test_channel_shuffle_in_the_conv(case, with_z, threads, monkeypatch):
     z = rng.standard_normal(plain.shape).astype(np.float32) if with_z else None
     want = _shuffled(np.maximum(plain + (z if with_z else 0), 0), g)
     kattrs = dict(attrs, activation="Relu", channel_shuffle=g)
-    assert _kernel(x, w, b, z, kattrs).shuffle_native == native
-    _check_twice([x, w, b] + ([z] if with_z else []), kattrs, threads, want)
+    assert _kernel(x, w, b, z, kattrs, tuning=BLAS_PW).plan.shuffle == native
+    _check_twice([x, w, b] + ([z] if with_z else []), kattrs, threads, want, BLAS_PW)
 
 
 def test_channel_shuffle_errors():

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node
 
-from edgert.runtime.kernels.cpu import blas, registry
+from edgert.runtime.kernels.cpu import registry
+from edgert.runtime.kernels.cpu.conv import ConvPath
 from edgert.runtime.registry import OpContext, TensorInfo
 
 CASES = [
@@ -36,8 +37,9 @@ def _conv(x, w, b, z, attrs, const=True, threads=1):
     infos = [TensorInfo(a.shape, a.dtype, a if const and i in (1, 2) else None)
              for i, a in enumerate(ins)]
     (out,) = kern.prepare(infos)
-    inner = getattr(kern, "inner", kern)
-    assert inner.path == "pointwise" and inner.pw_stride is not None
+    assert kern.path in (ConvPath.POINTWISE_SMALL, ConvPath.POINTWISE_BLAS,
+                         ConvPath.POINTWISE_GEMM)
+    assert kern.plan.stride is not None  # the pixels are gathered
     return kern, ins, out
 
 
@@ -64,18 +66,14 @@ def test_strided_pointwise_matches_ort(xs, ws, attrs, bias, act, residual, threa
     want0 = _want(x, w, b, None, attrs, None)
     z = rng.standard_normal(want0.shape).astype(np.float32) if residual else None
     want = _want(x, w, b, z, attrs, act)
-    blas.set_gemm_threads(threads)
-    try:
-        kern, ins, out = _conv(x, w, b, z, attrs, threads=threads)
-        y = np.full(out.shape, np.nan, np.float32)
-        kern.invoke(ins, [y])
-        np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
-        x[...] = rng.standard_normal(x.shape)  # same arrays, new values: gathered again
-        y[...] = np.nan
-        kern.invoke(ins, [y])
-        np.testing.assert_allclose(y, _want(x, w, b, z, attrs, act), rtol=RTOL, atol=ATOL)
-    finally:
-        blas.set_gemm_threads(1)
+    kern, ins, out = _conv(x, w, b, z, attrs, threads=threads)
+    y = np.full(out.shape, np.nan, np.float32)
+    kern.invoke(ins, [y])
+    np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
+    x[...] = rng.standard_normal(x.shape)  # same arrays, new values: gathered again
+    y[...] = np.nan
+    kern.invoke(ins, [y])
+    np.testing.assert_allclose(y, _want(x, w, b, z, attrs, act), rtol=RTOL, atol=ATOL)
 
 
 def test_strided_pointwise_runtime_weights():

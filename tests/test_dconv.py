@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node, run_kernel
 
-from edgert.runtime.kernels.cpu import blas, conv, dconv
+from edgert.runtime.kernels.cpu import dconv
+from edgert.runtime.kernels.cpu.conv import ConvPath, ConvTuning
+from edgert.runtime.ops.window import Geo
 
 CASES = [
     # (x shape, w shape, attrs)
@@ -27,9 +29,6 @@ CASES = [
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_dconv_matches_onnxruntime(case, threads, monkeypatch):
-    monkeypatch.setattr(conv, "DCONV_MIN_C", 1)
-    monkeypatch.setattr(conv, "DCONV_MIN_M", 1)
-    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     monkeypatch.setattr(dconv, "BLOCK_BYTES", 512)  # several position blocks
     monkeypatch.setattr(dconv, "SUB", 2)  # several epilogue passes per block
     x_shape, w_shape, attrs = CASES[case]
@@ -38,20 +37,15 @@ def test_dconv_matches_onnxruntime(case, threads, monkeypatch):
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
     want = ort_node("Conv", [x, w, b], attrs)[0]
-    blas.set_gemm_threads(threads)
-    try:
-        got = run_kernel("Conv", [x, w, b], attrs, const_inputs=(1, 2))[0]
-    finally:
-        blas.set_gemm_threads(1)
+    got = run_kernel("Conv", [x, w, b], attrs, const_inputs=(1, 2), num_threads=threads,
+                     path=ConvPath.DIRECT, tuning=ConvTuning(split_min_macs=1))[0]
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("act,params", [("Relu", None), ("Clip", [-0.5, 0.7]), ("Sigmoid", None),
                                         (None, None)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_dconv_activations(act, params, bias, monkeypatch):
-    monkeypatch.setattr(conv, "DCONV_MIN_C", 1)
-    monkeypatch.setattr(conv, "DCONV_MIN_M", 1)
+def test_dconv_activations(act, params, bias):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 6, 8, 9)).astype(np.float32)
     x[0, 0, 3, 3] = np.nan  # NaN must reach the outputs that read it
@@ -68,7 +62,8 @@ def test_dconv_activations(act, params, bias, monkeypatch):
         attrs = dict(attrs, activation=act)
         if params:
             attrs["activation_params"] = params
-    got = run_kernel("Conv", ins, attrs, const_inputs=(1, 2), domain="edgert")[0]
+    got = run_kernel("Conv", ins, attrs, const_inputs=(1, 2), domain="edgert",
+                     path=ConvPath.DIRECT)[0]
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     assert np.isnan(got).sum() == np.isnan(want).sum() > 0
 
@@ -80,12 +75,12 @@ def test_dconv_selected():
     k = registry().lookup("Conv", "", 21)(OpContext("Conv", "c", {"pads": [1, 1, 1, 1]}, "", 21, 1))
     w = np.random.default_rng(0).standard_normal((64, 64, 3, 3)).astype(np.float32)
     k.prepare([TensorInfo((1, 64, 14, 14), np.float32), TensorInfo(w.shape, w.dtype, w)])
-    assert getattr(k, "inner", k).dgeo is not None
+    assert k.path is ConvPath.DIRECT
 
 
 def test_dconv_rejects_a_geometry_that_does_not_fit():
     """A plan reaching past the input raises instead of reading out of bounds."""
-    geo = np.array([1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 8, 8, 1, 8, 8, 0, 1, 1], np.int64)
+    geo = Geo(1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 8, 8, 1, 8, 8, 0, 1, 1)
     g = dconv.Geometry(geo, 4)
     w = dconv.pack_weights(np.ones((16, 4, 3, 3), np.float32))
     y = np.empty((16, 64), np.float32)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from helpers import ATOL, RTOL, ort_node, run_kernel
 
-from edgert.runtime.kernels.cpu import conv
+from edgert.runtime import KernelOptions
+from edgert.runtime.kernels.cpu.conv import ConvKernel, ConvPath, ConvTuning, depthwise
 
 
 def _dw_case(rng, n, c, mult, hw, k):
@@ -35,8 +36,7 @@ def _dw_case(rng, n, c, mult, hw, k):
     ],
 )
 @pytest.mark.parametrize("act", [None, "Relu"])
-def test_depthwise_phase_kernel(n, c, mult, hw, k, strides, pads, act, monkeypatch):
-    monkeypatch.setattr(conv, "DW_PHASE_MIN_PLANE", 0)  # route stride-1 cases here too
+def test_depthwise_phase_kernel(n, c, mult, hw, k, strides, pads, act):
     rng = np.random.default_rng(hash((n, c, mult, hw, k)) % 2**32)
     x, w, b = _dw_case(rng, n, c, mult, hw, k)
     attrs = {"group": c, "strides": strides, "pads": pads}
@@ -44,7 +44,8 @@ def test_depthwise_phase_kernel(n, c, mult, hw, k, strides, pads, act, monkeypat
     if act == "Relu":
         want = np.maximum(want, 0)
         attrs = dict(attrs, activation="Relu")
-    got = run_kernel("Conv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
+    got = run_kernel("Conv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert",
+                     path=ConvPath.DEPTHWISE_PHASE)[0]
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
@@ -58,13 +59,16 @@ def test_depthwise_phase_selected_and_parallel_matches():
     from edgert.runtime.kernels.cpu import registry
     from edgert.runtime.registry import OpContext, TensorInfo
 
-    kern = registry().lookup("Conv", "", 21)(OpContext("Conv", "dw", attrs, "", 21, 2))
     infos = [TensorInfo(x.shape, x.dtype), TensorInfo(w.shape, w.dtype, w),
              TensorInfo(b.shape, b.dtype, b)]
+    kern = registry().lookup("Conv", "", 21)(OpContext("Conv", "dw", attrs, "", 21, 2))
+    kern.prepare(infos)
+    assert kern.path is ConvPath.DEPTHWISE_3X3  # this layer's own choice
+    # forced, the phase kernel runs it
+    kern = registry().lookup("Conv", "", 21)(
+        OpContext("Conv", "dw", attrs, "", 21, 2, path=ConvPath.DEPTHWISE_PHASE))
     (out,) = kern.prepare(infos)
-    inner = getattr(kern, "inner", kern)  # float16 wrapper, if any
-    assert inner.dw_plane is conv._depthwise_phase
-    inner.dw3 = None  # run the phase kernel itself (this layer would take _depthwise3)
+    assert kern.plan.fn is depthwise._depthwise_phase
     y = np.full(out.shape, np.nan, np.float32)
     kern.invoke([x, w, b], [y])
     np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
@@ -112,12 +116,11 @@ def test_depthwise_hwc_kernel(n, c, hw, k, strides, pads, bias, act):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-def test_depthwise_hwc_selected_parallel_and_shared_scratch(monkeypatch):
+def test_depthwise_hwc_selected_parallel_and_shared_scratch():
     """A small-plane layer takes _depthwise_hwc (parallel build here) inside a model, through
     the interpreter's shared scratch buffer, and matches onnxruntime."""
-    monkeypatch.setattr(conv, "DW3_MIN_PLANE", (1 << 40, 1 << 40))  # not _depthwise3
-    # 96x24x24 outputs above, 96x12x12 below: one parallel and one serial build
-    monkeypatch.setattr(conv, "PARALLEL_MIN_WORK", 96 * 16 * 16)
+    # not DEPTHWISE_3X3; 96x24x24 outputs above, 96x12x12 below: one parallel and one serial
+    tuning = ConvTuning(dw3_min_plane=(1 << 40, 1 << 40), parallel_min_work=96 * 16 * 16)
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -143,10 +146,12 @@ def test_depthwise_hwc_selected_parallel_and_shared_scratch(monkeypatch):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     x = rng.standard_normal((1, c, 24, 24)).astype(np.float32)
-    interp = Interpreter(convert(model), num_threads=2)
-    kernels = [getattr(s.kernel, "inner", s.kernel) for s in interp._steps]
-    convs = [k for k in kernels if isinstance(k, conv.ConvKernel)]
-    assert [k.dw_hwc for k in convs] == [conv._depthwise_hwc, conv._depthwise_hwc_serial]
+    interp = Interpreter(convert(model), num_threads=2,
+                         kernel_options={"Conv": KernelOptions(tuning=tuning)})
+    convs = [s.kernel for s in interp._steps if isinstance(s.kernel, ConvKernel)]
+    assert [k.path for k in convs] == [ConvPath.DEPTHWISE_HWC] * 2
+    assert [k.plan.fn for k in convs] == [depthwise._depthwise_hwc,
+                                          depthwise._depthwise_hwc_serial]
     want = ort.InferenceSession(model.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(interp.run({"x": x})["y"], want, rtol=RTOL, atol=ATOL)

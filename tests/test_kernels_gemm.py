@@ -100,11 +100,8 @@ def test_gemm_batch_one_head_takes_the_gemv_kernel(n, threads, monkeypatch):
     k.prepare([TensorInfo(a.shape, a.dtype), TensorInfo(b.shape, b.dtype, b),
                TensorInfo(c.shape, c.dtype, c)])
     assert k.gemv_wt is not None
-    blas.set_gemm_threads(threads)
-    try:
-        got = run_kernel("Gemm", [a, b, c], attrs, const_inputs=(1, 2), domain="edgert")[0]
-    finally:
-        blas.set_gemm_threads(1)
+    got = run_kernel("Gemm", [a, b, c], attrs, const_inputs=(1, 2), domain="edgert",
+                     num_threads=threads)[0]
     want = np.maximum(ort_node("Gemm", [a, b, c], {"transB": 1})[0], 0)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
@@ -368,9 +365,9 @@ def test_registered_for_onnx_and_edgert_domains():
 
 def test_set_blas_threads():
     """NumPy's bundled OpenBLAS can be aligned with the interpreter's thread count."""
-    from edgert.runtime.kernels.cpu import gemm
+    from edgert.runtime.kernels.cpu._native import openblas as gemm
 
-    found = gemm._openblas()
+    found = gemm.find_openblas()
     if found is None:
         pytest.skip("no OpenBLAS with a known set_num_threads entry point in this process")
     lib, setter_name = found

@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edgert.cli import main
 from edgert.converter import convert
 from edgert.errors import DTypeError, InputError
-from edgert.runtime import Interpreter
-from edgert.runtime.kernels.cpu import blas, conv
+from edgert.runtime import Interpreter, KernelOptions
+from edgert.runtime.kernels.cpu import blas
+from edgert.runtime.kernels.cpu.conv import ConvKernel, ConvPath, ConvTuning
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
@@ -138,7 +139,7 @@ def test_num_threads_is_applied(threads):
     interp = Interpreter(convert(_mlp_model()), num_threads=threads)
     interp.run({"x": np.ones((1, 16), np.float32)})
     assert numba.get_num_threads() == threads
-    assert blas._gemm_threads == threads
+    assert all(s.kernel.op.num_threads == threads for s in interp._steps)
 
 
 @pytest.mark.parametrize(
@@ -153,12 +154,8 @@ def test_threaded_matmul_matches_numpy(a_shape, b_shape, monkeypatch):
     b = rng.standard_normal(b_shape).astype(np.float32)
     want = np.matmul(a, b)
     for n in (2, 3):
-        blas.set_gemm_threads(n)
-        try:
-            out = np.full(want.shape, np.nan, np.float32)
-            blas.matmul(a, b, out=out)
-        finally:
-            blas.set_gemm_threads(1)
+        out = np.full(want.shape, np.nan, np.float32)
+        blas.matmul(a, b, out=out, threads=n)
         np.testing.assert_allclose(out, want, rtol=RTOL, atol=1e-4)
 
 
@@ -166,7 +163,8 @@ def test_threaded_model_matches_onnxruntime(monkeypatch):
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     model = _two_conv_model()
     x = np.random.default_rng(4).standard_normal((2, 4, 9, 9)).astype(np.float32)
-    interp = Interpreter(convert(model), num_threads=2)
+    interp = Interpreter(convert(model), num_threads=2, kernel_options={
+        "Conv": KernelOptions(tuning=ConvTuning(split_min_macs=1))})
     np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
                                rtol=RTOL, atol=ATOL)
 
@@ -174,27 +172,28 @@ def test_threaded_model_matches_onnxruntime(monkeypatch):
 # ----- conv paths, scratch, weights ---------------------------------------------------------------
 @pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("batched", [True, False])
-def test_im2col_batched_and_per_image(group, batched, monkeypatch):
-    if not batched:
-        monkeypatch.setattr(conv, "COL_BATCH_BYTES", 0)
+def test_im2col_batched_and_per_image(group, batched):
+    tuning = ConvTuning() if batched else ConvTuning(col_batch_bytes=0)
     model = _two_conv_model(group=group)
     x = np.random.default_rng(5).standard_normal((3, 4, 9, 9)).astype(np.float32)
-    interp = Interpreter(convert(model), num_threads=1)
+    interp = Interpreter(convert(model), num_threads=1, kernel_options={
+        "Conv": KernelOptions(path=ConvPath.IM2COL_GEMM, tuning=tuning)})
     np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
                                rtol=RTOL, atol=ATOL)
-    convs = [s.kernel for s in interp._steps if isinstance(s.kernel, conv.ConvKernel)]
-    assert [k.col_batch for k in convs] == [batched, batched]
+    convs = [s.kernel for s in interp._steps if isinstance(s.kernel, ConvKernel)]
+    assert [k.plan.col_batch for k in convs] == [batched, batched]
 
 
 @pytest.mark.parametrize("block_bytes", [1000, 3000])
-def test_im2col_row_blocks(block_bytes, monkeypatch):
+def test_im2col_row_blocks(block_bytes):
     """Large single-image convs build the column matrix in blocks of output rows."""
-    monkeypatch.setattr(conv, "COL_BLOCK_BYTES", block_bytes)
     model = _two_conv_model(batch=1)
     x = np.random.default_rng(8).standard_normal((1, 4, 9, 9)).astype(np.float32)
-    interp = Interpreter(convert(model), num_threads=1)
-    first = next(s.kernel for s in interp._steps if isinstance(s.kernel, conv.ConvKernel))
-    assert 0 < first.block_rows < 9
+    interp = Interpreter(convert(model), num_threads=1, kernel_options={
+        "Conv": KernelOptions(path=ConvPath.IM2COL_GEMM,
+                              tuning=ConvTuning(col_block_bytes=block_bytes))})
+    first = next(s.kernel for s in interp._steps if isinstance(s.kernel, ConvKernel))
+    assert 0 < first.plan.block_rows < 9
     np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
                                rtol=RTOL, atol=ATOL)
 
@@ -219,18 +218,20 @@ def test_depthwise_stride1_plane_kernel(pads, mult, k, act):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     x = rng.standard_normal((2, c, hw, hw)).astype(np.float32)
-    interp = Interpreter(convert(model), num_threads=1)
-    assert interp._steps[0].kernel.dw_s1 is not None
+    interp = Interpreter(convert(model), num_threads=1, kernel_options={
+        "Conv": KernelOptions(path=ConvPath.DEPTHWISE_PADDED)})
+    assert interp._steps[0].kernel.path is ConvPath.DEPTHWISE_PADDED
     np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
                                rtol=RTOL, atol=ATOL)
 
 
 def test_convs_share_one_scratch_buffer():
     model = _two_conv_model(batch=1)
-    interp = Interpreter(convert(model), num_threads=1)
-    convs = [s.kernel for s in interp._steps if isinstance(s.kernel, conv.ConvKernel)]
-    assert len(convs) == 2 and all(k.col is not None for k in convs)
-    assert convs[0].col.ctypes.data == convs[1].col.ctypes.data
+    interp = Interpreter(convert(model), num_threads=1,
+                         kernel_options={"Conv": KernelOptions(path=ConvPath.IM2COL_GEMM)})
+    convs = [s.kernel for s in interp._steps if isinstance(s.kernel, ConvKernel)]
+    assert len(convs) == 2 and all(k.scratch is not None for k in convs)
+    assert convs[0].scratch.ctypes.data == convs[1].scratch.ctypes.data
     x = np.random.default_rng(6).standard_normal((1, 4, 9, 9)).astype(np.float32)
     np.testing.assert_allclose(interp.run({"x": x})["y"], _ort(model, {"x": x})[0],
                                rtol=RTOL, atol=ATOL)
@@ -238,14 +239,17 @@ def test_convs_share_one_scratch_buffer():
 
 def test_gemm_path_weights_are_not_copied(tmp_path):
     """Conv (GEMM paths) and Gemm keep views of the file's weights: no second copy in memory."""
-    path = tmp_path / "m.edgert"
-    convert(_two_conv_model(batch=1), str(path))
-    interp = Interpreter(str(path), num_threads=1)
-    weights = [t.data for t in interp._graph.tensors if t.data is not None and t.data.ndim == 4]
-    for step in interp._steps:
-        k = step.kernel
-        if isinstance(k, conv.ConvKernel):
-            assert any(np.shares_memory(k.w_packed, w) for w in weights)
+    path_ = tmp_path / "m.edgert"
+    convert(_two_conv_model(batch=1), str(path_))
+    for path in (ConvPath.IM2COL_GEMM, ConvPath.IM2COL_BLAS_ROWS):
+        interp = Interpreter(str(path_), num_threads=1,
+                             kernel_options={"Conv": KernelOptions(path=path)})
+        weights = [t.data for t in interp._graph.tensors if t.data is not None
+                   and t.data.ndim == 4]
+        convs = [s.kernel for s in interp._steps if isinstance(s.kernel, ConvKernel)]
+        assert convs and all(k.path is path for k in convs)
+        for k in convs:
+            assert any(np.shares_memory(k.w_run, w) for w in weights)
 
 
 def test_serial_twin_matches_parallel_kernel():

@@ -12,7 +12,7 @@ import pytest
 from helpers import run_kernel
 from test_kernels_quantized import golden_conv
 
-from edgert.runtime.kernels.cpu import blas, dconv, qdconv, quantized
+from edgert.runtime.kernels.cpu import dconv, qdconv, quantized
 
 RNG = np.random.default_rng(7)
 
@@ -35,11 +35,8 @@ def test_qdconv_bit_exact(n, cin, cout, hw, k, stride, pad, threads, monkeypatch
     attrs = dict(strides=[stride] * 2, pads=[pad] * 4, x_scale=0.05, x_zero_point=-3,
                  w_scale=[float(s) for s in ws], y_scale=0.11, y_zero_point=7, act_min=-100,
                  act_max=120)
-    blas.set_gemm_threads(threads)
-    try:
-        got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert")[0]
-    finally:
-        blas.set_gemm_threads(1)
+    got = run_kernel("QConv", [x, w, b], attrs, const_inputs=(1, 2), domain="edgert",
+                     num_threads=threads)[0]
     want = golden_conv(x, w, b, np.float32(0.05), -3, ws, float(np.float32(0.11)), 7, stride,
                        pad, 1, -100, 120)
     np.testing.assert_array_equal(got, want)

@@ -6,5 +6,6 @@ load from the on-disk cache), when the first :class:`Interpreter` is created.
 """
 
 from edgert.runtime.interpreter import Interpreter
+from edgert.runtime.registry import KernelOptions
 
-__all__ = ["Interpreter"]
+__all__ = ["Interpreter", "KernelOptions"]

@@ -35,7 +35,7 @@ os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())
 # with a short spin (GOMP_SPINCOUNT=30000, about a millisecond of polling after the last
 # region) it ran 1.5x faster (measured). Unbounded spinning is not used: a worker spinning while
 # BLAS or the app computes takes a core from it. All of edgert's parallel work, GEMMs included
-# (cblas.py), runs on this one pool, and NumPy's BLAS is kept single-threaded. Users' own
+# (_native/openblas.py), runs on this one pool, and NumPy's BLAS is kept single-threaded. Users' own
 # OMP_WAIT_POLICY or GOMP_SPINCOUNT settings are left alone.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "30000"

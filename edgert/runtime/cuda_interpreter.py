@@ -90,6 +90,8 @@ class CudaInterpreter(Interpreter):
         model: str | os.PathLike | bytes | bytearray | memoryview | ModelDef,
         num_threads: int | None = None,
         device: str = "cuda",
+        *,
+        kernel_options=None,
     ):
         if device != "cuda":
             raise EdgeRTError(f"CudaInterpreter runs on device 'cuda', not {device!r}")
@@ -98,7 +100,8 @@ class CudaInterpreter(Interpreter):
         self._stream = cuda.stream()
         self._const_dev: dict[int, Any] = {}  # model constants uploaded once, by tensor index
         self.host_ops: list[str] = []
-        super().__init__(model, num_threads=num_threads, device="cuda")
+        super().__init__(model, num_threads=num_threads, device="cuda",
+                         kernel_options=kernel_options)
 
     # ----- set-up -------------------------------------------------------------------------------
     @staticmethod
@@ -195,7 +198,7 @@ class CudaInterpreter(Interpreter):
         """Run the model on the inputs set with :meth:`set_tensor`; returns when it is done."""
         if not self._prepared:
             self.allocate_tensors()
-        _set_threads(self._num_threads)  # for the CPU kernels of host ops
+        _set_threads(self._threads)  # for the CPU kernels of host ops
         stream = self._stream
         for step in self._steps:
             try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from edgert.errors import (
 )
 from edgert.format import ModelDef, SubGraphDef, read_model
 from edgert.runtime import planner
-from edgert.runtime.registry import Kernel, KernelRegistry, OpContext, TensorInfo
+from edgert.runtime.registry import Kernel, KernelOptions, KernelRegistry, OpContext, TensorInfo
 from edgert.runtime.values import check_value, copy_value, value_info
 
 # Kernels marked foldable are run at prepare time when all their inputs are known and their
@@ -84,6 +85,10 @@ class Interpreter:
         device: ``"cpu"`` or ``"cuda"`` (builds a
             :class:`~edgert.runtime.cuda_interpreter.CudaInterpreter`; a clear error where
             numba-cuda or a GPU is missing).
+        kernel_options: per op type, a :class:`~edgert.runtime.registry.KernelOptions` that
+            forces a kernel family's algorithm or replaces its measured thresholds, e.g.
+            ``{"Conv": KernelOptions(path=ConvPath.IM2COL_GEMM)}`` (for benchmarks, and to work
+            around a slow layer on a device); a forced path that cannot run a layer raises.
 
     Example:
         >>> interp = Interpreter("model.edgert")
@@ -100,6 +105,8 @@ class Interpreter:
         model: str | os.PathLike | bytes | bytearray | memoryview | ModelDef,
         num_threads: int | None = None,
         device: str = "cpu",
+        *,
+        kernel_options: Mapping[str, KernelOptions] | None = None,
     ):
         if device not in ("cpu", "cuda"):
             raise EdgeRTError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
@@ -110,7 +117,8 @@ class Interpreter:
             from edgert.runtime.cuda_interpreter import CudaInterpreter
 
             self.__class__ = CudaInterpreter
-            CudaInterpreter.__init__(self, model, num_threads=num_threads, device="cuda")
+            CudaInterpreter.__init__(self, model, num_threads=num_threads, device="cuda",
+                                     kernel_options=kernel_options)
             return
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise EdgeRTError(
@@ -121,6 +129,13 @@ class Interpreter:
         self.load_seconds = time.perf_counter() - t0
         self._graph: SubGraphDef = self._model.main
         self._num_threads = num_threads
+        self._kernel_options = dict(kernel_options or {})
+        for op_type, opts in self._kernel_options.items():
+            if not isinstance(opts, KernelOptions):
+                raise EdgeRTError(f"kernel_options[{op_type!r}] must be a KernelOptions, got "
+                                  f"{type(opts).__name__}")
+        # The count every kernel splits its work by (OpContext.num_threads), resolved once.
+        self._threads = _resolve_threads(num_threads)
         self._registry = self._cpu_registry()
         self._kernels = self._resolve_kernels()
 
@@ -170,8 +185,9 @@ class Interpreter:
                 missing.append((op.op_type, op.name, f"no CPU kernel for {dom}.{op.op_type}"
                                                      f" (opset {op.version})"))
                 continue
+            opts = self._kernel_options.get(op.op_type) or KernelOptions()
             ctx = OpContext(op.op_type, op.name, op.attrs, op.domain, op.version,
-                            self._num_threads or 0)
+                            self._threads, opts.path, opts.tuning)
             kernels.append(cls(ctx))
         if missing:
             raise UnsupportedOpError(_unsupported_message(missing), ops=missing)
@@ -267,7 +283,7 @@ class Interpreter:
         """Run the model on the inputs set with :meth:`set_tensor`."""
         if not self._prepared:
             self.allocate_tensors()
-        _set_threads(self._num_threads)
+        _set_threads(self._threads)
         # The hot loop: each static step is a pre-bound (invoke, inputs, outputs) triple, so a
         # step costs one Python call plus the kernel's own work (measured ~1 µs of dispatch).
         k = -1
@@ -824,53 +840,17 @@ class _LiveOutputs:
         return iter([(name, arrays[i]) for name, i in self._pairs])
 
 
-_blas_threads_in_effect: int | None = None
-_numba_threads: tuple | None = None
+def _resolve_threads(requested: int | None) -> int:
+    from edgert.runtime.kernels.cpu._native import threads
+
+    return threads.resolve(requested)
 
 
-def _numba_thread_calls() -> tuple:
-    """Numba's (get, set) of the calling thread's pool size, bound once.
+def _set_threads(n: int) -> None:
+    """Size Numba's pool for the calling thread to the interpreter's resolved count."""
+    from edgert.runtime.kernels.cpu._native import threads
 
-    The public ``numba.set_num_threads`` re-validates and re-checks the pool on every call
-    (~5 µs, as much as a whole small Gemm); the underlying C entry points cost ~0.3 µs.
-    Falls back to the public functions if Numba's internals change.
-    """
-    global _numba_threads
-    if _numba_threads is None:
-        import numba
-
-        try:
-            from numba.np.ufunc import parallel as _par
-
-            _par._launch_threads()
-            get, put = _par._get_num_threads, _par._set_num_threads
-            get()
-        except (ImportError, AttributeError, TypeError):  # pragma: no cover - other Numba
-            get, put = numba.get_num_threads, numba.set_num_threads
-        _numba_threads = (get, put, numba.config.NUMBA_NUM_THREADS)
-    return _numba_threads
-
-
-def _set_threads(requested: int | None) -> None:
-    """Give Numba's pool and edgert's GEMM splitting the same thread count (None: every core).
-
-    Numba's setting is per calling thread and cheap; the GEMM one is process-wide, so it is only
-    changed when the count changes. NumPy's BLAS is pinned to one thread.
-    """
-    global _blas_threads_in_effect
-    get, put, most = _numba_thread_calls()
-    n = min(requested or most, most)
-    if get() != n:
-        put(n)
-    if n != _blas_threads_in_effect:
-        # BLAS itself stays single-threaded; large GEMMs are split over n threads by edgert
-        # (see edgert/runtime/kernels/cpu/blas.py for the measurements behind this).
-        from edgert.runtime.kernels.cpu.blas import set_gemm_threads
-        from edgert.runtime.kernels.cpu.gemm import set_blas_threads
-
-        set_blas_threads(1)
-        set_gemm_threads(n)
-        _blas_threads_in_effect = n
+    threads.enter(n)
 
 
 def _unsupported_message(missing: list[tuple[str, str, str]]) -> str:

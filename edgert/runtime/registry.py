@@ -67,7 +67,22 @@ class OpContext:
     attrs: dict[str, Any]
     domain: str = ""
     version: int = 0
+    # Threads this op's kernel splits its work over: the interpreter's resolved count.
     num_threads: int = 1
+    # A kernel family with several algorithms (Conv: ConvPath) runs this one instead of the one
+    # it would choose, and takes its thresholds from ``tuning`` (Conv: ConvTuning); None: its
+    # own choice and defaults. Set by tests, benchmarks and Interpreter(kernel_options=...).
+    path: Any = None
+    tuning: Any = None
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """What ``Interpreter(kernel_options={op_type: KernelOptions(...)})`` hands the kernels of
+    one op type: a forced ``path`` and a ``tuning`` (see :class:`OpContext`)."""
+
+    path: Any = None
+    tuning: Any = None
 
 
 class Kernel:

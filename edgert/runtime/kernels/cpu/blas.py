@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from edgert.runtime._jit import njit, prange, serial_twin
-from edgert.runtime.kernels.cpu import cblas
+from edgert.runtime.kernels.cpu._native import openblas
 
 # OpenBLAS's own multi-threading synchronizes many times per call, and its workers spin-yield
 # while waiting. On a machine whose cores are also busy with other work (the usual case on a
@@ -15,8 +15,7 @@ from edgert.runtime.kernels.cpu import cblas
 # cores, a 64x576 @ 576x3136 GEMM took 28 ms with 1 BLAS thread and 100-140 ms with 2, and
 # SqueezeNet at 2 threads ran 10x slower than at 1. So BLAS always runs single-threaded, and
 # edgert splits a large product into ``num_threads`` blocks itself, on Numba's thread pool where
-# NumPy's BLAS can be called from compiled code (cblas.py), else on a Python thread pool.
-_gemm_threads = 1
+# NumPy's BLAS can be called from compiled code (_native/openblas.py), else on a Python thread pool.
 _pool = None
 # Below this many multiply-adds a GEMM is not split: ~20 µs of work, against ~3 µs to enter a
 # parallel region with spinning workers (measured along with _jit.PARALLEL_MIN_WORK). The
@@ -24,30 +23,20 @@ _pool = None
 SPLIT_MIN_MACS = int(os.environ.get("EDGERT_SPLIT_MIN_MACS", 1 << 19))
 
 
-def set_gemm_threads(n: int) -> None:
-    """Threads for :func:`matmul` (the interpreter sets its ``num_threads`` here)."""
-    global _gemm_threads
-    _gemm_threads = max(1, int(n))
-
-
-def gemm_threads() -> int:
-    """The thread count set by :func:`set_gemm_threads`."""
-    return _gemm_threads
-
-
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``np.matmul(a, b, out=out)``, split over the GEMM threads when it is large enough.
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
+    """``np.matmul(a, b, out=out)``, split over ``threads`` (the calling kernel's
+    ``OpContext.num_threads``) when it is large enough.
 
     ``b`` must have rank >= 2. With NumPy's OpenBLAS reachable from compiled code
-    (:mod:`.cblas`) the blocks run on Numba's thread pool; otherwise ``b``'s last axis is split
-    over a Python thread pool.
+    (:mod:`._native.openblas`) the blocks run on Numba's thread pool; otherwise ``b``'s last
+    axis is split over a Python thread pool.
     """
-    n = _gemm_threads
+    n = threads
     cols = b.shape[-1]
     if n == 1 or b.ndim < 2 or cols < 2 or out.size * a.shape[-1] < SPLIT_MIN_MACS:
         np.matmul(a, b, out=out)
         return
-    if _threaded_cblas(a, b, out, n):
+    if _threaded_openblas(a, b, out, n):
         return
     if cols < 2 * n:
         np.matmul(a, b, out=out)
@@ -69,14 +58,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         f.result()
 
 
-def _threaded_cblas(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int) -> bool:
-    """Run ``matmul`` through :mod:`.cblas` on Numba's pool; False when it does not apply
+def _threaded_openblas(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int) -> bool:
+    """Run ``matmul`` through :mod:`._native.openblas` on Numba's pool; False when it does not apply
     (no usable BLAS, other dtypes, broadcasting it does not cover, overlapping operands)."""
-    r = cblas.routines()
+    r = openblas.routines()
     dt = out.dtype
     if r is None or dt not in (np.float32, np.float64) or a.dtype != dt or b.dtype != dt:
         return False
-    a3, b3, c3 = cblas.as3d(a), cblas.as3d(b), cblas.as3d(out)
+    a3, b3, c3 = openblas.as3d(a), openblas.as3d(b), openblas.as3d(out)
     if a3 is None or b3 is None or c3 is None:
         return False
     # a's batch axes must be b's trailing ones (a[i % len(a)] pairs with b[i]), out's b's.
@@ -87,7 +76,7 @@ def _threaded_cblas(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int)
         return False
     if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return False
-    cblas.gemm3(r, a3, b3, c3, threads, SPLIT_MIN_MACS)
+    openblas.gemm3(r, a3, b3, c3, threads, SPLIT_MIN_MACS)
     return True
 
 
@@ -179,7 +168,7 @@ def gemv_rows(a, wt, y, parts):
 gemv_rows_serial = serial_twin(gemv_rows)
 
 
-def gemv(a: np.ndarray, wt: np.ndarray, y: np.ndarray) -> None:
-    """``y = wt @ a`` (see :func:`gemv_rows`), split over the GEMM threads when large enough."""
-    n = _gemm_threads if wt.size >= SPLIT_MIN_MACS else 1
+def gemv(a: np.ndarray, wt: np.ndarray, y: np.ndarray, threads: int = 1) -> None:
+    """``y = wt @ a`` (see :func:`gemv_rows`), split over ``threads`` when large enough."""
+    n = threads if wt.size >= SPLIT_MIN_MACS else 1
     (gemv_rows if n > 1 else gemv_rows_serial)(a, wt, y, n)

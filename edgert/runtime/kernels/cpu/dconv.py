@@ -24,8 +24,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange, serial_twin
+from edgert.runtime.kernels.cpu._native.llvm import data_ptr, is_array
 from edgert.runtime.kernels.cpu.epilogue import ACT_CLIP, ACT_NONE, ACT_RELU, act_row
-from edgert.runtime.kernels.cpu.qgemm import _data_ptr, _is_array
 
 MC = 16  # output channels per micro-tile (two float32 vectors)
 NP = 6  # output positions per micro-tile
@@ -40,9 +40,9 @@ def _dtile(typingctx, w, w_off, x, pos, offs, c_n, plane, out, out_off):
     """``out[out_off + j*MC + r] = sum_t sum_c w[w_off + (t*c_n + c)*MC + r] *
     x[pos[j] + offs[t] + c*plane]`` for ``j < NP``, ``r < MC`` (FMAs in that order). The
     caller checks every offset."""
-    if not (_is_array(w, types.float32, 1) and _is_array(x, types.float32, 1)
-            and _is_array(pos, types.int64, 1) and _is_array(offs, types.int64, 1)
-            and _is_array(out, types.float32, 1)):
+    if not (is_array(w, types.float32, 1) and is_array(x, types.float32, 1)
+            and is_array(pos, types.int64, 1) and is_array(offs, types.int64, 1)
+            and is_array(out, types.float32, 1)):
         return None
     sig = types.void(w, types.intp, x, pos, offs, types.intp, types.intp, out, types.intp)
 
@@ -59,12 +59,12 @@ def _dtile(typingctx, w, w_off, x, pos, offs, c_n, plane, out, out_off):
         def const(v):
             return ir.Constant(idx_t, v)
 
-        wp0 = builder.gep(_data_ptr(context, builder, signature.args[0], w_a), [w_off_v])
-        xp0 = _data_ptr(context, builder, signature.args[2], x_a)
-        pp = _data_ptr(context, builder, signature.args[3], pos_a)
-        op = _data_ptr(context, builder, signature.args[4], offs_a)
+        wp0 = builder.gep(data_ptr(context, builder, signature.args[0], w_a), [w_off_v])
+        xp0 = data_ptr(context, builder, signature.args[2], x_a)
+        pp = data_ptr(context, builder, signature.args[3], pos_a)
+        op = data_ptr(context, builder, signature.args[4], offs_a)
         n_taps = context.make_array(signature.args[4])(context, builder, offs_a).nitems
-        cp = builder.gep(_data_ptr(context, builder, signature.args[7], out_a), [out_off_v])
+        cp = builder.gep(data_ptr(context, builder, signature.args[7], out_a), [out_off_v])
         pos = [builder.load(builder.gep(pp, [const(j)])) for j in range(NP)]
         slots = []
         for j in range(NP):
@@ -148,13 +148,13 @@ class Geometry:
     """A 2-D conv's padded-input layout and tap offsets (from a conv.py ``geo`` array)."""
 
     def __init__(self, geo: np.ndarray, c_n: int):
-        kh, kw = int(geo[1]), int(geo[2])
-        self.sh, self.sw = int(geo[4]), int(geo[5])
-        dh, dw = int(geo[7]), int(geo[8])
-        self.pt, self.pl = int(geo[10]), int(geo[11])
-        h, w = int(geo[13]), int(geo[14])
-        self.oh, self.ow = int(geo[16]), int(geo[17])
-        pb, pr = int(geo[19]), int(geo[20])
+        kh, kw = int(geo.kh), int(geo.kw)
+        self.sh, self.sw = int(geo.sh), int(geo.sw)
+        dh, dw = int(geo.dh), int(geo.dw)
+        self.pt, self.pl = int(geo.ph), int(geo.pw)
+        h, w = int(geo.h), int(geo.w)
+        self.oh, self.ow = int(geo.oh), int(geo.ow)
+        pb, pr = int(geo.phe), int(geo.pwe)
         self.c_n = c_n
         self.padded = bool(self.pt or self.pl or pb or pr)
         self.hp, self.wp = h + self.pt + pb, w + self.pl + pr

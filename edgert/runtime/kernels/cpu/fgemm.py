@@ -28,8 +28,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange
+from edgert.runtime.kernels.cpu._native.llvm import MR, NR, emit_tile, is_array
 from edgert.runtime.kernels.cpu.epilogue import ACT_CLIP, ACT_NONE, ACT_RELU, act_row
-from edgert.runtime.kernels.cpu.qgemm import MR, NR, Plan, _is_array, emit_tile
+from edgert.runtime.kernels.cpu.qgemm import Plan
 
 BLOCK_BYTES = 1 << 20  # B data per cache block of column tiles, as in qgemm.py
 
@@ -40,8 +41,8 @@ def _ftile(typingctx, a, a_off, b, b_off, offs, c_n, cstride, c):
 
     The caller guarantees every offset is in bounds (:func:`fconv_tiles` checks the plan).
     """
-    if not (_is_array(a, types.float32, 1) and _is_array(b, types.float32, 1)
-            and _is_array(offs, types.int64, 1) and _is_array(c, types.float32, 2)):
+    if not (is_array(a, types.float32, 1) and is_array(b, types.float32, 1)
+            and is_array(offs, types.int64, 1) and is_array(c, types.float32, 2)):
         return None
     sig = types.void(a, types.intp, b, types.intp, offs, types.intp, types.intp, c)
     def codegen(context, builder, signature, args):

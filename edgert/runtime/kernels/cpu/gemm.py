@@ -19,72 +19,17 @@ optimizer sets on ``edgert.Gemm`` / ``edgert.MatMul`` (see :mod:`.epilogue`).
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
-
 import numpy as np
 
 from edgert.errors import ShapeError
-from edgert.runtime.kernels.cpu.blas import gemv, matmul, set_gemm_threads  # noqa: F401
-from edgert.runtime.kernels.cpu.conv import float_dtype, owned
+from edgert.runtime.kernels.cpu._native.arrays import owned
+from edgert.runtime.kernels.cpu.blas import gemv, matmul
 from edgert.runtime.kernels.cpu.epilogue import col_epilogue, epilogue, parse_activation
 from edgert.runtime.kernels.cpu.float16 import with_float16
+from edgert.runtime.ops.window import float_dtype
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 _C_NONE, _C_COL, _C_ROW, _C_FULL = "none", "col", "row", "full"
-
-
-# ----- BLAS threads -------------------------------------------------------------------------------
-# OpenBLAS keeps its own thread pool, separate from Numba's. Left at its default (one thread per
-# core) next to Numba's OpenMP pool, both pools spin-wait after each call and fight for the cores:
-# measured on 2 cores, a 1x512 @ 512x1000 Gemm took 4.7 ms instead of 0.05 ms and a 3x3 Conv
-# 8 ms instead of 2.8 ms. The interpreter can align the BLAS pool with ``num_threads`` through
-# :func:`set_blas_threads` (and/or set ``OMP_WAIT_POLICY=PASSIVE`` before Numba starts its pool).
-_OPENBLAS_SETTERS = (
-    "scipy_openblas_set_num_threads64_",  # NumPy >= 2 wheels
-    "scipy_openblas_set_num_threads",
-    "openblas_set_num_threads64_",
-    "openblas_set_num_threads",
-)
-
-
-@functools.cache
-def _openblas() -> tuple[ctypes.CDLL, str] | None:
-    """NumPy's loaded OpenBLAS and the name suffix of its entry points (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _OPENBLAS_SETTERS:
-            if hasattr(lib, name):
-                return lib, name
-    return None
-
-
-def set_blas_threads(n: int) -> bool:
-    """Limit the threads of NumPy's OpenBLAS to ``n`` (process-wide; best effort).
-
-    Returns:
-        True when an OpenBLAS was found and set; False otherwise (another BLAS, another OS).
-    """
-    found = _openblas()
-    if found is None or n < 1:
-        return False
-    lib, name = found
-    setter = getattr(lib, name)
-    setter.argtypes = [ctypes.c_int]
-    setter.restype = None
-    setter(int(n))
-    return True
 
 
 class GemmKernel(Kernel):
@@ -178,11 +123,12 @@ class GemmKernel(Kernel):
             return
         a = inputs[0].T if self.trans_a else inputs[0]
         if self.gemv_wt is not None:
-            gemv(np.ascontiguousarray(a).reshape(-1), self.gemv_wt, y.reshape(-1))
+            gemv(np.ascontiguousarray(a).reshape(-1), self.gemv_wt, y.reshape(-1),
+                 self.op.num_threads)
         else:
             b = self.b_packed if self.b_packed is not None else (
                 inputs[1].T if self.trans_b else inputs[1])
-            matmul(a, b, out=y)
+            matmul(a, b, out=y, threads=self.op.num_threads)
         if self.alpha != 1.0 and not self.alpha_folded:
             y *= self.dtype.type(self.alpha)
         code = self.act.code
@@ -247,11 +193,12 @@ class MatMulKernel(Kernel):
             a = np.ascontiguousarray(a)
             rows = a.size // self.k
             if b.ndim == 2:
-                matmul(a.reshape(rows, self.k), b, out=y.reshape(rows, b.shape[1]))
+                matmul(a.reshape(rows, self.k), b, out=y.reshape(rows, b.shape[1]),
+                       threads=self.op.num_threads)
             else:
                 np.matmul(a.reshape(rows, self.k), b, out=y.reshape(rows))
         elif b.ndim >= 2:
-            matmul(a, b, out=y)
+            matmul(a, b, out=y, threads=self.op.num_threads)
         else:
             np.matmul(a, b, out=y)
         if self.act.active:

@@ -3,7 +3,7 @@
 Semantics are the newest ONNX opset's (kernel_shape, strides, pads, auto_pad, dilations,
 ceil_mode, count_include_pad, storage_order, the optional MaxPool ``Indices`` output). The window
 geometry, including ``auto_pad`` and ``ceil_mode``, is resolved by
-:func:`edgert.runtime.kernels.cpu.conv.sliding_window`: ``SAME_*`` pads include the dilation as
+:func:`edgert.runtime.ops.window.sliding_window`: ``SAME_*`` pads include the dilation as
 the spec says, and with ``ceil_mode`` a window that would start inside the end padding is dropped.
 
 As in :mod:`.conv`, every spatial rank is viewed as 3-D (leading axes of size 1) so one compiled
@@ -33,7 +33,8 @@ import numpy as np
 
 from edgert.errors import ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-from edgert.runtime.kernels.cpu.conv import Window, as3d, float_dtype, sliding_window, tap_ranges
+from edgert.runtime.kernels.cpu._native.geometry import tap_ranges
+from edgert.runtime.ops.window import Window, as3d, float_dtype, sliding_window
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
 _AVG, _LP = 0, 2
@@ -56,10 +57,10 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
     turning ``yseg[i] = v if ... else yseg[i]`` into a masked store (``vmaskmovps``), which made
     the loop 6x slower than an unconditional store.
     """
-    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
-    sd, sh, sw = geo[3], geo[4], geo[5]
-    dd, dh = geo[6], geo[7]
-    pd, ph = geo[9], geo[10]
+    kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
+    sd, sh, sw = geo.sd, geo.sh, geo.sw
+    dd, dh = geo.dd, geo.dh
+    pd, ph = geo.pd, geo.ph
     nc, d_n, h_n, w_n = x.shape
     od_n, oh_n = y.shape[1], y.shape[2]
     plane = d_n * h_n * w_n
@@ -209,10 +210,10 @@ def _sum_pool(x, y, geo, inv_outer, inv_w, mode, p):
     1 / (window count along D·H) × 1 / (count along W), with 0 for an empty window; ``prepare``
     computes the counts for ``count_include_pad`` either way.
     """
-    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
-    sd, sh, sw = geo[3], geo[4], geo[5]
-    dd, dh = geo[6], geo[7]
-    pd, ph = geo[9], geo[10]
+    kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
+    sd, sh, sw = geo.sd, geo.sh, geo.sw
+    dd, dh = geo.dd, geo.dh
+    pd, ph = geo.pd, geo.ph
     nc, d_n, h_n = x.shape[0], x.shape[1], x.shape[2]
     od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
     taps = tap_ranges(geo)
@@ -479,7 +480,7 @@ class MaxPoolKernel(_PoolBase):
             g = self.geo
             pool2(x4.reshape(x4.shape[0], x4.shape[2], x4.shape[3]),
                   y4.reshape(y4.shape[0], y4.shape[2], y4.shape[3]),
-                  g[1], g[2], g[4], g[5], g[10], g[11], self.dtype.type(-np.inf))
+                  g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, self.dtype.type(-np.inf))
             return
         pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:
@@ -514,7 +515,7 @@ class AveragePoolKernel(_PoolBase):
             (_avg_pool_rows_serial if self.small else _avg_pool_rows)(
                 x4.reshape(x4.shape[0], x4.shape[2], x4.shape[3]),
                 y4.reshape(y4.shape[0], y4.shape[2], y4.shape[3]),
-                g[1], g[2], g[4], g[5], g[10], g[11], self.inv_outer_t, self.inv_w_t)
+                g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, self.inv_outer_t, self.inv_w_t)
             return
         pool = _sum_pool_serial if self.small else _sum_pool
         pool(x4, y4, self.geo, self.inv_outer, self.inv_w, _AVG, 1)

@@ -25,6 +25,7 @@ from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange, serial_twin
 from edgert.runtime.kernels.cpu import dconv
+from edgert.runtime.kernels.cpu._native.llvm import data_ptr, is_array
 from edgert.runtime.kernels.cpu.dconv import (
     MC,
     NP,
@@ -35,7 +36,6 @@ from edgert.runtime.kernels.cpu.dconv import (
     unit_span,
     units,
 )
-from edgert.runtime.kernels.cpu.qgemm import _data_ptr, _is_array
 
 
 @intrinsic
@@ -43,9 +43,9 @@ def _qtile(typingctx, w, w_off, x, pos, offs, cp_n, cstride, out, out_off):
     """``out[out_off + j*MC + r] = sum_t sum_cp sum_e w[w_off + ((t*cp_n + cp)*MC + r)*2 + e] *
     x[pos[j] + offs[t] + cp*cstride + e]`` (int16 products summed in int32), ``j < NP``,
     ``r < MC``. The caller checks every offset."""
-    if not (_is_array(w, types.int16, 1) and _is_array(x, types.int16, 1)
-            and _is_array(pos, types.int64, 1) and _is_array(offs, types.int64, 1)
-            and _is_array(out, types.int32, 1)):
+    if not (is_array(w, types.int16, 1) and is_array(x, types.int16, 1)
+            and is_array(pos, types.int64, 1) and is_array(offs, types.int64, 1)
+            and is_array(out, types.int32, 1)):
         return None
     sig = types.void(w, types.intp, x, pos, offs, types.intp, types.intp, out, types.intp)
 
@@ -68,12 +68,12 @@ def _qtile(typingctx, w, w_off, x, pos, offs, cp_n, cstride, out, out_off):
             return builder.add(acc, builder.add(builder.shuffle_vector(p, p, even),
                                                 builder.shuffle_vector(p, p, odd)))
 
-        wp0 = builder.gep(_data_ptr(context, builder, signature.args[0], w_a), [w_off_v])
-        xp0 = _data_ptr(context, builder, signature.args[2], x_a)
-        pp = _data_ptr(context, builder, signature.args[3], pos_a)
-        op = _data_ptr(context, builder, signature.args[4], offs_a)
+        wp0 = builder.gep(data_ptr(context, builder, signature.args[0], w_a), [w_off_v])
+        xp0 = data_ptr(context, builder, signature.args[2], x_a)
+        pp = data_ptr(context, builder, signature.args[3], pos_a)
+        op = data_ptr(context, builder, signature.args[4], offs_a)
         n_taps = context.make_array(signature.args[4])(context, builder, offs_a).nitems
-        cp = builder.gep(_data_ptr(context, builder, signature.args[7], out_a), [out_off_v])
+        cp = builder.gep(data_ptr(context, builder, signature.args[7], out_a), [out_off_v])
         pos = [builder.load(builder.gep(pp, [const(j)])) for j in range(NP)]
         slots = []
         for _ in range(NP * 2):

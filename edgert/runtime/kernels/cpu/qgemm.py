@@ -40,21 +40,15 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgert.runtime._jit import njit, prange
+from edgert.runtime.kernels.cpu._native.llvm import MR, NR, data_ptr, emit_tile, is_array
 
-MR = 6  # rows of A (output channels) per micro-tile
-NR = 16  # columns of B (output positions) per micro-tile: two vectors of 8 int32
 BLOCK_BYTES = 1 << 20  # B data per cache block of column tiles (measured: 192 KB-8 MB)
 # A plan buffer above this size goes to the interpreter's shared scratch instead of being kept
 # per layer (a 1024x1024 image with 32 channels would otherwise hold 130 MB in every layer).
 SHARE_BYTES = 4 << 20
-
-
-def _data_ptr(context, builder, arrty, arr):
-    return context.make_array(arrty)(context, builder, arr).data
 
 
 @intrinsic
@@ -67,8 +61,8 @@ def _tile(typingctx, a, a_off, b, b_off, offs, cp_n, cstride, c):
     one tap at offset 0 with ``cstride = 2 * NR``. The caller guarantees every offset is in
     bounds (:func:`qgemm_tiles` checks the plan before any tile runs).
     """
-    if not (_is_array(a, types.int32, 1) and _is_array(b, types.int16, 1)
-            and _is_array(offs, types.int64, 1) and _is_array(c, types.int32, 2)):
+    if not (is_array(a, types.int32, 1) and is_array(b, types.int16, 1)
+            and is_array(offs, types.int64, 1) and is_array(c, types.int32, 2)):
         return None
     sig = types.void(a, types.intp, b, types.intp, offs, types.intp, types.intp, c)
 
@@ -92,66 +86,6 @@ def _tile(typingctx, a, a_off, b, b_off, offs, cp_n, cstride, c):
     return sig, codegen
 
 
-def emit_tile(context, builder, signature, args, acc_t, b_t, step) -> None:
-    """IR of an ``MR x NR`` micro-tile (the body of :func:`_tile` and fgemm's ``_ftile``).
-
-    ``args`` are ``(a, a_off, b, b_off, offs, c_n, cstride, c)``; accumulators are ``2 * MR``
-    vectors of type ``acc_t`` (8 lanes); each step loads two ``b_t`` vectors of ``B`` (one
-    output row segment of 16), broadcasts each row's scalar of ``A`` (bitcast to ``b_t``: an
-    int32 holds an int16 pair) and calls ``step(acc, a_vec, b_vec) -> acc``. Loops run over the
-    taps in ``offs`` and, inside, over ``c_n`` steps ``cstride`` elements apart in ``B``.
-    """
-    a_arr, a_off_v, b_arr, b_off_v, offs_arr, c_v, cs_v, c_arr = args
-    idx_t = a_off_v.type
-    i32 = ir.IntType(32)
-    zeros8 = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
-    half = b_t.count  # the second B vector follows the first
-
-    def const(v):
-        return ir.Constant(idx_t, v)
-
-    ap0 = builder.gep(_data_ptr(context, builder, signature.args[0], a_arr), [a_off_v])
-    bp0 = builder.gep(_data_ptr(context, builder, signature.args[2], b_arr), [b_off_v])
-    op = _data_ptr(context, builder, signature.args[4], offs_arr)
-    n_taps = context.make_array(signature.args[4])(context, builder, offs_arr).nitems
-    cp = _data_ptr(context, builder, signature.args[7], c_arr)
-    slots = []
-    for r in range(MR):
-        for h in range(2):
-            ptr = builder.bitcast(builder.gep(cp, [const(r * NR + h * 8)]), acc_t.as_pointer())
-            slot = cgutils.alloca_once(builder, acc_t)
-            builder.store(ir.Constant(acc_t, None), slot)
-            slots.append((slot, ptr))
-    with cgutils.for_range(builder, n_taps) as taps:
-        t = taps.index
-        bt = builder.gep(bp0, [builder.load(builder.gep(op, [t]))])
-        at = builder.gep(ap0, [builder.mul(builder.mul(t, c_v), const(MR))])
-        with cgutils.for_range(builder, c_v) as loop:
-            k = loop.index
-            bk = builder.gep(bt, [builder.mul(k, cs_v)])
-            b0 = builder.load(builder.bitcast(bk, b_t.as_pointer()), align=2)
-            b1 = builder.load(builder.bitcast(builder.gep(bk, [const(half)]), b_t.as_pointer()),
-                              align=2)
-            ak = builder.gep(at, [builder.mul(k, const(MR))])
-            for r in range(MR):
-                scalar = builder.load(builder.gep(ak, [const(r)]))
-                vec = builder.insert_element(ir.Constant(acc_t, ir.Undefined), scalar,
-                                             ir.Constant(i32, 0))
-                vec = builder.shuffle_vector(vec, vec, zeros8)
-                if b_t != acc_t:
-                    vec = builder.bitcast(vec, b_t)
-                for h, bv in enumerate((b0, b1)):
-                    slot = slots[r * 2 + h][0]
-                    builder.store(step(builder.load(slot), vec, bv), slot)
-    for slot, ptr in slots:
-        builder.store(builder.load(slot), ptr, align=4)
-
-
-def _is_array(t, dtype, ndim: int) -> bool:
-    return (isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim
-            and t.layout == "C")
-
-
 @intrinsic
 def _interleave16(typingctx, dst, d_off, r0, o0, r1, o1, zp):
     """``dst[d_off + 2j] = r0[o0 + j] - zp``, ``dst[d_off + 2j + 1] = r1[o1 + j] - zp``, j < 16.
@@ -160,8 +94,8 @@ def _interleave16(typingctx, dst, d_off, r0, o0, r1, o1, zp):
     subtraction and an interleaving shuffle (the loop form of this ran scalar, 0.65 ns per
     element). ``dst``: int16 1-D; ``r0``/``r1``: int8 1-D; offsets checked by the caller.
     """
-    if not (_is_array(dst, types.int16, 1) and _is_array(r0, types.int8, 1)
-            and _is_array(r1, types.int8, 1)):
+    if not (is_array(dst, types.int16, 1) and is_array(r0, types.int8, 1)
+            and is_array(r1, types.int8, 1)):
         return None
     sig = types.void(dst, types.intp, r0, types.intp, r1, types.intp, types.int16)
 
@@ -177,7 +111,7 @@ def _interleave16(typingctx, dst, d_off, r0, o0, r1, o1, zp):
                                                         [0] * 16))
 
         def row(arr, arrty, off):
-            ptr = builder.gep(_data_ptr(context, builder, arrty, arr), [off])
+            ptr = builder.gep(data_ptr(context, builder, arrty, arr), [off])
             v = builder.load(builder.bitcast(ptr, b16.as_pointer()), align=1)
             return builder.sub(builder.sext(v, h16), zp_vec)
 
@@ -186,7 +120,7 @@ def _interleave16(typingctx, dst, d_off, r0, o0, r1, o1, zp):
         order = [i // 2 + (16 if i % 2 else 0) for i in range(32)]
         both = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 32),
                                                         order))
-        ptr = builder.gep(_data_ptr(context, builder, signature.args[0], dst_a), [d_off_v])
+        ptr = builder.gep(data_ptr(context, builder, signature.args[0], dst_a), [d_off_v])
         builder.store(both, builder.bitcast(ptr, h32.as_pointer()), align=2)
         return context.get_dummy_value()
 
@@ -225,7 +159,7 @@ def _emit_clamp_store(context, builder, t, zo, lo, hi, arrty, arr, off):
     t = builder.select(builder.icmp_signed("<", t, lo_s), lo_s, t)
     t = builder.select(builder.icmp_signed(">", t, hi_s), hi_s, t)
     b_t = ir.VectorType(ir.IntType(8), v_t.count)
-    yp = builder.gep(_data_ptr(context, builder, arrty, arr), [off])
+    yp = builder.gep(data_ptr(context, builder, arrty, arr), [off])
     builder.store(builder.trunc(t, b_t), builder.bitcast(yp, b_t.as_pointer()), align=1)
 
 
@@ -237,7 +171,7 @@ def _requant16(typingctx, c, r, y, y_off, b, mm, rnd, s2, zo, lo, hi):
     is int32 (the caller checked it cannot overflow), ``mm`` the int32 multiplier, ``rnd =
     2**(shift - 1)`` and ``s2 = shift - 32 >= 0``. ``y``: int8 1-D.
     """
-    if not (_is_array(c, types.int32, 2) and _is_array(y, types.int8, 1)):
+    if not (is_array(c, types.int32, 2) and is_array(y, types.int8, 1)):
         return None
     sig = types.void(c, types.intp, y, types.intp, types.int32, types.int32, types.int64,
                      types.int32, types.int32, types.int32, types.int32)
@@ -245,7 +179,7 @@ def _requant16(typingctx, c, r, y, y_off, b, mm, rnd, s2, zo, lo, hi):
     def codegen(context, builder, signature, args):
         c_a, r_v, y_a, y_off_v, b_v, mm_v, rnd_v, s2_v, zo_v, lo_v, hi_v = args
         v16 = ir.VectorType(ir.IntType(32), 16)
-        cp = builder.gep(_data_ptr(context, builder, signature.args[0], c_a),
+        cp = builder.gep(data_ptr(context, builder, signature.args[0], c_a),
                          [builder.mul(r_v, ir.Constant(r_v.type, NR))])
         acc = builder.load(builder.bitcast(cp, v16.as_pointer()), align=4)
         acc = builder.add(acc, _splat(builder, b_v, v16))
@@ -265,8 +199,8 @@ def _qadd16(typingctx, a, b, out, off, prm):
     fixed_mul(va + vb, mo))`` (every shift >= 32, checked by the caller; ``(a - za) << 20``
     and ``va + vb`` fit int32).
     """
-    if not (_is_array(a, types.int8, 1) and _is_array(b, types.int8, 1)
-            and _is_array(out, types.int8, 1) and _is_array(prm, types.int64, 1)):
+    if not (is_array(a, types.int8, 1) and is_array(b, types.int8, 1)
+            and is_array(out, types.int8, 1) and is_array(prm, types.int64, 1)):
         return None
     sig = types.void(a, b, out, types.intp, prm)
 
@@ -275,14 +209,14 @@ def _qadd16(typingctx, a, b, out, off, prm):
         i32 = ir.IntType(32)
         v16 = ir.VectorType(i32, 16)
         b16 = ir.VectorType(ir.IntType(8), 16)
-        pp = _data_ptr(context, builder, signature.args[4], p_a)
+        pp = data_ptr(context, builder, signature.args[4], p_a)
 
         def prm_at(i, t=i32):
             v = builder.load(builder.gep(pp, [ir.Constant(off_v.type, i)]))
             return v if t is None else builder.trunc(v, t)
 
         def side(arr, arrty, zi, base):
-            ptr = builder.gep(_data_ptr(context, builder, arrty, arr), [off_v])
+            ptr = builder.gep(data_ptr(context, builder, arrty, arr), [off_v])
             x = builder.sext(builder.load(builder.bitcast(ptr, b16.as_pointer()), align=1), v16)
             x = builder.shl(builder.sub(x, _splat(builder, prm_at(zi), v16)),
                             _splat(builder, ir.Constant(i32, 20), v16))
@@ -526,11 +460,11 @@ def conv_taps(geo, c_n):
     """Per row ``k = (c, kd, kh, kw)`` of the column matrix: ``(c, kd*dd - pd, kh*dh - ph,
     ow_lo, ow_hi, kw*dw - pw)`` where ``[ow_lo, ow_hi)`` are the output columns whose input
     column ``ow * sw + kw*dw - pw`` lies inside the row (an empty range has ``lo >= hi``)."""
-    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
-    sw = geo[5]
-    dd, dh, dw = geo[6], geo[7], geo[8]
-    pd, ph, pw = geo[9], geo[10], geo[11]
-    w_n, ow_n = geo[14], geo[17]
+    kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
+    sw = geo.sw
+    dd, dh, dw = geo.dd, geo.dh, geo.dw
+    pd, ph, pw = geo.pd, geo.ph, geo.pw
+    w_n, ow_n = geo.w, geo.ow
     taps = kd_n * kh_n * kw_n
     out = np.empty((c_n * taps, 6), np.int64)
     for k in range(c_n * taps):
@@ -599,9 +533,9 @@ def pack_conv(x, zp, geo, c0, taps, bpack):
     to back by one thread. A tile's 16 columns are split into runs along one output row, so
     each tap copies a contiguous (or strided) input segment with no per-element bounds test.
     """
-    sd, sh, sw = geo[3], geo[4], geo[5]
+    sd, sh, sw = geo.sd, geo.sh, geo.sw
     d_n, h_n = x.shape[1], x.shape[2]
-    od_n, oh_n, ow_n = geo[15], geo[16], geo[17]
+    od_n, oh_n, ow_n = geo.od, geo.oh, geo.ow
     k_n = taps.shape[0]
     kp_n = (k_n + 1) // 2
     stride = kp_n * 2 * NR
@@ -610,8 +544,8 @@ def pack_conv(x, zp, geo, c0, taps, bpack):
     c_max = 0
     for k in range(k_n):
         c_max = max(c_max, taps[k, 0] + 1)
-    if (bpack.size < pt_n * stride or x.shape[0] < c0 + c_max or geo[12] != d_n
-            or geo[13] != h_n or geo[14] != x.shape[3] or taps.shape[1] != 6):
+    if (bpack.size < pt_n * stride or x.shape[0] < c0 + c_max or geo.d != d_n
+            or geo.h != h_n or geo.w != x.shape[3] or taps.shape[1] != 6):
         raise ValueError("pack_conv: buffer or input do not match the geometry")
     xf = x.reshape(-1)
     zp16 = np.int16(zp)

@@ -288,7 +288,7 @@ class ConvInteger(EagerKernel):
     """
 
     def check(self, inputs):
-        from edgert.runtime.kernels.cpu.conv import kernel_shape_attr, sliding_window
+        from edgert.runtime.ops.window import kernel_shape_attr, sliding_window
 
         self.require_inputs(inputs, 2, 4)
         x, w = inputs[0], inputs[1]

@@ -51,15 +51,9 @@ import numpy as np
 from edgert.errors import DTypeError, KernelError, ShapeError
 from edgert.runtime._jit import njit, prange
 from edgert.runtime.kernels.cpu import qdconv
-from edgert.runtime.kernels.cpu.blas import gemm_threads
-from edgert.runtime.kernels.cpu.conv import (
-    ConvTransposeKernel,
-    _im2col,
-    as3d,
-    kernel_shape_attr,
-    sliding_window,
-    tap_ranges,
-)
+from edgert.runtime.kernels.cpu._native.geometry import tap_ranges
+from edgert.runtime.kernels.cpu.conv.im2col import _im2col
+from edgert.runtime.kernels.cpu.conv.transpose import ConvTransposeKernel
 from edgert.runtime.kernels.cpu.dconv import SUB
 from edgert.runtime.kernels.cpu.pooling import _max_pool_rows
 from edgert.runtime.kernels.cpu.qgemm import (
@@ -74,6 +68,7 @@ from edgert.runtime.kernels.cpu.qgemm import (
     qadd,
     qgemm,
 )
+from edgert.runtime.ops.window import as3d, kernel_shape_attr, sliding_window
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 INT8 = np.dtype(np.int8)
@@ -403,7 +398,7 @@ class QConv(_QLinearBase):
                 if getattr(self, "_qbuf", None) is None:
                     self._qbuf = np.empty(qd.size, np.int16)
                 buf = self._qbuf
-            parts = gemm_threads() if self.macs >= SPLIT_MIN_MACS_INT8 else 1
+            parts = self.op.num_threads if self.macs >= SPLIT_MIN_MACS_INT8 else 1
             conv_fn = qdconv.qdconv if parts > 1 else qdconv.qdconv_serial
             pack_fn = qdconv.pack_pairs if parts > 1 else qdconv.pack_pairs_serial
             for n in range(n_img):
@@ -719,10 +714,10 @@ def _qpool(x, y, geo, is_max, count_pad):
     count, divided with rounding half away from zero (TFLite's ``(sum ± count / 2) / count``),
     exactly in integers.
     """
-    kd_n, kh_n, kw_n = geo[0], geo[1], geo[2]
-    sd, sh, sw = geo[3], geo[4], geo[5]
-    dd, dh = geo[6], geo[7]
-    pd, ph = geo[9], geo[10]
+    kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
+    sd, sh, sw = geo.sd, geo.sh, geo.sw
+    dd, dh = geo.dd, geo.dh
+    pd, ph = geo.pd, geo.ph
     nc, d_n, h_n = x.shape[0], x.shape[1], x.shape[2]
     od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
     taps = tap_ranges(geo)
@@ -814,7 +809,7 @@ class _QPool(Kernel):
         if self.phase:
             g = self.geo
             _max_pool_rows(x.reshape((nc,) + self.in3[1:]), y.reshape((nc,) + self.out3[1:]),
-                           g[1], g[2], g[4], g[5], g[10], g[11], np.int8(-128))
+                           g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, np.int8(-128))
             return
         _qpool(x.reshape((nc,) + self.in3), y.reshape((nc,) + self.out3), self.geo,
                self.is_max, self.count_pad)

@@ -162,24 +162,22 @@ class CudaConv(CudaKernel, cpu.ConvKernel):
 
     def prepare(self, inputs):
         outs = super().prepare(inputs)
+        spec = self.spec
+        w, b = inputs[1], inputs[2] if len(inputs) > 2 else None
         self.on_device = (
-            self.dtype == F32
-            and self.w_packed is not None
-            and (not self.has_bias_input or self.b_packed.shape[0] > 0)
-            and not self.shuffle_g  # a fused channel shuffle runs on the host
+            spec.dtype == F32
+            and w.value is not None
+            and (b is None or b.value is not None)
+            and not spec.shuffle_g  # a fused channel shuffle runs on the host
         )
         if not self.on_device:
             return outs
-        x_shape = inputs[0].shape
-        self._c_in = int(x_shape[1])
-        self._m_out = int(outs[0].shape[1])
-        self._n = int(x_shape[0])
-        mpg = self._m_out // self.group
+        mpg = spec.m_out // spec.group
         self._direct = mpg < DIRECT_BELOW
-        self._d_w = self.upload(self.w_packed, "W")
-        bias = self.b_packed if self.b_packed.shape[0] else np.zeros(1, F32)
+        self._d_w = self.upload(np.ascontiguousarray(w.value, F32).reshape(-1), "W")
+        bias = np.asarray(b.value, F32) if b is not None else np.zeros(1, F32)
         self._d_b = self.upload(bias, "B")
-        self._d_geo = self.upload(self.geo, "geo")
+        self._d_geo = self.upload(spec.geo.as_array(), "geo")
         return outs
 
     def invoke(self, inputs, outputs):
@@ -187,19 +185,19 @@ class CudaConv(CudaKernel, cpu.ConvKernel):
         if y.size == 0:
             return
         # The graph's activation, applied to conv + bias + the residual Z (edgert.Conv's fourth
-        # input) in the one device pass; ``act`` may be the CPU paths' "none" (see prepare).
-        code = self.sum_act.code
-        p0, p1 = (np.float32(v) for v in self.sum_params)
-        has_bias = self.b_packed.shape[0] > 0
-        zsum = inputs[3].reshape(-1) if self.has_sum else self._d_b
-        args = (inputs[0].reshape(-1), self._d_w.reshape(-1), self._d_b, y.reshape(-1),
-                self._d_geo, self._c_in, self._m_out, self.group, has_bias, code, p0, p1,
-                zsum, self.has_sum)
+        # input) in the one device pass.
+        spec = self.spec
+        code = spec.act.code
+        p0, p1 = spec.act.params(F32)
+        zsum = inputs[3].reshape(-1) if spec.has_sum else self._d_b
+        args = (inputs[0].reshape(-1), self._d_w, self._d_b, y.reshape(-1),
+                self._d_geo, spec.c_in, spec.m_out, spec.group, spec.has_bias, code, p0, p1,
+                zsum, spec.has_sum)
         if self._direct:
             _conv_direct[blocks(y.size), THREADS, self.stream](*args)
             return
-        mpg = self._m_out // self.group
-        grid = ((self.p_out + TILE - 1) // TILE, (mpg + TILE - 1) // TILE, self._n * self.group)
+        mpg = spec.m_out // spec.group
+        grid = ((spec.p_out + TILE - 1) // TILE, (mpg + TILE - 1) // TILE, spec.n * spec.group)
         _conv_igemm[grid, (TILE, TILE), self.stream](*args)
 
 
@@ -268,7 +266,7 @@ class CudaConvTranspose(CudaKernel, cpu.ConvTransposeKernel):
         self._d_w = self.upload(np.asarray(w.value, F32).reshape(-1), "W")
         bias = self.b_packed if self.b_packed.shape[0] else np.zeros(1, F32)
         self._d_b = self.upload(np.asarray(bias, F32), "B")
-        self._d_geo = self.upload(self.geo, "geo")
+        self._d_geo = self.upload(np.asarray(self.geo, np.int64), "geo")
         return outs
 
     def invoke(self, inputs, outputs):

@@ -138,7 +138,7 @@ class CudaMaxPool(CudaKernel, cpu.MaxPoolKernel):
         outs = super().prepare(inputs)
         self.on_device = self.dtype == F32 and self.storage_order == 0
         self._nc = int(inputs[0].shape[0] * inputs[0].shape[1])
-        self._d_geo = self.upload(self.geo, "geo")
+        self._d_geo = self.upload(np.asarray(self.geo, np.int64), "geo")
         self._d_none = self.upload(np.zeros(1, np.int64), "none")
         return outs
 
@@ -161,7 +161,7 @@ class CudaAveragePool(CudaKernel, cpu.AveragePoolKernel):
         outs = super().prepare(inputs)
         self.on_device = self.dtype == F32
         self._include = bool(int(self.attr("count_include_pad", 0)))
-        self._d_geo = self.upload(self.geo, "geo")
+        self._d_geo = self.upload(np.asarray(self.geo, np.int64), "geo")
         return outs
 
     def invoke(self, inputs, outputs):

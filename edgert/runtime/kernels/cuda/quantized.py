@@ -174,7 +174,7 @@ class CudaQConv(_CudaQLinear, cpu.QConv):
         self._c_in = int(inputs[0].shape[1])
         self._m_out = int(outs[0].shape[1])
         self._upload_quant(np.asarray(inputs[1].value))
-        self._d_geo = self.upload(self.geo, "geo")
+        self._d_geo = self.upload(np.asarray(self.geo, np.int64), "geo")
         return outs
 
     def invoke(self, inputs, outputs):
@@ -196,7 +196,7 @@ class CudaQConvTranspose(_CudaQLinear, cpu.QConvTranspose):
         self._m_out = int(outs[0].shape[1])
         self._group = int(self.attr("group", 1))
         self._upload_quant(np.asarray(inputs[1].value))
-        self._d_geo = self.upload(self.float_kernel.geo, "geo")
+        self._d_geo = self.upload(np.asarray(self.float_kernel.geo, np.int64), "geo")
         return outs
 
     def invoke(self, inputs, outputs):
@@ -461,7 +461,7 @@ def _qgap(x, y, length):
 class _CudaQPool(CudaKernel):
     def prepare(self, inputs):
         outs = super().prepare(inputs)
-        self._d_geo = self.upload(self.geo, "geo")
+        self._d_geo = self.upload(np.asarray(self.geo, np.int64), "geo")
         return outs
 
     def invoke(self, inputs, outputs):
