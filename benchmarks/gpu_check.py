@@ -160,7 +160,7 @@ def _int8(model, input_name, batches, runs, deadline, log, size) -> dict[str, An
     from edgert.runtime import Interpreter
 
     try:
-        from edgert.quantize import quantize
+        from edgert.quantization import quantize
 
         rng = np.random.default_rng(99)
         calib = {input_name: rng.standard_normal((2, 3, size, size)).astype(np.float32)}

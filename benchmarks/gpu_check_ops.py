@@ -73,7 +73,7 @@ def model_and_feeds(name: str, seed: int = 0) -> tuple[Any, dict[str, np.ndarray
 
 def quantized(model, feeds: dict[str, np.ndarray]) -> bytes:
     """``model`` quantized to int8 by edgert.quantize, calibrated on two random-ish samples."""
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
 
     rng = np.random.default_rng(1)
     calib = {}

@@ -66,7 +66,7 @@ def ort_quantize(src: str, dst: str, feeds: list[dict], method: str = "minmax",
 def digits(n_cal: int) -> None:
     import onnxruntime as ort
 
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
     from edgert.runtime import Interpreter
 
     model = str(ROOT / "models" / "digits_cnn.onnx")
@@ -117,7 +117,7 @@ def child(kind: str, src: str, dst: str, n: int) -> None:
     _, feeds = _feeds(src, n)
     t0 = time.perf_counter()
     if kind == "edgert":
-        from edgert.quantize import quantize
+        from edgert.quantization import quantize
 
         quantize(src, dst, calibration=feeds, method=method)
     else:
@@ -147,7 +147,7 @@ def light(name: str, n: int, runs: int) -> None:
 
     from edgert.converter import convert
     from edgert.format import read_model
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
     from edgert.runtime import Interpreter
 
     src = str(materialize(name))

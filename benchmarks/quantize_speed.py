@@ -72,7 +72,7 @@ def main() -> None:
     from light_models import materialize
 
     from edgert.converter import convert
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
     from edgert.runtime import Interpreter
 
     gemm_rates()

@@ -33,7 +33,7 @@ def __getattr__(name: str):
 
         return convert
     if name == "quantize":
-        import edgert.quantize as quantize  # a callable module: edgert.quantize(model, ...)
+        from edgert.quantization import quantize  # the function; the package: edgert.quantization
 
         return quantize
     if name == "Interpreter":

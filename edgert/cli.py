@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute threads (default: all cores)")
     p.set_defaults(func=cmd_warmup)
 
-    from edgert.quantize.cli import add_quantize_parser  # issue 5: edgert quantize
+    from edgert.quantization.cli import add_quantize_parser  # issue 5: edgert quantize
 
     add_quantize_parser(sub)
     return parser

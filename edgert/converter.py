@@ -51,7 +51,7 @@ from edgert.ir import Graph, Node, Value
 if TYPE_CHECKING:
     import onnx
 
-    from edgert.runtime.registry import KernelRegistry
+    from edgert.runtime.registry import KernelRegistry, OpTraits
 
 CONVERT_ADVICE = (
     "These operators import fine but the edgert runtime has no kernel for them (see the README's "
@@ -119,20 +119,15 @@ def convert(
 
 
 def _optimize(graph: Graph, level: int, verbose: bool = False) -> Graph:
-    """The optimizer seam: level 0 leaves the graph alone; > 0 needs ``edgert.optimizer``."""
+    """Level 0 leaves the graph alone; higher levels run :func:`edgert.optimizer.optimize` on it
+    in place (edgert-domain fused ops allowed)."""
     if not isinstance(level, int) or level < 0:
         raise EdgeRTError(f"optimization level must be a non-negative integer, got {level!r}")
-    if level == 0:
-        return graph
-    try:
+    if level > 0:
         from edgert.optimizer import optimize
-    except ImportError:
-        raise EdgeRTError(
-            f"optimization level {level} was requested, but this build of edgert has no "
-            "optimizer (edgert.optimizer.optimize); convert with level=0"
-        ) from None
-    result = optimize(graph, level, verbose=verbose, allow_fused=True)
-    return result if isinstance(result, Graph) else graph
+
+        optimize(graph, level, verbose=verbose, allow_fused=True)
+    return graph
 
 
 def _file_metadata(graph: Graph, extra: dict[str, str] | None) -> dict[str, str]:
@@ -170,19 +165,22 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
         graph: the graph to check (bodies of If/Loop/Scan included).
         registry: the registry to check against; defaults to the CPU kernel registry.
     """
-    if registry is None:
-        from edgert.runtime.kernels.cpu import registry as cpu_registry
+    from edgert.runtime.kernels.cpu import registry as cpu_registry
 
+    if registry is None:
         registry = cpu_registry()
+    # What an op may take (raw-bit narrow types, sequences) is its CPU kernel's traits.
+    traits = cpu_registry().traits
     missing: list[tuple[str, str, str]] = []
     for node in _all_nodes(graph):
-        raw = _raw_bits_dtype(node)
+        t = traits(node.op_type, node.domain, node.version)
+        raw = _raw_bits_dtype(node, t)
         if raw is not None:
             missing.append((node.op_type, node.name,
                             f"{dtypes.name(raw)} tensors are only moved or cast by the edgert "
                             f"runtime, not computed on by {node.op_type}; Cast them to float32"))
             continue
-        odd = _unsupported_value_type(node) or _sequence_misuse(node)
+        odd = _unsupported_value_type(node) or _sequence_misuse(node, t)
         if odd is not None:
             missing.append((node.op_type, node.name, odd))
             continue
@@ -194,7 +192,7 @@ def check_supported(graph: Graph, registry: KernelRegistry | None = None) -> Non
                 f"no {registry.device} kernel for {dom}.{node.op_type} (opset {node.version})",
             ))
     if missing:
-        from edgert.importer import describe_unsupported
+        from edgert.errors import describe_unsupported
 
         raise UnsupportedOpError(
             describe_unsupported(
@@ -217,18 +215,6 @@ _RAW_BITS_TYPES = frozenset({
 # Held one per byte (int4 sign-extended): their holder's bits are not the ONNX bits, so even
 # BitCast would be wrong on them.
 _UNPACKED_TYPES = frozenset({dtypes.FLOAT4E2M1, *dtypes.SUBBYTE_INTS})
-# Q/DQ decode / encode these types when the importer told them which one (edgert_*_type).
-_TYPE_TAGGED_OPS = {"QuantizeLinear": "edgert_to_type", "DequantizeLinear": "edgert_from_type"}
-_BIT_MOVING_OPS = frozenset({
-    "Cast", "CastLike", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
-    "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "Expand", "Tile",
-    "Shape", "Size", "Where", "ConstantOfShape", "If", "Loop", "Scan", "BitCast",
-    "DepthToSpace", "SpaceToDepth", "Compress", "ReverseSequence", "Trilu", "EyeLike", "OneHot",
-    # sequence and optional values only hold tensors (edgert/runtime/kernels/cpu/sequence.py)
-    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt", "SequenceErase",
-    "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
-    "OptionalHasElement", "OptionalGetElement",
-})
 
 
 def _unsupported_value_type(node) -> str | None:
@@ -248,17 +234,10 @@ def _unsupported_value_type(node) -> str | None:
     return None
 
 
-# Ops whose kernels accept sequence / optional values (every other kernel takes tensors only).
-_SEQUENCE_AWARE_OPS = frozenset({
-    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt", "SequenceErase",
-    "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
-    "OptionalHasElement", "OptionalGetElement", "If", "Loop", "Identity",
-})
-
-
-def _sequence_misuse(node) -> str | None:
-    """Why a tensor-only op is wired to a sequence / optional value, or None."""
-    if node.domain or node.op_type in _SEQUENCE_AWARE_OPS:
+def _sequence_misuse(node, traits: OpTraits) -> str | None:
+    """Why a tensor-only op (no ``takes_sequences`` trait) is wired to a sequence / optional
+    value, or None."""
+    if node.domain or traits.takes_sequences:
         return None
     for v in list(node.inputs) + list(node.outputs):
         if v is not None and v.kind != "tensor":
@@ -267,16 +246,17 @@ def _sequence_misuse(node) -> str | None:
     return None
 
 
-def _raw_bits_dtype(node) -> int | None:
-    """The bfloat16/float8 type a node would compute on, or None when it is safe."""
+def _raw_bits_dtype(node, traits: OpTraits) -> int | None:
+    """The bfloat16/float8 type a node would compute on, or None when it is safe: ops that
+    only move bits (``moves_bits``) are, and Q/DQ on the type named by their ``type_attr``."""
     if node.domain:
         return None
     values = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
-    if node.op_type in _BIT_MOVING_OPS:
+    if traits.moves_bits:
         if node.op_type == "BitCast":
             return next((v.dtype for v in values if v.dtype in _UNPACKED_TYPES), None)
         return None
-    tag = node.attrs.get(_TYPE_TAGGED_OPS.get(node.op_type, ""))
+    tag = node.attrs.get(traits.type_attr) if traits.type_attr else None
     for v in values:
         if v.dtype in _RAW_BITS_TYPES and v.dtype != tag:
             return v.dtype

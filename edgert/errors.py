@@ -59,3 +59,20 @@ __all__ = [
     "InputError",
     "KernelError",
 ]
+
+
+def describe_unsupported(ops: list[tuple[str, str, str]], headline: str, advice: str) -> str:
+    """The message of an :class:`UnsupportedOpError`: a count summary, one line per node, advice.
+
+    ``headline`` may use ``{count}`` (number of nodes) and ``{summary}`` ("Det ×2, Foo ×1").
+    """
+    counts: dict[str, int] = {}
+    for op_type, _, _ in ops:
+        counts[op_type] = counts.get(op_type, 0) + 1
+    summary = ", ".join(f"{op} ×{n}" for op, n in sorted(counts.items()))
+    shown = 30
+    lines = [f"  {op_type} '{name}': {why}" for op_type, name, why in ops[:shown]]
+    if len(ops) > shown:
+        lines.append(f"  ... and {len(ops) - shown} more")
+    head = headline.format(count=len(ops), summary=summary)
+    return f"{head}:\n" + "\n".join(lines) + "\n" + advice

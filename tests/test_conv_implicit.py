@@ -105,7 +105,7 @@ def test_shared_scratch_mode_in_an_interpreter(monkeypatch):
     from onnx import TensorProto, helper, numpy_helper
 
     from edgert.converter import convert
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
     from edgert.runtime import Interpreter
     from edgert.runtime.kernels.cpu import qgemm
 

@@ -172,7 +172,7 @@ def test_exported_int8_model_runs_entirely_on_device(name):
     """edgert.quantize's int8 model (Quantize, QGemm/QConv, QAdd, QMul, QConcat, QLut, QSoftmax,
     Dequantize, int8 Pad/Resize, Gather, LayerNormalization, ConvTranspose...) on the device
     gives the CPU interpreter's answer."""
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
 
     model, feeds, calib = _exported(name)
     data, _ = quantize(model, calibration=calib, mode="int8", batch_size=1)

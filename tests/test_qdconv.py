@@ -13,6 +13,7 @@ from helpers import run_kernel
 from test_kernels_quantized import golden_conv
 
 from edgert.runtime.kernels.cpu import dconv, qdconv, quantized
+from edgert.runtime.ops.window import Geo
 
 RNG = np.random.default_rng(7)
 
@@ -64,7 +65,7 @@ def test_qdconv_selected_and_worst_case_exact():
 
 
 def test_qdconv_rejects_a_geometry_that_does_not_fit():
-    geo = np.array([1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 8, 8, 1, 8, 8, 0, 1, 1], np.int64)
+    geo = Geo(1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 8, 8, 1, 8, 8, 0, 1, 1)
     g = qdconv.Geometry(geo, 4)
     wp = qdconv.pack_weights(np.ones((16, 4, 3, 3), np.int8))
     y = np.empty((16, 64), np.int8)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgert.runtime.kernels.cpu import qgemm as Q
+from edgert.runtime.ops.window import Geo
 
 RNG = np.random.default_rng(11)
 
@@ -104,7 +105,7 @@ def geo3(ks, strides, dil, pb, pe, sp, out):
     ones, zeros = [1] * pad, [0] * pad
     vals = (ones + list(ks), ones + list(strides), ones + list(dil), zeros + list(pb),
             ones + list(sp), ones + list(out), zeros + list(pe))
-    return np.array([v for g in vals for v in g], np.int64)
+    return Geo(*(int(v) for g in vals for v in g))
 
 
 @pytest.mark.parametrize("c,sp,ks,strides,dil,pb,pe", [

@@ -9,8 +9,8 @@ import pytest
 
 import edgert
 from edgert.errors import DTypeError, EdgeRTError, InputError, ShapeError
-from edgert.quantize import quantize
-from edgert.quantize.observers import (
+from edgert.quantization import quantize
+from edgert.quantization.observers import (
     EntropyObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,

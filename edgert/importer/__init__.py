@@ -9,13 +9,12 @@
 from edgert.importer.onnx_export import export_onnx
 from edgert.importer.onnx_import import (
     LoadedModel,
-    describe_unsupported,
     import_model,
     import_onnx,
     load_onnx,
 )
 
 __all__ = [
-    "LoadedModel", "describe_unsupported", "export_onnx", "import_model", "import_onnx",
+    "LoadedModel", "export_onnx", "import_model", "import_onnx",
     "load_onnx",
 ]

@@ -42,7 +42,12 @@ import onnx.shape_inference
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from edgert import dtypes
-from edgert.errors import EdgeRTError, ModelImportError, UnsupportedOpError
+from edgert.errors import (
+    EdgeRTError,
+    ModelImportError,
+    UnsupportedOpError,
+    describe_unsupported,
+)
 from edgert.importer import gradient, upgrade
 from edgert.ir import Graph, Node, Value
 from edgert.ir.graph import (
@@ -170,23 +175,6 @@ def import_model(
         raise ModelImportError(
             f"the ONNX model is malformed: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def describe_unsupported(ops: list[tuple[str, str, str]], headline: str, advice: str) -> str:
-    """The message of an :class:`UnsupportedOpError`: a count summary, one line per node, advice.
-
-    ``headline`` may use ``{count}`` (number of nodes) and ``{summary}`` ("Det ×2, Foo ×1").
-    """
-    counts: dict[str, int] = {}
-    for op_type, _, _ in ops:
-        counts[op_type] = counts.get(op_type, 0) + 1
-    summary = ", ".join(f"{op} ×{n}" for op, n in sorted(counts.items()))
-    shown = 30
-    lines = [f"  {op_type} '{name}': {why}" for op_type, name, why in ops[:shown]]
-    if len(ops) > shown:
-        lines.append(f"  ... and {len(ops) - shown} more")
-    head = headline.format(count=len(ops), summary=summary)
-    return f"{head}:\n" + "\n".join(lines) + "\n" + advice
 
 
 # ----- loading ------------------------------------------------------------------------------------
@@ -337,12 +325,13 @@ def _set_kind(v: Value, kind: str) -> None:
         v.meta["onnx_type"] = kind
 
 
-# Operators whose first output is a sequence or an optional value whatever shape inference says
-# (it may leave a value's type out, e.g. inside a body).
-_SEQUENCE_RESULT_OPS = frozenset({
-    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SplitToSequence",
-    "Optional",
-})
+def _traits(op_type: str):
+    """The runtime's traits of a default-domain op (edgert.runtime.registry.OpTraits): which
+    ops make sequences, which take narrow types the importer must tag. Asked of the CPU kernel
+    registry, where each op's kernel declares them (the runtime never imports the importer)."""
+    from edgert.runtime.kernels.cpu import registry
+
+    return registry().traits(op_type)
 
 
 def _default_kinds(node: Node) -> None:
@@ -568,7 +557,7 @@ class _Importer:
                     outputs.append(ph)
             attrs = self._attrs(n, scope, node_name)
             self._outer_inputs(scope, attrs, inputs)
-            if n.op_type in _CODED_OPS and n.domain in _DEFAULT_DOMAINS:
+            if n.domain in _DEFAULT_DOMAINS and _traits(n.op_type).tags_narrow_types:
                 # bfloat16 / float8 / float4 travel as raw uint bits and int4/int2 as int8/uint8
                 # values: tell the kernel what they are
                 for key, v in _coded_operands(n.op_type, inputs, outputs):
@@ -576,7 +565,9 @@ class _Importer:
                         attrs[key] = int(v.dtype)
             domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
             node = g.add_node(n.op_type, inputs, outputs, attrs, name=node_name, domain=domain)
-            if not domain and n.op_type in _SEQUENCE_RESULT_OPS:
+            # the first output of a sequence-making op is a sequence or an optional whatever
+            # shape inference says (it may leave a value's type out, e.g. inside a body)
+            if not domain and _traits(n.op_type).makes_sequence:
                 _default_kinds(node)
             pending.append((node, n))
 
@@ -896,7 +887,6 @@ def _coded_operands(op_type: str, inputs: list, outputs: list) -> list[tuple[str
     return [("edgert_from_type", first_in)]  # DequantizeLinear
 
 
-_CODED_OPS = ("Cast", "CastLike", "QuantizeLinear", "DequantizeLinear")
 
 
 def _unpacked(t: TensorProto, code: int) -> np.ndarray:

@@ -70,9 +70,17 @@ def _safe(full_inputs: list[Value], root: Value) -> bool:
     return len(shapes) == 1 and None not in shapes
 
 
+def _opcode(node: Node) -> int | None:
+    """The ``edgert.FusedElementwise`` opcode of a default-domain node: its CPU kernel's
+    ``fusion`` trait (:class:`edgert.runtime.registry.OpTraits`), or None."""
+    from edgert.runtime.kernels.cpu import registry
+
+    return registry().traits(node.op_type, "", node.version).fusion
+
+
 def _member(node: Node) -> bool:
     """Whether ``node`` may join a fused group (see the module docstring)."""
-    from edgert.runtime.kernels.cpu.fused import BINARY_OPS, UNARY_OPS
+    from edgert.runtime.ops.fusion import BINARY_OPCODES, OP_CLIP
 
     if node.domain != "" or len(node.outputs) != 1 or node.subgraphs():
         return False
@@ -82,12 +90,13 @@ def _member(node: Node) -> bool:
         return False
     op = node.op_type
     ins = node.inputs
-    if op in BINARY_OPS:
-        ok = len(ins) == 2
-    elif op in UNARY_OPS:
-        ok = len(ins) == 1
-    elif op == "Clip":
+    code = _opcode(node)
+    if code == OP_CLIP:
         ok = 1 <= len(ins) <= 3
+    elif code in BINARY_OPCODES:
+        ok = len(ins) == 2
+    elif code is not None:
+        ok = len(ins) == 1
     elif op == "BatchNormalization":
         ok = (len(ins) == 5 and len(shape) >= 2 and isinstance(shape[1], int)
               and all(const(v) is not None and const(v).size == shape[1] for v in ins[1:])
@@ -156,7 +165,7 @@ def _full_inputs(graph: Graph, group: list[Node]) -> list[Value]:
 
 
 def _rewrite(graph: Graph, group: list[Node]) -> None:
-    from edgert.runtime.kernels.cpu.fused import BINARY_OPS, OP_ADD, OP_CLIP, OP_MUL, UNARY_OPS
+    from edgert.runtime.ops.fusion import OP_ADD, OP_MUL
 
     order = sorted(group, key=graph.nodes.index)
     root = order[-1]
@@ -214,16 +223,11 @@ def _rewrite(graph: Graph, group: list[Node]) -> None:
             nreg += 1
             dst += 1
         else:
-            if op in BINARY_OPS:
-                code = BINARY_OPS[op]
-            elif op == "Clip":
-                code = OP_CLIP
-            else:
-                code = UNARY_OPS[op]
-                if op == "LeakyRelu":
-                    p = [float(n.attrs.get("alpha", 0.01)), 0.0]
-                elif op == "HardSigmoid":
-                    p = [float(n.attrs.get("alpha", 0.2)), float(n.attrs.get("beta", 0.5))]
+            code = _opcode(n)
+            if op == "LeakyRelu":
+                p = [float(n.attrs.get("alpha", 0.01)), 0.0]
+            elif op == "HardSigmoid":
+                p = [float(n.attrs.get("alpha", 0.2)), float(n.attrs.get("beta", 0.5))]
             s = srcs + [0] * (3 - len(srcs))
             program += [code, dst, s[0], s[1], s[2]]
             params += p

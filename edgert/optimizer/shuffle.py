@@ -14,7 +14,7 @@ replaces the three nodes by one:
 * otherwise, only when :data:`STANDARD_GATHER` is set: the standard ``Gather(x, perm, axis=1)``
   with the constant channel permutation ``perm[j*g + i] = i*(C/g) + j`` (any ONNX runtime runs
   it; one node and one copy too). It is off by default because the int8 quantizer
-  (:mod:`edgert.quantize.quantizer`, which optimizes with standard ops) moves Reshape and
+  (:mod:`edgert.quantization.quantizer`, which optimizes with standard ops) moves Reshape and
   Transpose in int8 but keeps a Gather in float between Dequantize/Quantize: ShuffleNet's 16
   shuffles would leave the int8 path. Turn it on once the quantizer treats a Gather with
   constant indices as data movement.

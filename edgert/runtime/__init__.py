@@ -5,7 +5,18 @@ protobuf or the training code, and compiles nothing. Numba is imported, and kern
 load from the on-disk cache), when the first :class:`Interpreter` is created.
 """
 
-from edgert.runtime.interpreter import Interpreter
+from edgert.runtime.interpreter import Interpreter, register_device
 from edgert.runtime.registry import KernelOptions
 
 __all__ = ["Interpreter", "KernelOptions"]
+
+
+def _cuda_interpreter() -> type:
+    # Imported only when a CUDA interpreter is asked for: the CPU runtime never loads
+    # numba.cuda. Without numba-cuda or a GPU its constructor raises a clear EdgeRTError.
+    from edgert.runtime.cuda_interpreter import CudaInterpreter
+
+    return CudaInterpreter
+
+
+register_device("cuda", _cuda_interpreter)

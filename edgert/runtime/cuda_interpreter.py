@@ -83,7 +83,7 @@ class CudaInterpreter(Interpreter):
         EdgeRTError: numba-cuda is not installed or no GPU (nor the simulator) is available.
     """
 
-    _cuda_path = True  # tells Interpreter.__init__ that the device is already resolved
+    device = "cuda"
 
     def __init__(
         self,

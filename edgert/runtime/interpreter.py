@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from edgert.errors import (
     ModelFormatError,
     ShapeError,
     UnsupportedOpError,
+    describe_unsupported,
 )
 from edgert.format import ModelDef, SubGraphDef, read_model
 from edgert.runtime import planner
@@ -76,6 +77,17 @@ class PlanStats:
     prepare_seconds: float = 0.0
 
 
+# Executors for other devices: name -> a function returning the executor class (a subclass of
+# Interpreter). edgert.runtime registers "cuda" with a loader that imports numba.cuda only when
+# a CUDA interpreter is asked for, so the CPU runtime never loads it.
+_DEVICES: dict[str, Callable[[], type]] = {}
+
+
+def register_device(name: str, loader: Callable[[], type]) -> None:
+    """Make ``Interpreter(model, device=name)`` build ``loader()``'s executor."""
+    _DEVICES[name] = loader
+
+
 class Interpreter:
     """Runs a `.edgert` model.
 
@@ -100,6 +112,19 @@ class Interpreter:
         >>> y = interp.get_tensor(interp.get_output_details()[0]["index"])
     """
 
+    device = "cpu"
+
+    def __new__(cls, model=None, num_threads=None, device: str = "cpu", **kwargs):
+        # Interpreter(model, device="cuda") builds that device's executor (a subclass, whose
+        # __init__ Python then runs with the same arguments).
+        if cls is Interpreter and device != "cpu":
+            loader = _DEVICES.get(device)
+            if loader is None:
+                known = ", ".join(repr(d) for d in ("cpu", *sorted(_DEVICES)))
+                raise EdgeRTError(f"unknown device {device!r}; expected one of {known}")
+            return super().__new__(loader())
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: str | os.PathLike | bytes | bytearray | memoryview | ModelDef,
@@ -108,18 +133,9 @@ class Interpreter:
         *,
         kernel_options: Mapping[str, KernelOptions] | None = None,
     ):
-        if device not in ("cpu", "cuda"):
-            raise EdgeRTError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
-        if device == "cuda" and not getattr(self, "_cuda_path", False):
-            # The CUDA executor is a subclass (edgert/runtime/cuda_interpreter.py), imported only
-            # here so that the CPU runtime never loads numba.cuda. Without numba-cuda or a GPU
-            # its constructor raises a clear EdgeRTError.
-            from edgert.runtime.cuda_interpreter import CudaInterpreter
-
-            self.__class__ = CudaInterpreter
-            CudaInterpreter.__init__(self, model, num_threads=num_threads, device="cuda",
-                                     kernel_options=kernel_options)
-            return
+        if device != self.device:
+            raise EdgeRTError(f"{type(self).__name__} runs on device {self.device!r}, not "
+                              f"{device!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise EdgeRTError(
                 f"num_threads must be a positive integer or None, got {num_threads!r}"
@@ -854,15 +870,5 @@ def _set_threads(n: int) -> None:
 
 
 def _unsupported_message(missing: list[tuple[str, str, str]]) -> str:
-    counts: dict[str, int] = {}
-    for op_type, _, _ in missing:
-        counts[op_type] = counts.get(op_type, 0) + 1
-    summary = ", ".join(f"{op} ×{n}" for op, n in sorted(counts.items()))
-    lines = [f"  {op_type} '{name}': {why}" for op_type, name, why in missing[:20]]
-    more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-    return (
-        f"{len(missing)} operator(s) have no kernel in this runtime ({summary}):\n"
-        + "\n".join(lines)
-        + more
-        + "\nSee the README's supported-operator list."
-    )
+    return describe_unsupported(missing, "{count} operator(s) have no kernel in this runtime "
+                                "({summary})", "See the README's supported-operator list.")

@@ -77,6 +77,37 @@ class OpContext:
 
 
 @dataclass(frozen=True)
+class OpTraits:
+    """What the converter, importer, optimizer and quantizer need to know about an op, declared
+    on its kernel class (``traits = OpTraits(...)``) and read through
+    :meth:`KernelRegistry.traits`. Adding an op is then one kernel class with its traits.
+
+    Attributes:
+        moves_bits: outputs are input elements (or shapes) moved unchanged, never computed on:
+            safe on the narrow types held as raw bits (bfloat16, float8, int4...).
+        takes_sequences: accepts sequence / optional values (every other kernel: tensors only).
+        makes_sequence: its first output is a sequence or optional value whatever shape
+            inference says.
+        tags_narrow_types: the importer records the real narrow type of its operands
+            (``edgert_from_type`` / ``edgert_to_type``), which the kernel decodes or encodes.
+        type_attr: the attribute naming the narrow type it may compute on (Q/DQ).
+        int8: the quantizer's rule for it: "linear" (Conv/Gemm/MatMul: int8 weights),
+            "binary" (Add/Mul), "concat", "pool", "move" (data movement with the input's
+            scale), "lut" (a 256-entry table), "softmax"; None: it stays float.
+        fusion: its ``edgert.FusedElementwise`` opcode (:mod:`edgert.runtime.ops.fusion`)
+            when the elementwise fusion may take it.
+    """
+
+    moves_bits: bool = False
+    takes_sequences: bool = False
+    makes_sequence: bool = False
+    tags_narrow_types: bool = False
+    type_attr: str | None = None
+    int8: str | None = None
+    fusion: int | None = None
+
+
+@dataclass(frozen=True)
 class KernelOptions:
     """What ``Interpreter(kernel_options={op_type: KernelOptions(...)})`` hands the kernels of
     one op type: a forced ``path`` and a ``tuning`` (see :class:`OpContext`)."""
@@ -91,6 +122,8 @@ class Kernel:
     # Set True on kernels whose invoke is cheap and that the interpreter may run at prepare time
     # when all their inputs are known (shape arithmetic). Heavy kernels leave it False.
     foldable: ClassVar[bool] = False
+    # What other parts of edgert need to know about the op (see OpTraits).
+    traits: ClassVar[OpTraits] = OpTraits()
 
     def __init__(self, op: OpContext):
         self.op = op
@@ -247,6 +280,11 @@ class KernelRegistry:
             if lo <= (version or MAX_OPSET) <= hi:
                 return kernel
         return None
+
+    def traits(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> OpTraits:
+        """The traits of the kernel for an op (:class:`OpTraits`; defaults where none)."""
+        kernel = self.lookup(op_type, domain, version)
+        return kernel.traits if kernel is not None else OpTraits()
 
     def supports(self, op_type: str, domain: str = "", version: int = MAX_OPSET) -> bool:
         return self.lookup(op_type, domain, version) is not None

@@ -23,7 +23,7 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import KernelError, ShapeError
 from edgert.format import ModelDef, SubGraphDef
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 # A Loop whose trip count and condition never stop it would never return.
 MAX_LOOP_ITERATIONS = 1 << 31
@@ -92,6 +92,8 @@ class _ControlFlow(Kernel):
 class If(_ControlFlow):
     """If: run ``then_branch`` or ``else_branch`` on a scalar bool condition."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
+
     def prepare(self, inputs):
         n_own, names = self._outer(len(inputs))
         if n_own != 1 or inputs[0] is None:
@@ -114,6 +116,8 @@ class If(_ControlFlow):
 
 class Loop(_ControlFlow):
     """Loop: ``for i in range(M) while cond`` over loop-carried values, stacking scan outputs."""
+
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
 
     def prepare(self, inputs):
         n_own, names = self._outer(len(inputs))
@@ -167,6 +171,8 @@ class Loop(_ControlFlow):
 
 class Scan(_ControlFlow):
     """Scan (opset 9+): iterate a body over slices of the scan inputs along their axes."""
+
+    traits = OpTraits(moves_bits=True)
 
     def prepare(self, inputs):
         n_own, names = self._outer(len(inputs))

@@ -26,7 +26,29 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import njit, prange
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
+from edgert.runtime.ops.fusion import (
+    OP_ABS,
+    OP_ADD,
+    OP_CLIP,
+    OP_DIV,
+    OP_ERF,
+    OP_EXP,
+    OP_HARD_SIGMOID,
+    OP_HARD_SWISH,
+    OP_LEAKY_RELU,
+    OP_LOG,
+    OP_MAX,
+    OP_MIN,
+    OP_MUL,
+    OP_NEG,
+    OP_RECIPROCAL,
+    OP_RELU,
+    OP_SIGMOID,
+    OP_SQRT,
+    OP_SUB,
+    OP_TANH,
+)
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo, broadcast_shapes
 
 # ----- element types (NumPy has no bfloat16 / float8: those are rejected) ----------------------
 FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
@@ -425,14 +447,20 @@ def _no_zero_divisor(kernel: Kernel, divisor: TensorInfo) -> None:
 
 
 class Add(_Binary):
+    traits = OpTraits(int8="binary", fusion=OP_ADD)
+
     UFUNC = np.add
 
 
 class Sub(_Binary):
+    traits = OpTraits(fusion=OP_SUB)
+
     UFUNC = np.subtract
 
 
 class Mul(_Binary):
+    traits = OpTraits(int8="binary", fusion=OP_MUL)
+
     UFUNC = np.multiply
 
 
@@ -442,6 +470,8 @@ class Div(_Binary):
     Integer division by a constant 0 is rejected in ``prepare`` (onnxruntime fails at run
     time); a zero computed at run time gives 0 rather than trapping.
     """
+
+    traits = OpTraits(fusion=OP_DIV)
 
     UFUNC = np.divide
 
@@ -647,10 +677,14 @@ class GreaterOrEqual(_Binary):
 class Max(_Variadic):
     """Elementwise maximum; NaN propagates (``np.maximum``, as onnxruntime)."""
 
+    traits = OpTraits(fusion=OP_MAX)
+
     UFUNC = np.maximum
 
 
 class Min(_Variadic):
+    traits = OpTraits(fusion=OP_MIN)
+
     UFUNC = np.minimum
 
 
@@ -668,6 +702,8 @@ class Mean(_Variadic):
 # ----- Where -----------------------------------------------------------------------------------
 class Where(_Elementwise):
     """``y = cond ? x : y`` with three-way broadcasting."""
+
+    traits = OpTraits(moves_bits=True)
 
     def prepare(self, inputs):
         self.require_inputs(inputs, 3, 3)
@@ -689,6 +725,8 @@ class Where(_Elementwise):
 class Relu(_UfuncUnary):
     """``max(x, 0)``; NaN propagates (``np.maximum``), as in onnxruntime."""
 
+    traits = OpTraits(int8="lut", fusion=OP_RELU)
+
     DTYPES = FLOATS | SIGNED
 
     def invoke(self, inputs, outputs):
@@ -696,6 +734,8 @@ class Relu(_UfuncUnary):
 
 
 class Tanh(_UfuncUnary):
+    traits = OpTraits(int8="lut", fusion=OP_TANH)
+
     UFUNC = np.tanh
 
 
@@ -708,26 +748,38 @@ class Softplus(_UfuncUnary):
 
 
 class Exp(_UfuncUnary):
+    traits = OpTraits(fusion=OP_EXP)
+
     UFUNC = np.exp
 
 
 class Log(_UfuncUnary):
+    traits = OpTraits(fusion=OP_LOG)
+
     UFUNC = np.log
 
 
 class Sqrt(_UfuncUnary):
+    traits = OpTraits(fusion=OP_SQRT)
+
     UFUNC = np.sqrt
 
 
 class Reciprocal(_UfuncUnary):
+    traits = OpTraits(fusion=OP_RECIPROCAL)
+
     UFUNC = np.reciprocal
 
 
 class Abs(_UfuncUnary):
+    traits = OpTraits(fusion=OP_ABS)
+
     UFUNC, DTYPES = np.absolute, NUMERIC
 
 
 class Neg(_UfuncUnary):
+    traits = OpTraits(fusion=OP_NEG)
+
     UFUNC, DTYPES = np.negative, FLOATS | SIGNED
 
 
@@ -836,6 +888,8 @@ class Clip(_Elementwise):
     gives). NaN inputs stay NaN.
     """
 
+    traits = OpTraits(int8="lut", fusion=OP_CLIP)
+
     DTYPES = NUMERIC
 
     def prepare(self, inputs):
@@ -877,6 +931,8 @@ class Clip(_Elementwise):
 
 # ----- unary through Numba ---------------------------------------------------------------------
 class LeakyRelu(_NumbaUnary):
+    traits = OpTraits(int8="lut", fusion=OP_LEAKY_RELU)
+
     FN = staticmethod(_leaky_relu)
 
     def params(self, dt):
@@ -928,6 +984,8 @@ class Sigmoid(_UfuncUnary):
     rounded once.
     """
 
+    traits = OpTraits(int8="lut", fusion=OP_SIGMOID)
+
     def prepare(self, inputs):
         outs = super().prepare(inputs)
         x = inputs[0]
@@ -947,6 +1005,8 @@ class Sigmoid(_UfuncUnary):
 
 
 class HardSigmoid(_NumbaUnary):
+    traits = OpTraits(int8="lut", fusion=OP_HARD_SIGMOID)
+
     FN = staticmethod(_hard_sigmoid)
 
     def params(self, dt):
@@ -954,6 +1014,8 @@ class HardSigmoid(_NumbaUnary):
 
 
 class HardSwish(_NumbaUnary):
+    traits = OpTraits(int8="lut", fusion=OP_HARD_SWISH)
+
     FN = staticmethod(_hard_swish)
 
     def params(self, dt):
@@ -969,6 +1031,8 @@ class Mish(_NumbaUnary):
 
 
 class Erf(_NumbaUnary):
+    traits = OpTraits(fusion=OP_ERF)
+
     FN = staticmethod(_erf)
 
 

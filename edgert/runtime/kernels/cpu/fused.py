@@ -32,22 +32,34 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
+
+# Opcodes (edgert.runtime.ops.fusion); the elementwise kernels name theirs in their traits.
+from edgert.runtime.ops.fusion import (  # noqa: E402
+    ALL_OPCODES as _KNOWN,
+)
+from edgert.runtime.ops.fusion import (  # noqa: E402
+    OP_ABS,
+    OP_ADD,
+    OP_CLIP,
+    OP_DIV,
+    OP_ERF,
+    OP_EXP,
+    OP_HARD_SIGMOID,
+    OP_HARD_SWISH,
+    OP_LEAKY_RELU,
+    OP_LOG,
+    OP_MAX,
+    OP_MIN,
+    OP_MUL,
+    OP_NEG,
+    OP_RECIPROCAL,
+    OP_RELU,
+    OP_SIGMOID,
+    OP_SQRT,
+    OP_SUB,
+    OP_TANH,
+)
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
-
-# Opcodes. Binary ops read src1, src2; unary ops src1; CLIP reads x=src1, lo=src2, hi=src3.
-OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_MAX, OP_MIN = 0, 1, 2, 3, 4, 5
-OP_RELU, OP_SIGMOID, OP_TANH, OP_EXP, OP_NEG, OP_ABS = 10, 11, 12, 13, 14, 15
-OP_SQRT, OP_ERF, OP_RECIPROCAL = 16, 17, 18
-OP_LEAKY_RELU, OP_HARD_SIGMOID, OP_HARD_SWISH = 19, 20, 21
-OP_CLIP, OP_LOG = 22, 23
-
-BINARY_OPS = {"Add": OP_ADD, "Sub": OP_SUB, "Mul": OP_MUL, "Div": OP_DIV, "Max": OP_MAX,
-              "Min": OP_MIN}
-UNARY_OPS = {"Relu": OP_RELU, "Sigmoid": OP_SIGMOID, "Tanh": OP_TANH, "Exp": OP_EXP,
-             "Neg": OP_NEG, "Abs": OP_ABS, "Sqrt": OP_SQRT, "Erf": OP_ERF,
-             "Reciprocal": OP_RECIPROCAL, "LeakyRelu": OP_LEAKY_RELU,
-             "HardSigmoid": OP_HARD_SIGMOID, "HardSwish": OP_HARD_SWISH, "Log": OP_LOG}
-_KNOWN = set(BINARY_OPS.values()) | set(UNARY_OPS.values()) | {OP_CLIP}
 
 MODE_FULL, MODE_SCALAR, MODE_CHANNEL = 0, 1, 2
 BLOCK = 2048

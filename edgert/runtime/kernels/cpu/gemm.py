@@ -27,13 +27,15 @@ from edgert.runtime.kernels.cpu.blas import gemv, matmul
 from edgert.runtime.kernels.cpu.epilogue import col_epilogue, epilogue, parse_activation
 from edgert.runtime.kernels.cpu.float16 import with_float16
 from edgert.runtime.ops.window import float_dtype
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo, broadcast_shapes
 
 _C_NONE, _C_COL, _C_ROW, _C_FULL = "none", "col", "row", "full"
 
 
 class GemmKernel(Kernel):
     """ONNX Gemm: ``Y = alpha * A' @ B' + beta * C`` with ``A' = A.T if transA`` (same for B)."""
+
+    traits = OpTraits(int8="linear")
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
         self.require_inputs(inputs, 2, 3)
@@ -151,6 +153,8 @@ class GemmKernel(Kernel):
 
 class MatMulKernel(Kernel):
     """ONNX MatMul: NumPy ``matmul`` semantics (batch broadcasting, 1-D operands promoted)."""
+
+    traits = OpTraits(int8="linear")
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
         self.require_inputs(inputs, 2, 2)

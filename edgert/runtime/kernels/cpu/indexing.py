@@ -17,7 +17,7 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime.kernels.cpu.shape import ShapeKernel, _Deferred, same_dtype
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 
 def check_indices(kernel: Kernel, idx: np.ndarray, size: int, what: str) -> None:
@@ -57,6 +57,8 @@ def _element_grid(idx: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
 class Gather(ShapeKernel):
     """Gather along ``axis``: ``out = data.take(indices, axis)``, negative indices allowed."""
 
+    traits = OpTraits(moves_bits=True)
+
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
         data, idx = inputs
@@ -84,6 +86,8 @@ class Gather(ShapeKernel):
 class GatherElements(ShapeKernel):
     """GatherElements: ``out[i][j] = data[indices[i][j]][j]`` (for axis 0), output shaped like
     indices; on the other axes indices may be shorter than data."""
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
@@ -116,6 +120,8 @@ class GatherElements(ShapeKernel):
 class GatherND(ShapeKernel):
     """GatherND with ``batch_dims``: each row of the last indices axis addresses a slice of
     data after the batch dims."""
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
@@ -297,6 +303,8 @@ class OneHot(ShapeKernel):
     Indices are cast to int64 (truncating floats); negatives count from ``depth``; indices outside
     ``[-depth, depth)`` give an all-``off`` row, as onnxruntime does.
     """
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 3, 3)

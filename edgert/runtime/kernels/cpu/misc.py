@@ -14,7 +14,7 @@ import numpy as np
 
 from edgert import dtypes
 from edgert.errors import DTypeError, KernelError, ShapeError
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -223,6 +223,8 @@ class Einsum(EagerKernel):
 class Compress(EagerKernel):
     """Compress: the slices along ``axis`` (or of the flattened input) where condition is true."""
 
+    traits = OpTraits(moves_bits=True)
+
     def check(self, inputs):
         self.require_inputs(inputs, 2, 2)
         x, c = inputs
@@ -314,6 +316,8 @@ class BlackmanWindow(_Window):
 class ReverseSequence(EagerKernel):
     """ReverseSequence: reverse the first ``sequence_lens[b]`` steps of each batch entry."""
 
+    traits = OpTraits(moves_bits=True)
+
     def check(self, inputs):
         self.require_inputs(inputs, 2, 2)
         x, lens = inputs
@@ -341,6 +345,8 @@ class ReverseSequence(EagerKernel):
 
 class BitCast(EagerKernel):
     """BitCast: the same bytes read as another element type of the same width."""
+
+    traits = OpTraits(moves_bits=True)
 
     def check(self, inputs):
         self.require_inputs(inputs, 1, 1)

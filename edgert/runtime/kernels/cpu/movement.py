@@ -12,12 +12,14 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime.kernels.cpu.shape import ShapeKernel, copy_reshaped, fill_value
-from edgert.runtime.registry import KernelRegistry, TensorInfo, broadcast_shapes
+from edgert.runtime.registry import KernelRegistry, OpTraits, TensorInfo, broadcast_shapes
 
 
 class Expand(ShapeKernel):
     """Expand: broadcast the input to ``broadcast(input.shape, shape)`` (bidirectional, so a 1
     in ``shape`` keeps the input's dim)."""
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
@@ -37,6 +39,8 @@ class Expand(ShapeKernel):
 
 class Tile(ShapeKernel):
     """Tile: repeat the input ``repeats[i]`` times along each axis."""
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
@@ -69,6 +73,8 @@ class Pad(ShapeKernel):
     then applied to the cropped tensor, so ``reflect`` may pad at most ``dim - 1`` per side of
     the cropped dim and ``edge``/``reflect``/``wrap`` need a non-empty cropped dim to pad from.
     """
+
+    traits = OpTraits(int8="move")
 
     MODES = ("constant", "reflect", "edge", "wrap")
 
@@ -156,6 +162,8 @@ class Trilu(ShapeKernel):
     """Trilu: keep the upper (``upper=1``) or lower triangle of the last two dims, offset by the
     optional ``k`` input (read at invoke; it does not change the shape)."""
 
+    traits = OpTraits(moves_bits=True)
+
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 2)
         x = inputs[0]
@@ -220,6 +228,8 @@ class CumSum(ShapeKernel):
 class DepthToSpace(ShapeKernel):
     """DepthToSpace on NCHW: ``DCR`` (default) or ``CRD`` channel order."""
 
+    traits = OpTraits(moves_bits=True)
+
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)
         x = inputs[0]
@@ -254,6 +264,8 @@ class SpaceToDepth(ShapeKernel):
     """SpaceToDepth on NCHW, the inverse of DepthToSpace: output channel
     ``(bh * b + bw) * C + c`` in ``DCR`` order (the default), ``c * b * b + bh * b + bw`` in
     ``CRD`` order (the ``mode`` attribute of newer opsets)."""
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)

@@ -32,7 +32,7 @@ import numpy as np
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu.elementwise import planned_view
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo, broadcast_shapes
 
 _FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 _F16 = np.dtype(np.float16)
@@ -680,6 +680,8 @@ _softmax_serial = serial_twin(_softmax)
 
 
 class Softmax(_AxisKernel):
+    traits = OpTraits(int8="softmax")
+
     COERCE_2D_BEFORE = 13
 
     def run(self, x, out, outer, n, inner):

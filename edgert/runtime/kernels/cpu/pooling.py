@@ -35,7 +35,7 @@ from edgert.errors import ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu._native.geometry import tap_ranges
 from edgert.runtime.ops.window import Window, as3d, float_dtype, sliding_window
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 _AVG, _LP = 0, 2
 _G_AVG, _G_MAX, _G_LP = 0, 1, 2
@@ -458,6 +458,8 @@ class _PoolBase(Kernel):
 class MaxPoolKernel(_PoolBase):
     """ONNX MaxPool: outputs Y and the optional int64 ``Indices`` (flat index into X)."""
 
+    traits = OpTraits(int8="pool")
+
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
         dt, y_shape = self._prepare_window(inputs)
         self.storage_order = int(self.attr("storage_order", 0))
@@ -491,6 +493,8 @@ class MaxPoolKernel(_PoolBase):
 
 class AveragePoolKernel(_PoolBase):
     """ONNX AveragePool (``count_include_pad``, ``ceil_mode``, ``dilations``)."""
+
+    traits = OpTraits(int8="pool")
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
         dt, y_shape = self._prepare_window(inputs)
@@ -574,6 +578,8 @@ class _GlobalPoolBase(Kernel):
 
 class GlobalAveragePoolKernel(_GlobalPoolBase):
     """ONNX GlobalAveragePool: the mean over all spatial axes (float64 accumulation)."""
+
+    traits = OpTraits(int8="pool")
 
     mode = _G_AVG
 

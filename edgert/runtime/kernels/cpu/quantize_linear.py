@@ -23,7 +23,7 @@ from edgert import dtypes
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime.kernels.cpu import float8
 from edgert.runtime.kernels.cpu.misc import EagerKernel
-from edgert.runtime.registry import KernelRegistry, TensorInfo
+from edgert.runtime.registry import KernelRegistry, OpTraits, TensorInfo
 
 _INT_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -89,6 +89,8 @@ class _Linear(EagerKernel):
 class QuantizeLinear(_Linear):
     """QuantizeLinear: ``saturate(rint(x / scale) + zero_point)``."""
 
+    traits = OpTraits(tags_narrow_types=True, type_attr="edgert_to_type")
+
     def check(self, inputs):
         self.require_inputs(inputs, 2, 3)
         x, s = inputs[0], inputs[1]
@@ -146,6 +148,8 @@ class QuantizeLinear(_Linear):
 
 class DequantizeLinear(_Linear):
     """DequantizeLinear: ``(x - zero_point) * scale`` in the scale's float type."""
+
+    traits = OpTraits(tags_narrow_types=True, type_attr="edgert_from_type")
 
     def check(self, inputs):
         self.require_inputs(inputs, 2, 3)

@@ -45,7 +45,7 @@ import numpy as np
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import njit, prange
 from edgert.runtime.kernels.cpu.shape import ShapeKernel
-from edgert.runtime.registry import KernelRegistry, TensorInfo
+from edgert.runtime.registry import KernelRegistry, OpTraits, TensorInfo
 
 MODES = ("nearest", "linear", "cubic")
 COORD_MODES = (
@@ -275,6 +275,8 @@ class Resize(ShapeKernel):
     ``keep_aspect_ratio_policy``. When scales, sizes or roi are computed at run time the output
     shape is only known at invoke.
     """
+
+    traits = OpTraits(int8="move")
 
     foldable = False  # real compute, not shape arithmetic
 

@@ -20,7 +20,7 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import DTypeError, InputError, KernelError, ShapeError
 from edgert.runtime.kernels.cpu.control_flow import _ControlFlow
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 from edgert.runtime.values import OBJECT
 
 INT64 = np.dtype(np.int64)
@@ -86,6 +86,8 @@ class _SequenceKernel(Kernel):
 class SequenceEmpty(_SequenceKernel):
     """SequenceEmpty: an empty sequence (of attribute ``dtype``, float32 by default)."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True, makes_sequence=True)
+
     def prepare(self, inputs):
         code = int(self.attr("dtype", dtypes.FLOAT))
         if not dtypes.is_known(code):
@@ -98,6 +100,8 @@ class SequenceEmpty(_SequenceKernel):
 
 class SequenceConstruct(_SequenceKernel):
     """SequenceConstruct: a sequence of the input tensors (all of one dtype)."""
+
+    traits = OpTraits(moves_bits=True, takes_sequences=True, makes_sequence=True)
 
     def prepare(self, inputs):
         if not inputs:
@@ -120,6 +124,8 @@ class SequenceInsert(_SequenceKernel):
     Accepted positions are ``-n..n`` for a sequence of length n (negative counts from the end).
     """
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True, makes_sequence=True)
+
     def prepare(self, inputs):
         self.require_inputs(inputs, 2, 3)
         seq = self.sequence(inputs, 0)
@@ -139,6 +145,8 @@ class SequenceInsert(_SequenceKernel):
 class SequenceAt(_SequenceKernel):
     """SequenceAt: element ``position`` (``-n..n-1``) of a sequence."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
+
     def prepare(self, inputs):
         self.require_inputs(inputs, 2, 2)
         seq = self.sequence(inputs, 0)
@@ -152,6 +160,8 @@ class SequenceAt(_SequenceKernel):
 
 class SequenceErase(_SequenceKernel):
     """SequenceErase: a new sequence without element ``position`` (``-n..n-1``, default last)."""
+
+    traits = OpTraits(moves_bits=True, takes_sequences=True, makes_sequence=True)
 
     def prepare(self, inputs):
         self.require_inputs(inputs, 1, 2)
@@ -171,6 +181,8 @@ class SequenceErase(_SequenceKernel):
 class SequenceLength(_SequenceKernel):
     """SequenceLength: the number of elements, as an int64 scalar."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
+
     def prepare(self, inputs):
         self.require_inputs(inputs, 1, 1)
         self.sequence(inputs, 0)
@@ -187,6 +199,8 @@ class SplitToSequence(_SequenceKernel):
     length (the last one shorter when it does not divide the axis); a 1-D tensor: the piece
     lengths, which must sum to the axis length.
     """
+
+    traits = OpTraits(moves_bits=True, takes_sequences=True, makes_sequence=True)
 
     def prepare(self, inputs):
         self.require_inputs(inputs, 1, 2)
@@ -245,6 +259,8 @@ class SplitToSequence(_SequenceKernel):
 class ConcatFromSequence(_SequenceKernel):
     """ConcatFromSequence: concatenate (``new_axis=0``) or stack (``new_axis=1``) a sequence."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
+
     def prepare(self, inputs):
         self.require_inputs(inputs, 1, 1)
         seq = self.sequence(inputs, 0)
@@ -287,6 +303,8 @@ class SequenceMap(_ControlFlow, _SequenceKernel):
     """SequenceMap: run ``body`` on element i of every sequence input (tensor inputs whole),
     collecting each body output into an output sequence."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
+
     _body_ = None
 
     def prepare(self, inputs):
@@ -321,6 +339,8 @@ class SequenceMap(_ControlFlow, _SequenceKernel):
 class Optional(_SequenceKernel):
     """Optional: an optional holding the input, or an empty one (no input; attribute ``type``)."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True, makes_sequence=True)
+
     def prepare(self, inputs):
         if len(inputs) > 1:
             raise self.error(f"expects 0..1 inputs, got {len(inputs)}")
@@ -338,6 +358,8 @@ class Optional(_SequenceKernel):
 class OptionalHasElement(_SequenceKernel):
     """OptionalHasElement: whether an optional holds a value (false for a missing input)."""
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
+
     def prepare(self, inputs):
         if len(inputs) > 1:
             raise self.error(f"expects 0..1 inputs, got {len(inputs)}")
@@ -352,6 +374,8 @@ class OptionalGetElement(_SequenceKernel):
 
     From opset 18 a plain tensor or sequence input is returned as it is.
     """
+
+    traits = OpTraits(moves_bits=True, takes_sequences=True)
 
     def prepare(self, inputs):
         if len(inputs) != 1:

@@ -21,7 +21,7 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import DTypeError, ShapeError, UnsupportedOpError
 from edgert.runtime.kernels.cpu import float8
-from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
+from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 
 class _Deferred(Exception):
@@ -161,6 +161,8 @@ class Identity(ShapeKernel):
     missing input and leaves as None.
     """
 
+    traits = OpTraits(moves_bits=True, takes_sequences=True, int8="move")
+
     _pass_on = False
 
     def plan(self, inputs):
@@ -221,6 +223,8 @@ class Shape(ShapeKernel):
     """Shape (opset 15 ``start``/``end``, clamped like Python slicing); the value is set at
     prepare from the input's shape, even when its data is unknown."""
 
+    traits = OpTraits(moves_bits=True)
+
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)
         shape = inputs[0].shape
@@ -244,6 +248,8 @@ class Shape(ShapeKernel):
 class Size(ShapeKernel):
     """Size: the element count as an int64 scalar, known at prepare."""
 
+    traits = OpTraits(moves_bits=True)
+
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)
         value = np.array(inputs[0].size, dtype=np.int64)
@@ -259,6 +265,8 @@ class Size(ShapeKernel):
 class ConstantOfShape(ShapeKernel):
     """ConstantOfShape: a tensor of the given shape filled with the ``value`` attribute
     (a one-element tensor; float32 0 by default). An empty shape gives a scalar."""
+
+    traits = OpTraits(moves_bits=True)
 
     def _value(self) -> np.ndarray:
         v = self.attr("value", None)
@@ -290,6 +298,8 @@ class ConstantOfShape(ShapeKernel):
 class Reshape(ShapeKernel):
     """Reshape: ``0`` copies the input dim (a literal 0 with ``allowzero=1``), one ``-1`` is
     inferred from the element count."""
+
+    traits = OpTraits(moves_bits=True, int8="move")
 
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
@@ -344,6 +354,8 @@ class Reshape(ShapeKernel):
 class Flatten(ShapeKernel):
     """Flatten to 2-D at ``axis`` (default 1, range [-rank, rank])."""
 
+    traits = OpTraits(moves_bits=True, int8="move")
+
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)
         x = inputs[0]
@@ -366,6 +378,8 @@ class Flatten(ShapeKernel):
 
 class Squeeze(ShapeKernel):
     """Squeeze the ``axes`` input's dims (each must be 1), or every size-1 dim without it."""
+
+    traits = OpTraits(moves_bits=True, int8="move")
 
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 2)
@@ -391,6 +405,8 @@ class Squeeze(ShapeKernel):
 class Unsqueeze(ShapeKernel):
     """Unsqueeze: insert size-1 dims at ``axes`` (normalized against the output rank)."""
 
+    traits = OpTraits(moves_bits=True, int8="move")
+
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
         x = inputs[0]
@@ -409,6 +425,8 @@ class Unsqueeze(ShapeKernel):
 class Transpose(ShapeKernel):
     """Transpose by ``perm`` (default: reversed dims)."""
 
+    traits = OpTraits(moves_bits=True, int8="move")
+
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)
         x = inputs[0]
@@ -426,6 +444,8 @@ class Transpose(ShapeKernel):
 
 class Concat(ShapeKernel):
     """Concat along ``axis`` (negative allowed); every other dim must match."""
+
+    traits = OpTraits(moves_bits=True, int8="concat")
 
     def plan(self, inputs):
         if not inputs or any(i is None for i in inputs):
@@ -459,6 +479,8 @@ class Split(ShapeKernel):
     """Split along ``axis`` by the ``split`` input, or into ``num_outputs`` chunks of
     ceil(dim / n) (the last one smaller). The importer sets ``num_outputs`` for old-opset nodes
     that split evenly by their output count."""
+
+    traits = OpTraits(moves_bits=True)
 
     def _sizes(self, inputs) -> list[int]:
         x = inputs[0]
@@ -521,6 +543,8 @@ class Slice(ShapeKernel):
     work with either step sign; all arithmetic is on Python ints to avoid int64 overflow.
     """
 
+    traits = OpTraits(moves_bits=True, int8="move")
+
     def plan(self, inputs):
         self.require_inputs(inputs, 3, 5)
         x = inputs[0]
@@ -576,6 +600,8 @@ class Cast(ShapeKernel):
     them; strings to numbers parse the text. ``saturate`` only concerns float8, which is not
     supported (nor bfloat16 / int4): those raise :class:`UnsupportedOpError`.
     """
+
+    traits = OpTraits(moves_bits=True, tags_narrow_types=True)
 
     def _target(self, inputs) -> np.dtype:
         to = self.attr("to", None)
@@ -661,6 +687,8 @@ def _to_text(x: np.ndarray) -> np.ndarray:
 class CastLike(ShapeKernel):
     """CastLike: Cast to the dtype of the second input."""
 
+    traits = OpTraits(moves_bits=True, tags_narrow_types=True)
+
     def plan(self, inputs):
         self.require_inputs(inputs, 2, 2)
         x, like = inputs
@@ -718,6 +746,8 @@ class Range(ShapeKernel):
 
 class EyeLike(ShapeKernel):
     """EyeLike: ones on the ``k``-th diagonal of a 2-D tensor shaped like the input."""
+
+    traits = OpTraits(moves_bits=True)
 
     def plan(self, inputs):
         self.require_inputs(inputs, 1, 1)

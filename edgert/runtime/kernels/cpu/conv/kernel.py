@@ -32,7 +32,7 @@ from edgert.runtime.kernels.cpu.conv.pointwise import (
 from edgert.runtime.kernels.cpu.epilogue import sum_epilogue
 from edgert.runtime.ops.activation import Activation
 from edgert.runtime.ops.conv import ConvSpec, conv_spec
-from edgert.runtime.registry import Kernel, TensorInfo
+from edgert.runtime.registry import Kernel, OpTraits, TensorInfo
 
 PLANS: dict[ConvPath, type[ConvPlan]] = {cls.path: cls for cls in (
     PointwiseSmallPlan, PointwiseBlasPlan, PointwiseGemmPlan, Depthwise3x3Plan, DepthwiseHwcPlan,
@@ -48,6 +48,8 @@ class ConvKernel(Kernel):
     ``path`` names the algorithm chosen at prepare (:class:`~.choose.ConvPath`); the op
     context's ``path`` forces one and its ``tuning`` replaces the measured thresholds.
     """
+
+    traits = OpTraits(int8="linear")
 
     path: ConvPath | None = None
     plan: ConvPlan | None = None

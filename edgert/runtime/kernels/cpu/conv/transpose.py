@@ -21,7 +21,7 @@ from edgert.runtime.ops.window import (
     int_list_attr,
     kernel_shape_attr,
 )
-from edgert.runtime.registry import Kernel, TensorInfo
+from edgert.runtime.registry import Kernel, OpTraits, TensorInfo
 
 
 @njit(parallel=True)
@@ -80,6 +80,8 @@ def _col2im(col, y, bias, geo, act, p0, p1):
 
 class ConvTransposeKernel(Kernel):
     """ONNX ConvTranspose (and ``edgert.ConvTranspose``). Inputs: X, W ``(C, M/G, k...)``, B."""
+
+    traits = OpTraits(int8="linear")
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
         self.require_inputs(inputs, 2, 3)

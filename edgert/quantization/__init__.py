@@ -1,14 +1,14 @@
 """Post-training quantization: calibrate a float model, rewrite it to int8 (or fp16 weights).
 
 Example:
-    >>> from edgert.quantize import quantize
-    >>> res = quantize("model.onnx", "model.edgert", calibration="calib.npz")
+    >>> import edgert
+    >>> res = edgert.quantize("model.onnx", "model.edgert", calibration="calib.npz")
     >>> print(res.summary())
 
 Pipeline of :func:`quantize` (mode ``"int8"``):
 
-1. import the ONNX model; fold BatchNormalization into Conv (:func:`edgert.optimizer.optimize`
-   level 2 when the optimizer is present, else :func:`.quantizer.fold_batchnorm`);
+1. import the ONNX model and optimize it (:func:`edgert.optimizer.optimize`, level 2: among
+   others BatchNormalization folded into Conv);
 2. calibrate (:mod:`.calibrate`): run the float model in the edgert interpreter over the data and
    record a range per float tensor with the chosen observer (:mod:`.observers`);
 3. rewrite (:mod:`.quantizer`): int8 ops in domain ``edgert`` where a kernel exists, float ops
@@ -74,17 +74,9 @@ def load_graph(model: Any) -> Graph:
         from edgert.importer import import_onnx
 
         graph = import_onnx(model)
-    try:
-        from edgert.optimizer import optimize
-    except ImportError:
-        optimize = None
-    if optimize is not None:
-        result = optimize(graph, 2)
-        graph = result if isinstance(result, Graph) else graph
-    else:
-        from edgert.quantize.quantizer import fold_batchnorm
+    from edgert.optimizer import optimize
 
-        fold_batchnorm(graph)
+    optimize(graph, 2)
     return graph
 
 
@@ -108,7 +100,7 @@ def quantize(
     Args:
         model: an ONNX path / bytes / ModelProto, or an IR graph.
         output: where to write the result (nothing is written when None).
-        calibration: the data (see :mod:`edgert.quantize.calibrate`); required for ``int8``.
+        calibration: the data (see :mod:`edgert.quantization.calibrate`); required for ``int8``.
         method: ``"minmax"``, ``"moving_average"``, ``"percentile"`` or ``"entropy"``.
         per_channel: per-output-channel weight scales (else one per tensor).
         mode: ``"int8"``, ``"fp16"`` (float16 weights) or ``"dynamic"`` (int8 weights only).
@@ -130,9 +122,9 @@ def quantize(
             fit the model.
     """
     from edgert.converter import convert
-    from edgert.quantize.calibrate import calibrate
-    from edgert.quantize.observers import METHODS
-    from edgert.quantize.quantizer import quantize_graph, weights_only
+    from edgert.quantization.calibrate import calibrate
+    from edgert.quantization.observers import METHODS
+    from edgert.quantization.quantizer import quantize_graph, weights_only
 
     if mode not in MODES:
         raise EdgeRTError(f"unknown quantization mode {mode!r}; expected one of "
@@ -152,7 +144,7 @@ def quantize(
     graph = load_graph(model)
     rep = QuantizationReport(mode, method)
     if mode != "int8":
-        from edgert.quantize.calibrate import float_activations
+        from edgert.quantization.calibrate import float_activations
 
         if not float_activations(graph):
             raise EdgeRTError("the model has no float tensors: there is nothing to quantize")
@@ -171,16 +163,16 @@ def quantize(
     res = quantize_graph(graph, ranges, per_channel)
     rep.int8_ops, rep.float_ops = res.int8_ops, res.float_ops
     if report:
-        from edgert.quantize.report import sqnr_report
+        from edgert.quantization.report import sqnr_report
 
         rep.sqnr = sqnr_report(graph, res, calibration, batch_size)
     if format == "onnx":
-        from edgert.quantize.qdq import export_qdq
+        from edgert.quantization.qdq import export_qdq
 
         data = export_qdq(graph, res, output)  # annotates the float graph in place
     else:
         if io == "int8":
-            from edgert.quantize.quantizer import int8_io
+            from edgert.quantization.quantizer import int8_io
 
             rep.float_io = int8_io(res.graph)
         data = convert(res.graph, output, level=0)
@@ -189,14 +181,3 @@ def quantize(
 
 
 __all__ = ["quantize", "QuantizationReport", "load_graph", "MODES"]
-
-
-class _CallableModule(__import__("types").ModuleType):
-    """Lets ``edgert.quantize(...)`` call :func:`quantize` although ``edgert.quantize`` is this
-    package (a submodule import would otherwise shadow a plain function attribute)."""
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        return quantize(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -22,7 +22,7 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import DTypeError, InputError, ShapeError
 from edgert.ir import Graph, Value
-from edgert.quantize.observers import Observer, make_observer
+from edgert.quantization.observers import Observer, make_observer
 
 Feed = dict[str, np.ndarray]
 DEFAULT_BATCH = 16

@@ -1,4 +1,4 @@
-"""``edgert quantize``: the command-line front of :func:`edgert.quantize.quantize`."""
+"""``edgert quantize``: the command-line front of :func:`edgert.quantization.quantize`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_quantize_parser(sub) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from edgert.errors import EdgeRTError
-    from edgert.quantize import quantize
+    from edgert.quantization import quantize
 
     if not pathlib.Path(args.model).exists():
         raise EdgeRTError(f"no such file: {args.model}")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgert.ir import Graph
-from edgert.quantize.calibrate import check_feed, float_activations, iter_feeds, probe_model
+from edgert.quantization.calibrate import check_feed, float_activations, iter_feeds, probe_model
 
 
 def sqnr(f: np.ndarray, q: np.ndarray) -> float:

@@ -35,8 +35,19 @@ from edgert import dtypes
 from edgert.ir import Graph, Node, Value
 
 QMIN, QMAX = -128, 127
-MOVE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Identity")
-LUT_OPS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
+
+
+def int8_rule(node: Node) -> str | None:
+    """The quantizer's rule for ``node``: its CPU kernel's ``int8`` trait
+    (:class:`edgert.runtime.registry.OpTraits`); edgert-domain nodes only for the linear ops
+    (the optimizer's fused Conv/Gemm/MatMul)."""
+    from edgert.runtime.kernels.cpu import registry
+
+    if node.domain not in ("", "ai.onnx", "edgert"):
+        return None
+    rule = registry().traits(node.op_type, node.domain if node.domain == "edgert" else "",
+                             node.version).int8
+    return rule if node.domain != "edgert" or rule == "linear" else None
 
 
 def f32(x: float) -> float:
@@ -224,10 +235,9 @@ class _Rewriter:
     def try_int8(self, node: Node, skip: set[int]) -> str | None:
         """Emit the int8 form of ``node`` and return None, or return why it stays float."""
         op = node.op_type
-        linear_ops = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-        if node.domain not in ("", "ai.onnx") and not (node.domain == "edgert"
-                                                       and op in linear_ops):
-            return f"no int8 kernel for {node.domain}.{op}"
+        rule = int8_rule(node)
+        if rule is None:
+            return f"no int8 kernel for {node.domain + '.' if node.domain else ''}{op}"
         if node.domain == "edgert" and op == "Conv" and node.input(3) is not None:
             return "no int8 kernel for a Conv with a fused residual sum"
         if node.domain == "edgert" and node.attrs.get("channel_shuffle"):
@@ -239,25 +249,25 @@ class _Rewriter:
         if len(live_outs) != 1 or live_outs[0].dtype != dtypes.FLOAT:
             return "more than one output"
         y = live_outs[0]
-        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if rule == "linear":
             return self.linear(node, x, y, skip)
-        if op in ("Add", "Mul"):
+        if rule == "binary":
             return self.binary(node, y, skip)
-        if op == "Concat":
+        if rule == "concat":
             if not all(self.quantizable(v) or (v is not None and v.const is not None
                                                and v.const.dtype.kind == "f")
                        for v in node.inputs):
                 return "an input has no calibrated range"
             return self.concat(node, y)
-        if op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
+        if rule == "pool":
             return self.pool(node, x, y)
-        if op in MOVE_OPS or op in ("Pad", "Resize"):
+        if rule == "move":
             return self.move(node, x, y)
-        if op in LUT_OPS:
+        if rule == "lut":
             return self.lut(node, x, y)
-        if op == "Softmax":
+        if rule == "softmax":
             return self.softmax(node, x, y)
-        return f"no int8 kernel for {op}"
+        raise AssertionError(f"unknown int8 rule {rule!r} of {op}")
 
     def out_params(self, y: Value) -> tuple[float, int] | None:
         r = self.ranges.get(y.name)
@@ -536,46 +546,6 @@ def _qbound(r: float, scale: float, zp: int, default: int) -> int:
     return int(min(max(round(r / scale) + zp, QMIN), QMAX))
 
 
-def fold_batchnorm(graph: Graph) -> int:
-    """Fold ``Conv -> BatchNormalization`` (constants, Conv output read only by the BN) into
-    the Conv: ``W' = W * g / sqrt(v + eps)`` per output channel, ``b' = (b - m) * g / sqrt(v +
-    eps) + beta``. Used when :mod:`edgert.optimizer` is not available. Returns the fold count."""
-    count = 0
-    for bn in list(graph.nodes):
-        if bn.op_type != "BatchNormalization" or bn.domain:
-            continue
-        x = bn.input(0)
-        conv = x.producer if x is not None else None
-        params = bn.inputs[1:5]
-        if (conv is None or conv.op_type != "Conv" or conv.domain or len(x.consumers) != 1
-                or x in graph.outputs or any(p is None or p.const is None for p in params)
-                or conv.input(1) is None or conv.input(1).const is None
-                or (conv.input(2) is not None and conv.input(2).const is None)
-                or sum(not o.meta.get("omitted") for o in bn.outputs) != 1):
-            continue
-        gamma, beta, mean, var = (p.const.astype(np.float64) for p in params)
-        factor = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-        w = conv.input(1).const.astype(np.float64)
-        b = conv.input(2).const.astype(np.float64) if conv.input(2) is not None else 0.0
-        wv = graph.add_constant(conv.input(1).name + "_bn",
-                                (w * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(
-                                    np.float32))
-        bv = graph.add_constant(conv.name + "_bn_bias",
-                                ((b - mean) * factor + beta).astype(np.float32))
-        graph.set_input(conv, 1, wv)
-        if len(conv.inputs) > 2:
-            graph.set_input(conv, 2, bv)
-        else:
-            conv.inputs.append(bv)
-            bv.consumers.append(conv)
-        y = bn.outputs[0]
-        graph.remove_node(bn)
-        graph.replace_all_uses(y, x)
-        x.name, y.name = y.name, x.name  # keep the model's tensor name on the surviving value
-        count += 1
-    return count
-
-
 def _clip_bounds(node: Node) -> tuple[float | None, float]:
     if node.version and node.version < 11:
         return float(node.attrs.get("min", -math.inf)), float(node.attrs.get("max", math.inf))
@@ -676,7 +646,6 @@ def int8_io(graph: Graph) -> list[str]:
 
 
 # ----- weight-only modes --------------------------------------------------------------------------
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def weights_only(graph: Graph, mode: str, per_channel: bool = True) -> QuantizeResult:
@@ -688,7 +657,7 @@ def weights_only(graph: Graph, mode: str, per_channel: bool = True) -> QuantizeR
     """
     result = QuantizeResult(graph)
     for node in list(graph.nodes):
-        if node.op_type not in WEIGHT_OPS:
+        if int8_rule(node) != "linear":  # Conv, ConvTranspose, Gemm, MatMul
             continue
         w = node.input(1)
         if w is None or w.const is None or w.const.dtype != np.float32 or w.const.size < 16:
