@@ -273,11 +273,8 @@ def test_convert_passes_import_errors_through(captured):
     assert captured == []
 
 
-def test_optimizer_seam(monkeypatch, captured):
+def test_optimizer_levels(monkeypatch, captured):
     reg = _registry("MatMul", "Add", "Softmax")
-    monkeypatch.delattr(edgert.optimizer, "optimize", raising=False)
-    with pytest.raises(EdgeRTError, match="no optimizer"):
-        convert(_mlp(), level=1, registry=reg)
     with pytest.raises(EdgeRTError, match="non-negative"):
         convert(_mlp(), level=-1, registry=reg)
     seen = []
