@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgert.runtime.kernels.cpu import qgemm as Q
-from edgert.runtime.ops.window import Geo
+from edgert.runtime.ops.window import Geo, packed
 
 RNG = np.random.default_rng(11)
 
@@ -125,7 +125,7 @@ def test_pack_conv_matches_im2col(c, sp, ks, strides, dil, pb, pe):
     x4 = x.reshape((c,) + (1,) * (3 - len(sp)) + sp)
     bp = Q.Plan.gemm(k, p).buf
     bp[:] = 77  # every element the packer owns must be overwritten; the rest stays 77
-    Q.pack_conv(x4, zp, geo, 0, Q.conv_taps(geo, c), bp)
+    Q.pack_conv(x4, zp, packed(geo), 0, Q.conv_taps(packed(geo), c), bp)
     ref = Q.Plan.gemm(k, p).buf
     ref[:] = 77
     # the same layout from the pointwise packer over the golden columns (+ zp, back to int8)
@@ -136,7 +136,7 @@ def test_pack_conv_matches_im2col(c, sp, ks, strides, dil, pb, pe):
     w = RNG.integers(-128, 128, (m, k)).astype(np.int8)
     bias, mult, shift = quant_params(m)
     plan = Q.Plan.gemm(k, p)
-    Q.pack_conv(x4, zp, geo, 0, Q.conv_taps(geo, c), plan.buf)
+    Q.pack_conv(x4, zp, packed(geo), 0, Q.conv_taps(packed(geo), c), plan.buf)
     y = np.empty((m, p), np.int8)
     Q.qgemm(Q.pack_weights(w), plan, m, bias, mult, shift, -4, -128, 127, y, False)
     want = golden_requant(w.astype(np.int64) @ col, bias, mult, shift, -4, -128, 127)
@@ -163,7 +163,7 @@ def test_channel_range_of_pack_conv():
     col, out = golden_im2col(x[2:4], ks, st, dl, pb, pe, 5)
     geo = geo3(ks, st, dl, pb, pe, (5, 5), out)
     bp = Q.Plan.gemm(*col.shape).buf
-    Q.pack_conv(x.reshape(6, 1, 5, 5), 5, geo, 2, Q.conv_taps(geo, 2), bp)
+    Q.pack_conv(x.reshape(6, 1, 5, 5), 5, packed(geo), 2, Q.conv_taps(packed(geo), 2), bp)
     ref = Q.Plan.gemm(*col.shape).buf
     Q.pack_pointwise((col + 5).astype(np.int8), 5, 0, col.shape[0], ref)
     np.testing.assert_array_equal(bp, ref)

@@ -5,6 +5,7 @@ on the data; the CPU and CUDA kernels both build their :class:`Window` here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -51,6 +52,20 @@ class Geo(NamedTuple):
     def as_array(self) -> np.ndarray:
         """The 21 values as ``int64`` (what the CUDA kernels upload)."""
         return np.array(self, dtype=np.int64)
+
+
+# What the compiled CPU kernels take: a one-element structured array of the same named fields.
+# A kernel reads ``geo = geo_a[0]`` once, then ``geo.kh``. (Numba types a tuple argument in
+# Python on every call, ~2.5 µs, where an array's type comes from a cached fingerprint.)
+GEO_DTYPE = np.dtype([(name, np.int64) for name in Geo._fields])
+
+
+@functools.lru_cache(maxsize=4096)
+def packed(geo: Geo) -> np.ndarray:
+    """``geo`` as the compiled kernels take it (shape ``(1,)``, dtype :data:`GEO_DTYPE`)."""
+    a = np.zeros(1, GEO_DTYPE)
+    a[0] = tuple(geo)
+    return a
 
 
 def float_dtype(kernel: Kernel, infos: list[tuple[TensorInfo | None, str]]) -> np.dtype:

@@ -34,7 +34,7 @@ import numpy as np
 from edgert.errors import ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu._native.geometry import tap_ranges
-from edgert.runtime.ops.window import Window, as3d, float_dtype, sliding_window
+from edgert.runtime.ops.window import Window, as3d, float_dtype, packed, sliding_window
 from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 _AVG, _LP = 0, 2
@@ -45,7 +45,7 @@ _G_AVG, _G_MAX, _G_LP = 0, 1, 2
 # Output rows are built tap by tap over each tap's valid range (see the performance note in
 # conv.py: inner loops run over slices, so they vectorize and carry no bounds tests).
 @njit(parallel=True)
-def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
+def _max_pool(x, y, ind, geo_a, storage_order, want_indices, one):
     """``y[t, o] = max`` over the window of ``x[t]``; ``ind`` gets the flat input index if asked.
 
     ``x``: ``(N*C, D, H, W)``; ``y`` and ``ind``: ``(N*C, OD, OH, OW)`` (``ind`` may be empty).
@@ -57,6 +57,7 @@ def _max_pool(x, y, ind, geo, storage_order, want_indices, one):
     turning ``yseg[i] = v if ... else yseg[i]`` into a masked store (``vmaskmovps``), which made
     the loop 6x slower than an unconditional store.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh = geo.dd, geo.dh
@@ -203,13 +204,14 @@ def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
 
 
 @njit(parallel=True)
-def _sum_pool(x, y, geo, inv_outer, inv_w, mode, p):
+def _sum_pool(x, y, geo_a, inv_outer, inv_w, mode, p):
     """Average (``mode`` 0) or Lp (``mode`` 2) pooling, row by row.
 
     The divisor of an average is separable: ``inv_outer[od * OH + oh] * inv_w[ow]`` holds
     1 / (window count along D·H) × 1 / (count along W), with 0 for an empty window; ``prepare``
     computes the counts for ``count_include_pad`` either way.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh = geo.dd, geo.dh
@@ -441,6 +443,7 @@ class _PoolBase(Kernel):
         self.dtype = dt
         self.win = win
         self.geo = win.geo()
+        self.geo_a = packed(self.geo)
         self.in3 = as3d(win.in_shape)
         self.out3 = as3d(win.out_shape)
         y_shape = tuple(x.shape[:2]) + win.out_shape
@@ -486,9 +489,9 @@ class MaxPoolKernel(_PoolBase):
             return
         pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:
-            pool(x4, y4, ind.reshape(y4.shape), self.geo, self.storage_order, True, self.one)
+            pool(x4, y4, ind.reshape(y4.shape), self.geo_a, self.storage_order, True, self.one)
         else:
-            pool(x4, y4, self.no_indices, self.geo, self.storage_order, False, self.one)
+            pool(x4, y4, self.no_indices, self.geo_a, self.storage_order, False, self.one)
 
 
 class AveragePoolKernel(_PoolBase):
@@ -522,7 +525,7 @@ class AveragePoolKernel(_PoolBase):
                 g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, self.inv_outer_t, self.inv_w_t)
             return
         pool = _sum_pool_serial if self.small else _sum_pool
-        pool(x4, y4, self.geo, self.inv_outer, self.inv_w, _AVG, 1)
+        pool(x4, y4, self.geo_a, self.inv_outer, self.inv_w, _AVG, 1)
 
 
 def _p_attr(kernel: Kernel) -> int:
@@ -547,7 +550,7 @@ class LpPoolKernel(_PoolBase):
             return
         x4, y4 = self._views(inputs[0], y)
         pool = _sum_pool_serial if self.small else _sum_pool
-        pool(x4, y4, self.geo, self.unused, self.unused, _LP, self.p)
+        pool(x4, y4, self.geo_a, self.unused, self.unused, _LP, self.p)
 
 
 class _GlobalPoolBase(Kernel):

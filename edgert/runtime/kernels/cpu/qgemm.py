@@ -456,10 +456,11 @@ def pack_padded(x, zp, c0, c_n, pads, strides, dims, cstride, buf):
 
 
 @njit
-def conv_taps(geo, c_n):
+def conv_taps(geo_a, c_n):
     """Per row ``k = (c, kd, kh, kw)`` of the column matrix: ``(c, kd*dd - pd, kh*dh - ph,
     ow_lo, ow_hi, kw*dw - pw)`` where ``[ow_lo, ow_hi)`` are the output columns whose input
     column ``ow * sw + kw*dw - pw`` lies inside the row (an empty range has ``lo >= hi``)."""
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sw = geo.sw
     dd, dh, dw = geo.dd, geo.dh, geo.dw
@@ -521,7 +522,7 @@ def _pack_tap(x, taps, k, z0, y0, ow0, run, sw, c0, zp16, bpack, dst):
 
 
 @njit(parallel=True)
-def pack_conv(x, zp, geo, c0, taps, bpack):
+def pack_conv(x, zp, geo_a, c0, taps, bpack):
     """``bpack`` of the im2col matrix of channels ``c0 ..`` of one image, minus ``zp``.
 
     ``x``: int8 ``(C, D, H, W)``; ``geo``: the conv geometry (conv.py ``Window.geo``); ``taps``:
@@ -533,6 +534,7 @@ def pack_conv(x, zp, geo, c0, taps, bpack):
     to back by one thread. A tile's 16 columns are split into runs along one output row, so
     each tap copies a contiguous (or strided) input segment with no per-element bounds test.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     d_n, h_n = x.shape[1], x.shape[2]
     od_n, oh_n, ow_n = geo.od, geo.oh, geo.ow

@@ -68,7 +68,7 @@ from edgert.runtime.kernels.cpu.qgemm import (
     qadd,
     qgemm,
 )
-from edgert.runtime.ops.window import as3d, kernel_shape_attr, sliding_window
+from edgert.runtime.ops.window import as3d, kernel_shape_attr, packed, sliding_window
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo, broadcast_shapes
 
 INT8 = np.dtype(np.int8)
@@ -327,6 +327,7 @@ class QConv(_QLinearBase):
         self._quant_params(m_out, b, w.value)
         self.group = group
         self.geo = win.geo()
+        self.geo_a = packed(self.geo)
         self.in3 = as3d(win.in_shape)
         k = c_per_group * int(np.prod(ksp))
         self.w_packed = np.ascontiguousarray(np.asarray(w.value, np.int16).reshape(m_out, k))
@@ -379,7 +380,7 @@ class QConv(_QLinearBase):
             self.w_packed = None
             self.implicit = self.plan.implicit
             self.taps = (None if self.pointwise or self.implicit or self.subsample is not None
-                         else conv_taps(self.geo, c_per_group))
+                         else conv_taps(self.geo_a, c_per_group))
             self.rq = [tuple(np.ascontiguousarray(v[g * m_g:(g + 1) * m_g])
                              for v in (self.bias, self.mult, self.shift)) for g in range(group)]
         return [TensorInfo((n_img, m_out) + win.out_shape, INT8)]
@@ -418,7 +419,7 @@ class QConv(_QLinearBase):
                 if self.pointwise:
                     col_kp = self.xs
                 else:
-                    _im2col(self.xs.reshape((c_in,) + self.in3), self.col_kp, self.geo)
+                    _im2col(self.xs.reshape((c_in,) + self.in3), self.col_kp, self.geo_a)
                     col_kp = self.col_kp
                 _qgemm_kp(col_kp, self.w_packed, self.bias, self.mult, self.shift, yn,
                           self.group, self.y_zp, self.lo, self.hi)
@@ -438,7 +439,7 @@ class QConv(_QLinearBase):
                     pack_padded(x[n].reshape((c_in,) + self.in3), self.x_zp, c0, self.c_g,
                                 plan.pads, plan.strides, plan.dims, plan.cstride, buf)
                 else:
-                    pack_conv(x[n].reshape((c_in,) + self.in3), self.x_zp, self.geo, c0,
+                    pack_conv(x[n].reshape((c_in,) + self.in3), self.x_zp, self.geo_a, c0,
                               self.taps, buf)
                 bias, mult, shift = self.rq[g]
                 qgemm(self.apack[g], plan, m_g, bias, mult, shift, self.y_zp, self.lo,
@@ -705,7 +706,7 @@ class QConcat(Kernel):
 
 # ----- pooling ------------------------------------------------------------------------------------
 @njit(parallel=True)
-def _qpool(x, y, geo, is_max, count_pad):
+def _qpool(x, y, geo_a, is_max, count_pad):
     """Max or average pool of int8 ``x (NC, D, H, W)`` into ``y (NC, OD, OH, OW)``.
 
     Each output row is built tap by tap over the tap's valid output range (``tap_ranges``), as
@@ -714,6 +715,7 @@ def _qpool(x, y, geo, is_max, count_pad):
     count, divided with rounding half away from zero (TFLite's ``(sum ± count / 2) / count``),
     exactly in integers.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh = geo.dd, geo.dh
@@ -784,6 +786,7 @@ class _QPool(Kernel):
         win = sliding_window(self, tuple(x.shape[2:]), tuple(int(k) for k in ks),
                              ceil_mode=bool(self.attr("ceil_mode", 0)))
         self.geo = win.geo()
+        self.geo_a = packed(self.geo)
         self.in3, self.out3 = as3d(win.in_shape), as3d(win.out_shape)
         self.count_pad = bool(self.attr("count_include_pad", 0))
         # 2-D max pool without dilation: the float kernel's row-wise form (vectorized maxes
@@ -811,7 +814,7 @@ class _QPool(Kernel):
             _max_pool_rows(x.reshape((nc,) + self.in3[1:]), y.reshape((nc,) + self.out3[1:]),
                            g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, np.int8(-128))
             return
-        _qpool(x.reshape((nc,) + self.in3), y.reshape((nc,) + self.out3), self.geo,
+        _qpool(x.reshape((nc,) + self.in3), y.reshape((nc,) + self.out3), self.geo_a,
                self.is_max, self.count_pad)
 
 

@@ -23,17 +23,18 @@ from edgert.runtime.kernels.cpu._native.geometry import tap_ranges, valid_range
 from edgert.runtime.kernels.cpu.conv.choose import ConvPath
 from edgert.runtime.kernels.cpu.conv.plan import ConvPlan
 from edgert.runtime.kernels.cpu.epilogue import act_row, clamp_bounds
-from edgert.runtime.ops.window import as3d
+from edgert.runtime.ops.window import as3d, packed
 
 
 @njit(parallel=True)
-def _depthwise(x, w, bias, y, geo, act, p0, p1):
+def _depthwise(x, w, bias, y, geo_a, act, p0, p1):
     """Direct conv with one input channel per group: ``y[n, m] = x[n, m // mult] ⋆ w[m]``.
 
     ``x``: ``(N, C, D, H, W)``, ``w``: ``(M, KD, KH, KW)`` with ``M = C * mult``, ``y``:
     ``(N, M, OD, OH, OW)``. Each output row is accumulated tap by tap over its valid range (no
     bounds test in the inner loop) while it sits in L1, then gets bias and activation.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh = geo.dd, geo.dh
@@ -343,6 +344,7 @@ class DepthwisePlan(ConvPlan):
         big = p.n * p.m_out * p.p_out >= self.t.parallel_min_work
         self.fn = type(self).parallel_fn if big else type(self).serial_fn
         self.geo = p.win.geo()
+        self.geo_a = packed(self.geo)
 
     def pack(self, w, const):
         # a Numba kernel wants one array type: an owned copy of mapped weights
@@ -352,7 +354,7 @@ class DepthwisePlan(ConvPlan):
     def args(self, x, w, bias, y, scratch) -> tuple:
         p = self.p
         return (x.reshape((p.n, p.c_in) + p.in3), w, bias, y.reshape((p.n, p.m_out) + p.out3),
-                self.geo, self.code, self.p0, self.p1)
+                self.geo_a, self.code, self.p0, self.p1)
 
     def run(self, x, w, bias, y, z, scratch):
         args = self.args(x, w, bias, y, scratch)

@@ -31,15 +31,17 @@ from edgert.runtime.kernels.cpu.blas import matmul
 from edgert.runtime.kernels.cpu.conv.choose import ConvPath
 from edgert.runtime.kernels.cpu.conv.plan import ConvPlan
 from edgert.runtime.kernels.cpu.epilogue import ACT_NONE, act_row, epilogue
+from edgert.runtime.ops.window import packed
 
 
 @njit(parallel=True)
-def _im2col(x, col, geo):
+def _im2col(x, col, geo_a):
     """Unroll receptive fields: ``col[(c, kd, kh, kw), (od, oh, ow)] = x[c, id, ih, iw]`` or 0.
 
     ``x``: one image ``(C, D, H, W)``; ``col``: ``(C * KD * KH * KW, OD * OH * OW)``.
     Parallel over rows; each row is written by exactly one thread.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh = geo.dd, geo.dh
@@ -77,23 +79,24 @@ def _im2col(x, col, geo):
 
 
 @njit(parallel=True)
-def _im2col_batch(x, col, geo):
+def _im2col_batch(x, col, geo_a):
     """:func:`_im2col` for every image at once: ``x`` ``(N, C, D, H, W)``, ``col``
     ``(N, C * K, P)``. One parallel region for the whole batch instead of one per image."""
     rows = col.shape[1]
     for r in prange(x.shape[0] * rows):
         n = r // rows
-        _im2col_row(x[n], col[n], geo, r - n * rows)
+        _im2col_row(x[n], col[n], geo_a, r - n * rows)
 
 
 @njit(parallel=True)
-def _im2col_hrows(x, col, geo, h0, h1):
+def _im2col_hrows(x, col, geo_a, h0, h1):
     """The columns of output rows ``h0 <= oh < h1`` of a 2-D conv (``OD == 1``).
 
     ``x``: one image ``(C, 1, H, W)``; ``col``: ``(C * KH * KW, (h1 - h0) * OW)``. Lets invoke
     build the column matrix block by block so that each block is still in cache when BLAS
     reads it (a whole 3x3 column matrix of a 128-channel 56x56 layer is 14 MB).
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kh_n, kw_n = geo.kh, geo.kw
     sh, sw = geo.sh, geo.sw
     dh, dw = geo.dh, geo.dw
@@ -131,7 +134,7 @@ _im2col_hrows_serial = serial_twin(_im2col_hrows)
 
 
 @njit(parallel=True)
-def _conv_rows_blas(fn, wide, x, w, bias, y, geo, act, p0, p1, col, block_rows, parts):
+def _conv_rows_blas(fn, wide, x, w, bias, y, geo_a, act, p0, p1, col, block_rows, parts):
     """A group-1 2-D conv as im2col + BLAS GEMM + epilogue, in blocks of output rows.
 
     ``x`` ``(N, C, 1, H, W)``, ``w`` ``(M, C * KH * KW)``, ``y`` ``(N, M, OH * OW)``, all
@@ -141,6 +144,7 @@ def _conv_rows_blas(fn, wide, x, w, bias, y, geo, act, p0, p1, col, block_rows, 
     BLAS routine at ``fn`` (``_native/openblas.py``), then adds the bias and activation while
     the block is in cache: one parallel region per conv, no separate epilogue pass.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     n_img, m_n, p_n = y.shape
     k_n = w.shape[1]
     oh_n, ow_n = geo.oh, geo.ow
@@ -156,7 +160,7 @@ def _conv_rows_blas(fn, wide, x, w, bias, y, geo, act, p0, p1, col, block_rows, 
                 h1 = min(h0 + block_rows, r1)
                 cols = (h1 - h0) * ow_n
                 blk = buf[: k_n * cols].reshape((k_n, cols))
-                _im2col_hrows_serial(x[i], blk, geo, h0, h1)
+                _im2col_hrows_serial(x[i], blk, geo_a, h0, h1)
                 gemm_at(fn, wide, m_n, cols, k_n, w.ctypes.data, k_n, blk.ctypes.data, cols,
                         zero, y.ctypes.data + (i * m_n * p_n + h0 * ow_n) * isz, p_n)
                 if nb > 0 or act != ACT_NONE:
@@ -169,8 +173,9 @@ _conv_rows_blas_serial = serial_twin(_conv_rows_blas)
 
 
 @njit
-def _im2col_row(x, col, geo, r):
+def _im2col_row(x, col, geo_a, r):
     """Row ``r`` of :func:`_im2col` (one ``(c, kd, kh, kw)`` tap over all output positions)."""
+    geo = geo_a[0]
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh, dw = geo.dd, geo.dh, geo.dw
@@ -270,7 +275,7 @@ class Im2colGemmPlan(GemmPlan):
                 self.scratch_shape = (self.rows, block * ow_n)
         self.im2col = (_im2col_batch if per_image // isz >= PARALLEL_MIN_WORK
                        else _im2col_batch_serial)
-        self.geo = p.win.geo()
+        self.geo_a = packed(p.win.geo())
 
     def run(self, x, w, bias, y, z, scratch):
         p, g, rows = self.p, self.p.group, self.rows
@@ -278,7 +283,7 @@ class Im2colGemmPlan(GemmPlan):
         x5 = x.reshape((n_img, p.c_in) + p.in3)
         if self.col_batch:  # all images: one im2col launch, one batched GEMM, one epilogue
             col = scratch.reshape(n_img, rows, p_out)
-            self.im2col(x5, col, self.geo)
+            self.im2col(x5, col, self.geo_a)
             if g == 1:
                 self.gemm(w[0], col, y.reshape(n_img, m_out, p_out))
             else:
@@ -294,14 +299,14 @@ class Im2colGemmPlan(GemmPlan):
                 for h0 in range(0, oh_n, self.block_rows):
                     h1 = min(h0 + self.block_rows, oh_n)
                     blk = flat[: rows * (h1 - h0) * ow_n].reshape(rows, (h1 - h0) * ow_n)
-                    _im2col_hrows(x5[n], blk, self.geo, h0, h1)
+                    _im2col_hrows(x5[n], blk, self.geo_a, h0, h1)
                     self.gemm(w[0], blk, yn[:, h0 * ow_n : h1 * ow_n])
                 self.epilogue(yn, bias)
             return None
         col = scratch.reshape(1, rows, p_out)
         col_g = scratch.reshape(g, rows // g, p_out)
         for n in range(n_img):
-            self.im2col(x5[n : n + 1], col, self.geo)
+            self.im2col(x5[n : n + 1], col, self.geo_a)
             yn = y[n].reshape(m_out, p_out)
             if g == 1:
                 self.gemm(w[0], col[0], yn)
@@ -328,12 +333,12 @@ class Im2colBlasRowsPlan(ConvPlan):
         self.scratch_shape = (self.parts, self.block_rows * row_elems)
         self.scratch_nbytes = self.parts * self.block_rows * row_elems * p.dtype.itemsize
         self.fn_run = _conv_rows_blas if self.parts > 1 else _conv_rows_blas_serial
-        self.geo = p.win.geo()
+        self.geo_a = packed(p.win.geo())
 
     def run(self, x, w, bias, y, z, scratch):
         p = self.p
         args = (self.fn, self.wide, x.reshape((p.n, p.c_in) + p.in3), w[0], bias,
-                y.reshape(p.n, p.m_out, p.p_out), self.geo, self.code, self.p0, self.p1,
+                y.reshape(p.n, p.m_out, p.p_out), self.geo_a, self.code, self.p0, self.p1,
                 scratch, self.block_rows, self.parts)
         self.fn_run(*args)
         return self.fn_run, args

@@ -20,17 +20,19 @@ from edgert.runtime.ops.window import (
     float_dtype,
     int_list_attr,
     kernel_shape_attr,
+    packed,
 )
 from edgert.runtime.registry import Kernel, OpTraits, TensorInfo
 
 
 @njit(parallel=True)
-def _col2im(col, y, bias, geo, act, p0, p1):
+def _col2im(col, y, bias, geo_a, act, p0, p1):
     """Scatter-add columns into one image: ``y[m, o] += col[(m, k), i]`` with ``o = i*s - p + k*d``.
 
     ``col``: ``(M * KD * KH * KW, ID * IH * IW)``; ``y``: ``(M, OD, OH, OW)``. Parallel over
     output channels, so no two threads touch the same element. Bias and activation follow.
     """
+    geo = geo_a[0]  # the window (edgert.runtime.ops.window.Geo fields)
     kd_n, kh_n, kw_n = geo.kd, geo.kh, geo.kw
     sd, sh, sw = geo.sd, geo.sh, geo.sw
     dd, dh, dw = geo.dd, geo.dh, geo.dw
@@ -173,6 +175,7 @@ class ConvTransposeKernel(Kernel):
         self.params = self.act.params(dt)
         self.group = group
         self.geo = win.geo()
+        self.geo_a = packed(self.geo)
         self.out3 = as3d(win.out_shape)
         k_size = int(np.prod(ksp))
         p_in = int(np.prod(in_sp))
@@ -217,4 +220,4 @@ class ConvTransposeKernel(Kernel):
         for n in range(n_img):
             matmul(w, x[n].reshape(g, c_in // g, self.p_in), out=col_g,
                    threads=self.op.num_threads)
-            _col2im(col, y5[n], bias, self.geo, code, p0, p1)
+            _col2im(col, y5[n], bias, self.geo_a, code, p0, p1)
