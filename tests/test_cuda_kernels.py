@@ -544,3 +544,26 @@ def test_every_cuda_kernel_has_a_test():
     ops = {o.split(".")[-1] for o in registry().op_types()}
     untested = sorted(o for o in ops if f'"{o}"' not in text)
     assert untested == []
+
+
+def test_cuda_kernels_hold_their_cpu_kernel_instead_of_subclassing_it():
+    """Composition, not inheritance: each CUDA kernel class has its CPU kernel class as
+    ``CPU`` (the shared checks, the host fallback) and the same op traits, and is no subclass
+    of it."""
+    from edgert.runtime.kernels.cpu import registry as cpu_registry
+    from edgert.runtime.kernels.cuda import registry
+    from edgert.runtime.kernels.cuda._common import CudaKernel
+    from edgert.runtime.registry import OpContext
+
+    reg, cpu = registry(), cpu_registry()
+    seen = 0
+    for name in reg.op_types():
+        domain, _, op = name.rpartition(".")
+        cls = reg.device_lookup(op, domain)
+        if cls is None or not issubclass(cls, CudaKernel):
+            continue
+        seen += 1
+        assert not issubclass(cls, cls.CPU), cls.__name__
+        assert cls.traits == cls.CPU.traits == cpu.traits(op, domain), cls.__name__
+        assert isinstance(cls(OpContext(op, "n", {}, domain)).host, cls.CPU)
+    assert seen >= 25

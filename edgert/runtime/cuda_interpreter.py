@@ -1,10 +1,11 @@
 """The CUDA executor: the same `.edgert` model, run with device-resident tensors.
 
-``Interpreter(model, device="cuda")`` builds a :class:`CudaInterpreter` (a subclass: the
-TFLite-style API, input checks and shape handling are the CPU interpreter's). What differs:
+``Interpreter(model, device="cuda")`` builds a :class:`CudaInterpreter` (through the device
+factory that ``edgert.runtime`` registers; a subclass: the TFLite-style API, input checks and
+shape handling are the CPU interpreter's). What differs:
 
-* **kernels** come from :func:`edgert.runtime.kernels.cuda.registry`; each CUDA kernel shares the
-  CPU kernel's ``prepare`` and runs device code in ``invoke``. Ops without a CUDA kernel, or
+* **kernels** come from :func:`edgert.runtime.kernels.cuda.registry`; each CUDA kernel shares
+  the op's checks and shapes with the CPU kernel it holds and runs device code in ``invoke``. Ops without a CUDA kernel, or
   whose ``prepare`` cleared ``on_device`` (a dtype or case the device code does not cover),
   run their CPU kernel on host copies of their inputs: :attr:`CudaInterpreter.host_ops` lists
   them, so a model that runs entirely on the GPU shows an empty list.

@@ -1,8 +1,9 @@
 """CUDA kernels (numba.cuda), one module per family with the CPU modules' names.
 
-Each family module exposes ``register(reg)``. A CUDA kernel subclasses the CPU kernel of the same
-op (see :class:`~edgert.runtime.kernels.cuda._common.CudaKernel`): ``prepare`` is shared, only
-``invoke`` runs device code. Importing this package imports ``numba.cuda`` (the optional
+Each family module exposes ``register(reg)``. A CUDA kernel holds the CPU kernel of the same op
+(see :class:`~edgert.runtime.kernels.cuda._common.CudaKernel`): the checks and output shapes
+are shared, ``invoke`` runs device code, and the host kernel covers what the device code does
+not. Importing this package imports ``numba.cuda`` (the optional
 ``numba-cuda`` extra); only :class:`~edgert.runtime.cuda_interpreter.CudaInterpreter` does so.
 
 Ops without a CUDA kernel are not an error: :func:`registry` answers them with the CPU kernel,

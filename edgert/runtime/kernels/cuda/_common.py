@@ -120,13 +120,20 @@ def broadcast_strides(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> 
     return st
 
 
-class CudaKernel:
-    """Mixin for CUDA kernels; list it first: ``class CudaConv(CudaKernel, ConvKernel)``.
+class CudaKernel(Kernel):
+    """Base of the CUDA kernels. It does not subclass the CPU kernel of its op; it holds one
+    (``host``, of class :attr:`CPU`), by composition:
+
+    * ``prepare`` defaults to ``host.prepare``: the op's checks and output shapes are the same on
+      both devices (the CPU kernel's, or the device-neutral semantics in
+      :mod:`edgert.runtime.ops`, which a CUDA kernel may call instead, as Conv does);
+    * the host kernel runs the op where the device code does not cover a case
+      (:meth:`host_invoke`), and folds it at prepare time on host values;
+    * a read of an attribute this kernel does not have goes to the host kernel's prepared state
+      (shapes, parameters): device code reads it, never writes it.
 
     Attributes:
-        CPU: the CPU kernel class this one mirrors. Its ``invoke`` is what the interpreter calls
-            when it folds the op at prepare time (on host values) and when it runs the op on the
-            host because ``prepare`` cleared :attr:`on_device`.
+        CPU: the CPU kernel class of the same op; its traits are this kernel's.
         on_device: set by ``prepare``; False asks the interpreter to run this op with the CPU
             ``invoke`` (for a case the device code does not cover: a dtype, a computed
             parameter), copying its inputs and outputs. The interpreter reports such ops.
@@ -137,9 +144,40 @@ class CudaKernel:
     on_device: bool = True
     stream: Any = 0
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cpu = cls.__dict__.get("CPU")
+        if cpu is not None:
+            cls.traits = cpu.traits
+            cls.foldable = cpu.foldable
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.host = self.CPU(op)
+        self._host_inputs = None  # the infos a lazily prepared host kernel is prepared with
+
+    def __getattr__(self, name: str):
+        host = self.__dict__.get("host")
+        if host is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(host, name)
+
+    def prepare(self, inputs):
+        """The host kernel's checks, output shapes and prepared state."""
+        self._host_inputs = None
+        return self.host.prepare(inputs)
+
+    def defer_host(self, inputs) -> None:
+        """Prepare the host kernel only if :meth:`host_invoke` is ever called (a kernel whose
+        own ``prepare`` did not need the host's state)."""
+        self._host_inputs = inputs
+
     def host_invoke(self, inputs, outputs):
         """The CPU kernel's ``invoke`` on host arrays (used for folding and fallbacks)."""
-        return self.CPU.invoke(self, inputs, outputs)  # type: ignore[arg-type]
+        if self._host_inputs is not None:
+            self.host.prepare(self._host_inputs)
+            self._host_inputs = None
+        return self.host.invoke(inputs, outputs)
 
     def upload(self, host: np.ndarray | None, name: str):
         """Device copy of a prepare-time constant (packed weights...), made once per shape.

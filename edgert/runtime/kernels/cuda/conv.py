@@ -1,6 +1,7 @@
 """CUDA kernels: Conv (1-D/2-D/3-D, grouped, depthwise) with fused bias and activation.
 
-Two device paths, chosen in ``prepare`` from the CPU kernel's analysis:
+Two device paths, chosen in ``prepare`` from the shared Conv semantics
+(:func:`edgert.runtime.ops.conv.conv_spec`):
 
 * **implicit GEMM** (dense and grouped convolutions): per image and group, ``Y (M/G, P) =
   W (M/G, C/G*K) @ col (C/G*K, P)``, computed with 16x16 shared-memory tiles as in
@@ -10,9 +11,9 @@ Two device paths, chosen in ``prepare`` from the CPU kernel's analysis:
 * **direct** (depthwise and groups with few output channels): one thread per output element
   summing its window. A GEMM tile would leave 15 of 16 rows idle when a group has one channel.
 
-The weight is uploaded once, as the CPU kernel packed it (a reshape of ONNX's
-``(M, C/G, kD, kH, kW)``, so its flat layout is ONNX's). Device coverage: float32 with constant
-weights; other cases run the CPU kernel.
+The weight is uploaded once, in ONNX's flat ``(M, C/G, kD, kH, kW)`` layout. Device coverage:
+float32 with constant weights and bias; other cases run the CPU kernel (the host kernel this
+one holds, prepared only then).
 
 ConvTranspose (decoders, PyTorch upsampling): one thread per output element gathers the input
 positions that scatter into it. On axis ``a`` output ``o`` receives tap ``k`` from input
@@ -30,7 +31,8 @@ import numpy as np
 from edgert.runtime.kernels.cpu import conv as cpu
 from edgert.runtime.kernels.cuda._common import THREADS, CudaKernel, blocks, cuda
 from edgert.runtime.kernels.cuda.epilogue import activate
-from edgert.runtime.registry import KernelRegistry
+from edgert.runtime.ops.conv import conv_spec
+from edgert.runtime.registry import KernelRegistry, TensorInfo
 
 TILE = 16
 F32 = np.dtype(np.float32)
@@ -154,15 +156,16 @@ def _conv_direct(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, p1,
         y[i] = activate(acc, code, p0, p1)
 
 
-class CudaConv(CudaKernel, cpu.ConvKernel):
+class CudaConv(CudaKernel):
     """ONNX Conv / edgert.Conv (with a fused activation and residual) on the device (see the
     module docstring)."""
 
     CPU = cpu.ConvKernel
 
     def prepare(self, inputs):
-        outs = super().prepare(inputs)
-        spec = self.spec
+        # The shared Conv semantics (edgert.runtime.ops.conv); the CPU kernel, with its path
+        # choice and weight packing, is prepared only for the cases that run on the host.
+        spec = self.spec = conv_spec(self, inputs)
         w, b = inputs[1], inputs[2] if len(inputs) > 2 else None
         self.on_device = (
             spec.dtype == F32
@@ -171,7 +174,9 @@ class CudaConv(CudaKernel, cpu.ConvKernel):
             and not spec.shuffle_g  # a fused channel shuffle runs on the host
         )
         if not self.on_device:
-            return outs
+            return super().prepare(inputs)
+        self.defer_host(inputs)
+        outs = [TensorInfo(spec.y_shape, spec.dtype)]
         mpg = spec.m_out // spec.group
         self._direct = mpg < DIRECT_BELOW
         self._d_w = self.upload(np.ascontiguousarray(w.value, F32).reshape(-1), "W")
@@ -249,7 +254,7 @@ def _conv_transpose(x, w, bias, y, geo, c_in, m_out, group, has_bias, code, p0, 
         y[i] = activate(acc, code, p0, p1)
 
 
-class CudaConvTranspose(CudaKernel, cpu.ConvTransposeKernel):
+class CudaConvTranspose(CudaKernel):
     """ConvTranspose / edgert.ConvTranspose: float32 with constant weights and bias."""
 
     CPU = cpu.ConvTransposeKernel

@@ -185,7 +185,7 @@ class _CudaBinary(CudaKernel):
 
 
 def _binary(name: str, cpu_cls, op: int):
-    return type(name, (_CudaBinary, cpu_cls), {"CPU": cpu_cls, "OP": op, "__doc__":
+    return type(name, (_CudaBinary,), {"CPU": cpu_cls, "OP": op, "__doc__":
                 f"CUDA {cpu_cls.__name__}: float32/float64 on device, other dtypes on the CPU."})
 
 
@@ -236,7 +236,7 @@ class _CudaVariadic(CudaKernel):
 
 
 def _variadic(name: str, cpu_cls, op: int, mean: bool = False):
-    return type(name, (_CudaVariadic, cpu_cls), {"CPU": cpu_cls, "OP": op, "MEAN": mean})
+    return type(name, (_CudaVariadic,), {"CPU": cpu_cls, "OP": op, "MEAN": mean})
 
 
 CudaMax = _variadic("CudaMax", cpu.Max, B_MAX)
@@ -266,7 +266,7 @@ class _CudaUnary(CudaKernel):
 
 
 def _unary_cls(name: str, cpu_cls, code: int):
-    return type(name, (_CudaUnary, cpu_cls), {"CPU": cpu_cls, "CODE": code})
+    return type(name, (_CudaUnary,), {"CPU": cpu_cls, "CODE": code})
 
 
 CudaRelu = _unary_cls("CudaRelu", cpu.Relu, ACT_RELU)
@@ -288,7 +288,7 @@ CudaElu = _unary_cls("CudaElu", cpu.Elu, U_ELU)
 CudaSoftplus = _unary_cls("CudaSoftplus", cpu.Softplus, U_SOFTPLUS)
 
 
-class CudaGelu(_CudaUnary, cpu.Gelu):
+class CudaGelu(_CudaUnary):
     CPU = cpu.Gelu
 
     def code(self) -> int:
@@ -297,7 +297,7 @@ class CudaGelu(_CudaUnary, cpu.Gelu):
         return ACT_GELU if approx == "none" else U_GELU_TANH
 
 
-class CudaClip(CudaKernel, cpu.Clip):
+class CudaClip(CudaKernel):
     """Clip with bounds known at prepare (constants or attributes); computed bounds run on CPU."""
 
     CPU = cpu.Clip

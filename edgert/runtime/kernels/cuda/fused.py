@@ -140,7 +140,7 @@ def _fused(out, x0, x1, x2, x3, x4, x5, x6, x7, nin, modes, inner, nch, prog, pa
         out[i] = regs[res]
 
 
-class CudaFusedElementwise(CudaKernel, cpu.FusedElementwiseKernel):
+class CudaFusedElementwise(CudaKernel):
     CPU = cpu.FusedElementwiseKernel
 
     def prepare(self, inputs):

@@ -78,7 +78,7 @@ def launch_gemm(stream, a, b, c, y, m, n, k, batch, a_strides, b_strides, c_mode
     )
 
 
-class CudaGemm(CudaKernel, cpu.GemmKernel):
+class CudaGemm(CudaKernel):
     """ONNX Gemm on the device (see the module docstring for what falls back)."""
 
     CPU = cpu.GemmKernel
@@ -120,7 +120,7 @@ class CudaGemm(CudaKernel, cpu.GemmKernel):
                     b_strides, self._c_mode, alpha, self.act, self.params)
 
 
-class CudaMatMul(CudaKernel, cpu.MatMulKernel):
+class CudaMatMul(CudaKernel):
     """ONNX MatMul on the device: batch dims broadcast as a whole (one side 1, or equal)."""
 
     CPU = cpu.MatMulKernel

@@ -37,7 +37,7 @@ def _gather(data, idx, out, n, m, inner, flag):
             out[t] = data[(o * n + k) * inner + i]
 
 
-class CudaGather(CudaKernel, cpu.Gather):
+class CudaGather(CudaKernel):
     """Gather on the device for numeric dtypes; indices checked after the run (see above)."""
 
     CPU = cpu.Gather

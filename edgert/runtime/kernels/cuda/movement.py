@@ -65,7 +65,7 @@ def _pad(x, y, value, oshape, lo, kept, pb, xs, mode):
             y[t] = x[src]
 
 
-class CudaPad(CudaKernel, cpu.Pad):
+class CudaPad(CudaKernel):
     CPU = cpu.Pad
 
     def prepare(self, inputs):

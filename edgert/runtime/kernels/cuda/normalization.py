@@ -93,7 +93,7 @@ def _layer_norm(x, y, n, scale, bias, eps, mean_out, inv_out):
             y[base + k] = (x[base + k] - mu) * inv * scale[k] + bias[k]
 
 
-class CudaLayerNormalization(CudaKernel, cpu.LayerNormalization):
+class CudaLayerNormalization(CudaKernel):
     CPU = cpu.LayerNormalization
 
     def prepare(self, inputs):
@@ -120,7 +120,7 @@ class CudaLayerNormalization(CudaKernel, cpu.LayerNormalization):
             self._eps, stats[0], stats[1])
 
 
-class CudaLRN(CudaKernel, cpu.LRN):
+class CudaLRN(CudaKernel):
     """LRN across channels: one thread per element summing its channel window."""
 
     CPU = cpu.LRN
@@ -139,7 +139,7 @@ class CudaLRN(CudaKernel, cpu.LRN):
             )
 
 
-class CudaBatchNormalization(CudaKernel, cpu.BatchNormalization):
+class CudaBatchNormalization(CudaKernel):
     CPU = cpu.BatchNormalization
 
     def prepare(self, inputs):
@@ -176,11 +176,11 @@ class _CudaSoftmaxBase(CudaKernel):
             )
 
 
-class CudaSoftmax(_CudaSoftmaxBase, cpu.Softmax):
+class CudaSoftmax(_CudaSoftmaxBase):
     CPU = cpu.Softmax
 
 
-class CudaLogSoftmax(_CudaSoftmaxBase, cpu.LogSoftmax):
+class CudaLogSoftmax(_CudaSoftmaxBase):
     CPU = cpu.LogSoftmax
     LOG = True
 

@@ -131,7 +131,7 @@ def _global_pool(x, y, length, is_max):
             y[r] = acc / length
 
 
-class CudaMaxPool(CudaKernel, cpu.MaxPoolKernel):
+class CudaMaxPool(CudaKernel):
     CPU = cpu.MaxPoolKernel
 
     def prepare(self, inputs):
@@ -154,7 +154,7 @@ class CudaMaxPool(CudaKernel, cpu.MaxPoolKernel):
         )
 
 
-class CudaAveragePool(CudaKernel, cpu.AveragePoolKernel):
+class CudaAveragePool(CudaKernel):
     CPU = cpu.AveragePoolKernel
 
     def prepare(self, inputs):
@@ -190,11 +190,11 @@ class _CudaGlobal(CudaKernel):
             )
 
 
-class CudaGlobalAveragePool(_CudaGlobal, cpu.GlobalAveragePoolKernel):
+class CudaGlobalAveragePool(_CudaGlobal):
     CPU = cpu.GlobalAveragePoolKernel
 
 
-class CudaGlobalMaxPool(_CudaGlobal, cpu.GlobalMaxPoolKernel):
+class CudaGlobalMaxPool(_CudaGlobal):
     CPU = cpu.GlobalMaxPoolKernel
     IS_MAX = True
 

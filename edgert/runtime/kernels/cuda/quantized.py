@@ -166,7 +166,7 @@ class _CudaQLinear(CudaKernel):
         self._d_shift = self.upload(self.shift, "shift")
 
 
-class CudaQConv(_CudaQLinear, cpu.QConv):
+class CudaQConv(_CudaQLinear):
     CPU = cpu.QConv
 
     def prepare(self, inputs):
@@ -187,7 +187,7 @@ class CudaQConv(_CudaQLinear, cpu.QConv):
             )
 
 
-class CudaQConvTranspose(_CudaQLinear, cpu.QConvTranspose):
+class CudaQConvTranspose(_CudaQLinear):
     CPU = cpu.QConvTranspose
 
     def prepare(self, inputs):
@@ -209,7 +209,7 @@ class CudaQConvTranspose(_CudaQLinear, cpu.QConvTranspose):
             )
 
 
-class CudaQGemm(_CudaQLinear, cpu.QGemm):
+class CudaQGemm(_CudaQLinear):
     CPU = cpu.QGemm
 
     def prepare(self, inputs):
@@ -260,7 +260,7 @@ def _dequantize(x, scale, zp, y, channels, inner):
         y[i] = (np.float32(x[i]) - zp[c]) * scale[c]
 
 
-class CudaQuantize(CudaKernel, cpu.Quantize):
+class CudaQuantize(CudaKernel):
     CPU = cpu.Quantize
 
     def prepare(self, inputs):
@@ -275,7 +275,7 @@ class CudaQuantize(CudaKernel, cpu.Quantize):
                 inputs[0].reshape(-1), np.float32(self.scale), np.int64(self.zp), y.reshape(-1))
 
 
-class CudaDequantize(CudaKernel, cpu.Dequantize):
+class CudaDequantize(CudaKernel):
     CPU = cpu.Dequantize
 
     def prepare(self, inputs):
@@ -350,11 +350,11 @@ class _CudaQBinary(CudaKernel):
                 self.IS_ADD, self._d_p, self.lo, self.hi)
 
 
-class CudaQAdd(_CudaQBinary, cpu.QAdd):
+class CudaQAdd(_CudaQBinary):
     CPU = cpu.QAdd
 
 
-class CudaQMul(_CudaQBinary, cpu.QMul):
+class CudaQMul(_CudaQBinary):
     CPU = cpu.QMul
     IS_ADD = False
 
@@ -372,7 +372,7 @@ def _qslab(x, y, row, y_row, start, rescale, zi, m, s, zo):
         y[o * y_row + start + j] = v
 
 
-class CudaQConcat(CudaKernel, cpu.QConcat):
+class CudaQConcat(CudaKernel):
     CPU = cpu.QConcat
 
     def prepare(self, inputs):
@@ -471,15 +471,15 @@ class _CudaQPool(CudaKernel):
                 inputs[0].reshape(-1), y.reshape(-1), self._d_geo, self.is_max, self.count_pad)
 
 
-class CudaQMaxPool(_CudaQPool, cpu.QMaxPool):
+class CudaQMaxPool(_CudaQPool):
     CPU = cpu.QMaxPool
 
 
-class CudaQAveragePool(_CudaQPool, cpu.QAveragePool):
+class CudaQAveragePool(_CudaQPool):
     CPU = cpu.QAveragePool
 
 
-class CudaQGlobalAveragePool(CudaKernel, cpu.QGlobalAveragePool):
+class CudaQGlobalAveragePool(CudaKernel):
     CPU = cpu.QGlobalAveragePool
 
     def prepare(self, inputs):
@@ -501,7 +501,7 @@ def _qlut(x, table, y):
         y[i] = table[np.int32(x[i]) + 128]
 
 
-class CudaQLut(CudaKernel, cpu.QLut):
+class CudaQLut(CudaKernel):
     CPU = cpu.QLut
 
     def prepare(self, inputs):
@@ -534,7 +534,7 @@ def _qsoftmax(x, y, outer, n, inner, sx, so, zo):
             y[base + k * inner] = _round_clamp(e / tot / so, zo)
 
 
-class CudaQSoftmax(CudaKernel, cpu.QSoftmax):
+class CudaQSoftmax(CudaKernel):
     CPU = cpu.QSoftmax
 
     def prepare(self, inputs):

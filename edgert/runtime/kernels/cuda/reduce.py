@@ -138,7 +138,7 @@ class _CudaReduce(CudaKernel):
 
 
 def _reduce_cls(name: str, cpu_cls, op: int):
-    return type(name, (_CudaReduce, cpu_cls), {"CPU": cpu_cls, "OP": op})
+    return type(name, (_CudaReduce,), {"CPU": cpu_cls, "OP": op})
 
 
 CudaReduceSum = _reduce_cls("CudaReduceSum", cpu.ReduceSum, R_SUM)
@@ -201,11 +201,11 @@ class _CudaArg(CudaKernel):
                 self._last)
 
 
-class CudaArgMax(_CudaArg, cpu.ArgMax):
+class CudaArgMax(_CudaArg):
     CPU = cpu.ArgMax
 
 
-class CudaArgMin(_CudaArg, cpu.ArgMin):
+class CudaArgMin(_CudaArg):
     CPU = cpu.ArgMin
     IS_MAX = False
 

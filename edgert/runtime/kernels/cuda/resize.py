@@ -53,7 +53,7 @@ def _resize_hw(x, y, h, w, oh, ow, hidx, hw, th, widx, ww, tw, h_out, w_out, ext
             y[i] = acc
 
 
-class CudaResize(CudaKernel, cpu.Resize):
+class CudaResize(CudaKernel):
     CPU = cpu.Resize
 
     def prepare(self, inputs):

@@ -99,7 +99,7 @@ def launch_fill_true(stream, a) -> None:
 
 
 def _flat(name: str, cpu_cls):
-    return type(name, (_CudaFlatCopy, cpu_cls), {"CPU": cpu_cls})
+    return type(name, (_CudaFlatCopy,), {"CPU": cpu_cls})
 
 
 CudaIdentity = _flat("CudaIdentity", cpu.Identity)
@@ -110,7 +110,7 @@ CudaSqueeze = _flat("CudaSqueeze", cpu.Squeeze)
 CudaUnsqueeze = _flat("CudaUnsqueeze", cpu.Unsqueeze)
 
 
-class CudaTranspose(CudaKernel, cpu.Transpose):
+class CudaTranspose(CudaKernel):
     CPU = cpu.Transpose
 
     def prepare(self, inputs):
@@ -130,7 +130,7 @@ class CudaTranspose(CudaKernel, cpu.Transpose):
         launch_copy(self.stream, inputs[0], outputs[0], self._plan)
 
 
-class CudaSlice(CudaKernel, cpu.Slice):
+class CudaSlice(CudaKernel):
     CPU = cpu.Slice
 
     def prepare(self, inputs):
@@ -160,7 +160,7 @@ class CudaSlice(CudaKernel, cpu.Slice):
         launch_copy(self.stream, inputs[0], outputs[0], self._plan)
 
 
-class CudaConcat(CudaKernel, cpu.Concat):
+class CudaConcat(CudaKernel):
     CPU = cpu.Concat
 
     def prepare(self, inputs):
@@ -186,7 +186,7 @@ class CudaConcat(CudaKernel, cpu.Concat):
             launch_copy(self.stream, x, outputs[0], plan)
 
 
-class CudaChannelShuffle(CudaKernel, cpu_shuffle.ChannelShuffle):
+class CudaChannelShuffle(CudaKernel):
     """``out[n, j * g + i] = x[n, i * (C / g) + j]``: a 4-D strided copy."""
 
     CPU = cpu_shuffle.ChannelShuffle
