@@ -5,10 +5,11 @@ factory that ``edgert.runtime`` registers; a subclass: the TFLite-style API, inp
 shape handling are the CPU interpreter's). What differs:
 
 * **kernels** come from :func:`edgert.runtime.kernels.cuda.registry`; each CUDA kernel shares
-  the op's checks and shapes with the CPU kernel it holds and runs device code in ``invoke``. Ops without a CUDA kernel, or
-  whose ``prepare`` cleared ``on_device`` (a dtype or case the device code does not cover),
-  run their CPU kernel on host copies of their inputs: :attr:`CudaInterpreter.host_ops` lists
-  them, so a model that runs entirely on the GPU shows an empty list.
+  the op's checks and shapes with the CPU kernel it holds and runs device code in ``invoke``.
+  Ops without a CUDA kernel, or whose ``prepare`` cleared ``on_device`` (a dtype or case the
+  device code does not cover), run their CPU kernel on host copies of their inputs:
+  :attr:`CudaInterpreter.host_ops` lists them, so a model that runs entirely on the GPU shows
+  an empty list.
 * **memory**: weights are uploaded once, at the first prepare (CUDA kernels upload what their
   ``prepare`` packed; other constants that a device op reads are uploaded by the interpreter
   and kept across re-plans). Every intermediate tensor lives in one device arena laid out by
