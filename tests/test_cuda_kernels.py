@@ -239,7 +239,7 @@ def _program(*instrs, modes):
 
 
 def test_fused_elementwise_modes_and_every_opcode():
-    from edgert.runtime.kernels.cpu import fused as F
+    from edgert.runtime.ops import fusion as F
 
     x, r, c = rnd(2, 3, 2, 3), rnd(2, 3, 2, 3), rnd(3, 1, 1)
     s = np.array([0.5], np.float32)

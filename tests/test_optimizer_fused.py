@@ -12,7 +12,8 @@ from test_optimizer import check, make_model, ops, rnd
 from edgert.errors import EdgeRTError
 from edgert.importer import import_onnx
 from edgert.optimizer import optimize
-from edgert.runtime.kernels.cpu import fused as F
+from edgert.runtime.kernels.cpu.fused import FusedElementwiseKernel
+from edgert.runtime.ops import fusion as F
 
 HEADER = '<ir_version: 8, opset_import: ["" : 13]>\n'
 
@@ -63,7 +64,7 @@ def test_kernel_affine_form_of_batchnorm(tail, swap, shape):
         want = np.where(want < lo, lo, np.where(want > hi, hi, want))
     attrs = program(*instrs)
     attrs["modes"] = [0, 2, 2, 1, 1]
-    cls = F.FusedElementwiseKernel
+    cls = FusedElementwiseKernel
     from edgert.runtime.registry import OpContext, TensorInfo
 
     k = cls(OpContext("FusedElementwise", "f", attrs, "edgert", 1, 1))
@@ -86,7 +87,7 @@ def test_kernel_affine_form_declines_other_programs():
     ]:
         attrs = program(*instrs)
         attrs["modes"] = [0, 2, 2]
-        k = F.FusedElementwiseKernel(OpContext("FusedElementwise", "f", attrs, "edgert", 1, 1))
+        k = FusedElementwiseKernel(OpContext("FusedElementwise", "f", attrs, "edgert", 1, 1))
         k.prepare([TensorInfo(x.shape, x.dtype)] + [
             TensorInfo(c.shape, c.dtype, c if i in const else None) for i in (1, 2)])
         assert k.affine is None

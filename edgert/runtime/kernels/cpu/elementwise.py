@@ -26,28 +26,7 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import njit, prange
-from edgert.runtime.ops.fusion import (
-    OP_ABS,
-    OP_ADD,
-    OP_CLIP,
-    OP_DIV,
-    OP_ERF,
-    OP_EXP,
-    OP_HARD_SIGMOID,
-    OP_HARD_SWISH,
-    OP_LEAKY_RELU,
-    OP_LOG,
-    OP_MAX,
-    OP_MIN,
-    OP_MUL,
-    OP_NEG,
-    OP_RECIPROCAL,
-    OP_RELU,
-    OP_SIGMOID,
-    OP_SQRT,
-    OP_SUB,
-    OP_TANH,
-)
+from edgert.runtime.ops import fusion
 from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo, broadcast_shapes
 
 # ----- element types (NumPy has no bfloat16 / float8: those are rejected) ----------------------
@@ -447,19 +426,19 @@ def _no_zero_divisor(kernel: Kernel, divisor: TensorInfo) -> None:
 
 
 class Add(_Binary):
-    traits = OpTraits(int8="binary", fusion=OP_ADD)
+    traits = OpTraits(int8="binary", fusion=fusion.OP_ADD)
 
     UFUNC = np.add
 
 
 class Sub(_Binary):
-    traits = OpTraits(fusion=OP_SUB)
+    traits = OpTraits(fusion=fusion.OP_SUB)
 
     UFUNC = np.subtract
 
 
 class Mul(_Binary):
-    traits = OpTraits(int8="binary", fusion=OP_MUL)
+    traits = OpTraits(int8="binary", fusion=fusion.OP_MUL)
 
     UFUNC = np.multiply
 
@@ -471,7 +450,7 @@ class Div(_Binary):
     time); a zero computed at run time gives 0 rather than trapping.
     """
 
-    traits = OpTraits(fusion=OP_DIV)
+    traits = OpTraits(fusion=fusion.OP_DIV)
 
     UFUNC = np.divide
 
@@ -677,13 +656,13 @@ class GreaterOrEqual(_Binary):
 class Max(_Variadic):
     """Elementwise maximum; NaN propagates (``np.maximum``, as onnxruntime)."""
 
-    traits = OpTraits(fusion=OP_MAX)
+    traits = OpTraits(fusion=fusion.OP_MAX)
 
     UFUNC = np.maximum
 
 
 class Min(_Variadic):
-    traits = OpTraits(fusion=OP_MIN)
+    traits = OpTraits(fusion=fusion.OP_MIN)
 
     UFUNC = np.minimum
 
@@ -725,7 +704,7 @@ class Where(_Elementwise):
 class Relu(_UfuncUnary):
     """``max(x, 0)``; NaN propagates (``np.maximum``), as in onnxruntime."""
 
-    traits = OpTraits(int8="lut", fusion=OP_RELU)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_RELU)
 
     DTYPES = FLOATS | SIGNED
 
@@ -734,7 +713,7 @@ class Relu(_UfuncUnary):
 
 
 class Tanh(_UfuncUnary):
-    traits = OpTraits(int8="lut", fusion=OP_TANH)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_TANH)
 
     UFUNC = np.tanh
 
@@ -748,37 +727,37 @@ class Softplus(_UfuncUnary):
 
 
 class Exp(_UfuncUnary):
-    traits = OpTraits(fusion=OP_EXP)
+    traits = OpTraits(fusion=fusion.OP_EXP)
 
     UFUNC = np.exp
 
 
 class Log(_UfuncUnary):
-    traits = OpTraits(fusion=OP_LOG)
+    traits = OpTraits(fusion=fusion.OP_LOG)
 
     UFUNC = np.log
 
 
 class Sqrt(_UfuncUnary):
-    traits = OpTraits(fusion=OP_SQRT)
+    traits = OpTraits(fusion=fusion.OP_SQRT)
 
     UFUNC = np.sqrt
 
 
 class Reciprocal(_UfuncUnary):
-    traits = OpTraits(fusion=OP_RECIPROCAL)
+    traits = OpTraits(fusion=fusion.OP_RECIPROCAL)
 
     UFUNC = np.reciprocal
 
 
 class Abs(_UfuncUnary):
-    traits = OpTraits(fusion=OP_ABS)
+    traits = OpTraits(fusion=fusion.OP_ABS)
 
     UFUNC, DTYPES = np.absolute, NUMERIC
 
 
 class Neg(_UfuncUnary):
-    traits = OpTraits(fusion=OP_NEG)
+    traits = OpTraits(fusion=fusion.OP_NEG)
 
     UFUNC, DTYPES = np.negative, FLOATS | SIGNED
 
@@ -888,7 +867,7 @@ class Clip(_Elementwise):
     gives). NaN inputs stay NaN.
     """
 
-    traits = OpTraits(int8="lut", fusion=OP_CLIP)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_CLIP)
 
     DTYPES = NUMERIC
 
@@ -931,7 +910,7 @@ class Clip(_Elementwise):
 
 # ----- unary through Numba ---------------------------------------------------------------------
 class LeakyRelu(_NumbaUnary):
-    traits = OpTraits(int8="lut", fusion=OP_LEAKY_RELU)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_LEAKY_RELU)
 
     FN = staticmethod(_leaky_relu)
 
@@ -984,7 +963,7 @@ class Sigmoid(_UfuncUnary):
     rounded once.
     """
 
-    traits = OpTraits(int8="lut", fusion=OP_SIGMOID)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_SIGMOID)
 
     def prepare(self, inputs):
         outs = super().prepare(inputs)
@@ -1005,7 +984,7 @@ class Sigmoid(_UfuncUnary):
 
 
 class HardSigmoid(_NumbaUnary):
-    traits = OpTraits(int8="lut", fusion=OP_HARD_SIGMOID)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_HARD_SIGMOID)
 
     FN = staticmethod(_hard_sigmoid)
 
@@ -1014,7 +993,7 @@ class HardSigmoid(_NumbaUnary):
 
 
 class HardSwish(_NumbaUnary):
-    traits = OpTraits(int8="lut", fusion=OP_HARD_SWISH)
+    traits = OpTraits(int8="lut", fusion=fusion.OP_HARD_SWISH)
 
     FN = staticmethod(_hard_swish)
 
@@ -1031,7 +1010,7 @@ class Mish(_NumbaUnary):
 
 
 class Erf(_NumbaUnary):
-    traits = OpTraits(fusion=OP_ERF)
+    traits = OpTraits(fusion=fusion.OP_ERF)
 
     FN = staticmethod(_erf)
 

@@ -32,35 +32,11 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-
-# Opcodes (edgert.runtime.ops.fusion); the elementwise kernels name theirs in their traits.
-from edgert.runtime.ops.fusion import (  # noqa: E402
-    ALL_OPCODES as _KNOWN,
-)
-from edgert.runtime.ops.fusion import (  # noqa: E402
-    OP_ABS,
-    OP_ADD,
-    OP_CLIP,
-    OP_DIV,
-    OP_ERF,
-    OP_EXP,
-    OP_HARD_SIGMOID,
-    OP_HARD_SWISH,
-    OP_LEAKY_RELU,
-    OP_LOG,
-    OP_MAX,
-    OP_MIN,
-    OP_MUL,
-    OP_NEG,
-    OP_RECIPROCAL,
-    OP_RELU,
-    OP_SIGMOID,
-    OP_SQRT,
-    OP_SUB,
-    OP_TANH,
-)
+from edgert.runtime.ops import fusion as opc
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
+# Opcodes: edgert.runtime.ops.fusion (the elementwise kernels name theirs in their traits).
+_KNOWN = opc.ALL_OPCODES
 MODE_FULL, MODE_SCALAR, MODE_CHANNEL = 0, 1, 2
 BLOCK = 2048
 # Inputs travel to Numba as a tuple padded to this length: one compiled specialization serves
@@ -97,16 +73,16 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
     one = d.dtype.type(1.0)
     half = d.dtype.type(0.5)
     sixth = d.dtype.type(1.0 / 6.0)
-    if op == OP_ADD:
+    if op == opc.OP_ADD:
         for j in range(m):
             d[j] = s1[j] + s2[j]
-    elif op == OP_SUB:
+    elif op == opc.OP_SUB:
         for j in range(m):
             d[j] = s1[j] - s2[j]
-    elif op == OP_MUL:
+    elif op == opc.OP_MUL:
         for j in range(m):
             d[j] = s1[j] * s2[j]
-    elif op == OP_DIV:
+    elif op == opc.OP_DIV:
         for j in range(m):
             b = s2[j]
             if b != zero:
@@ -117,19 +93,19 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
                     d[j] = math.nan
                 else:
                     d[j] = math.copysign(math.inf, a) * math.copysign(1.0, b)
-    elif op == OP_MAX:
+    elif op == opc.OP_MAX:
         for j in range(m):
             a = s1[j]
             b = s2[j]
             d[j] = a if (a > b or a != a) else b
-    elif op == OP_MIN:
+    elif op == opc.OP_MIN:
         for j in range(m):
             a = s1[j]
             b = s2[j]
             d[j] = a if (a < b or a != a) else b
-    elif op == OP_RELU:
+    elif op == opc.OP_RELU:
         _relu(d, s1, m)
-    elif op == OP_SIGMOID:
+    elif op == opc.OP_SIGMOID:
         for j in range(m):
             v = s1[j]
             if v >= zero:
@@ -137,34 +113,34 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
             else:
                 e = math.exp(v)
                 d[j] = e / (one + e)
-    elif op == OP_TANH:
+    elif op == opc.OP_TANH:
         for j in range(m):
             d[j] = math.tanh(s1[j])
-    elif op == OP_EXP:
+    elif op == opc.OP_EXP:
         for j in range(m):
             d[j] = math.exp(s1[j])
-    elif op == OP_NEG:
+    elif op == opc.OP_NEG:
         for j in range(m):
             d[j] = -s1[j]
-    elif op == OP_ABS:
+    elif op == opc.OP_ABS:
         for j in range(m):
             d[j] = abs(s1[j])
-    elif op == OP_SQRT:
+    elif op == opc.OP_SQRT:
         for j in range(m):
             v = s1[j]
             d[j] = math.sqrt(v) if v >= zero else math.nan
-    elif op == OP_ERF:
+    elif op == opc.OP_ERF:
         for j in range(m):
             d[j] = math.erf(s1[j])
-    elif op == OP_RECIPROCAL:
+    elif op == opc.OP_RECIPROCAL:
         for j in range(m):
             v = s1[j]
             d[j] = one / v if v != zero else math.copysign(math.inf, v)
-    elif op == OP_LEAKY_RELU:
+    elif op == opc.OP_LEAKY_RELU:
         for j in range(m):
             v = s1[j]
             d[j] = v * p0 if v < zero else v
-    elif op == OP_HARD_SIGMOID:
+    elif op == opc.OP_HARD_SIGMOID:
         for j in range(m):
             v = p0 * s1[j] + p1
             if v < zero:  # noqa: PLR1730
@@ -172,7 +148,7 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
             if v > one:  # noqa: PLR1730
                 v = one
             d[j] = v
-    elif op == OP_HARD_SWISH:
+    elif op == opc.OP_HARD_SWISH:
         for j in range(m):
             x = s1[j]
             v = sixth * x + half
@@ -181,7 +157,7 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
             if v > one:  # noqa: PLR1730
                 v = one
             d[j] = x * v
-    elif op == OP_CLIP:
+    elif op == opc.OP_CLIP:
         for j in range(m):
             v = s1[j]
             if v < s2[j]:  # noqa: PLR1730 (NaN passes through both tests)
@@ -189,7 +165,7 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
             if v > s3[j]:  # noqa: PLR1730
                 v = s3[j]
             d[j] = v
-    elif op == OP_LOG:
+    elif op == opc.OP_LOG:
         for j in range(m):
             v = s1[j]
             if v > zero:
@@ -285,7 +261,7 @@ def _affine_form(modes, prog, consts, nch, dtype):
             else None
 
     (op1, d1, a1, b1, _), (op2, d2, a2, b2, _) = ops[:2]
-    if op1 != OP_MUL or 0 not in (a1, b1) or op2 != OP_ADD or d1 not in (a2, b2):
+    if op1 != opc.OP_MUL or 0 not in (a1, b1) or op2 != opc.OP_ADD or d1 not in (a2, b2):
         return None
     s_reg = b1 if a1 == 0 else a1
     t_reg = b2 if a2 == d1 else a2
@@ -300,9 +276,9 @@ def _affine_form(modes, prog, consts, nch, dtype):
         op3, _, a3, lo_reg, hi_reg = ops[2]
         if a3 != d2:
             return None
-        if op3 == OP_RELU:
+        if op3 == opc.OP_RELU:
             relu = True
-        elif op3 == OP_CLIP and lo_reg < len(modes) and hi_reg < len(modes) \
+        elif op3 == opc.OP_CLIP and lo_reg < len(modes) and hi_reg < len(modes) \
                 and modes[lo_reg] == MODE_SCALAR and modes[hi_reg] == MODE_SCALAR:
             clip = True
             lo, hi = dtype.type(consts[lo_reg][0]), dtype.type(consts[hi_reg][0])

@@ -17,33 +17,10 @@ import math
 import numpy as np
 
 from edgert.runtime.kernels.cpu import fused as cpu
-from edgert.runtime.kernels.cpu.fused import (
-    MAX_INPUTS,
-    MODE_FULL,
-    MODE_SCALAR,
-    OP_ABS,
-    OP_ADD,
-    OP_CLIP,
-    OP_DIV,
-    OP_ERF,
-    OP_EXP,
-    OP_HARD_SIGMOID,
-    OP_HARD_SWISH,
-    OP_LEAKY_RELU,
-    OP_LOG,
-    OP_MAX,
-    OP_MIN,
-    OP_MUL,
-    OP_NEG,
-    OP_RECIPROCAL,
-    OP_RELU,
-    OP_SIGMOID,
-    OP_SQRT,
-    OP_SUB,
-    OP_TANH,
-)
+from edgert.runtime.kernels.cpu.fused import MAX_INPUTS, MODE_FULL, MODE_SCALAR
 from edgert.runtime.kernels.cuda._common import THREADS, CudaKernel, blocks, cuda
 from edgert.runtime.kernels.cuda.epilogue import sigmoid
+from edgert.runtime.ops import fusion as opc
 from edgert.runtime.registry import KernelRegistry
 
 MAX_REGS = 24
@@ -52,50 +29,50 @@ F32 = np.dtype(np.float32)
 
 @cuda.jit(device=True)
 def _op(op, a, b, c, p0, p1):
-    if op == OP_ADD:
+    if op == opc.OP_ADD:
         return a + b
-    if op == OP_SUB:
+    if op == opc.OP_SUB:
         return a - b
-    if op == OP_MUL:
+    if op == opc.OP_MUL:
         return a * b
-    if op == OP_DIV:
+    if op == opc.OP_DIV:
         return a / b  # CUDA float division is IEEE: x/0 = +-inf, 0/0 = NaN
-    if op == OP_MAX:
+    if op == opc.OP_MAX:
         return a if (a > b or math.isnan(a)) else b
-    if op == OP_MIN:
+    if op == opc.OP_MIN:
         return a if (a < b or math.isnan(a)) else b
-    if op == OP_RELU:
+    if op == opc.OP_RELU:
         return 0.0 if a < 0 else a
-    if op == OP_SIGMOID:
+    if op == opc.OP_SIGMOID:
         return sigmoid(a)
-    if op == OP_TANH:
+    if op == opc.OP_TANH:
         return math.tanh(a)
-    if op == OP_EXP:
+    if op == opc.OP_EXP:
         return math.exp(a)
-    if op == OP_NEG:
+    if op == opc.OP_NEG:
         return -a
-    if op == OP_ABS:
+    if op == opc.OP_ABS:
         return abs(a)
-    if op == OP_SQRT:
+    if op == opc.OP_SQRT:
         return math.sqrt(a) if a >= 0 else math.nan
-    if op == OP_ERF:
+    if op == opc.OP_ERF:
         return math.erf(a)
-    if op == OP_RECIPROCAL:
+    if op == opc.OP_RECIPROCAL:
         return 1.0 / a
-    if op == OP_LEAKY_RELU:
+    if op == opc.OP_LEAKY_RELU:
         return a * p0 if a < 0 else a
-    if op == OP_HARD_SIGMOID or op == OP_HARD_SWISH:
-        v = p0 * a + p1 if op == OP_HARD_SIGMOID else a / 6.0 + 0.5
+    if op == opc.OP_HARD_SIGMOID or op == opc.OP_HARD_SWISH:
+        v = p0 * a + p1 if op == opc.OP_HARD_SIGMOID else a / 6.0 + 0.5
         if v < 0:
             v = 0.0
         if v > 1:
             v = 1.0
-        return v if op == OP_HARD_SIGMOID else a * v
-    if op == OP_CLIP:
+        return v if op == opc.OP_HARD_SIGMOID else a * v
+    if op == opc.OP_CLIP:
         a = max(a, b)
         a = min(a, c)
         return a
-    if op == OP_LOG:
+    if op == opc.OP_LOG:
         return math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan)
     return a
 
