@@ -22,6 +22,17 @@ def _peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
+def _current_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def pytest_runtest_call(item):
     item._edgert_peak_before = _peak_kib()
 
@@ -39,7 +50,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("-", "suite time and memory")
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     terminalreporter.write_line(
-        f"wall {time.perf_counter() - _START:.0f} s, peak RSS {_peak_kib() / 1024:.0f} MiB "
-        f"(largest child process {children / 1024:.0f} MiB); tests that raised the peak most:")
+        f"wall {time.perf_counter() - _START:.0f} s, peak RSS {_peak_kib() / 1024:.0f} MiB, "
+        f"{_current_mib():.0f} MiB at the end (largest child process {children / 1024:.0f} "
+        "MiB); tests that raised the peak most:")
     for rise, nodeid in top:
         terminalreporter.write_line(f"  +{rise / 1024:7.1f} MiB  {nodeid}")
