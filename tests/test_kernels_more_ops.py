@@ -203,6 +203,46 @@ def test_stft():
 
 
 # ----- RotaryEmbedding / TensorScatter ------------------------------------------------------------
+@pytest.mark.parametrize("n_mel,dft,rate,lo,hi,dtype", [
+    (8, 16, 8192, 0.0, 4096.0, TensorProto.FLOAT),  # the conformance case's shape, full band
+    (40, 512, 16000, 20.0, 7600.0, TensorProto.FLOAT),  # a speech front end
+    (10, 64, 16000, 300.0, 300.0, TensorProto.DOUBLE),  # all edges on one bin
+    (3, 9, 100, 10.0, 45.0, TensorProto.FLOAT16),  # odd dft_length
+])
+def test_mel_weight_matrix(n_mel, dft, rate, lo, hi, dtype):
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [np.array(n_mel, np.int64), np.array(dft, np.int64), np.array(rate, np.int64),
+              np.array(lo, np.float32), np.array(hi, np.float32)]
+    attrs = {"output_datatype": dtype}
+    (got,) = run_kernel("MelWeightMatrix", inputs, attrs, const_inputs="all", version=17)
+    node = helper.make_node("MelWeightMatrix", ["n", "d", "r", "lo", "hi"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [
+        helper.make_tensor_value_info(k, TensorProto.INT64, []) for k in "ndr"] + [
+        helper.make_tensor_value_info(k, TensorProto.FLOAT, []) for k in ("lo", "hi")],
+        [helper.make_tensor_value_info("y", dtype, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (want,) = ReferenceEvaluator(model).run(None, dict(zip(["n", "d", "r", "lo", "hi"], inputs)))
+    assert got.shape == (dft // 2 + 1, n_mel) and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    if dtype == TensorProto.FLOAT:  # onnxruntime agrees
+        np.testing.assert_allclose(got, ort_node("MelWeightMatrix", inputs, attrs, opset=17)[0],
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_mel_weight_matrix_rejects_bands_past_nyquist_and_empty_sizes():
+    ok = [np.array(8, np.int64), np.array(16, np.int64), np.array(8000, np.int64),
+          np.array(0.0, np.float32), np.array(4000.0, np.float32)]
+    run_kernel("MelWeightMatrix", ok, {}, const_inputs="all", version=17)
+    for k, bad, msg in ((4, np.array(7000.0, np.float32), "sample_rate / 2"),
+                        (0, np.array(0, np.int64), "num_mel_bins must be at least 1"),
+                        (3, np.array(-5.0, np.float32), "lower_edge_hertz")):
+        inputs = list(ok)
+        inputs[k] = bad
+        with pytest.raises(InputError, match=msg):
+            run_kernel("MelWeightMatrix", inputs, {}, const_inputs="all", version=17)
+
+
 @pytest.mark.parametrize("interleaved", [0, 1])
 @pytest.mark.parametrize("rot_dim", [0, 4])
 def test_rotary_embedding(interleaved, rot_dim):

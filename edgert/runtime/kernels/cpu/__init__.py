@@ -84,7 +84,7 @@ FAMILY_OPS: dict[str, tuple[str, ...]] = {
     ),
     "sampling": ("GridSample", "AffineGrid", "RoiAlign", "CenterCropPad", "Col2Im", "DeformConv"),
     "detection": ("NonMaxSuppression",),
-    "spectral": ("DFT", "STFT"),
+    "spectral": ("DFT", "STFT", "MelWeightMatrix"),
     "linalg": ("Det",),
 }
 

@@ -15,12 +15,14 @@ absolute tolerance of 1e-7 (test_dft_inverse caught this).
   default ``2 * (bins - 1)``).
 * STFT: frames of ``frame_length`` every ``frame_step`` samples, multiplied by ``window``, each
   transformed; output ``[batch, frames, bins, 2]``.
+* MelWeightMatrix: the triangular mel filter bank that maps a one-sided spectrum to mel bands.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgert import dtypes
 from edgert.errors import DTypeError, InputError, ShapeError
 from edgert.runtime.kernels.cpu.misc import EagerKernel
 from edgert.runtime.registry import KernelRegistry, TensorInfo
@@ -169,6 +171,81 @@ class STFT(EagerKernel):
         return [_as_pairs(y, x.dtype)]
 
 
+class MelWeightMatrix(EagerKernel):
+    """MelWeightMatrix (opset 17): the ``[dft_length // 2 + 1, num_mel_bins]`` matrix of
+    triangular filters that maps a one-sided magnitude spectrum to mel bands.
+
+    ``num_mel_bins + 2`` band edges are spaced evenly on the mel scale
+    (``2595 * log10(1 + hz / 700)``) from ``lower_edge_hertz`` on, ``(mel(upper) - mel(lower))
+    / (num_mel_bins + 2)`` apart, and each edge falls on FFT bin ``floor((dft_length + 1) * hz /
+    sample_rate)`` (the ONNX reference implementation's definition, which onnxruntime shares).
+    Filter ``i`` rises linearly from 0 at edge ``i`` to 1 at edge ``i + 1`` and falls to 0 at
+    edge ``i + 2``; a filter whose rising edges coincide is 1 at that bin. Edges past the last
+    bin (an upper edge above the Nyquist frequency ``sample_rate / 2``) are an error, not a
+    write out of range.
+    """
+
+    foldable = True  # a constant filter bank, computed once at prepare
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 5, 5)
+        for k, what in enumerate(("num_mel_bins", "dft_length", "sample_rate")):
+            _scalar_int(self, inputs[k], what)
+        for k, what in ((3, "lower_edge_hertz"), (4, "upper_edge_hertz")):
+            self.require_float(inputs[k], what)
+            if int(np.prod(inputs[k].shape)) != 1:
+                raise self.error(f"{what} must be a scalar, got shape {inputs[k].shape}",
+                                 ShapeError)
+        code = int(self.attr("output_datatype", dtypes.FLOAT))
+        if not dtypes.is_known(code) or dtypes.to_numpy(code).kind not in "fiu":
+            raise self.error(f"output_datatype {code} is not a numeric element type",
+                             DTypeError)
+        self._dtype = dtypes.to_numpy(code)
+        shape = None
+        if inputs[0].value is not None and inputs[1].value is not None:
+            n_mel, dft = (self._positive(inputs[k].value, what) for k, what in
+                          ((0, "num_mel_bins"), (1, "dft_length")))
+            shape = (dft // 2 + 1, n_mel)
+        return [TensorInfo(shape, self._dtype)]
+
+    def _positive(self, value, what: str) -> int:
+        v = int(np.asarray(value).reshape(-1)[0])
+        if v < 1:
+            raise self.error(f"{what} must be at least 1, got {v}", InputError)
+        return v
+
+    def compute(self, inputs):
+        n_mel = self._positive(inputs[0], "num_mel_bins")
+        dft = self._positive(inputs[1], "dft_length")
+        rate = self._positive(inputs[2], "sample_rate")
+        lo, hi = (float(np.asarray(inputs[k]).reshape(-1)[0]) for k in (3, 4))
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
+            raise self.error(f"the edge frequencies must satisfy 0 <= lower_edge_hertz <= "
+                             f"upper_edge_hertz, got {lo} and {hi}", InputError)
+        bins = dft // 2 + 1
+
+        def mel(hz: float) -> float:
+            return 2595 * np.log1p(hz / 700) / np.log(10)
+
+        step = (mel(hi) - mel(lo)) / (n_mel + 2)
+        hz = 700 * np.expm1((np.arange(n_mel + 2) * step + mel(lo)) / 2595 * np.log(10))
+        edge = (((dft + 1) * hz) // rate).astype(np.int64)
+        lower, center, higher = edge[:-2], edge[1:-1], edge[2:]
+        if center.max() >= bins or higher.max() > bins:
+            raise self.error(
+                f"upper_edge_hertz {hi} reaches FFT bin {int(edge.max())}, past the {bins} "
+                f"bins of dft_length {dft}: it must not exceed sample_rate / 2 = {rate / 2}",
+                InputError)
+        j = np.arange(bins)[:, None]
+        rise = np.maximum(center - lower, 1)
+        fall = np.maximum(higher - center, 1)
+        out = np.where((j >= lower) & (j <= center), (j - lower) / rise, 0.0)
+        out = np.where((j >= center) & (j < higher), (higher - j) / fall, out)
+        out = np.where((j == center) & (center == lower), 1.0, out)
+        return [out.astype(self._dtype)]
+
+
 def register(reg: KernelRegistry) -> None:
     reg.add("DFT", DFT, since=20)  # opset 17-19 forms are rewritten at import
     reg.add("STFT", STFT, since=17)
+    reg.add("MelWeightMatrix", MelWeightMatrix, since=17)
