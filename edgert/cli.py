@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -45,15 +46,36 @@ def _read_model_arg(path: str) -> tuple[bytes | str, str]:
     return str(p), "edgert"
 
 
+def _require_convert_extra(what: str = "reading ONNX") -> None:
+    """A CLIError naming the missing package when the ``convert`` extra is not installed (the
+    converter imports onnx lazily, deep inside a conversion)."""
+    import importlib.util
+
+    for name in ("onnx", "google.protobuf"):
+        try:
+            missing = importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
+            raise CLIError(f"{what} needs the convert extra ({name.split('.')[0]} is not "
+                           "installed): pip install 'edgert[convert]'")
+
+
 def _converter():
-    try:
-        from edgert.converter import convert
-    except ModuleNotFoundError as exc:  # onnx missing: runtime-only install
-        raise CLIError(
-            f"reading ONNX needs the convert extra ({exc.name} is not installed): "
-            "pip install 'edgert[convert]'"
-        ) from None
+    _require_convert_extra()
+    from edgert.converter import convert
+
     return convert
+
+
+def _output_path(path: str | pathlib.Path, what: str = "output") -> pathlib.Path:
+    """``path`` checked before any work: its folder exists and it is not a folder itself."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise CLIError(f"{what} {str(path)!r} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise CLIError(f"{what} {str(path)!r}: the folder {str(p.parent)!r} does not exist")
+    return p
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -79,6 +101,13 @@ def _load_array_file(path: str) -> dict[str, np.ndarray] | np.ndarray:
     p = pathlib.Path(path)
     if not p.exists():
         raise CLIError(f"no such input file: {path}")
+    if p.is_dir():
+        raise CLIError(f"input {path} is a folder, expected a .npy or .npz file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise CLIError(f"{path} is not a .npy or .npz file (save arrays with numpy.save or "
+                       "numpy.savez)")
     try:
         data = np.load(p, allow_pickle=False)
     except Exception as exc:
@@ -201,7 +230,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     src = pathlib.Path(args.model)
     if not src.exists():
         raise CLIError(f"no such file: {args.model}")
-    out = pathlib.Path(args.output) if args.output else src.with_suffix(".edgert")
+    out = _output_path(args.output if args.output else src.with_suffix(".edgert"))
     convert = _converter()
     t0 = time.perf_counter()
     data = convert(str(src), str(out), level=args.level, verbose=args.verbose)
@@ -215,6 +244,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     src = pathlib.Path(args.model)
     if not src.exists():
         raise CLIError(f"no such file: {args.model}")
+    _output_path(args.output)
+    _require_convert_extra("optimize")
     try:
         import onnx
 
@@ -238,6 +269,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from edgert.runtime import Interpreter
 
+    if args.output:
+        _output_path(args.output)
     model, _ = _read_model_arg(args.model)
     t0 = time.perf_counter()
     interp = Interpreter(model, num_threads=args.threads)
@@ -553,12 +586,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except EdgeRTError as exc:
         print(f"edgert: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # `edgert run ... | head`: the reader left
+            _silence_stdout()
+            return 141  # 128 + SIGPIPE, as a shell tool killed by the signal
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgert: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,3 +105,62 @@ def test_bad_arguments_exit_2():
     r = subprocess.run([sys.executable, "-m", "edgert", "frobnicate"],
                        capture_output=True, text=True)
     assert r.returncode == 2
+
+
+# ----- the failures a new user met: one `edgert: error:` line, exit 1, no traceback -----------
+def _edgert(args, stdin_modules_blocked=False, **kwargs):
+    """``edgert ARGS`` in a fresh process; with ``stdin_modules_blocked`` as on a runtime-only
+    install (onnx cannot be imported)."""
+    code = "import sys; "
+    if stdin_modules_blocked:
+        code += "sys.modules['onnx'] = None; "
+    code += "from edgert.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, **kwargs)
+
+
+def _one_error_line(r, message):
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgert: error: "), r.stderr
+    assert message in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", DIGITS, "-o", "/nonexistent/dir/x.edgert"], "does not exist"),
+    (["convert", DIGITS, "-o", "{folder}"], "is a folder"),
+    (["run", DIGITS, "--input", f"input={SAMPLE}", "-o", "/nonexistent/out.npz"],
+     "does not exist"),
+    (["optimize", DIGITS, "-o", "/nonexistent/x.onnx"], "does not exist"),
+    (["quantize", DIGITS, "-o", "{folder}", "--mode", "fp16"], "is a folder"),
+    (["run", DIGITS, "--input", "input={text}"], "is not a .npy or .npz file"),
+])
+def test_file_problems_are_one_error_line(args, message, tmp_path):
+    text = tmp_path / "input.txt"
+    text.write_text("1 2 3\n")
+    args = [str(a).format(folder=tmp_path, text=text) for a in args]
+    _one_error_line(_edgert(args), message)
+
+
+@pytest.mark.parametrize("command", [["convert", DIGITS], ["run", DIGITS, "--random"],
+                                     ["inspect", DIGITS], ["quantize", DIGITS, "-o", "q.edgert"],
+                                     ["optimize", DIGITS, "-o", "o.onnx"]])
+def test_runtime_only_install_names_the_convert_extra(command, tmp_path):
+    r = _edgert(command, stdin_modules_blocked=True, cwd=tmp_path)
+    _one_error_line(r, "needs the convert extra (onnx is not installed)")
+
+
+def test_a_closed_pipe_ends_quietly(digits_edgert):
+    import os
+
+    # unbuffered: the first line arrives at once, the last one (after 3000 timed runs) after
+    # the pipe is closed
+    p = subprocess.Popen([sys.executable, "-m", "edgert", "run", str(digits_edgert), "--input",
+                          f"input={SAMPLE}", "--time", "3000"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    p.stdout.readline()  # `| head -1`
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait() == 141 and "Traceback" not in err and "Exception ignored" not in err, err

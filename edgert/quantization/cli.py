@@ -28,11 +28,15 @@ def add_quantize_parser(sub) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from edgert.cli import _output_path, _require_convert_extra
     from edgert.errors import EdgeRTError
-    from edgert.quantization import quantize
 
     if not pathlib.Path(args.model).exists():
         raise EdgeRTError(f"no such file: {args.model}")
+    _output_path(args.output)
+    _require_convert_extra("quantize")
+    from edgert.quantization import quantize
+
     _, rep = quantize(args.model, args.output, calibration=args.calibration, method=args.method,
                       per_channel=not args.per_tensor, mode=args.mode, format=args.format,
                       report=args.report, max_samples=args.max_samples, progress=True,
