@@ -4,6 +4,7 @@ fused activation, the residual and the channel shuffle of ``edgert.Conv``, and t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ class ConvSpec:
 
     @property
     def p_out(self) -> int:
-        return int(np.prod(self.win.out_shape))
+        return math.prod(self.win.out_shape)
 
 
 def conv_spec(kernel: Kernel, inputs: list[TensorInfo | None]) -> ConvSpec:

@@ -25,6 +25,8 @@ algorithm and the measurements behind its thresholds.
 from __future__ import annotations
 
 import enum
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +124,8 @@ DEFAULT_TUNING = ConvTuning()
 
 @dataclass(frozen=True)
 class ConvProblem:
-    """A float Conv layer as the choice sees it."""
+    """A float Conv layer as the choice sees it (derived sizes computed once: the plans read
+    them at every run)."""
 
     n: int  # batch
     c_in: int
@@ -135,50 +138,50 @@ class ConvProblem:
     blas: bool  # NumPy's OpenBLAS is callable from compiled code (_native.openblas)
     threads: int
 
-    @property
+    @functools.cached_property
     def rank(self) -> int:
         return len(self.win.kernel) + 2
 
-    @property
+    @functools.cached_property
     def c_per_group(self) -> int:
         return self.c_in // self.group
 
-    @property
+    @functools.cached_property
     def k_size(self) -> int:
-        return int(np.prod(self.win.kernel))
+        return math.prod(self.win.kernel)
 
-    @property
+    @functools.cached_property
     def p_out(self) -> int:
-        return int(np.prod(self.win.out_shape))
+        return math.prod(self.win.out_shape)
 
-    @property
+    @functools.cached_property
     def in_plane(self) -> int:
-        return int(np.prod(self.win.in_shape))
+        return math.prod(self.win.in_shape)
 
-    @property
+    @functools.cached_property
     def in3(self) -> tuple[int, int, int]:
         return as3d(self.win.in_shape)
 
-    @property
+    @functools.cached_property
     def out3(self) -> tuple[int, int, int]:
         return as3d(self.win.out_shape)
 
-    @property
+    @functools.cached_property
     def macs(self) -> int:
         return self.n * self.m_out * self.c_per_group * self.k_size * self.p_out
 
     # ----- shape classes --------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def is_1x1(self) -> bool:
         w = self.win
         return (all(k == 1 for k in w.kernel) and not any(w.pads_begin)
                 and not any(w.pads_end))
 
-    @property
+    @functools.cached_property
     def is_depthwise(self) -> bool:
         return self.c_per_group == 1 and self.group > 1
 
-    @property
+    @functools.cached_property
     def plain_2d(self) -> bool:
         """2-D with dilation 1 (the specialized depthwise kernels)."""
         return self.rank == 4 and all(v == 1 for v in self.win.dilations)
