@@ -119,7 +119,11 @@ def _load_array_file(path: str) -> dict[str, np.ndarray] | np.ndarray:
 
 
 def _collect_feeds(interp, input_args: list[str], shape_args: list[str], seed: int,
-                   random_missing: bool) -> dict[str, np.ndarray]:
+                   random_missing: bool, dynamic_default: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """Feeds from ``--input`` files, and random data for the rest when ``random_missing``; a
+    random input's dynamic dims come from ``--shape``, else are an error, or 1 with
+    ``dynamic_default`` (``bench``: it says so on stderr)."""
     names = interp.input_names
     feeds: dict[str, np.ndarray] = {}
     for arg in input_args:
@@ -170,11 +174,16 @@ def _collect_feeds(interp, input_args: list[str], shape_args: list[str], seed: i
         if name in shapes:
             shape = shapes[name]
         elif any(d < 0 for d in sig):
-            dims = ", ".join(detail["dim_names"]) if detail["dim_names"] else ""
-            raise InputError(
-                f"input '{name}' has dynamic dimensions {tuple(sig)} {dims}: give its shape with "
-                f"--shape {name}=" + "x".join(str(d if d >= 0 else 1) for d in sig)
-            )
+            named = [n for n in detail["dim_names"] or [] if n]
+            dims = f" ({', '.join(named)})" if named else ""
+            example = "x".join(str(d if d >= 0 else 1) for d in sig)
+            if not dynamic_default:
+                raise InputError(
+                    f"input '{name}' has dynamic dimensions {tuple(sig)}{dims}: give its shape "
+                    f"with --shape {name}={example}")
+            shape = tuple(d if d >= 0 else 1 for d in sig)
+            print(f"edgert: note: input '{name}' has dynamic dimensions {tuple(sig)}{dims}; "
+                  f"using {example} (set it with --shape {name}=...)", file=sys.stderr)
         else:
             shape = tuple(sig)
         feeds[name] = _random_array(rng, shape, np.dtype(detail["dtype"]))
@@ -379,7 +388,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # device="cuda": CudaInterpreter.invoke synchronizes the GPU before returning (issue 8).
     interp = Interpreter(model, num_threads=args.threads, device=args.device)
     t_load = time.perf_counter() - t0
-    feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, True)
+    feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, True,
+                           dynamic_default=True)
     for name, arr in feeds.items():
         interp.resize_tensor_input(name, arr.shape)
     t0 = time.perf_counter()

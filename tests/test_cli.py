@@ -164,3 +164,15 @@ def test_a_closed_pipe_ends_quietly(digits_edgert):
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait() == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_bench_defaults_dynamic_dims_to_one(digits_edgert, capsys):
+    """The README's `edgert bench model.edgert --threads 2 --runs 100` on a model with a
+    dynamic batch: batch 1, said on stderr (stdout stays the report / the JSON)."""
+    assert main(["bench", str(digits_edgert), "--threads", "1", "--runs", "3", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["input_shapes"] == {"input": [1, 1, 8, 8]}
+    assert "dynamic dimensions" in out.err and "using 1x1x8x8" in out.err
+    assert main(["run", str(digits_edgert), "--random"]) == 1  # run still asks for a shape
+    err = capsys.readouterr().err
+    assert "dynamic dimensions (-1, 1, 8, 8) (batch): give its shape" in err, err
