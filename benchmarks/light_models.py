@@ -412,17 +412,20 @@ def materialize_model(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     g.input.extend(keep_inputs)
 
     _calibrate(out, calib_bns, weights, seed)
-    _add_initializers(out, weights)
+    _add_initializers(out, weights, consume=True)
     helper.set_model_props(out, {
         "edgert.materialized": json.dumps({"version": MATERIALIZER_VERSION, "seed": seed})
     })
     return out
 
 
-def _add_initializers(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
+def _add_initializers(model: onnx.ModelProto, weights: dict[str, np.ndarray],
+                      consume: bool = False) -> None:
+    """Add ``weights`` to ``model``; with ``consume`` the dict is emptied as it goes (one copy
+    of each weight at a time, not two of all of them: VGG-19's are 574 MB)."""
     g = model.graph
     for name in sorted(weights):
-        arr = weights[name]
+        arr = weights.pop(name) if consume else weights[name]
         g.initializer.append(numpy_helper.from_array(arr, name))
         # IR version < 4 requires every initializer to be listed as a graph input too.
         if model.ir_version < 4:
@@ -472,6 +475,15 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def materialize_path(
+    name: str, cache_dir: str | os.PathLike | None = None, seed: int = 0
+) -> pathlib.Path | None:
+    """The cached file of :func:`materialize`, or None when it is not made yet (or stale)."""
+    folder = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = folder / f"light_{name}_seed{seed}.onnx"
+    return path if _cached(path, path.with_suffix(".json"), _stamp(name, seed)) else None
 
 
 def materialize(
