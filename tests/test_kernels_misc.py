@@ -67,6 +67,36 @@ def test_qlinear_matmul_matches_onnxruntime():
     np.testing.assert_array_equal(y, ref)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("a_shape,b_shape,a_zp_rows", [
+    ((1, 128, 384), (384, 1536), False),  # a quantize_dynamic'd transformer's FFN
+    ((2, 3, 64, 700), (3, 700, 33), True),  # batched, per-row A zero points
+    ((5, 4096), (4096, 9), False),  # a long reduction of extreme values
+    ((16,), (16, 7), False),  # a vector times a matrix
+])
+def test_matmul_integer_is_exact(a_shape, b_shape, a_zp_rows, threads):
+    """MatMulInteger through float64 BLAS equals NumPy's int64 product exactly (extreme 8-bit
+    values over long reductions included), batched and broadcast, 1 and 2 threads."""
+    from helpers import run_kernel
+
+    rng = np.random.default_rng(len(a_shape) * 10 + threads)
+    a = rng.integers(0, 256, a_shape, dtype=np.uint8)
+    b = rng.integers(-128, 128, b_shape, dtype=np.int8)
+    a[..., :3] = 255
+    b[:3] = -128
+    azp = (rng.integers(0, 256, a_shape[-2], dtype=np.uint8) if a_zp_rows
+           else np.array(7, np.uint8))
+    bzp = np.array(-3, np.int8)
+    (got,) = run_kernel("MatMulInteger", [a, b, azp, bzp], num_threads=threads)
+    shift = azp.reshape(-1, 1) if a_zp_rows else azp
+    want = np.matmul(a.astype(np.int64) - shift.astype(np.int64),
+                     b.astype(np.int64) - np.int64(bzp)).astype(np.int32)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    if not a_zp_rows:  # onnxruntime agrees
+        np.testing.assert_array_equal(got, ort_node("MatMulInteger", [a, b, azp, bzp])[0])
+
+
 def test_attention_causal_gqa_matches_onnxruntime():
     rng = np.random.default_rng(4)
     q = rng.standard_normal((1, 4, 3, 8)).astype(np.float32)
