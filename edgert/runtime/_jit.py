@@ -187,8 +187,13 @@ def _initialize_nrt(rtsys, ctx) -> None:
 _QUICK_LOAD_CACHE = _quick_load_cache_class()
 
 
-def njit(fn=None, *, parallel: bool = False, fastmath: bool = True):
-    """``numba.njit`` with edgert's flags. Use as ``@njit`` or ``@njit(parallel=True)``."""
+def njit(fn=None, *, parallel: bool = False, fastmath: bool = True,
+         error_model: str = "python"):
+    """``numba.njit`` with edgert's flags. Use as ``@njit`` or ``@njit(parallel=True)``.
+
+    ``error_model="numpy"``: a float division by zero gives inf/NaN instead of raising, so no
+    zero test stays in the loop and LLVM can vectorize it (for loops whose divisors cannot be
+    zero, or where IEEE results are what the op specifies)."""
 
     def wrap(f):
         disp = numba.njit(
@@ -196,6 +201,7 @@ def njit(fn=None, *, parallel: bool = False, fastmath: bool = True):
             nogil=True,
             parallel=parallel,
             fastmath=set(FASTMATH) if fastmath else False,
+            error_model=error_model,
         )(f)
         if _QUICK_LOAD_CACHE is not None:
             # What cache=True does (``enable_caching`` sets ``_cache = FunctionCache(py_func)``),
