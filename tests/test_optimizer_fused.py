@@ -247,3 +247,20 @@ def test_vectorized_float32_exp_and_sigmoid_are_accurate():
     assert np.max(np.abs(got[ok] - ref[ok])) < 1e-7
     big = ok & (ref > 1e-30)
     assert np.max(np.abs(got[big] - ref[big]) / ref[big]) < 6 * 2.0**-24
+
+
+def test_vectorized_float32_tanh_is_accurate():
+    from edgert.runtime.kernels.cpu import fused
+
+    x = np.concatenate([np.linspace(-20, 20, 400001, dtype=np.float32),
+                        np.array([1e-30, -1e-30, 1e-5, 0.2499, 0.25, 0.2501, np.nan, np.inf,
+                                  -np.inf, 0.0, -0.0, 3e38, -3e38], np.float32)])
+    got = np.empty_like(x)
+    fused._tanh_row(got, x, x.size)
+    ref = np.tanh(x.astype(np.float64))
+    ok = ~np.isnan(x) & (ref != 0)
+    ulp = np.abs(got[ok] - ref[ok]) / (np.abs(ref[ok]) * 2.0**-24)
+    assert ulp.max() < 4, ulp.max()
+    assert np.isnan(got[np.isnan(x)]).all()
+    assert got[x == np.inf] == 1 and got[x == -np.inf] == -1
+    assert np.array_equal(np.signbit(got[x == 0]), np.signbit(x[x == 0]))  # -0 stays -0
