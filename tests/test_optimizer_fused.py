@@ -224,7 +224,7 @@ def test_vectorized_float32_exp_and_sigmoid_are_accurate():
     float64 NumPy: within 6 ulp over the whole finite range, exact at the specials (NaN, +-inf,
     0), inf from the overflow bound on, 0 for an underflow, no read outside the 2^n table
     whatever the input."""
-    from edgert.runtime.kernels.cpu import fused
+    from edgert.runtime.kernels.cpu import vmath
 
     x = np.concatenate([np.linspace(-110, 95, 400001, dtype=np.float32),
                         np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, 88.7228, 88.73,
@@ -232,7 +232,7 @@ def test_vectorized_float32_exp_and_sigmoid_are_accurate():
     got = np.empty_like(x)
     with np.errstate(over="ignore"):
         ref = np.exp(x.astype(np.float64))
-    fused._exp_row(got, x, x.size)
+    vmath.exp_row(got, x, x.size)
     normal = np.isfinite(ref) & (ref >= np.finfo(np.float32).tiny) & (ref <= 3.4e38)
     ulp = np.abs(got[normal] - ref[normal]) / (ref[normal] * 2.0**-24)
     assert ulp.max() < 6, ulp.max()
@@ -241,7 +241,7 @@ def test_vectorized_float32_exp_and_sigmoid_are_accurate():
     assert (got[x < -104] == 0).all() and (np.abs(got[(x < -87.4) & (x > -104)]) < 1.2e-38).all()
     with np.errstate(over="ignore"):
         ref = 1 / (1 + np.exp(-x.astype(np.float64)))
-    fused._sigmoid_row(got, x, x.size)
+    vmath.sigmoid_row(got, x, x.size)
     ok = ~np.isnan(x)
     assert np.isnan(got[~ok]).all()
     assert np.max(np.abs(got[ok] - ref[ok])) < 1e-7
@@ -250,13 +250,13 @@ def test_vectorized_float32_exp_and_sigmoid_are_accurate():
 
 
 def test_vectorized_float32_tanh_is_accurate():
-    from edgert.runtime.kernels.cpu import fused
+    from edgert.runtime.kernels.cpu import vmath
 
     x = np.concatenate([np.linspace(-20, 20, 400001, dtype=np.float32),
                         np.array([1e-30, -1e-30, 1e-5, 0.2499, 0.25, 0.2501, np.nan, np.inf,
                                   -np.inf, 0.0, -0.0, 3e38, -3e38], np.float32)])
     got = np.empty_like(x)
-    fused._tanh_row(got, x, x.size)
+    vmath.tanh_row(got, x, x.size)
     ref = np.tanh(x.astype(np.float64))
     ok = ~np.isnan(x) & (ref != 0)
     ulp = np.abs(got[ok] - ref[ok]) / (np.abs(ref[ok]) * 2.0**-24)
@@ -264,3 +264,22 @@ def test_vectorized_float32_tanh_is_accurate():
     assert np.isnan(got[np.isnan(x)]).all()
     assert got[x == np.inf] == 1 and got[x == -np.inf] == -1
     assert np.array_equal(np.signbit(got[x == 0]), np.signbit(x[x == 0]))  # -0 stays -0
+
+
+def test_vectorized_float32_erf_is_accurate():
+    import math
+
+    from edgert.runtime.kernels.cpu import vmath
+
+    x = np.concatenate([np.linspace(-6, 6, 300001, dtype=np.float32),
+                        np.array([1e-30, -1e-30, 1e-5, 0.9999, 1.0, 1.0001, 3.999, 4.0, 4.001,
+                                  np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)])
+    got = np.empty_like(x)
+    vmath.erf_row(got, x, x.size)
+    ref = np.array([math.erf(float(v)) if v == v else math.nan for v in x])
+    ok = ~np.isnan(x) & (ref != 0)
+    ulp = np.abs(got[ok] - ref[ok]) / (np.abs(ref[ok]) * 2.0**-24)
+    assert ulp.max() < 4, ulp.max()
+    assert np.isnan(got[np.isnan(x)]).all()
+    assert got[x == np.inf] == 1 and got[x == -np.inf] == -1
+    assert np.array_equal(np.signbit(got[x == 0]), np.signbit(x[x == 0]))

@@ -26,6 +26,7 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import njit, prange
+from edgert.runtime.kernels.cpu.vmath import erf_row
 from edgert.runtime.ops import fusion
 from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo, broadcast_shapes
 
@@ -250,14 +251,40 @@ def _mish(x, out, unused_a, unused_b):
         out[i] = v * math.tanh(sp)
 
 
+# float32 erf runs vectorized (vmath.erf_row), block by block over the threads.
+_VBLOCK = 4096
+
+
 @njit(parallel=True)
 def _erf(x, out, unused_a, unused_b):
+    if x.itemsize == 4:
+        for b in prange((x.size + _VBLOCK - 1) // _VBLOCK):
+            lo = b * _VBLOCK
+            hi = min(lo + _VBLOCK, x.size)
+            erf_row(out[lo:hi], x[lo:hi], hi - lo)
+        return
     for i in prange(x.size):
         out[i] = math.erf(x[i])
 
 
 @njit(parallel=True)
 def _gelu_erf(x, out, half, inv_sqrt2):
+    if x.itemsize == 4:
+        for b in prange((x.size + _VBLOCK - 1) // _VBLOCK):
+            lo = b * _VBLOCK
+            hi = min(lo + _VBLOCK, x.size)
+            xs = x[lo:hi]
+            # two scratch rows: out may be x itself, and erf_row in place would not vectorize
+            # (the overlap check sends the loop to its scalar version)
+            t = np.empty(hi - lo, np.float32)
+            e = np.empty(hi - lo, np.float32)
+            for i in range(hi - lo):
+                t[i] = xs[i] * inv_sqrt2
+            erf_row(e, t, hi - lo)
+            seg = out[lo:hi]
+            for i in range(hi - lo):
+                seg[i] = half * xs[i] * (np.float32(1.0) + e[i])
+        return
     for i in prange(x.size):
         v = x[i]
         out[i] = half * v * (1 + math.erf(v * inv_sqrt2))

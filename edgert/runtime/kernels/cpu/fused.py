@@ -32,6 +32,10 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
+from edgert.runtime.kernels.cpu.vmath import erf_row as _erf_row
+from edgert.runtime.kernels.cpu.vmath import exp_row as _exp_row
+from edgert.runtime.kernels.cpu.vmath import sigmoid_row as _sigmoid_row
+from edgert.runtime.kernels.cpu.vmath import tanh_row as _tanh_row
 from edgert.runtime.ops import fusion as opc
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
@@ -64,81 +68,6 @@ def _relu(d, s, m):
     for j in range(m):
         v = s[j]
         d[j] = zero if v < zero else v  # noqa: FURB136 (NaN stays)
-
-
-# ----- vectorizable exp for float32 blocks ----------------------------------------------------
-# math.exp in a Numba loop is a libm call per element, which LLVM cannot vectorize (no SVML
-# here): Sigmoid/SiLU chains ran as scalar code (40 % of a YOLOv8n's time). exp(x) = 2^n * e^r
-# with n = round(x / ln 2) and |r| <= ln2 / 2 (Cody-Waite: ln 2 split in two so n * ln2_hi is
-# exact), e^r from its degree-7 Taylor polynomial (truncation below 2e-9 relative, under the
-# float32 rounding of the result), 2^n from a table: every step is arithmetic or a gather the
-# loop vectorizes. Saturation: x > 88.72 gives inf, x < -103.97 gives 0, NaN stays NaN.
-_LN2_HI = 0.693145751953125  # 12 significant bits: n * _LN2_HI is exact for |n| <= 2^11
-_LN2_LO = 1.428606820309417e-06
-_LOG2E = 1.4426950408889634
-# 2^(n-1) for n = -150..128 (2^-151 rounds to 0); the result is (p * 2^(n-1)) * 2 so that
-# n = 128 (x just below the overflow bound) stays finite.
-_POW2 = np.array([2.0 ** (k - 1) for k in range(-150, 129)], np.float32)
-_EXP_HI, _EXP_LO = 88.72283935546875, -103.97207708
-
-
-@njit
-def _exp_poly(x):
-    """exp(x) of a float32 ``x`` clamped to [_EXP_LO, _EXP_HI] (float32 throughout: a float64
-    step in the chain would halve the vector width)."""
-    one = np.float32(1.0)
-    n = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))
-    r = (x - n * np.float32(_LN2_HI)) - n * np.float32(_LN2_LO)
-    p = one + r * (one + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
-        np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (
-            np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
-    # the table index clamped whatever x was (a NaN's n converts to anything) and unsigned
-    # (Numba's negative-index test would keep the loop scalar)
-    k = min(max(np.int32(n) + np.int32(150), np.int32(0)), np.int32(_POW2.shape[0] - 1))
-    return (p * _POW2[np.uint32(k)]) * np.float32(2.0)
-
-
-@njit
-def _exp_row(d, s, m):
-    """``d[j] = exp(s[j])`` for float32 rows, vectorized (see above)."""
-    for j in range(m):
-        x = s[j]
-        xc = x if x == x else np.float32(0.0)  # NaN: computed as 0, replaced below
-        y = _exp_poly(min(max(xc, np.float32(_EXP_LO)), np.float32(_EXP_HI)))
-        y = np.float32(np.inf) if x > np.float32(_EXP_HI) else y
-        d[j] = x if x != x else y
-
-
-@njit(error_model="numpy")  # 1 + e >= 1: no zero divisor; without the test the loop vectorizes
-def _sigmoid_row(d, s, m):
-    """``d[j] = 1 / (1 + exp(-s[j]))`` for float32 rows, from e = exp(-|x|) <= 1 (no overflow):
-    ``1 / (1 + e)`` for x >= 0, ``e / (1 + e)`` below; NaN stays NaN."""
-    one = np.float32(1.0)
-    for j in range(m):
-        v = s[j]
-        a = -abs(v) if v == v else np.float32(0.0)  # NaN: computed as 0, replaced below
-        e = _exp_poly(max(a, np.float32(_EXP_LO)))
-        q = one / (one + e)
-        y = q if v >= np.float32(0.0) else e * q
-        d[j] = v if v != v else y
-
-
-@njit(error_model="numpy")  # 1 + e >= 1: no zero divisor (see _sigmoid_row)
-def _tanh_row(d, s, m):
-    """``d[j] = tanh(s[j])`` for float32 rows, vectorized: the odd Taylor polynomial to x^9
-    for |x| < 0.25 (truncation below 1e-10 relative), else ``sign(x) * (1 - e) / (1 + e)``
-    with e = exp(-2|x|) <= 0.61 (no cancellation there); NaN stays NaN, +-inf give +-1."""
-    one = np.float32(1.0)
-    for j in range(m):
-        v = s[j]
-        a = abs(v) if v == v else np.float32(0.0)  # NaN: computed as 0, replaced below
-        e = _exp_poly(max(np.float32(-2.0) * a, np.float32(_EXP_LO)))
-        big = (one - e) / (one + e)
-        x2 = v * v
-        small = v * (one + x2 * (np.float32(-1 / 3) + x2 * (np.float32(2 / 15) + x2 * (
-            np.float32(-17 / 315) + x2 * np.float32(62 / 2835)))))
-        y = small if a < np.float32(0.25) else (big if v >= np.float32(0.0) else -big)
-        d[j] = v if v != v else y
 
 
 @njit
@@ -210,6 +139,8 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
         for j in range(m):
             v = s1[j]
             d[j] = math.sqrt(v) if v >= zero else math.nan
+    elif op == opc.OP_ERF and d.itemsize == 4:
+        _erf_row(d, s1, m)
     elif op == opc.OP_ERF:
         for j in range(m):
             d[j] = math.erf(s1[j])
