@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
+from edgert.runtime.kernels.cpu.vmath import erf_row, sigmoid_row, tanh_row
 
 # The activation codes and their parsing are op semantics, shared with the CUDA kernels.
 from edgert.runtime.ops.activation import (  # noqa: E402, F401
@@ -69,9 +70,39 @@ def clamp_bounds(act, p0, p1, zero, inf):
 
 
 @njit
+def _act_f32(row, act):
+    """Sigmoid, Tanh or Gelu of a float32 row in place, vectorized (:mod:`.vmath`) through
+    scratch rows (in place a vmath loop would run its scalar version)."""
+    n = row.shape[0]
+    t = np.empty(n, np.float32)
+    if act == ACT_GELU:
+        k = np.float32(0.7071067811865476)
+        for i in range(n):
+            t[i] = row[i] * k
+        e = np.empty(n, np.float32)
+        erf_row(e, t, n)
+        for i in range(n):
+            row[i] = np.float32(0.5) * row[i] * (np.float32(1.0) + e[i])
+        return
+    for i in range(n):
+        t[i] = row[i]
+    if act == ACT_SIGMOID:
+        sigmoid_row(row, t, n)
+    else:
+        tanh_row(row, t, n)
+
+
+@njit
 def act_row(row, b, act, p0, p1):
     """``row[i] = act(row[i] + b)`` in place for a 1-D contiguous ``row``."""
     n = row.shape[0]
+    if row.itemsize == 4 and n >= 16 and (act == ACT_SIGMOID or act == ACT_TANH
+                                          or act == ACT_GELU):
+        if b != row.dtype.type(0.0):
+            for i in range(n):
+                row[i] = row[i] + b
+        _act_f32(row, act)
+        return
     one = row.dtype.type(1.0)
     zero = row.dtype.type(0.0)
     half = row.dtype.type(0.5)
@@ -120,6 +151,12 @@ def act_row(row, b, act, p0, p1):
 def act_row_vec(row, bias, act, p0, p1):
     """``row[i] = act(row[i] + bias[i])`` in place (a bias per column)."""
     n = row.shape[0]
+    if row.itemsize == 4 and n >= 16 and (act == ACT_SIGMOID or act == ACT_TANH
+                                          or act == ACT_GELU):
+        for i in range(n):
+            row[i] = row[i] + bias[i]
+        _act_f32(row, act)
+        return
     one = row.dtype.type(1.0)
     zero = row.dtype.type(0.0)
     half = row.dtype.type(0.5)
