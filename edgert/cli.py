@@ -32,6 +32,25 @@ class CLIError(EdgeRTError):
     """A problem with the command line's arguments or files."""
 
 
+class UsageError(CLIError):
+    """A malformed argument (exit status 2, as argparse's own errors)."""
+
+
+_EDGERT_MAGIC = b"EDGR"  # the .edgert FlatBuffer file identifier (bytes 4..8)
+
+
+def _require_onnx_file(path: str | pathlib.Path) -> None:
+    """A clear error when an ``.edgert`` file is given where an ONNX model is read (the
+    protobuf parser would say only that it cannot parse it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return  # the reader reports it
+    if head[4:8] == _EDGERT_MAGIC:
+        raise CLIError(f"{path} is an .edgert model already; this command reads ONNX models")
+
+
 # ----- helpers ----------------------------------------------------------------------------------
 def _read_model_arg(path: str) -> tuple[bytes | str, str]:
     """Return something Interpreter/read_model accepts, converting an ONNX file in memory."""
@@ -82,9 +101,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x") if d != "")
     except ValueError:
-        raise CLIError(f"bad shape {text!r}: write it like 1x3x224x224") from None
+        raise UsageError(f"bad shape {text!r}: write it like 1x3x224x224") from None
     if not dims or any(d < 0 for d in dims):
-        raise CLIError(f"bad shape {text!r}: write it like 1x3x224x224")
+        raise UsageError(f"bad shape {text!r}: write it like 1x3x224x224")
     return dims
 
 
@@ -92,7 +111,7 @@ def _name_value(text: str, what: str) -> tuple[str | None, str]:
     if "=" in text:
         name, value = text.split("=", 1)
         if not name:
-            raise CLIError(f"bad {what} {text!r}: expected NAME=VALUE")
+            raise UsageError(f"bad {what} {text!r}: expected NAME=VALUE")
         return name, value
     return None, text
 
@@ -239,6 +258,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     src = pathlib.Path(args.model)
     if not src.exists():
         raise CLIError(f"no such file: {args.model}")
+    _require_onnx_file(src)
     out = _output_path(args.output if args.output else src.with_suffix(".edgert"))
     convert = _converter()
     t0 = time.perf_counter()
@@ -253,6 +273,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     src = pathlib.Path(args.model)
     if not src.exists():
         raise CLIError(f"no such file: {args.model}")
+    _require_onnx_file(src)
     _output_path(args.output)
     _require_convert_extra("optimize")
     try:
@@ -525,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx file")
     p.add_argument("-o", "--output", help="output .edgert file (default: next to the input)")
     p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2,
-                   help="graph optimization level (default 2; 0 = none)")
+                   help="graph optimization level: 0 none, 1 basic, 2 extended (default; 3 is "
+                        "the same as 2)")
     p.add_argument("--verbose", action="store_true", help="print the optimizer's per-pass report")
     p.set_defaults(func=cmd_convert)
 
@@ -533,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx file")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2,
-                   help="optimization level (default 2)")
+                   help="optimization level: 0 none, 1 basic, 2 extended (default; 3 is the "
+                        "same as 2)")
     p.add_argument("--allow-fused", action="store_true",
                    help="allow edgert-domain fused ops (only the edgert runtime runs them)")
     p.add_argument("--verbose", action="store_true", help="print the per-pass report")
@@ -601,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except EdgeRTError as exc:
         print(f"edgert: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # `edgert run ... | head`: the reader left
             _silence_stdout()

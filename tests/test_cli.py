@@ -83,7 +83,6 @@ def test_bench_json(digits_edgert, capsys):
         (["run", "{model}", "--random"], "has dynamic dimensions"),
         (["run", "{model}", "--input", "nope={sample}"], "unknown input name(s) ['nope']"),
         (["run", "{model}", "--random", "--shape", "input=2x1x9x8"], "got shape (2, 1, 9, 8)"),
-        (["run", "{model}", "--random", "--shape", "input=2xq"], "bad shape '2xq'"),
         (["run", "{model}", "--input", "input=missing.npy"], "no such input file"),
         (["inspect", "{garbage}"], "identifier"),
         (["bench", "{model}", "--runs", "0"], "--runs must be at least 1"),
@@ -176,3 +175,24 @@ def test_bench_defaults_dynamic_dims_to_one(digits_edgert, capsys):
     assert main(["run", str(digits_edgert), "--random"]) == 1  # run still asks for a shape
     err = capsys.readouterr().err
     assert "dynamic dimensions (-1, 1, 8, 8) (batch): give its shape" in err, err
+
+
+def test_malformed_arguments_exit_2(digits_edgert, capsys):
+    for args, message in ((["run", str(digits_edgert), "--random", "--shape", "input=2xq"],
+                           "bad shape '2xq'"),
+                          (["run", str(digits_edgert), "--input", f"={SAMPLE}"],
+                           "expected NAME=VALUE")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("edgert: error: ") and message in err, err
+
+
+def test_an_edgert_file_where_onnx_is_read_and_calibration_that_would_be_ignored(
+        digits_edgert, tmp_path):
+    for command in (["convert", digits_edgert], ["optimize", digits_edgert, "-o", "x.onnx"],
+                    ["quantize", digits_edgert, "-o", "x.edgert", "--mode", "fp16"]):
+        _one_error_line(_edgert(command, cwd=tmp_path), "is an .edgert model already")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.zeros((2, 1, 8, 8), np.float32))
+    _one_error_line(_edgert(["quantize", DIGITS, "-o", tmp_path / "q.edgert", "--mode", "fp16",
+                             "--calibration", calib]), "uses no calibration data")

@@ -141,6 +141,9 @@ def quantize(
     if io == "int8" and (mode != "int8" or format != "edgert"):
         raise EdgeRTError("io='int8' (int8 model inputs and outputs) needs mode='int8' and "
                           "format='edgert'")
+    if calibration is not None and mode != "int8":
+        raise EdgeRTError(f"mode={mode!r} stores the weights only and uses no calibration data; "
+                          "drop calibration=..., or use mode='int8'")
     graph = load_graph(model)
     rep = QuantizationReport(mode, method)
     if mode != "int8":

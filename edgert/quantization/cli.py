@@ -14,8 +14,14 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--calibration", metavar="DATA",
                    help=".npz/.npy file or folder of them (needed for --mode int8)")
     p.add_argument("--method", default="minmax",
-                   choices=("minmax", "moving_average", "percentile", "entropy"))
-    p.add_argument("--mode", default="int8", choices=("int8", "fp16", "dynamic"))
+                   choices=("minmax", "moving_average", "percentile", "entropy"),
+                   help="how activation ranges come from the calibration data: minmax "
+                        "(default), moving_average, percentile (clips outliers), entropy "
+                        "(KL divergence, TensorRT's)")
+    p.add_argument("--mode", default="int8", choices=("int8", "fp16", "dynamic"),
+                   help="int8: int8 weights and activations, needs --calibration (default); "
+                        "fp16: weights stored as float16; dynamic: weights stored int8, "
+                        "activations float (these two take no calibration data)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     p.add_argument("--format", default="edgert", choices=("edgert", "onnx"),
                    help="onnx writes a QDQ model that onnxruntime runs")
@@ -28,11 +34,12 @@ def add_quantize_parser(sub) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edgert.cli import _output_path, _require_convert_extra
+    from edgert.cli import _output_path, _require_convert_extra, _require_onnx_file
     from edgert.errors import EdgeRTError
 
     if not pathlib.Path(args.model).exists():
         raise EdgeRTError(f"no such file: {args.model}")
+    _require_onnx_file(args.model)
     _output_path(args.output)
     _require_convert_extra("quantize")
     from edgert.quantization import quantize
