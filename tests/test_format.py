@@ -539,12 +539,12 @@ def test_write_to_path_leaves_no_temporary_file(tmp_path):
 
 def test_read_model_argument_types():
     data = write_model(_one_op_model())
-    with pytest.raises(TypeError, match="path, bytes"):
+    with pytest.raises(ModelFormatError, match="path, bytes"):
         read_model(12)
     strided = memoryview(np.frombuffer(data * 2, np.uint8)[::2])
-    with pytest.raises(TypeError, match="contiguous"):
+    with pytest.raises(ModelFormatError, match="contiguous"):
         read_model(strided)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelFormatError, match="no such file"):
         read_model("/nonexistent/model.edgert")
 
 

@@ -212,3 +212,49 @@ def test_bfloat16_arithmetic_is_refused_not_computed_on_raw_bits():
     with pytest.raises(UnsupportedOpError,
                        match="add_bf16.*bfloat16 tensors are only moved or cast"):
         convert(model)
+
+
+def test_bad_model_paths_are_edgert_errors(tmp_path):
+    """A missing file, a folder and a FIFO (open() on it would block forever) give a
+    ModelFormatError naming the path, before anything is opened."""
+    import os
+
+    from edgert.errors import ModelFormatError
+
+    fifo = tmp_path / "pipe.edgert"
+    os.mkfifo(fifo)
+    for path, message in ((tmp_path / "missing.edgert", "no such file"),
+                          (tmp_path, "is a folder"), (fifo, "not a regular file")):
+        with pytest.raises(ModelFormatError, match=message):
+            Interpreter(str(path))
+    with pytest.raises(ModelFormatError, match="path, bytes"):
+        Interpreter(12)
+
+
+def test_one_interpreter_used_from_two_threads_gives_each_run_its_own_results():
+    """Runs from several threads take turns: with different batch sizes (a re-plan between
+    runs) every result is the one its own feed asks for (it used to corrupt the heap)."""
+    import threading
+
+    from edgert.converter import convert
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) { s = Mul(x, x)  y = Add(s, x) }""")
+    interp = Interpreter(convert(model), num_threads=1)
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(200):
+            x = rng.standard_normal((int(rng.integers(1, 6)), 4)).astype(np.float32)
+            y = interp.run({"x": x})["y"]
+            if y.shape != x.shape or not np.allclose(y, x * x + x, rtol=1e-6, atol=1e-6):
+                errors.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

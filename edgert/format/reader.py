@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 
 import numpy as np
 
@@ -77,9 +78,9 @@ def read_model(source: Source, *, verify: bool = True) -> ModelDef:
         The model; constant data are zero-copy, read-only views.
 
     Raises:
-        ModelFormatError: the file is not a valid `.edgert` model (the message says why and where).
-        OSError: the path cannot be opened.
-        TypeError: ``source`` is not a path or a contiguous buffer.
+        ModelFormatError: the file is not a valid `.edgert` model (the message says why and where),
+            the path is missing, a folder, not a regular file or unreadable, or ``source`` is
+            not a path or a contiguous buffer.
     """
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
@@ -94,13 +95,29 @@ def read_model(source: Source, *, verify: bool = True) -> ModelDef:
             raise ModelFormatError(f"{path}: {exc}") from None
     if isinstance(source, bytes | bytearray | memoryview):
         return _read(_as_bytes_view(source), verify)
-    raise TypeError(
+    raise ModelFormatError(
         f"read_model takes a path, bytes, bytearray or memoryview, not {type(source).__name__}"
     )
 
 
 def _map_file(path: str) -> mmap.mmap:
-    with open(path, "rb") as f:
+    # Checked before open(): a FIFO or a device would block open() or a read forever.
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelFormatError(f"{path} is a folder, not an .edgert model")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFormatError(f"{path} is not a regular file (a pipe or a device); edgert reads "
+                               "model files")
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot open it ({exc.strerror or exc})") from None
+    with f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise ModelFormatError(f"{path}: the file is empty, not an .edgert model")
@@ -113,7 +130,7 @@ def _as_bytes_view(source: bytes | bytearray | memoryview):
         return source
     view = memoryview(source)
     if not view.c_contiguous:
-        raise TypeError("read_model needs a C-contiguous buffer")
+        raise ModelFormatError("read_model needs a C-contiguous buffer")
     return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 

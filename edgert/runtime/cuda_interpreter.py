@@ -196,7 +196,7 @@ class CudaInterpreter(Interpreter):
         return list(ret) if ret is not None else out_arrays
 
     # ----- running ------------------------------------------------------------------------------
-    def invoke(self) -> None:
+    def _invoke_locked(self) -> None:
         """Run the model on the inputs set with :meth:`set_tensor`; returns when it is done."""
         if not self._prepared:
             self.allocate_tensors()
@@ -340,6 +340,10 @@ class CudaInterpreter(Interpreter):
             device_outputs: return device arrays (True) or NumPy arrays (False); None returns
                 device arrays when any feed was one.
         """
+        with self._lock:  # runs from several threads take turns, as on the CPU
+            return self._run_device(feeds, device_outputs)
+
+    def _run_device(self, feeds: dict[str, Any], device_outputs: bool | None) -> dict[str, Any]:
         if not isinstance(feeds, dict):
             raise InputError(
                 f"run() takes a dict of input name -> array, got {type(feeds).__name__}"

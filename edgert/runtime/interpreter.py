@@ -20,6 +20,7 @@ A changed input shape (dynamic batch, ...) re-plans; the model never needs re-co
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,9 @@ class Interpreter:
             raise EdgeRTError(
                 f"num_threads must be a positive integer or None, got {num_threads!r}"
             )
+        # run()/invoke() of one interpreter take turns (one arena): a second thread used to
+        # corrupt the heap or get another run's results. Re-entrant: run() calls invoke().
+        self._lock = threading.RLock()
         t0 = time.perf_counter()
         self._model = model if isinstance(model, ModelDef) else read_model(model)
         self.load_seconds = time.perf_counter() - t0
@@ -297,6 +301,10 @@ class Interpreter:
 
     def invoke(self) -> None:
         """Run the model on the inputs set with :meth:`set_tensor`."""
+        with self._lock:
+            self._invoke_locked()
+
+    def _invoke_locked(self) -> None:
         if not self._prepared:
             self.allocate_tensors()
         _set_threads(self._threads)
@@ -365,7 +373,15 @@ class Interpreter:
         ``copy=False`` returns read-only views of the interpreter's own buffers instead of
         copies: no copying, but they change with the next run (calibration reads every
         activation this way).
+
+        Safe to call from several threads: runs of one interpreter take turns (one set of
+        buffers); for runs in parallel, give each thread its own Interpreter over the same
+        file (the weights are mapped once by the OS and shared).
         """
+        with self._lock:
+            return self._run_locked(feeds, copy)
+
+    def _run_locked(self, feeds: dict[str, Any], copy: bool) -> dict[str, np.ndarray]:
         fast = self._fast_feeds(feeds)
         if fast is not None:
             for dst, arr in fast:
@@ -700,7 +716,7 @@ class Interpreter:
         shapes, offsets, arena_size, planned = self._plan_tensors(steps, infos, arrays, aliases)
         try:
             raw = np.empty(arena_size + planner.ALIGNMENT, np.uint8)
-        except MemoryError:  # a shape from the model or the feeds asks for terabytes
+        except (MemoryError, ValueError):  # a shape from the model or the feeds asks for TBs
             raise EdgeRTError(
                 f"the tensors of this model need an arena of {arena_size} bytes, more than can "
                 "be allocated (check the input shapes and the model's shape constants)"
@@ -732,7 +748,12 @@ class Interpreter:
                  if not st.dynamic and getattr(st.kernel, "scratch_nbytes", 0) > 0]
         if users:
             need = max(k.scratch_nbytes for k in users)
-            raw_scratch = np.empty(need + planner.ALIGNMENT, np.uint8)
+            try:
+                raw_scratch = np.empty(need + planner.ALIGNMENT, np.uint8)
+            except (MemoryError, ValueError):
+                raise EdgeRTError(f"the kernels of this model need a scratch buffer of {need} "
+                                  "bytes, more than can be allocated (check the input "
+                                  "shapes)") from None
             first = (-raw_scratch.ctypes.data) % planner.ALIGNMENT
             scratch = raw_scratch[first : first + need]
             for k in users:
