@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shape of a random input with dynamic dims, e.g. input=1x3x224x224")
         p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
         p.add_argument("--threads", type=_positive_int, default=None,
-                       help="compute threads (default: all cores)")
+                       help="compute threads (default: the physical cores)")
 
     p = sub.add_parser("run", help="run a model once and print or save its outputs")
     p.add_argument("model", help=".edgert or .onnx file")
@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*",
                    help=".onnx/.edgert models to run once (default: a built-in set of small CNNs)")
     p.add_argument("--threads", type=_positive_int, default=None,
-                   help="compute threads (default: all cores)")
+                   help="compute threads (default: the physical cores)")
     p.set_defaults(func=cmd_warmup)
 
     from edgert.quantization.cli import add_quantize_parser  # issue 5: edgert quantize

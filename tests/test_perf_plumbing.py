@@ -292,3 +292,20 @@ def test_warmup_command(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "warmed" in out and "Numba cache" in out
     assert main(["warmup", str(tmp_path / "missing.onnx")]) == 1
+
+
+def test_default_threads_are_the_physical_cores():
+    from edgert.runtime.kernels.cpu._native import threads
+
+    smt = "\n".join(f"processor : {i}\nphysical id : 0\ncore id : {i % 4}\n" for i in range(8))
+    two_sockets = "\n".join(f"processor : {i}\nphysical id : {i // 2}\ncore id : {i % 2}\n"
+                            for i in range(4))
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    assert threads.physical_cores(smt) == len({i % 4 for i in range(8) if i in allowed})
+    assert threads.physical_cores(two_sockets) == len(
+        {(i // 2, i % 2) for i in range(4) if i in allowed})
+    assert threads.physical_cores("no cpu lines here") is None
+    assert 1 <= threads.resolve(None) <= threads.pool_size()
+    assert threads.resolve(1) == 1

@@ -94,7 +94,8 @@ class Interpreter:
 
     Args:
         model: a path to a `.edgert` file, its bytes, or a :class:`~edgert.format.ModelDef`.
-        num_threads: threads for the compute kernels (Numba's pool); None uses every core.
+        num_threads: threads for the compute kernels (Numba's pool); None uses the physical
+            cores this process may run on (as onnxruntime does).
         device: ``"cpu"`` or ``"cuda"`` (builds a
             :class:`~edgert.runtime.cuda_interpreter.CudaInterpreter`; a clear error where
             numba-cuda or a GPU is missing).

@@ -44,11 +44,40 @@ def pool_size() -> int:
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
+def physical_cores(cpuinfo: str | None = None) -> int | None:
+    """The physical cores this process may run on: distinct (package, core) pairs among the
+    CPUs of its affinity mask, from ``/proc/cpuinfo`` (Linux); None where that is unknown."""
+    import os
+
+    try:
+        allowed = os.sched_getaffinity(0)
+        if cpuinfo is None:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+    except (AttributeError, OSError):
+        return None
+    cores, cpu, pkg = set(), None, "0"
+    for line in cpuinfo.splitlines() + [""]:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            cpu, pkg = int(value), "0"
+        elif key == "physical id":
+            pkg = value
+        elif key == "core id" and cpu in allowed:
+            cores.add((pkg, value))
+    return len(cores) or None
+
+
 def resolve(requested: int | None) -> int:
-    """The thread count a run with ``num_threads=requested`` uses (None or 0: every core of the
-    pool), capped at the pool's size."""
+    """The thread count a run with ``num_threads=requested`` uses, capped at the pool's size.
+    None or 0: the physical cores (onnxruntime's default too; a second hardware thread of a
+    core adds little to these kernels and costs a tail latency when the machine is busy),
+    else every CPU of the pool."""
     most = pool_size()
-    return min(requested or most, most)
+    if not requested:
+        requested = physical_cores() or most
+    return min(requested, most)
 
 
 def enter(n: int) -> None:
