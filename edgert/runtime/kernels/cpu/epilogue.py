@@ -30,7 +30,7 @@ from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu.vmath import erf_row, sigmoid_row, tanh_row
 
 # The activation codes and their parsing are op semantics, shared with the CUDA kernels.
-from edgert.runtime.ops.activation import (  # noqa: E402, F401
+from edgert.runtime.ops.activation import (  # noqa: F401 (re-exported to the kernels)
     ACT_CLIP,
     ACT_GELU,
     ACT_HARD_SIGMOID,

@@ -32,10 +32,7 @@ import numpy as np
 
 from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
-from edgert.runtime.kernels.cpu.vmath import erf_row as _erf_row
-from edgert.runtime.kernels.cpu.vmath import exp_row as _exp_row
-from edgert.runtime.kernels.cpu.vmath import sigmoid_row as _sigmoid_row
-from edgert.runtime.kernels.cpu.vmath import tanh_row as _tanh_row
+from edgert.runtime.kernels.cpu import vmath
 from edgert.runtime.ops import fusion as opc
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
@@ -110,7 +107,7 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
     elif op == opc.OP_RELU:
         _relu(d, s1, m)
     elif op == opc.OP_SIGMOID and d.itemsize == 4:
-        _sigmoid_row(d, s1, m)
+        vmath.sigmoid_row(d, s1, m)
     elif op == opc.OP_SIGMOID:
         for j in range(m):
             v = s1[j]
@@ -120,12 +117,12 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
                 e = math.exp(v)
                 d[j] = e / (one + e)
     elif op == opc.OP_TANH and d.itemsize == 4:
-        _tanh_row(d, s1, m)
+        vmath.tanh_row(d, s1, m)
     elif op == opc.OP_TANH:
         for j in range(m):
             d[j] = math.tanh(s1[j])
     elif op == opc.OP_EXP and d.itemsize == 4:
-        _exp_row(d, s1, m)
+        vmath.exp_row(d, s1, m)
     elif op == opc.OP_EXP:
         for j in range(m):
             d[j] = math.exp(s1[j])
@@ -140,7 +137,7 @@ def _run_op(op, d, s1, s2, s3, p0, p1, m):
             v = s1[j]
             d[j] = math.sqrt(v) if v >= zero else math.nan
     elif op == opc.OP_ERF and d.itemsize == 4:
-        _erf_row(d, s1, m)
+        vmath.erf_row(d, s1, m)
     elif op == opc.OP_ERF:
         for j in range(m):
             d[j] = math.erf(s1[j])

@@ -140,9 +140,11 @@ def _pointwise_small(w, x, bias, y, z, act, p0, p1):
 
 
 class _Gather:
-    """The strided-1x1 gather shared by the pointwise plans."""
+    """The strided-1x1 gather shared by the pointwise plans (listed before ConvPlan: its
+    ``__init__`` runs after the plan's own)."""
 
-    def _init_gather(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         p = self.p
         self.stride = as3d(p.win.strides) if any(s != 1 for s in p.win.strides) else None
         if self.stride is not None:
@@ -167,10 +169,6 @@ class PointwiseSmallPlan(_Gather, ConvPlan):
     path = ConvPath.POINTWISE_SMALL
     adds_residual = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_gather()
-
     def run(self, x, w, bias, y, z, scratch):
         p = self.p
         xg = self.gather(x, scratch)
@@ -189,7 +187,6 @@ class PointwiseBlasPlan(_Gather, ConvPlan):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_gather()
         p, t = self.p, self.t
         r = openblas.routines()
         self.fn, self.wide = r.address(p.dtype), r.wide
@@ -223,10 +220,6 @@ class PointwiseGemmPlan(_Gather, GemmPlan):
     """np.matmul (split over the run's threads) and an epilogue pass."""
 
     path = ConvPath.POINTWISE_GEMM
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_gather()
 
     def run(self, x, w, bias, y, z, scratch):
         p = self.p
