@@ -332,9 +332,9 @@ def _tensor_def(v: Value) -> TensorDef:
             np.asarray(zero_point, dtype=np.int64).reshape(-1),
             int(axis),
         )
-    if v.kind != "tensor":  # a sequence / optional value: element dtype, no shape
+    if v.kind != "tensor":  # a sequence / optional / map value: element dtype, no shape
         return TensorDef(v.name, v.dtype, (), None, None, None, unknown_rank=True,
-                         kind=KIND_NAMES.index(v.kind))
+                         kind=KIND_NAMES.index(v.kind), key_dtype=int(v.meta.get("key_dtype", 0)))
     if v.const is not None:
         data = np.require(v.const, requirements="C")
         return TensorDef(v.name, v.dtype, tuple(int(d) for d in data.shape), None, data, quant)

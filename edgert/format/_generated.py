@@ -13,6 +13,8 @@ class ValueKind(object):
     SEQUENCE = 1
     OPTIONAL_TENSOR = 2
     OPTIONAL_SEQUENCE = 3
+    MAP = 4
+    SEQUENCE_MAP = 5
 
 
 class AttributeType(object):
@@ -269,8 +271,15 @@ class Tensor(object):
             return self._tab.Get(flatbuffers.number_types.Int8Flags, o + self._tab.Pos)
         return 0
 
+    # Tensor
+    def KeyDtype(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(22))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 0
+
 def TensorStart(builder):
-    builder.StartObject(9)
+    builder.StartObject(10)
 
 def TensorAddName(builder, name):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -307,6 +316,9 @@ def TensorStartStringDataVector(builder, numElems):
 
 def TensorAddKind(builder, kind):
     builder.PrependInt8Slot(8, kind, 0)
+
+def TensorAddKeyDtype(builder, keyDtype):
+    builder.PrependInt32Slot(9, keyDtype, 0)
 
 def TensorEnd(builder):
     return builder.EndObject()

@@ -43,14 +43,18 @@ class QuantParams:
     axis: int = 0
 
 
-# TensorDef.kind: what a tensor entry holds (schema enum ValueKind). Sequence and optional values
-# are run-time objects (a list of arrays; an array, a list or None) that the runtime never places
-# in its arena; their dtype is the element type of the tensors inside and their rank is unknown.
+# TensorDef.kind: what a tensor entry holds (schema enum ValueKind). Sequence, optional and map
+# values are run-time objects (a list of arrays; an array, a list or None; a dict, a list of
+# dicts) that the runtime never places in its arena; their dtype is the element type of the
+# tensors inside (a map's values) and their rank is unknown; a map's keys are ``key_dtype``.
 KIND_TENSOR = 0
 KIND_SEQUENCE = 1
 KIND_OPTIONAL_TENSOR = 2
 KIND_OPTIONAL_SEQUENCE = 3
-KIND_NAMES = ("tensor", "sequence", "optional_tensor", "optional_sequence")  # by kind number
+KIND_MAP = 4
+KIND_SEQUENCE_MAP = 5
+KIND_NAMES = ("tensor", "sequence", "optional_tensor", "optional_sequence", "map",
+              "sequence_map")  # by kind number
 
 
 @dataclass
@@ -65,6 +69,7 @@ class TensorDef:
     quant: QuantParams | None = None
     unknown_rank: bool = False
     kind: int = KIND_TENSOR  # KIND_TENSOR, KIND_SEQUENCE, KIND_OPTIONAL_TENSOR, ...
+    key_dtype: int = 0  # KIND_MAP / KIND_SEQUENCE_MAP: the keys' dtype code (int64 or string)
 
 
 @dataclass

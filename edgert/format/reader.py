@@ -278,6 +278,7 @@ class _Decoder:
         unknown_rank = bool(t.scalar(6, "B", 0, "unknown_rank"))
         string_data = t.raw_strings(7, "string_data")
         kind = t.scalar(8, "b", 0, "kind")  # checked with the semantics (verify.py)
+        key_dtype = t.scalar(9, "i", 0, "key_dtype")
         tensor = TensorDef(
             name=name,
             dtype=dtype,
@@ -286,6 +287,7 @@ class _Decoder:
             quant=None if qt is None else _quant(qt),
             unknown_rank=unknown_rank,
             kind=kind,
+            key_dtype=key_dtype,
         )
         if buffer and buffer >= len(self.buffers):  # 0 = no data, even with no buffer table
             raise ModelFormatError(

@@ -36,7 +36,9 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import ModelFormatError
 from edgert.format.model import (
+    KIND_MAP,
     KIND_NAMES,
+    KIND_SEQUENCE_MAP,
     KIND_TENSOR,
     ModelDef,
     OperatorDef,
@@ -48,6 +50,8 @@ from edgert.format.model import (
 # NumPy cannot hold more dimensions (NPY_MAXDIMS in NumPy 2).
 MAX_RANK = 64
 _INT64_MAX = 2**63 - 1
+# Key types of map values (ONNX allows any integer or string; the ai.onnx.ml operators use these).
+_MAP_KEYS = (dtypes.INT64, dtypes.STRING)
 # Integer tensor types whose zero points must fit the type (bfloat16/float8 also live in unsigned
 # holders but are not integers).
 _INTEGER_TYPES = (
@@ -217,6 +221,16 @@ def _check_tensor(t: TensorDef, label: str) -> None:
         raise ModelFormatError(
             f"{label}: a {KIND_NAMES[kind]} value cannot hold constant data or quantization"
         )
+    key = t.key_dtype
+    if not isinstance(key, (int, np.integer)) or isinstance(key, bool):
+        raise ModelFormatError(f"{label}: key dtype {key!r} is not an int")
+    if kind in (KIND_MAP, KIND_SEQUENCE_MAP):
+        if int(key) not in _MAP_KEYS:
+            raise ModelFormatError(f"{label}: a {KIND_NAMES[kind]} value needs an int64 or string "
+                                   f"key dtype, got code {key}")
+    elif key:
+        raise ModelFormatError(f"{label}: a {KIND_NAMES[kind]} value has no key dtype, got "
+                               f"code {key}")
     # dtype 0 (undefined) is allowed for computed tensors: the runtime's kernels infer every
     # intermediate dtype in prepare, and ONNX shape inference cannot always give one.
     undefined_ok = isinstance(t.dtype, (int, np.integer)) and int(t.dtype) == 0 and t.data is None

@@ -381,6 +381,8 @@ def _build_tensor(b: flatbuffers.Builder, t: TensorDef, buffer: int) -> int:
         fb.TensorAddStringData(b, strings)
     if t.kind:
         fb.TensorAddKind(b, int(t.kind))
+    if t.key_dtype:
+        fb.TensorAddKeyDtype(b, int(t.key_dtype))
     return fb.TensorEnd(b)
 
 

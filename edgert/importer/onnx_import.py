@@ -33,6 +33,7 @@ import hashlib
 import os
 import pathlib
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,9 +52,11 @@ from edgert.errors import (
 from edgert.importer import gradient, upgrade
 from edgert.ir import Graph, Node, Value
 from edgert.ir.graph import (
+    MAP,
     OPTIONAL_SEQUENCE,
     OPTIONAL_TENSOR,
     SEQUENCE,
+    SEQUENCE_MAP,
     TENSOR,
     VALUE_KINDS,
 )
@@ -80,11 +83,50 @@ _PACKED_TYPES = frozenset({dtypes.FLOAT4E2M1, *dtypes.SUBBYTE_INTS})
 # them (Cast, CastLike, QuantizeLinear, DequantizeLinear) get the real type as an attribute.
 _CODED_TYPES = frozenset({*_BIT_TYPES, *_PACKED_TYPES})
 
+ML_DOMAIN = "ai.onnx.ml"
+# Ops that onnxruntime runs under an ai.onnx opset older than the one that added them, because
+# it had them as extensions of the same meaning first -> the opset that added them.
+_LENIENT_SINCE = {"LayerNormalization": 17}
+
 IMPORT_ADVICE = (
     "edgert imports operators of the ONNX default domain (opset 7 to {newest}) and rewrites older "
     "forms itself. Replace the operators listed above in the exporting framework (or export "
     "with another opset), or decompose them into supported ONNX operators."
 )
+# Advice for nodes of other domains, by domain (any other: a custom op of its producer).
+_DOMAIN_ADVICE = {
+    "com.microsoft": (
+        "Operators of domain 'com.microsoft' are onnxruntime's own extensions, written by its "
+        "transformers optimizer and quantizers: convert the model as it was before those tools "
+        "ran (for int8, quantize it with `edgert quantize`, or to QDQ form: QuantizeFormat.QDQ)."
+    ),
+    "custom": (
+        "Operators of domain '{domain}' are custom operators of the tool that wrote the model: "
+        "edgert can only run them once they are expressed in ONNX operators (re-export without "
+        "the custom op, or replace it with the ONNX operators it stands for)."
+    ),
+}
+
+
+def _foreign_reason(domain: str) -> str:
+    if domain == "com.microsoft":
+        return "onnxruntime contrib operators (domain 'com.microsoft') are not supported"
+    return f"operators of the custom domain '{domain}' are not supported"
+
+
+def _import_advice(domains: set[str]) -> str:
+    """The advice under the list of unsupported nodes, for the domains they come from."""
+    parts = []
+    if "" in domains:
+        parts.append(IMPORT_ADVICE.format(newest=onnx.defs.onnx_opset_version()))
+    if ML_DOMAIN in domains:
+        parts.append("edgert runs the operators of ai.onnx.ml opsets 1 to 5: the model names "
+                     "an operator or a version outside them.")
+    if "com.microsoft" in domains:
+        parts.append(_DOMAIN_ADVICE["com.microsoft"])
+    for d in sorted(domains - {"", ML_DOMAIN, "com.microsoft"}):
+        parts.append(_DOMAIN_ADVICE["custom"].format(domain=d))
+    return "\n".join(parts)
 
 
 @dataclass
@@ -295,6 +337,9 @@ def _type_info(tp: onnx.TypeProto) -> tuple[int, list | None, str]:
     kind = tp.WhichOneof("value") or ""
     if kind in ("sequence_type", "optional_type"):
         return _container_type(tp)
+    if kind == "map_type":
+        value = _map_value(tp.map_type)
+        return (0, None, "map") if value is None else (value, None, MAP)
     if kind not in ("tensor_type", "sparse_tensor_type"):
         return 0, None, kind.removesuffix("_type")
     tt = getattr(tp, kind)
@@ -328,6 +373,10 @@ def _container_type(tp: onnx.TypeProto) -> tuple[int, None, str]:
         leaf = inner.sequence_type.elem_type
         if leaf.WhichOneof("value") == "tensor_type":
             return leaf.tensor_type.elem_type, None, OPTIONAL_SEQUENCE
+    if outer == "sequence_type" and inner_kind == "map_type":
+        value = _map_value(inner.map_type)
+        if value is not None:
+            return value, None, SEQUENCE_MAP
     if outer == "sequence_type" and inner_kind is None:  # element type left open
         return 0, None, SEQUENCE
     if outer == "optional_type" and inner_kind is None:
@@ -335,6 +384,23 @@ def _container_type(tp: onnx.TypeProto) -> tuple[int, None, str]:
     # seq(seq(...)), seq(map(...)), optional(map(...)): no edgert value kind for these
     inner_name = (inner_kind or "").removesuffix("_type")
     return 0, None, f"{outer.removesuffix('_type')}({inner_name})"
+
+
+def _map_value(mt) -> int | None:
+    """The value dtype of a map type the runtime holds (int64 or string keys, tensor values),
+    or None."""
+    if mt.key_type not in (TensorProto.INT64, TensorProto.STRING):
+        return None
+    if mt.value_type.WhichOneof("value") != "tensor_type":
+        return None
+    return mt.value_type.tensor_type.elem_type
+
+
+def _map_key(tp: onnx.TypeProto) -> int:
+    """The key dtype of a map or sequence-of-maps type, else 0."""
+    if tp.WhichOneof("value") == "sequence_type":
+        tp = tp.sequence_type.elem_type
+    return int(tp.map_type.key_type) if tp.WhichOneof("value") == "map_type" else 0
 
 
 def _attr_type(a: AttributeProto) -> int:
@@ -367,10 +433,12 @@ def _attr_type(a: AttributeProto) -> int:
     return AttributeProto.UNDEFINED
 
 
-def _set_kind(v: Value, kind: str) -> None:
+def _set_kind(v: Value, kind: str, key_dtype: int = 0) -> None:
     """Record a value's ONNX type kind: the IR's kind where it has one, else ``meta``."""
     if kind in VALUE_KINDS:
         v.kind = kind
+        if kind in (MAP, SEQUENCE_MAP):
+            v.meta["key_dtype"] = key_dtype
     if kind != TENSOR:
         v.meta["onnx_type"] = kind
 
@@ -469,13 +537,21 @@ class _Importer:
         self.sha256 = sha256
         self.opsets: dict[str, int] = {}
         self.unsupported: list[tuple[str, str, str]] = []
+        self.rejected_domains: set[str] = set()
         self.weights: dict[str, TensorProto] = {}  # see _infer_shapes
 
     def run(self) -> Graph:
         proto = self.source
         for imp in proto.opset_import:
             domain = "" if imp.domain in _DEFAULT_DOMAINS else imp.domain
-            self.opsets[domain] = int(imp.version)
+            version = int(imp.version)
+            if self.opsets.get(domain, version) != version:
+                # (the same entry twice, as skl2onnx 1.20 writes, is merged)
+                raise ModelImportError(
+                    f"the model imports domain '{domain or 'ai.onnx'}' twice, at opsets "
+                    f"{self.opsets[domain]} and {version}: which one its nodes follow is ambiguous"
+                )
+            self.opsets[domain] = version
         if "" not in self.opsets and not proto.opset_import and proto.ir_version < 3:
             self.opsets[""] = 1  # IR versions 1-2 predate opset_import: opset 1
         if proto.functions:
@@ -488,13 +564,12 @@ class _Importer:
         proto, self.weights = _infer_shapes(proto)
         graph = self._graph(proto.graph, None, proto.graph.name or "main")
         if self.unsupported:
-            newest = onnx.defs.onnx_opset_version()
             raise UnsupportedOpError(
                 describe_unsupported(
                     self.unsupported,
                     "cannot import the ONNX model: {count} node(s) use operators edgert cannot "
                     "import ({summary})",
-                    IMPORT_ADVICE.format(newest=newest),
+                    _import_advice(self.rejected_domains),
                 ),
                 ops=self.unsupported,
             )
@@ -525,10 +600,13 @@ class _Importer:
         where = f"graph '{name}'"
 
         types: dict[str, tuple[int, list | None, str]] = {}
+        keys: dict[str, int] = {}  # map values' key dtypes
         for vi in gp.value_info:
             types[vi.name] = _type_info(vi.type)
+            keys[vi.name] = _map_key(vi.type)
         for vi in list(gp.output) + list(gp.input):
             declared = _type_info(vi.type)
+            keys[vi.name] = _map_key(vi.type) or keys.get(vi.name, 0)
             inferred = types.get(vi.name)
             if inferred is not None:
                 declared = (
@@ -548,7 +626,7 @@ class _Importer:
                 raise ModelImportError(f"{where}: an input has no name")
             dtype, shape, kind = types[vi.name]
             v = scope.define(Value(vi.name, dtype, shape))
-            _set_kind(v, kind)
+            _set_kind(v, kind, keys.get(vi.name, 0))
             g.inputs.append(v)
         for t in gp.initializer:
             if parent is None:  # the main graph's weights stayed out of shape inference
@@ -578,7 +656,7 @@ class _Importer:
                     if out:
                         dtype, shape, kind = types.get(out, (0, None, "tensor"))
                         v = scope.define(Value(out, dtype, shape))
-                        _set_kind(v, kind)
+                        _set_kind(v, kind, keys.get(out, 0))
 
         node_names = self._node_names(nodes, is_const)
         pending: list[tuple[Node, onnx.NodeProto]] = []
@@ -702,18 +780,33 @@ class _Importer:
             return
         opset = self.opsets[domain]
         node.version = opset
+        if domain == ML_DOMAIN:
+            self._ml_node(scope, node, opset)
+            return
         if domain != "":
-            self._reject(node, f"operators of domain '{domain}' are not supported")
+            self._reject(node, _foreign_reason(domain))
             return
         rule = None
         try:
             schema = onnx.defs.get_schema(node.op_type, opset, "")
         except onnx.defs.SchemaError:
             rule = upgrade.EXPERIMENTAL.get(node.op_type)
+            since = 1
+            if rule is None and node.op_type in _LENIENT_SINCE:
+                # an op written before its opset existed, by tools whose runtime had it as an
+                # extension of the same meaning (onnxruntime's transformers optimizer writes
+                # LayerNormalization under opset 14): run it as its first standard version
+                since = _LENIENT_SINCE[node.op_type]
+                warnings.warn(
+                    f"{node.op_type} '{node.name}' is used under ai.onnx opset {opset}, but the "
+                    f"operator was added in opset {since}: importing it as {node.op_type}-{since}",
+                    stacklevel=2,
+                )
+                node.version = since
+                return
             if rule is None:
                 self._reject(node, self._unknown_op_reason(node.op_type, opset))
                 return
-            since = 1
         else:
             since = schema.since_version
             rule = upgrade.find_rule(node.op_type, since)
@@ -733,6 +826,19 @@ class _Importer:
         except (TypeError, ValueError, IndexError) as exc:  # attributes of the wrong kind
             self._reject(node, f"malformed attributes or inputs ({type(exc).__name__}: {exc})")
 
+    def _ml_node(self, scope: _Scope, node: Node, opset: int) -> None:
+        """An ``ai.onnx.ml`` node: its schema must exist at the model's ML opset."""
+        try:
+            onnx.defs.get_schema(node.op_type, opset, ML_DOMAIN)
+        except onnx.defs.SchemaError:
+            self._reject(node, f"'{node.op_type}' is not an ai.onnx.ml operator at opset {opset}")
+            return
+        if node.op_type == "ZipMap" and node.outputs:
+            out = node.outputs[0]  # seq(map(label, float)) whatever the model declares
+            labels = node.attrs.get("classlabels_int64s")
+            out.kind, out.dtype = SEQUENCE_MAP, dtypes.FLOAT
+            out.meta["key_dtype"] = dtypes.INT64 if labels is not None else dtypes.STRING
+
     @staticmethod
     def _unknown_op_reason(op_type: str, opset: int) -> str:
         try:
@@ -746,6 +852,7 @@ class _Importer:
 
     def _reject(self, node: Node, reason: str) -> None:
         self.unsupported.append((node.op_type, node.name, reason))
+        self.rejected_domains.add(node.domain)
 
     # ----- attributes -------------------------------------------------------------------------
     def _attrs(self, n: onnx.NodeProto, scope: _Scope, node_name: str) -> dict:

@@ -39,7 +39,12 @@ TENSOR = "tensor"
 SEQUENCE = "sequence"  # seq(tensor)
 OPTIONAL_TENSOR = "optional_tensor"  # optional(tensor)
 OPTIONAL_SEQUENCE = "optional_sequence"  # optional(seq(tensor))
-VALUE_KINDS = (TENSOR, SEQUENCE, OPTIONAL_TENSOR, OPTIONAL_SEQUENCE)
+# map(K, V) and seq(map(K, V)) of the ai.onnx.ml operators (DictVectorizer's input, ZipMap's
+# output): ``dtype`` is V, ``meta["key_dtype"]`` is K (int64 or string); a dict (a list of dicts)
+# at run time.
+MAP = "map"
+SEQUENCE_MAP = "sequence_map"
+VALUE_KINDS = (TENSOR, SEQUENCE, OPTIONAL_TENSOR, OPTIONAL_SEQUENCE, MAP, SEQUENCE_MAP)
 
 
 class Value:

@@ -330,7 +330,7 @@ class Interpreter:
         """A copy of a tensor's current value (outputs after :meth:`invoke`)."""
         index = self._tensor_index(tensor_index)
         arr = self._arrays[index]
-        if index in self._special or type(arr) is list:  # a sequence or an optional value
+        if index in self._special or type(arr) in (list, dict):  # a sequence or an optional value
             return copy_value(arr)
         if arr is None:
             raise self._no_value(index)
@@ -434,7 +434,7 @@ class Interpreter:
     def _view(self, index: int):
         """A read-only view of a tensor (a copy for sequences and optional values)."""
         arr = self._arrays[index]
-        if index in self._special or type(arr) is list or arr is None:
+        if index in self._special or type(arr) in (list, dict) or arr is None:
             return self.get_tensor(index)
         return _read_only(arr)
 

@@ -86,6 +86,14 @@ FAMILY_OPS: dict[str, tuple[str, ...]] = {
     "detection": ("NonMaxSuppression",),
     "spectral": ("DFT", "STFT", "MelWeightMatrix"),
     "linalg": ("Det",),
+    "ml": tuple(f"ai.onnx.ml.{op}" for op in (
+        "ArrayFeatureExtractor", "Binarizer", "CastMap", "CategoryMapper", "DictVectorizer",
+        "FeatureVectorizer", "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor",
+        "Normalizer", "OneHotEncoder", "SVMClassifier", "SVMRegressor", "Scaler", "ZipMap",
+    )),
+    "trees": tuple(f"ai.onnx.ml.{op}" for op in (
+        "TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble",
+    )),
 }
 
 _REGISTRY: KernelRegistry | None = None
