@@ -20,13 +20,17 @@ def op_list_markdown() -> str:
 
     ops = registry().op_types()
     default = [o for o in ops if "." not in o]
-    other = [o for o in ops if "." in o]
+    ml = [o.rpartition(".")[2] for o in ops if o.startswith("ai.onnx.ml.")]
+    other = [o for o in ops if "." in o and not o.startswith("ai.onnx.ml.")]
     lines = [
         f"The CPU runtime has kernels for {len(default)} ONNX operators (default domain, opsets 7"
         " and newer; older op forms are normalized on import):",
         "",
         ", ".join(f"`{o}`" for o in default),
     ]
+    if ml:
+        lines += ["", f"`ai.onnx.ml` operators (ML opsets 1-5, the domain of scikit-learn, "
+                  f"LightGBM and XGBoost exports), {len(ml)}: " + ", ".join(f"`{o}`" for o in ml)]
     if other:
         lines += ["", "edgert-domain (fused) operators: " + ", ".join(f"`{o}`" for o in other)]
     lines += [

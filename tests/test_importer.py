@@ -514,12 +514,11 @@ def test_unsupported_ops_are_reported_all_at_once():
     nodes = [
         helper.make_node("FancyOp", ["x"], ["a"], name="fancy1"),
         helper.make_node("FancyOp", ["a"], ["b"], name="fancy2"),
-        helper.make_node("LabelEncoder", ["b"], ["c"], name="ml", domain="ai.onnx.ml",
-                         keys_floats=[1.0], values_floats=[2.0]),
+        helper.make_node("LabelDecoder", ["b"], ["c"], name="ml", domain="ai.onnx.ml"),
         helper.make_node("Relu", ["c"], ["d"], domain="com.example"),
         helper.make_node("BatchNormalization", ["d", "s", "s", "s", "s"], ["e"], name="bn",
                          spatial=0),
-        helper.make_node("LayerNormalization", ["e", "s"], ["y"], name="ln"),
+        helper.make_node("Gelu", ["e"], ["y"], name="gelu"),
     ]
     s = numpy_helper.from_array(np.ones(3, np.float32), "s")
     g = helper.make_graph(nodes, "g", [_vi("x", shape=[1, 3])], [_vi("y")], [s])
@@ -530,16 +529,17 @@ def test_unsupported_ops_are_reported_all_at_once():
         import_onnx(m)
     ops = info.value.ops
     assert [(op, name) for op, name, _ in ops] == [
-        ("FancyOp", "fancy1"), ("FancyOp", "fancy2"), ("LabelEncoder", "ml"),
-        ("Relu", "Relu_3"), ("BatchNormalization", "bn"), ("LayerNormalization", "ln"),
+        ("FancyOp", "fancy1"), ("FancyOp", "fancy2"), ("LabelDecoder", "ml"),
+        ("Relu", "Relu_3"), ("BatchNormalization", "bn"), ("Gelu", "gelu"),
     ]
     msg = str(info.value)
-    assert "6 node(s)" in msg and "FancyOp ×2" in msg and "LabelEncoder ×1" in msg
+    assert "6 node(s)" in msg and "FancyOp ×2" in msg and "LabelDecoder ×1" in msg
     assert "not an ONNX operator" in msg
-    assert "domain 'ai.onnx.ml'" in msg
+    assert "'LabelDecoder' is not an ai.onnx.ml operator at opset 2" in msg
+    assert "ai.onnx.ml opsets 1 to 5" in msg  # the advice fits each domain
+    assert "added in opset 20" in msg
     assert "domain 'com.example' is not declared" in msg
     assert "spatial=0" in msg
-    assert "added in opset 17" in msg
     assert "edgert imports operators of the ONNX default domain" in msg
 
 
@@ -1015,3 +1015,37 @@ def test_backend_simple_models():
         g = import_onnx(path)
         if name.startswith("test_gradient"):
             assert "Gradient" not in g.op_histogram()
+
+
+def test_layer_normalization_before_opset_17_imports_with_a_warning():
+    """onnxruntime's transformers optimizer writes LayerNormalization under opset 14."""
+    s = numpy_helper.from_array(np.ones(3, np.float32), "s")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    g = helper.make_graph([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"],
+                                            name="ln", epsilon=1e-5)],
+                          "g", [_vi("x", shape=[2, 3])], [_vi("y", shape=[2, 3])], [s, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 8
+    with pytest.warns(UserWarning, match="LayerNormalization 'ln' is used under ai.onnx opset 14"):
+        graph = import_onnx(m)
+    assert graph.nodes[0].version == 17
+    x = _randn(2, 3)
+    want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    import edgert
+    from edgert.runtime import Interpreter
+
+    with pytest.warns(UserWarning):
+        got = Interpreter(edgert.convert(m)).run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_duplicated_opset_imports_merge_and_conflicting_ones_are_refused():
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [_vi("x", shape=[2])], [_vi("y", shape=[2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("", 17)])
+    assert import_onnx(m).opset[""] == 17  # (skl2onnx 1.20 writes the default domain twice)
+    m2 = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("", 13)])
+    with pytest.raises(ModelImportError, match="twice, at opsets 17 and 13"):
+        import_onnx(m2)

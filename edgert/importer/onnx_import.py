@@ -108,6 +108,12 @@ _DOMAIN_ADVICE = {
 }
 
 
+def _contrib_default_ops() -> frozenset[str]:
+    from edgert.importer.contrib import DEFAULT_DOMAIN_OPS
+
+    return DEFAULT_DOMAIN_OPS
+
+
 def _foreign_reason(domain: str) -> str:
     if domain == "com.microsoft":
         return "onnxruntime contrib operators (domain 'com.microsoft') are not supported"
@@ -783,6 +789,9 @@ class _Importer:
         if domain == ML_DOMAIN:
             self._ml_node(scope, node, opset)
             return
+        if domain == "com.microsoft":
+            self._contrib_node(scope, node, n)
+            return
         if domain != "":
             self._reject(node, _foreign_reason(domain))
             return
@@ -803,6 +812,10 @@ class _Importer:
                     stacklevel=2,
                 )
                 node.version = since
+                return
+            if rule is None and node.op_type in _contrib_default_ops():
+                # onnxruntime registers a few of its operators in the default domain
+                self._contrib_node(scope, node, n)
                 return
             if rule is None:
                 self._reject(node, self._unknown_op_reason(node.op_type, opset))
@@ -825,6 +838,36 @@ class _Importer:
             self._reject(node, str(exc))
         except (TypeError, ValueError, IndexError) as exc:  # attributes of the wrong kind
             self._reject(node, f"malformed attributes or inputs ({type(exc).__name__}: {exc})")
+
+    def _contrib_node(self, scope: _Scope, node: Node, n: onnx.NodeProto) -> None:
+        """A ``com.microsoft`` node: lowered to standard operators (:mod:`.contrib`)."""
+        from edgert.importer import contrib, contrib_quant
+
+        rule = contrib.RULES.get(node.op_type) or contrib_quant.RULES.get(node.op_type)
+        if rule is None:
+            self._reject(node, f"onnxruntime contrib operator com.microsoft.{node.op_type} is "
+                               "not supported")
+            return
+        opset = self.opsets.get("", 0)
+        rw = upgrade.Rewrite(
+            graph=scope.graph,
+            node=node,
+            since=1,
+            opset=opset,
+            const_of=scope.const_of,
+            num_outputs=len(n.output),
+            is_output=scope.is_output,
+        )
+        try:
+            produced = rule(rw)
+        except upgrade.Decline as exc:
+            self._reject(node, str(exc))
+            return
+        except (TypeError, ValueError, IndexError) as exc:  # attributes of the wrong kind
+            self._reject(node, f"malformed attributes or inputs ({type(exc).__name__}: {exc})")
+            return
+        node.domain = ""
+        node.version = max(opset, produced)
 
     def _ml_node(self, scope: _Scope, node: Node, opset: int) -> None:
         """An ``ai.onnx.ml`` node: its schema must exist at the model's ML opset."""

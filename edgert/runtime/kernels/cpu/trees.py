@@ -95,14 +95,68 @@ def node_dtype(threshold: np.dtype) -> np.dtype:
 
 # Rows walked together through one tree: the tree's nodes stay in cache across them.
 ROW_BLOCK = 64
+# Trees walked in lockstep for one row when the batch is small: a walk is a chain of dependent
+# loads (node -> child -> ...), so one tree at a time waits on memory at every step; LANES
+# independent chains overlap their loads. 500 trees of depth 10, one row, one thread: 37 -> 25
+# µs (measured); for a batch, walking a tree over a block of rows is faster still (52 ms vs
+# 63 ms at 1000 rows), as the rows share the tree's upper levels in cache.
+LANES = 8
+# Batches below this many rows take the lockstep walk.
+LANE_ROWS = 16
+
+
+@njit(inline="always")
+def _child(nodes, node, v, set_lo, set_hi, set_values):
+    """The node a row with feature value ``v`` goes to from branch ``node``."""
+    nd = nodes[node]
+    m = nd.mode
+    c = m & 7
+    th = nd.threshold
+    if c == 0:
+        go = v <= th
+    elif c == 1:
+        go = v < th
+    elif c == 2:
+        go = v >= th
+    elif c == 3:
+        go = v > th
+    elif c == 4:
+        go = v == th
+    elif c == 5:
+        go = v != th
+    else:
+        go = False
+        for k in range(set_lo[node], set_hi[node]):
+            if v == set_values[k]:
+                go = True
+                break
+    if not go and (m & 8) != 0 and v != v:
+        go = True
+    return nd.true if go else nd.false
+
+
+@njit(inline="always")
+def _add_leaf(nodes, leaf, leaf_target, leaf_weight, agg, scores, has, tb, r):
+    lf = nodes[leaf]
+    for k in range(lf.true, lf.false):
+        j = leaf_target[k]
+        w = leaf_weight[k]
+        if agg <= 1:
+            scores[tb, r, j] += w
+        elif agg == 2:
+            if has[tb, r, j] == 0 or w < scores[tb, r, j]:
+                scores[tb, r, j] = w
+        elif has[tb, r, j] == 0 or w > scores[tb, r, j]:
+            scores[tb, r, j] = w
+        has[tb, r, j] = 1
 
 
 @njit(parallel=True)
 def _walk(x, nodes, set_lo, set_hi, set_values, leaf_target, leaf_weight, roots, agg,
           tree_blocks, row_blocks, scores, has):
     """scores/has [tree_blocks, N, targets]: each task takes one block of trees and one block
-    of rows, walks each tree for every row of the block (tree by tree, so each row sums its trees
-    in model order), and aggregates into its own slice."""
+    of rows, walks each tree for every row of a ROW_BLOCK (tree by tree, so each row sums its
+    trees in model order), and aggregates into its own slice."""
     n = x.shape[0]
     trees = roots.shape[0]
     for task in prange(tree_blocks * row_blocks):
@@ -112,55 +166,52 @@ def _walk(x, nodes, set_lo, set_hi, set_values, leaf_target, leaf_weight, roots,
         t1 = (tb + 1) * trees // tree_blocks
         r_lo = rb * n // row_blocks
         r_end = (rb + 1) * n // row_blocks
-        for r0 in range(r_lo, r_end, 64):
-            r1 = min(r0 + 64, r_end)
+        for r0 in range(r_lo, r_end, ROW_BLOCK):
+            r1 = min(r0 + ROW_BLOCK, r_end)
             for t in range(t0, t1):
                 root = roots[t]
                 for r in range(r0, r1):
                     node = root
-                    m = nodes[node].mode
-                    while (m & 7) != 7:
-                        nd = nodes[node]
-                        v = x[r, nd.feature]
-                        c = m & 7
-                        th = nd.threshold
-                        if c == 0:
-                            go = v <= th
-                        elif c == 1:
-                            go = v < th
-                        elif c == 2:
-                            go = v >= th
-                        elif c == 3:
-                            go = v > th
-                        elif c == 4:
-                            go = v == th
-                        elif c == 5:
-                            go = v != th
-                        else:
-                            go = False
-                            for k in range(set_lo[node], set_hi[node]):
-                                if v == set_values[k]:
-                                    go = True
-                                    break
-                        if not go and (m & 8) != 0 and v != v:
-                            go = True
-                        node = nd.true if go else nd.false
-                        m = nodes[node].mode
-                    lf = nodes[node]
-                    for k in range(lf.true, lf.false):
-                        j = leaf_target[k]
-                        w = leaf_weight[k]
-                        if agg <= 1:
-                            scores[tb, r, j] += w
-                        elif agg == 2:
-                            if has[tb, r, j] == 0 or w < scores[tb, r, j]:
-                                scores[tb, r, j] = w
-                        elif has[tb, r, j] == 0 or w > scores[tb, r, j]:
-                            scores[tb, r, j] = w
-                        has[tb, r, j] = 1
+                    while (nodes[node].mode & 7) != 7:
+                        node = _child(nodes, node, x[r, nodes[node].feature], set_lo, set_hi,
+                                      set_values)
+                    _add_leaf(nodes, node, leaf_target, leaf_weight, agg, scores, has, tb, r)
+
+
+@njit(parallel=True)
+def _walk_lanes(x, nodes, set_lo, set_hi, set_values, leaf_target, leaf_weight, roots, agg,
+                tree_blocks, row_blocks, scores, has):
+    """As :func:`_walk`, for a few rows: LANES trees in lockstep per row."""
+    n = x.shape[0]
+    trees = roots.shape[0]
+    for task in prange(tree_blocks * row_blocks):
+        lane = np.empty(LANES, np.int32)
+        tb = task // row_blocks
+        rb = task - tb * row_blocks
+        t0 = tb * trees // tree_blocks
+        t1 = (tb + 1) * trees // tree_blocks
+        r0 = rb * n // row_blocks
+        r1 = (rb + 1) * n // row_blocks
+        for r in range(r0, r1):
+            for tg in range(t0, t1, LANES):
+                width = min(LANES, t1 - tg)
+                for g in range(width):
+                    lane[g] = roots[tg + g]
+                busy = True
+                while busy:
+                    busy = False
+                    for g in range(width):
+                        node = lane[g]
+                        if (nodes[node].mode & 7) != 7:
+                            busy = True
+                            lane[g] = _child(nodes, node, x[r, nodes[node].feature], set_lo,
+                                             set_hi, set_values)
+                for g in range(width):  # in tree order: the sums match a sequential walk
+                    _add_leaf(nodes, lane[g], leaf_target, leaf_weight, agg, scores, has, tb, r)
 
 
 _walk_serial = _jit.serial_twin(_walk)
+_walk_lanes_serial = _jit.serial_twin(_walk_lanes)
 
 
 def pack_nodes(forest: Forest, threshold: np.dtype) -> np.ndarray:
@@ -182,12 +233,15 @@ def run_forest(forest: Forest, nodes: np.ndarray, weight: np.ndarray, x: np.ndar
     precision to compare and sum in."""
     n = x.shape[0]
     trees = len(forest.roots)
+    few = n < LANE_ROWS
     if threads <= 1 or n * trees < 256:
-        tree_blocks, row_blocks, fn = 1, 1, _walk_serial
+        tree_blocks, row_blocks = 1, 1
+        fn = _walk_lanes_serial if few else _walk_serial
     elif n >= 2 * ROW_BLOCK * threads:
         tree_blocks, row_blocks, fn = 1, min(n // ROW_BLOCK, 4 * threads), _walk
     else:  # a few rows: split the trees
-        tree_blocks, row_blocks, fn = min(trees, threads), 1, _walk
+        tree_blocks, row_blocks = min(trees, threads), 1
+        fn = _walk_lanes if few else _walk
     scores = np.zeros((tree_blocks, n, targets), weight.dtype)
     has = np.zeros((tree_blocks, n, targets), np.uint8)
     f = forest
