@@ -230,7 +230,8 @@ def _unsupported_value_type(node) -> str | None:
         other = v.meta.get("onnx_type")
         if other and other not in ("tensor", "sparse_tensor"):
             return (f"value '{v.name}' has ONNX type {other}; the edgert runtime holds tensors, "
-                    "sequences of tensors and optional tensors or sequences only")
+                    "sequences of tensors, optional tensors or sequences, and maps with int64 "
+                    "or string keys (and sequences of them) only")
     return None
 
 

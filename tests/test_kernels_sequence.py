@@ -16,7 +16,7 @@ import onnx.parser
 import pytest
 
 from edgert.converter import convert
-from edgert.errors import DTypeError, InputError, ModelFormatError, ShapeError
+from edgert.errors import DTypeError, EdgeRTError, InputError, ModelFormatError, ShapeError
 from edgert.format import ModelDef, SubGraphDef, TensorDef, read_model, write_model
 from edgert.format.model import KIND_OPTIONAL_SEQUENCE, KIND_SEQUENCE, KIND_TENSOR, OperatorDef
 from edgert.runtime import Interpreter
@@ -438,7 +438,7 @@ def test_optimizer_does_not_fold_sequences_into_constants():
 
 @pytest.mark.parametrize("onnx_type, shown", [
     ("seq(seq(float))", "sequence(sequence)"),
-    ("map(int64, float)", "map"),
+    ("map(int32, float)", "map(int32, ...)"),
 ])
 def test_value_types_the_runtime_cannot_hold_are_refused_at_conversion(onnx_type, shown):
     from edgert.errors import UnsupportedOpError
@@ -447,6 +447,17 @@ def test_value_types_the_runtime_cannot_hold_are_refused_at_conversion(onnx_type
         HEADER + f"g ({onnx_type} x) => ({onnx_type} y) {{ y = Identity(x) }}")
     with pytest.raises(UnsupportedOpError, match=f"'x' has ONNX type {re.escape(shown)}"):
         convert(model, level=0)
+
+
+def test_maps_pass_through_the_runtime():
+    """map(int64, float) (the ai.onnx.ml operators' map values) is held as a dict."""
+    model = onnx.parser.parse_model(
+        HEADER + "g (map(int64, float) x) => (map(int64, float) y) { y = Identity(x) }")
+    it = Interpreter(convert(model, level=0))
+    out = it.run({"x": {1: 2.0, 3: 4.5}})["y"]
+    assert out == {1: np.float32(2.0), 3: np.float32(4.5)}
+    with pytest.raises(EdgeRTError, match="key 'a' is not an int"):
+        it.run({"x": {"a": 1.0}})
 
 
 def test_tensor_op_on_a_sequence_is_refused_at_conversion():

@@ -410,3 +410,21 @@ def test_tree_ensemble_v5_transforms_follow_the_spec(post):
         want = e / e.sum(axis=1, keepdims=True)
     got = list(Interpreter(edgert.convert(m)).run({"X": x}).values())[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_single_target_regressor_applies_its_post_transform():
+    """The spec applies post_transform to a one-target regressor's score (onnxruntime applies
+    only PROBIT there): onnxruntime's raw scores, transformed with the logistic formula."""
+    rng = np.random.default_rng(5)
+    attrs = v3_attrs(random_trees(rng, 6, 4, 3), rng, 1, "target")
+    x = data(rng, 30, 3)
+
+    def model(post):
+        node = helper.make_node("TreeEnsembleRegressor", ["X"], ["Y"], domain=ML, n_targets=1,
+                                post_transform=post, **attrs)
+        return model_of(node, [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+                        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])])
+
+    raw = run_both(model("NONE"), x)[0][0].astype(np.float64)
+    got = list(Interpreter(edgert.convert(model("LOGISTIC"))).run({"X": x}).values())[0]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-raw)), rtol=1e-6, atol=1e-7)

@@ -345,7 +345,9 @@ def _type_info(tp: onnx.TypeProto) -> tuple[int, list | None, str]:
         return _container_type(tp)
     if kind == "map_type":
         value = _map_value(tp.map_type)
-        return (0, None, "map") if value is None else (value, None, MAP)
+        if value is None:  # (not the MAP kind's name: a kind the runtime does not hold)
+            return 0, None, f"map({_dtype_name(tp.map_type.key_type)}, ...)"
+        return value, None, MAP
     if kind not in ("tensor_type", "sparse_tensor_type"):
         return 0, None, kind.removesuffix("_type")
     tt = getattr(tp, kind)

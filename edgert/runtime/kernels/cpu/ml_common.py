@@ -88,13 +88,12 @@ def apply_post_transform(scores: np.ndarray, name: str) -> np.ndarray:
 def class_labels(kernel, where: str) -> tuple[np.ndarray, bool]:
     """A classifier's ``classlabels_int64s`` / ``classlabels_strings`` (exactly one of them):
     ``(labels, is_string)`` with labels an int64 array or an object array of str."""
-    ints = kernel.attr("classlabels_int64s")
-    if ints is None:
-        ints = kernel.attr("classlabels_ints")
+    name = "classlabels_int64s" if kernel.attr("classlabels_int64s") is not None or \
+        kernel.attr("classlabels_ints") is None else "classlabels_ints"
+    ints = kernel.attr(name)
     strings = kernel.attr("classlabels_strings")
     if (ints is None) == (strings is None):
-        raise KernelError(f"{where}: needs exactly one of classlabels_int64s and "
-                          "classlabels_strings")
+        raise KernelError(f"{where}: needs exactly one of {name} and classlabels_strings")
     if strings is not None:
         return np.array([str(s) for s in strings], dtype=object), True
     return np.asarray(ints, dtype=np.int64).reshape(-1), False

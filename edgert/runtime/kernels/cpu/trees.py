@@ -23,11 +23,13 @@ reference is in range, every tree reached from its root is acyclic (so a walk al
 feature indices fit the input's feature count and target / class ids fit the outputs.
 
 The aggregation and the classifier's handling of two classes follow onnxruntime, which users
-compare against (where the ONNX spec leaves room): base values are added only when there is one
-per target or class; with one target, a regressor applies only the PROBIT post-transform; a
-binary classifier whose trees score a single class derives the second score from the first
-(``1 - p``, or ``-s`` / a logistic pair with mixed-sign weights) and picks its label by
-``p > 0.5`` (all weights positive) or ``s > 0``.
+compare against, where the ONNX spec leaves room: base values are added only when there is one
+per target or class; a target or class no reached leaf scored reads 0; a binary classifier whose
+trees score a single class derives the second score from the first (``1 - p``, or ``-s`` / a
+logistic pair with mixed-sign weights) and picks its label by ``p > 0.5`` (all weights
+positive) or ``s > 0``. Where the spec is explicit it wins: a single-target regressor applies
+its post_transform (onnxruntime applies only PROBIT there), and TreeEnsemble numbers
+post_transform as its spec does (1 SOFTMAX, 2 LOGISTIC; onnxruntime 1.32 swaps them).
 """
 
 from __future__ import annotations
@@ -586,13 +588,6 @@ def _aggregate(scores: np.ndarray, has: np.ndarray, agg: int, trees: int,
     return out
 
 
-def _regressor_transform(out: np.ndarray, post: str) -> np.ndarray:
-    """With one target onnxruntime applies only PROBIT; with several, every transform."""
-    if out.shape[1] == 1:
-        return probit(out) if post == "PROBIT" else out
-    return apply_post_transform(out, post)
-
-
 class TreeEnsembleRegressor(_TreeKernel):
     """TreeEnsembleRegressor (ML opsets 1 and 3): Y [N, n_targets] float32."""
 
@@ -618,7 +613,7 @@ class TreeEnsembleRegressor(_TreeKernel):
     def invoke(self, inputs, outputs):
         scores, has = self._scores(inputs[0], self._targets, self._agg)
         out = _aggregate(scores, has, self._agg, len(self.forest.roots), self._base)
-        y = _regressor_transform(out, self._post).astype(np.float32)
+        y = apply_post_transform(out, self._post).astype(np.float32)
         if outputs[0] is None:
             return [y]
         outputs[0][...] = y
@@ -652,7 +647,7 @@ class TreeEnsemble(_TreeKernel):
     def invoke(self, inputs, outputs):
         scores, has = self._scores(inputs[0], self._targets, self._agg)
         out = _aggregate(scores, has, self._agg, len(self.forest.roots), None)
-        y = _regressor_transform(out, self._post).astype(self._x_dtype)
+        y = apply_post_transform(out, self._post).astype(self._x_dtype)
         if outputs[0] is None:
             return [y]
         outputs[0][...] = y
