@@ -219,7 +219,22 @@ def _random_array(rng: np.random.Generator, shape, dtype: np.dtype) -> np.ndarra
     raise CLIError(f"cannot make random data of dtype {dtype}; pass --input")
 
 
-def _summarize(name: str, arr: np.ndarray) -> str:
+def _summarize(name: str, arr) -> str:
+    if arr is None:
+        return f"{name}: empty optional"
+    if isinstance(arr, dict):
+        items = list(arr.items())
+        shown = ", ".join(f"{k!r}: {float(v):.5g}" if np.asarray(v).dtype.kind == "f" else
+                          f"{k!r}: {np.asarray(v).item()!r}" for k, v in items[:8])
+        more = f", ... ({len(items)} keys)" if len(items) > 8 else ""
+        return f"{name}: map of {len(items)} key(s) {{{shown}{more}}}"
+    if isinstance(arr, list):
+        lines = [f"{name}: sequence of {len(arr)} value(s)"]
+        lines += ["  " + _summarize(f"[{i}]", x).replace("\n", "\n  ") for i, x in
+                  enumerate(arr[:3])]
+        if len(arr) > 3:
+            lines.append(f"  ... and {len(arr) - 3} more")
+        return "\n".join(lines)
     head = f"{name}: {arr.dtype} {tuple(arr.shape)}"
     if arr.size == 0:
         return head + " (empty)"
@@ -234,6 +249,32 @@ def _summarize(name: str, arr: np.ndarray) -> str:
                 extra += f"\n  argmax per row: {np.argmax(arr, axis=1).tolist()[:32]}"
         return f"{head}{extra}\n  first values: {body}"
     return head
+
+
+def _npz_entries(outputs: dict) -> dict[str, np.ndarray]:
+    """Outputs as plain arrays for ``np.savez`` (loadable without pickle): a sequence's tensors
+    as ``name[i]``, a map as ``name.keys`` and ``name.values`` (a sequence of maps:
+    ``name[i].keys``...), an empty optional left out."""
+    entries: dict[str, np.ndarray] = {}
+
+    def put(name: str, value) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            keys = list(value)
+            entries[f"{name}.keys"] = np.array(keys, dtype=str if keys and
+                                               isinstance(keys[0], str) else np.int64)
+            entries[f"{name}.values"] = np.array([value[k] for k in keys])
+        elif isinstance(value, list):
+            for i, x in enumerate(value):
+                put(f"{name}[{i}]", x)
+        else:
+            arr = np.asarray(value)
+            entries[name] = arr.astype(str) if arr.dtype == object else arr
+
+    for name, value in outputs.items():
+        put(name, value)
+    return entries
 
 
 def _rss_peak_bytes() -> int:
@@ -310,8 +351,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs = interp.run(feeds)
     t_run = time.perf_counter() - t1
     if args.output:
-        np.savez(args.output, **outputs)
-        print(f"saved {len(outputs)} output(s) to {args.output}")
+        arrays = _npz_entries(outputs)
+        np.savez(args.output, **arrays)
+        print(f"saved {len(outputs)} output(s) to {args.output} ({len(arrays)} array(s))")
     for name, arr in outputs.items():
         print(_summarize(name, arr))
     print(f"load {t_load * 1000:.1f} ms, first run {t_run * 1000:.1f} ms"

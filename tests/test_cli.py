@@ -196,3 +196,39 @@ def test_an_edgert_file_where_onnx_is_read_and_calibration_that_would_be_ignored
     np.savez(calib, input=np.zeros((2, 1, 8, 8), np.float32))
     _one_error_line(_edgert(["quantize", DIGITS, "-o", tmp_path / "q.edgert", "--mode", "fp16",
                              "--calibration", calib]), "uses no calibration data")
+
+
+def test_run_prints_and_saves_sequences_of_maps(tmp_path, capsys):
+    """A classifier ending in ZipMap (skl2onnx's default): each row's probabilities as a map,
+    printed and saved as plain arrays (``name[i].keys`` / ``name[i].values``)."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LinearClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
+                            coefficients=[1.0, -1.0, 0.5, 2.0, 0.0, -0.5],
+                            intercepts=[0.0, 0.1, -0.1], classlabels_strings=["a", "b", "c"],
+                            post_transform="SOFTMAX")
+    zipmap = helper.make_node("ZipMap", ["scores"], ["probs"], domain="ai.onnx.ml",
+                              classlabels_strings=["a", "b", "c"])
+    probs_type = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(
+        [node, zipmap], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, [None]),
+         helper.make_value_info("probs", probs_type)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+    path = tmp_path / "zipmap.onnx"
+    path.write_bytes(model.SerializeToString())
+    x = np.array([[0.5, 1.0], [-1.0, 2.0]], np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npz"
+    assert main(["run", str(path), "--input", f"X={tmp_path / 'x.npy'}", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "probs: sequence of 2 value(s)" in text and "map of 3 key(s)" in text
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels, probs = sess.run(None, {"X": x})
+    saved = np.load(out)  # (no pickle needed)
+    np.testing.assert_array_equal(saved["label"], labels.astype(str))
+    for i, row in enumerate(probs):
+        assert saved[f"probs[{i}].keys"].tolist() == list(row)
+        np.testing.assert_allclose(saved[f"probs[{i}].values"], list(row.values()), rtol=1e-6)
