@@ -309,6 +309,9 @@ def _lower_graph(graph: Graph) -> SubGraphDef:
         ins = [-1 if v is None else add(v) for v in n.inputs]
         outs = [-1 if v.meta.get("omitted") else add(v) for v in n.outputs]
         attrs = {k: _lower_attr(v) for k, v in n.attrs.items()}
+        kernel = _cpu_kernels().lookup(n.op_type, n.domain, n.version)
+        if kernel is not None:
+            attrs = kernel.pack_attributes(attrs)
         operators.append(
             OperatorDef(n.op_type, ins, outs, attrs, name=n.name, domain=n.domain,
                         version=n.version)
@@ -348,12 +351,22 @@ def _tensor_def(v: Value) -> TensorDef:
     return TensorDef(v.name, v.dtype, shape, signature, None, quant)
 
 
+def _cpu_kernels() -> KernelRegistry:
+    from edgert.runtime.kernels.cpu import registry
+
+    return registry()
+
+
 def _lower_attr(value: Any) -> Any:
     if isinstance(value, Graph):
         return _lower_graph(value)
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(g, Graph) for g in value):
             return [_lower_graph(g) for g in value]
+        if len(value) > 64 and not isinstance(value[0], (str, bytes, np.ndarray)):
+            arr = np.asarray(value)  # a long numeric list (a tree ensemble's): in C, not per item
+            if arr.ndim == 1 and arr.dtype.kind in "iuf":
+                return arr.tolist()
         return [_lower_attr(x) for x in value]
     if isinstance(value, np.generic):
         return value.item()

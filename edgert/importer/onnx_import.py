@@ -738,7 +738,8 @@ class _Importer:
         """
         names: list[str] = []
         for value in attrs.values():
-            graphs = value if isinstance(value, list) else [value]
+            graphs = value if isinstance(value, list) and value and \
+                isinstance(value[0], Graph) else [value]
             for g in graphs:
                 if isinstance(g, Graph):
                     names.extend(x for x in g.outer_inputs if x not in names)
@@ -920,9 +921,9 @@ class _Importer:
             elif t == AttributeProto.GRAPH:
                 attrs[a.name] = self._graph(a.g, scope, a.g.name or f"{node_name}_{a.name}")
             elif t == AttributeProto.FLOATS:
-                attrs[a.name] = [float(x) for x in a.floats]
+                attrs[a.name] = list(a.floats)  # (Python floats and ints already)
             elif t == AttributeProto.INTS:
-                attrs[a.name] = [int(x) for x in a.ints]
+                attrs[a.name] = list(a.ints)
             elif t == AttributeProto.STRINGS:
                 attrs[a.name] = [_decode(x) for x in a.strings]
             elif t == AttributeProto.TENSORS:

@@ -106,7 +106,8 @@ def attrs_key(attrs: dict) -> tuple | None:
         if isinstance(v, np.ndarray):
             items.append((k, "nd", v.dtype.str, v.shape, v.tobytes()))
         elif isinstance(v, (list, tuple)):
-            if any(isinstance(x, (np.ndarray, Graph)) for x in v):
+            # (lists are homogeneous: tensors, graphs or scalars; a tree ensemble's hold 10^5)
+            if v and isinstance(v[0], (np.ndarray, Graph)):
                 return None
             items.append((k, tuple(v)))
         elif isinstance(v, Graph):

@@ -139,6 +139,17 @@ class Kernel:
         raise NotImplementedError
 
     # ----- helpers for subclasses ---------------------------------------------------------------
+    @classmethod
+    def pack_attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
+        """The attributes as the converter writes them into a ``.edgert`` file.
+
+        The default keeps them as they are. A kernel whose attributes can be large (a tree
+        ensemble's node table: hundreds of thousands of entries per list) returns a compact form
+        it also accepts in ``prepare``, typically NumPy arrays: they are stored as tensor data,
+        memory-mapped at load instead of decoded element by element.
+        """
+        return attrs
+
     def where(self) -> str:
         return f"{self.op.op_type} '{self.op.name}'" if self.op.name else self.op.op_type
 
