@@ -151,3 +151,23 @@ def test_xgboost_through_onnxmltools():
     onx = onnxmltools.convert_xgboost(model, initial_types=[("X", FloatTensorType([None, 10]))],
                                       target_opset=15)
     _compare(onx, {"X": x})
+
+
+def test_edgert_optimize_writes_ml_models_onnxruntime_runs(tmp_path):
+    """`edgert optimize` keeps ai.onnx.ml nodes and map types in the ONNX it writes."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from edgert.cli import main
+
+    x, y = _classification()
+    model = RandomForestClassifier(10, random_state=0).fit(x, y)
+    onx = skl2onnx.to_onnx(model, x[:1], target_opset=ML_OPSETS)
+    src, dst = tmp_path / "rf.onnx", tmp_path / "rf_opt.onnx"
+    src.write_bytes(onx.SerializeToString())
+    assert main(["optimize", str(src), "-o", str(dst)]) == 0
+    import onnx
+
+    want = _ort(onx, {"X": x})
+    got = _ort(onnx.load(str(dst)), {"X": x})
+    np.testing.assert_array_equal(got["output_label"], want["output_label"])
+    assert got["output_probability"] == want["output_probability"]

@@ -11,7 +11,8 @@ Used by ``edgert optimize`` so that any ONNX tool reads what the optimizer produ
   13 or later they become ``Flatten -> op(axis=-1) -> Reshape(Shape(x))`` unless ``axis`` is
   already the last axis (then both meanings agree).
 * ``edgert``-domain nodes (fused activations) are written in domain ``edgert``, version 1; only
-  the edgert runtime runs them.
+  the edgert runtime runs them. ``ai.onnx.ml`` nodes are written as imported, at the model's ML
+  opset; map and sequence-of-map values keep their ONNX types.
 * Constants become initializers (raw data of the value's own element type); a constant that is
   a graph output is written as a ``Constant`` node so its name stays an output.
 * Graph inputs and outputs keep their names, element types and shapes (symbolic dims as
@@ -29,6 +30,7 @@ from edgert.errors import EdgeRTError
 from edgert.ir import Graph, Node, Value
 
 _SOFTMAX_FAMILY = ("Softmax", "LogSoftmax", "Hardmax")
+_ML = "ai.onnx.ml"
 
 
 def export_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
@@ -49,6 +51,8 @@ def export_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     imports = [helper.make_opsetid("", target)]
     if "edgert" in domains:
         imports.append(helper.make_opsetid("edgert", 1))
+    if _ML in domains:  # (the model's own ML opset: the importer keeps ML nodes as they are)
+        imports.append(helper.make_opsetid(_ML, int(graph.opset.get(_ML) or 1)))
     model = helper.make_model(gp, opset_imports=imports, producer_name="edgert")
     from edgert import __version__
 
@@ -74,6 +78,13 @@ def _target_opset(graph: Graph) -> int:
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:
+    if v.kind in ("map", "sequence_map"):  # map(K, V) / seq(map(K, V)) of ai.onnx.ml
+        tp = helper.make_map_type_proto(
+            int(v.meta.get("key_dtype") or TensorProto.INT64),
+            helper.make_tensor_type_proto(v.dtype or TensorProto.FLOAT, []))
+        if v.kind == "sequence_map":
+            tp = helper.make_sequence_type_proto(tp)
+        return helper.make_value_info(v.name, tp)
     if v.kind != "tensor":  # seq(tensor), optional(tensor), optional(seq(tensor))
         tp = helper.make_tensor_type_proto(v.dtype or TensorProto.FLOAT, None)
         if v.kind in ("sequence", "optional_sequence"):
@@ -170,7 +181,7 @@ def _graph_proto(graph: Graph, target: int, domains: set[str], top: bool) -> onn
 
 
 def _node_protos(graph: Graph, n: Node, target: int, domains: set[str]) -> list[onnx.NodeProto]:
-    if n.domain not in ("", "edgert"):
+    if n.domain not in ("", "edgert", _ML):
         raise EdgeRTError(f"{n.op_type} '{n.name}': domain '{n.domain}' cannot be written to ONNX")
     if n.domain:
         domains.add(n.domain)
