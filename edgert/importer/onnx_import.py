@@ -237,13 +237,19 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     return proto
 
 
+# Domains whose nodes shape inference may see: onnx has no schemas for onnxruntime's operators
+# and skips them (their outputs keep the types the model declares).
+_INFERABLE_DOMAINS = (*_DEFAULT_DOMAINS, "com.microsoft")
+
+
 def _foreign_nodes(graph: onnx.GraphProto) -> bool:
-    """Whether ``graph`` (or a body inside it) has a node outside the ONNX default domain."""
+    """Whether ``graph`` (or a body inside it) has a node of a domain shape inference must not
+    see (see :func:`_infer_shapes`)."""
     stack = [graph]
     while stack:
         g = stack.pop()
         for n in g.node:
-            if n.domain not in _DEFAULT_DOMAINS:
+            if n.domain not in _INFERABLE_DOMAINS:
                 return True
             for a in n.attribute:
                 if a.HasField("g"):
@@ -301,9 +307,10 @@ def _infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Te
     data; inference needs only their shapes (data propagation reads shape-sized integer
     tensors, which are kept).
 
-    Skipped when a node is outside the default domain: such a model is rejected anyway, and the
-    inference functions of other domains are not robust to inputs of unknown type (onnx 1.23
-    crashes the process on ai.onnx.ml's LabelEncoder fed by an unknown op).
+    Skipped when a node is of a domain other than the default one and onnxruntime's
+    (``com.microsoft``, which onnx skips): the inference functions of other domains are not
+    robust to inputs of unknown type (onnx 1.23 crashes the process on ai.onnx.ml's LabelEncoder
+    and DictVectorizer fed by an untyped value), and custom domains are rejected anyway.
     """
     if _foreign_nodes(proto.graph):
         return proto, {}
