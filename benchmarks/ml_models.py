@@ -35,7 +35,6 @@ def build(folder: str, names: list[str] | None) -> dict[str, str]:
     from sklearn.datasets import make_classification, make_regression
     from sklearn.ensemble import (
         GradientBoostingClassifier,
-        HistGradientBoostingClassifier,
         RandomForestClassifier,
         RandomForestRegressor,
     )
@@ -55,7 +54,6 @@ def build(folder: str, names: list[str] | None) -> dict[str, str]:
                                                                       n_jobs=1), xr, yr),
         "gradient_boosting_200": (lambda: GradientBoostingClassifier(n_estimators=200,
                                                                      max_depth=4), xc, yc),
-        "hist_gradient_boosting": (lambda: HistGradientBoostingClassifier(max_iter=200), xc, yc),
         "logistic_regression": (lambda: make_pipeline(StandardScaler(),
                                                       LogisticRegression(max_iter=500)), xc, yc),
         "svc_rbf_proba": (lambda: SVC(probability=True, random_state=0), xc[:1500], yc[:1500]),
@@ -78,7 +76,7 @@ def build(folder: str, names: list[str] | None) -> dict[str, str]:
 
             model = LGBMClassifier(n_estimators=300, verbose=-1).fit(x, y)
             onx = convert_lightgbm(model, initial_types=[("X", FloatTensorType([None, 20]))],
-                                   target_opset=17, zipmap=False)
+                                   target_opset=15, zipmap=False)
         else:
             model = make().fit(x, y)
             onx = to_onnx(model, x[:1], target_opset={"": 17, "ai.onnx.ml": 3},

@@ -50,6 +50,7 @@ from typing import TypeVar
 import numpy as np
 
 from edgert.errors import DTypeError, InputError, ShapeError
+from edgert.runtime._jit import njit
 from edgert.runtime.kernels.cpu.misc import EagerKernel
 from edgert.runtime.kernels.cpu.ml_common import (
     apply_post_transform,
@@ -869,34 +870,54 @@ class SVMClassifier(_SVM):
 
 
 def _pairwise_coupling(r: np.ndarray) -> np.ndarray:
-    """libsvm's ``multiclass_probability`` (Wu, Lin and Weng 2004, method 2) on every row at
-    once, in float32 and with at most 100 sweeps like onnxruntime: ``r`` [N, k, k] holds
-    ``r[:, i, j] = P(class i | class i or j)``; a row stops when ``max |Qp - pQp| < 0.005 / k``."""
-    n, k, _ = r.shape
-    q = -(r * np.swapaxes(r, 1, 2))
-    diag = np.square(r).sum(axis=1)  # Q[t, t] = sum_j r[j, t]^2 (r[t, t] is 0)
-    q[:, np.arange(k), np.arange(k)] = diag
-    eps = np.float32(0.005) / np.float32(k)
-    p = np.full((n, k), np.float32(1.0) / np.float32(k), dtype=np.float32)
-    rows = np.arange(n)
-    for _ in range(100):
-        qa, pa = q[rows], p[rows]
-        qp = np.matmul(qa, pa[:, :, None])[:, :, 0]
-        pqp = (pa * qp).sum(axis=1)
-        going = np.abs(qp - pqp[:, None]).max(axis=1) >= eps
-        rows, qa, pa, qp, pqp = rows[going], qa[going], pa[going], qp[going], pqp[going]
-        if not rows.size:
-            break
-        for t in range(k):
-            qtt = qa[:, t, t]
-            diff = (-qp[:, t] + pqp) / qtt
-            pa[:, t] += diff
-            grow = 1 + diff
-            pqp = (pqp + diff * (diff * qtt + 2 * qp[:, t])) / grow / grow
-            qp = (qp + diff[:, None] * qa[:, t, :]) / grow[:, None]
-            pa /= grow[:, None]
-        p[rows] = pa
+    """libsvm's ``multiclass_probability`` (Wu, Lin and Weng 2004, method 2) per row, in float32
+    and with at most 100 sweeps like onnxruntime: ``r`` [N, k, k] holds
+    ``r[:, i, j] = P(class i | class i or j)``; a row stops when ``max |Qp - pQp| < 0.005 / k``.
+    Compiled: the NumPy form (vectorized over rows, a Python loop over sweeps and classes) took
+    0.15 ms of a 0.18 ms single-row SVC."""
+    p = np.empty(r.shape[:2], np.float32)
+    _coupling(np.ascontiguousarray(r, dtype=np.float32), p)
     return p
+
+
+@njit(fastmath=False)
+def _coupling(r, p):
+    n, k, _ = r.shape
+    q = np.zeros((k, k), np.float32)
+    qp = np.zeros(k, np.float32)
+    one = np.float32(1.0)
+    eps = np.float32(0.005) / np.float32(k)
+    for row in range(n):
+        for i in range(k):
+            p[row, i] = one / np.float32(k)
+            q[i, i] = 0
+            for j in range(i):
+                q[i, i] += r[row, j, i] * r[row, j, i]
+                q[i, j] = q[j, i]
+            for j in range(i + 1, k):
+                q[i, i] += r[row, j, i] * r[row, j, i]
+                q[i, j] = -r[row, j, i] * r[row, i, j]
+        for _ in range(100):
+            pqp = np.float32(0.0)
+            for i in range(k):
+                acc = np.float32(0.0)
+                for j in range(k):
+                    acc += q[i, j] * p[row, j]
+                qp[i] = acc
+                pqp += p[row, i] * qp[i]
+            worst = np.float32(0.0)
+            for i in range(k):
+                worst = max(worst, abs(qp[i] - pqp))
+            if worst < eps:
+                break
+            for i in range(k):
+                diff = (-qp[i] + pqp) / q[i, i]
+                p[row, i] += diff
+                grow = one + diff
+                pqp = (pqp + diff * (diff * q[i, i] + np.float32(2.0) * qp[i])) / grow / grow
+                for j in range(k):
+                    qp[j] = (qp[j] + diff * q[i, j]) / grow
+                    p[row, j] /= grow
 
 
 # ----- maps ---------------------------------------------------------------------------------------
