@@ -2,7 +2,8 @@
 
 * :mod:`.tensor` — :class:`Tensor`, ``backward()``, ``no_grad``, tensor ops;
 * :mod:`.functional` (``F``) — convolution, pooling, normalization, losses;
-* :mod:`.nn` — ``Module``, layers, containers; :mod:`.optim` — optimizers and schedulers;
+* :mod:`.nn` — ``Module``, layers, containers, loss modules (``CrossEntropyLoss``, ...);
+* :mod:`.optim` — optimizers and schedulers;
 * :mod:`.data` — ``DataLoader`` and transforms; :mod:`.fit` — ``fit``/``evaluate``/``predict``;
 * :func:`export_onnx` — trace a forward pass into an ONNX model.
 

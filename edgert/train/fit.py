@@ -3,7 +3,8 @@
 ``fit`` runs epochs of ``zero_grad / loss / backward / step`` over a :class:`DataLoader`,
 evaluates on a validation loader after each epoch, and hands an ``epoch logs`` dict (``loss``,
 ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``time``) to each callback. It returns a
-:class:`History` with one list per metric.
+:class:`History` with one list per metric. Like Keras it reports progress by default: a bar
+per epoch on a terminal, one line per epoch elsewhere (``verbose=0`` silences it).
 
 Logs: :class:`CSVLogger` writes one row per epoch; :class:`TensorBoardLogger` writes scalar
 summaries in TensorBoard's event-file format (TFRecord framing with masked CRC32C around
@@ -18,6 +19,7 @@ import math
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -287,58 +289,117 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> int:
     return 0
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
-    if not enabled:
-        return iterable
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _verbosity(verbose: int | str, progress: bool | None) -> int:
+    """0 silent, 1 progress bar, 2 one line per epoch (Keras's values; 'auto' is 1)."""
+    if isinstance(verbose, str):
+        if verbose != "auto":
+            raise ValueError(f"fit: verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+        mode = 1
+    elif verbose in (0, 1, 2):  # True / False count as 1 / 0
+        mode = int(verbose)
+    else:
+        raise ValueError(f"fit: verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    if progress is True and mode == 0:
+        mode = 1
+    elif progress is False and mode == 1:
+        mode = 2
+    return mode
+
+
+def _open_bar(total: int | None, desc: str) -> Any:
+    """A tqdm bar on stderr, or None where stderr is no terminal (logs, pipes, CI) or tqdm is
+    not installed: a bar's carriage returns would litter a log file."""
+    if not _stderr_is_terminal():
+        return None
     try:
         from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    except ModuleNotFoundError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if v == 0 or 1e-3 <= abs(v) < 1e5 else f"{v:.4e}"
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    """``"loss: 0.1234 - accuracy: 0.9500 - ..."`` (Keras's style; ``time`` is left out)."""
+    return " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items() if k != "time")
 
 
 def fit(model: Module, train_loader: Any, optimizer: Any, loss_fn: Callable = F.cross_entropy,
         epochs: int = 1, val_loader: Any = None, scheduler: Any = None,
         scheduler_per_batch: bool = False, callbacks: Iterable[Callback] = (),
-        progress: bool = False, verbose: bool = False) -> History:
+        progress: bool | None = None, verbose: int | str = "auto") -> History:
     """Train ``model``; returns the :class:`History` (loss, accuracy, val_* per epoch).
 
-    ``scheduler.step()`` runs after every batch when ``scheduler_per_batch`` (one-cycle,
-    warm-up), else after every epoch.
+    ``loss_fn(outputs, targets)`` is a function (``F.cross_entropy``) or a loss module
+    (``nn.CrossEntropyLoss()``). ``scheduler.step()`` runs after every batch when
+    ``scheduler_per_batch`` (one-cycle, warm-up), else after every epoch.
+
+    ``verbose`` as in Keras: ``"auto"`` (the default) and ``1`` show a progress bar per epoch
+    (tqdm, on stderr) that ends with the epoch's metrics, ``2`` prints one line per epoch on
+    stdout, ``0`` prints nothing. The bar needs a terminal: where stderr is not one (a log file,
+    a pipe, CI) or tqdm is not installed, ``1`` prints the lines of ``2`` instead. ``progress``
+    is the older switch for the bar: ``False`` means lines, ``True`` a bar even with
+    ``verbose=0``.
     """
+    mode = _verbosity(verbose, progress)
     trainer = Trainer(model, optimizer, loss_fn)
     callbacks = list(callbacks)
     history = History()
+    try:
+        total = len(train_loader)
+    except TypeError:
+        total = None
     for cb in callbacks:
         cb.on_train_begin(trainer)
     for epoch in range(epochs):
         start = time.perf_counter()
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        for xb, yb in _progress(train_loader, len(train_loader), f"epoch {epoch + 1}", progress):
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None and scheduler_per_batch:
+        desc = f"Epoch {epoch + 1}/{epochs}"
+        bar = _open_bar(total, desc) if mode == 1 else None
+        try:
+            model.train()
+            total_loss, correct, seen = 0.0, 0, 0
+            for xb, yb in train_loader:
+                out = model(xb)
+                loss = loss_fn(out, yb)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None and scheduler_per_batch:
+                    scheduler.step()
+                n = len(xb)
+                total_loss += loss.item() * n
+                correct += _accuracy(out.data, yb.data)
+                seen += n
+                if bar is not None:
+                    bar.set_postfix_str(f"loss: {_fmt(total_loss / seen)}", refresh=False)
+                    bar.update(1)
+            if scheduler is not None and not scheduler_per_batch:
                 scheduler.step()
-            n = len(xb)
-            total_loss += loss.item() * n
-            correct += _accuracy(out.data, yb.data)
-            seen += n
-        if scheduler is not None and not scheduler_per_batch:
-            scheduler.step()
-        logs = {"loss": total_loss / seen, "accuracy": correct / seen,
-                "lr": optimizer.param_groups[0]["lr"]}
-        if val_loader is not None:
-            val = evaluate(model, val_loader, loss_fn)
-            logs.update({f"val_{k}": v for k, v in val.items()})
-        logs["time"] = time.perf_counter() - start
+            logs = {"loss": total_loss / seen, "accuracy": correct / seen,
+                    "lr": optimizer.param_groups[0]["lr"]}
+            if val_loader is not None:
+                val = evaluate(model, val_loader, loss_fn)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            logs["time"] = time.perf_counter() - start
+            if bar is not None:
+                bar.set_postfix_str(format_logs(logs), refresh=False)
+            elif mode:
+                print(f"{desc} - {logs['time']:.2f}s - {format_logs(logs)}", flush=True)
+        finally:
+            if bar is not None:
+                bar.close()
         history.append(epoch, logs)
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: "
-                  + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
         for cb in callbacks:
             cb.on_epoch_end(trainer, epoch, logs)
         if trainer.stop_training:

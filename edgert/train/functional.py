@@ -362,81 +362,410 @@ def embedding(indices: Any, weight: Tensor) -> Tensor:
 
 
 # ----- losses -------------------------------------------------------------------------------------
+# PyTorch's semantics, option for option (torch.nn.functional). Argument order: the third
+# positional argument is ``reduction`` (``label_smoothing`` then ``reduction`` for
+# cross_entropy), as this module always had it; every other option is keyword-only. PyTorch
+# spells ``weight`` third: pass it by name here (a tensor in the reduction slot raises TypeError).
+#
+# Class weights, ``pos_weight`` and ``weight`` are constants (no gradient). Targets that are
+# Tensors with ``requires_grad`` get a gradient wherever PyTorch gives one (probability targets
+# of cross_entropy, the targets of the regression losses, BCE, KL divergence).
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction: Any, name: str, allowed: tuple[str, ...] = _REDUCTIONS) -> None:
+    if not isinstance(reduction, str):
+        raise TypeError(f"{name}: reduction must be one of {allowed}, got "
+                        f"{type(reduction).__name__} (options such as weight= are keyword-only "
+                        "here)")
+    if reduction not in allowed:
+        quoted = ", ".join(repr(r) for r in allowed[:-1]) + f" or {allowed[-1]!r}"
+        raise ValueError(f"reduction must be {quoted}, got {reduction!r}")
+
+
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    _check_reduction(reduction, "loss")
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
         return loss.sum()
+    return loss
+
+
+def _reduced(per: np.ndarray, reduction: str, denom: float, dtype: np.dtype) -> np.ndarray:
+    """The loss value: ``per`` itself, its sum, or its sum over ``denom``."""
     if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        return per.astype(dtype, copy=False)
+    total = per.sum()
+    if reduction != "sum":  # mean / batchmean: 0 / 0 is NaN, as in PyTorch
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = total / denom
+    return np.asarray(total, dtype)
 
 
-def _check_targets(logits: Tensor, target: np.ndarray, name: str) -> None:
-    if target.dtype.kind not in "iu":
-        raise ShapeError(f"{name}: targets must be class indices (integers), got {target.dtype}")
-    if logits.ndim != 2 or target.shape != logits.shape[:1]:
-        raise ShapeError(f"{name}: input of shape {logits.shape} needs targets of shape "
-                         f"({logits.shape[0] if logits.ndim else '?'},), got {target.shape}")
-    if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
-        raise ShapeError(f"{name}: target class out of range [0, {logits.shape[1]})")
+def _upstream(g: np.ndarray, reduction: str, denom: float) -> np.ndarray:
+    """The output gradient as a factor on the per-element gradient (broadcastable to it)."""
+    if reduction == "none" or reduction == "sum":
+        return g
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return g / denom
 
 
-def cross_entropy(logits: Tensor, target: Any, label_smoothing: float = 0.0,
-                  reduction: str = "mean") -> Tensor:
-    """Softmax cross-entropy from logits (N, C) and class indices (N,).
+def _array(x: Any, dtype: Any = None) -> np.ndarray:
+    a = np.asarray(x.data if isinstance(x, Tensor) else x)
+    return a if dtype is None else a.astype(dtype, copy=False)
 
-    With label smoothing ``e`` the target distribution is ``(1 - e) * onehot + e / C``. One fused
-    op: the gradient is ``(softmax(logits) - target_dist) / N``, computed without a log of 0.
+
+def _target_tensor(target: Any, like: Tensor) -> Tensor:
+    """``target`` as a Tensor of ``like``'s dtype: the caller's Tensor (so a gradient reaches it)
+    when it already has that dtype, else a constant."""
+    if isinstance(target, Tensor) and target.dtype == like.dtype:
+        return target
+    return Tensor(_array(target, like.dtype))
+
+
+def _weight(weight: Any, n: int, dtype: np.dtype, name: str) -> np.ndarray | None:
+    if weight is None:
+        return None
+    w = _array(weight, dtype)
+    if w.shape != (n,):
+        raise ShapeError(f"{name}: weight must hold one value per class, shape ({n},), got "
+                         f"{w.shape}")
+    return w
+
+
+def _classes_last(x: Tensor, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Input (C,), (N, C) or (N, C, d1, ...) as rows (M, C); returns ``(rows, batch_shape)``
+    with batch shape ``()``, ``(N,)`` or ``(N, d1, ...)``."""
+    if x.ndim == 0:
+        raise ShapeError(f"{name}: input must be (C,), (N, C) or (N, C, d1, ...), got a scalar")
+    if x.ndim == 1:
+        return x.data[None], ()
+    c = x.shape[1]
+    rows = np.moveaxis(x.data, 1, -1).reshape(-1, c)
+    return rows, (x.shape[0],) + x.shape[2:]
+
+
+def _rows_back(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`_classes_last` for an array of the rows' shape."""
+    if len(shape) == 1:
+        return rows[0]
+    c = shape[1]
+    return np.ascontiguousarray(np.moveaxis(rows.reshape((shape[0],) + shape[2:] + (c,)), -1, 1))
+
+
+def _class_targets(x: Tensor, t: np.ndarray, batch: tuple[int, ...], ignore_index: int,
+                   name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate class-index targets; returns ``(safe, valid)`` flattened: ``safe`` has the ignored
+    positions replaced by class 0, ``valid`` marks the others."""
+    if t.dtype.kind not in "iu":
+        raise ShapeError(f"{name}: targets must be class indices (integers) of shape {batch}, or "
+                         f"class probabilities of the input's shape {x.shape}; got {t.dtype} "
+                         f"targets of shape {t.shape}")
+    if t.shape != batch:
+        raise ShapeError(f"{name}: input of shape {x.shape} needs targets of shape {batch}, "
+                         f"got {t.shape}")
+    flat = t.reshape(-1).astype(np.int64)
+    valid = flat != ignore_index
+    c = x.shape[0] if x.ndim == 1 else x.shape[1]
+    if np.any(valid & ((flat < 0) | (flat >= c))):
+        raise ShapeError(f"{name}: target class out of range [0, {c}) (and not ignore_index "
+                         f"{ignore_index})")
+    return np.where(valid, flat, 0), valid
+
+
+def cross_entropy(input: Tensor, target: Any, label_smoothing: float = 0.0,
+                  reduction: str = "mean", *, weight: Any = None,
+                  ignore_index: int = -100) -> Tensor:
+    """Softmax cross-entropy from logits, as ``torch.nn.functional.cross_entropy``.
+
+    ``input`` is (C,), (N, C) or (N, C, d1, ...) logits (class axis 1). ``target`` is either
+    class indices of shape (), (N,) or (N, d1, ...), or class probabilities of the input's own
+    shape (floating point; the shapes decide, as in PyTorch).
+
+    Class indices, with class weights ``w`` (1 without ``weight``), smoothing ``e`` over ``C``
+    classes and ``v`` = 0 where the target is ``ignore_index``::
+
+        loss_i = v_i * ((1 - e) * -w[y_i] * logp_i[y_i] + e / C * -sum_c w[c] * logp_i[c])
+
+    ``'mean'`` divides the sum by ``sum_i v_i * w[y_i]`` (PyTorch's weighted mean; NaN when every
+    target is ignored). Probabilities ``p`` (``ignore_index`` is not allowed)::
+
+        loss_i = -sum_c w[c] * ((1 - e) * p_i[c] + e / C) * logp_i[c]
+
+    and ``'mean'`` divides by the number of positions ``N * d1 * ...``.
+
+    One fused op on log-softmax (no log of 0, no overflow): writing the loss as
+    ``-sum_c Q[c] * logp[c]``, the gradient is ``softmax * sum(Q) - Q``.
     """
-    t = np.asarray(target.data if isinstance(target, Tensor) else target)
-    _check_targets(logits, t, "cross_entropy")
-    n, c = logits.shape
-    shifted = logits.data - logits.data.max(axis=1, keepdims=True)
+    if isinstance(label_smoothing, (Tensor, np.ndarray, list, tuple)):
+        raise TypeError("cross_entropy: the third positional argument is label_smoothing (a "
+                        "float); pass class weights by name: weight=...")
+    _check_reduction(reduction, "cross_entropy")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    t = _array(target)
+    rows, batch = _classes_last(input, "cross_entropy")
+    m, c = rows.shape
+    dtype = input.dtype
+    w = _weight(weight, c, dtype, "cross_entropy")
+    shifted = rows - rows.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    dist = np.full((n, c), label_smoothing / c, logits.dtype)
-    dist[np.arange(n), t] += 1 - label_smoothing
-    per = -(dist * logp).sum(axis=1)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    out = per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
+    soft = t.shape == input.shape
+    tt = None
+    if soft:
+        if t.dtype.kind != "f":
+            raise ShapeError(f"cross_entropy: targets of the input's shape {input.shape} are class "
+                             f"probabilities and must be floating point, got {t.dtype}")
+        if ignore_index >= 0:
+            raise ValueError("cross_entropy: ignore_index is not supported for probability "
+                             "targets")
+        tt = _target_tensor(target, input)
+        trows = (tt.data[None] if input.ndim == 1
+                 else np.moveaxis(tt.data, 1, -1).reshape(-1, c))
+        q = (1 - eps) * trows + eps / c
+        if w is not None:
+            q = q * w
+        per = -(q * logp).sum(axis=1)
+        denom = float(m)
+    else:
+        safe, valid = _class_targets(input, t, batch, ignore_index, "cross_entropy")
+        wy = (w[safe] if w is not None else np.ones(m, dtype)) * valid
+        # Gather rather than sum Q * logp: a -inf logit of another class must not give 0 * -inf.
+        picked = np.where(valid, logp[np.arange(m), safe], 0.0)
+        per = -(1 - eps) * wy * picked
+        q = np.zeros((m, c), dtype)
+        q[np.arange(m), safe] = (1 - eps) * wy
+        if eps:
+            wc = w if w is not None else np.ones(c, dtype)
+            per = per - eps / c * np.where(valid, (logp * wc).sum(axis=1), 0.0)
+            q += (eps / c) * wc * valid[:, None]
+        denom = float(wy.sum())
+    out = _reduced(per.reshape(batch), reduction, denom, dtype)
 
     def backward(g: np.ndarray) -> tuple:
-        grad = np.exp(logp) - dist
-        if reduction == "mean":
-            grad = grad * (g / n)
-        elif reduction == "sum":
-            grad = grad * g
-        else:
-            grad = grad * g[:, None]
-        return (grad.astype(logits.dtype),)
+        up = np.asarray(_upstream(g, reduction, denom))
+        up = up.reshape(-1, 1) if reduction == "none" else up
+        gx = None
+        if input.requires_grad:
+            gx = _rows_back(((np.exp(logp) * q.sum(axis=1, keepdims=True) - q) * up), input.shape)
+            gx = gx.astype(dtype, copy=False)
+        gt = None
+        if tt is not None and tt.requires_grad:
+            gr = -(1 - eps) * logp * (w if w is not None else 1) * up
+            gt = _rows_back(gr, input.shape).astype(dtype, copy=False)
+        return gx, gt
 
-    return _make(np.asarray(out, logits.dtype), (logits,), backward, None)
-
-
-def nll_loss(logp: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    t = np.asarray(target.data if isinstance(target, Tensor) else target)
-    _check_targets(logp, t, "nll_loss")
-    return _reduce(-logp[np.arange(len(t)), t], reduction)
+    parents = (input, tt) if tt is not None else (input,)
+    return _make(out, parents, backward, None)
 
 
-def mse_loss(x: Tensor, y: Any, reduction: str = "mean") -> Tensor:
-    d = x - y
+def nll_loss(input: Tensor, target: Any, reduction: str = "mean", *, weight: Any = None,
+             ignore_index: int = -100) -> Tensor:
+    """Negative log-likelihood of log-probabilities (C,), (N, C) or (N, C, d1, ...), as
+    ``torch.nn.functional.nll_loss``: ``loss_i = -w[y_i] * input_i[y_i]`` (0 where the target is
+    ``ignore_index``); ``'mean'`` divides by ``sum_i w[y_i]`` over the targets not ignored."""
+    _check_reduction(reduction, "nll_loss")
+    t = _array(target)
+    rows, batch = _classes_last(input, "nll_loss")
+    m, c = rows.shape
+    dtype = input.dtype
+    w = _weight(weight, c, dtype, "nll_loss")
+    safe, valid = _class_targets(input, t, batch, ignore_index, "nll_loss")
+    wy = (w[safe] if w is not None else np.ones(m, dtype)) * valid
+    per = -wy * np.where(valid, rows[np.arange(m), safe], 0.0)
+    denom = float(wy.sum())
+    out = _reduced(per.reshape(batch), reduction, denom, dtype)
+
+    def backward(g: np.ndarray) -> tuple:
+        up = np.asarray(_upstream(g, reduction, denom))
+        gr = np.zeros((m, c), dtype)
+        gr[np.arange(m), safe] = -wy * (up.reshape(-1) if reduction == "none" else up)
+        return (_rows_back(gr, input.shape),)
+
+    return _make(out, (input,), backward, None)
+
+
+def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """``(input - target) ** 2``, reduced (``torch.nn.functional.mse_loss``)."""
+    _check_reduction(reduction, "mse_loss")
+    d = input - target
     return _reduce(d * d, reduction)
 
 
-def l1_loss(x: Tensor, y: Any, reduction: str = "mean") -> Tensor:
-    return _reduce(T.abs(x - y), reduction)
+def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """``|input - target|``, reduced (``torch.nn.functional.l1_loss``; gradient 0 at 0)."""
+    _check_reduction(reduction, "l1_loss")
+    return _reduce(T.abs(input - target), reduction)
 
 
-def binary_cross_entropy_with_logits(x: Tensor, y: Any, reduction: str = "mean") -> Tensor:
-    """``max(x, 0) - x*y + log(1 + exp(-|x|))``: the stable form (exp never overflows)."""
-    yd = np.asarray(y.data if isinstance(y, Tensor) else y, x.dtype)
-    if yd.shape != x.shape:
-        raise ShapeError(f"binary_cross_entropy_with_logits: target shape {yd.shape} != input "
-                         f"shape {x.shape}")
-    d = x.data
-    per = np.maximum(d, 0) - d * yd + np.log1p(np.exp(-np.abs(d)))
-    sig = 0.5 * (1 + np.tanh(0.5 * d))
-    loss = _make(per.astype(x.dtype), (x,), lambda g: (g * (sig - yd).astype(x.dtype),), None)
-    return _reduce(loss, reduction)
+def smooth_l1_loss(input: Tensor, target: Any, reduction: str = "mean", *,
+                   beta: float = 1.0) -> Tensor:
+    """``0.5 * d**2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 * beta`` (``d = input -
+    target``), reduced; ``beta = 0`` is the L1 loss (``torch.nn.functional.smooth_l1_loss``)."""
+    _check_reduction(reduction, "smooth_l1_loss")
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
+    if beta == 0:
+        return l1_loss(input, target, reduction)
+    d = input - target
+    ad = T.abs(d)
+    per = T.where(ad.data < beta, d * d * (0.5 / beta), ad - 0.5 * beta)
+    return _reduce(per, reduction)
+
+
+def _elementwise_weight(weight: Any, shape: tuple[int, ...], dtype: np.dtype,
+                        name: str, what: str = "weight") -> np.ndarray | None:
+    if weight is None:
+        return None
+    w = _array(weight, dtype)
+    try:
+        fits = np.broadcast_shapes(w.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"{name}: {what} of shape {w.shape} does not broadcast to the input's "
+                         f"shape {shape}")
+    return w
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Any, reduction: str = "mean", *,
+                                     weight: Any = None, pos_weight: Any = None) -> Tensor:
+    """Sigmoid + binary cross-entropy in one stable op
+    (``torch.nn.functional.binary_cross_entropy_with_logits``)::
+
+        loss = weight * ((1 - y) * x + (1 + (pos_weight - 1) * y) * softplus(-x))
+
+    with ``softplus(-x) = max(-x, 0) + log1p(exp(-|x|))`` (the log-sum-exp form: exp never
+    overflows). ``weight`` rescales elements (broadcast to the input), ``pos_weight`` the positive
+    term per class (broadcast along the last axis). Gradients: ``x``:
+    ``weight * ((1 - y) - (1 + (pos_weight - 1) * y) * sigmoid(-x))``; ``y``:
+    ``weight * ((pos_weight - 1) * softplus(-x) - x)``.
+    """
+    name = "binary_cross_entropy_with_logits"
+    _check_reduction(reduction, name)
+    dtype = input.dtype
+    yt = _target_tensor(target, input)
+    if yt.shape != input.shape:
+        raise ShapeError(f"{name}: target shape {yt.shape} != input shape {input.shape}")
+    w = _elementwise_weight(weight, input.shape, dtype, name)
+    pw = _elementwise_weight(pos_weight, input.shape, dtype, name, "pos_weight")
+    x, y = input.data, yt.data
+    sp = np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))  # softplus(-x) = -log(sigmoid(x))
+    lw = 1.0 if pw is None else 1 + (pw - 1) * y
+    per = (1 - y) * x + lw * sp
+    if w is not None:
+        per = per * w
+    denom = float(per.size)
+    out = _reduced(per, reduction, denom, dtype)
+
+    def backward(g: np.ndarray) -> tuple:
+        up = _upstream(g, reduction, denom)
+        if w is not None:
+            up = up * w
+        gx = gy = None
+        if input.requires_grad:
+            sig_neg = 0.5 * (1 - np.tanh(0.5 * x))  # sigmoid(-x), overflow-free
+            gx = ((1 - y) - lw * sig_neg) * up
+        if yt.requires_grad:
+            gy = (-x + (0 if pw is None else (pw - 1) * sp)) * up
+        return (None if gx is None else np.asarray(gx, dtype),
+                None if gy is None else np.asarray(gy, dtype))
+
+    return _make(out, (input, yt), backward, None)
+
+
+def binary_cross_entropy(input: Tensor, target: Any, reduction: str = "mean", *,
+                         weight: Any = None) -> Tensor:
+    """Binary cross-entropy of probabilities in [0, 1]
+    (``torch.nn.functional.binary_cross_entropy``)::
+
+        loss = -weight * (y * log(p) + (1 - y) * log(1 - p))
+
+    with each log clamped at -100, as PyTorch does, so ``p`` of exactly 0 or 1 gives a finite
+    loss. The gradient is ``weight * (p - y) / max(p * (1 - p), 1e-12)`` (PyTorch's guard).
+    Prefer :func:`binary_cross_entropy_with_logits` on logits: it is stable where this is not.
+    """
+    name = "binary_cross_entropy"
+    _check_reduction(reduction, name)
+    dtype = input.dtype
+    yt = _target_tensor(target, input)
+    if yt.shape != input.shape:
+        raise ShapeError(f"{name}: target shape {yt.shape} != input shape {input.shape}")
+    p, y = input.data, yt.data
+    if p.size and not (np.all(p >= 0) and np.all(p <= 1)):
+        raise ValueError(f"{name}: all elements of input should be between 0 and 1 "
+                         "(probabilities; use binary_cross_entropy_with_logits on logits)")
+    w = _elementwise_weight(weight, input.shape, dtype, name)
+    with np.errstate(divide="ignore"):
+        log_p = np.maximum(np.log(p), -100)
+        log_1p = np.maximum(np.log1p(-p), -100)
+    per = -(y * log_p + (1 - y) * log_1p)
+    if w is not None:
+        per = per * w
+    denom = float(per.size)
+    out = _reduced(per, reduction, denom, dtype)
+
+    def backward(g: np.ndarray) -> tuple:
+        up = _upstream(g, reduction, denom)
+        if w is not None:
+            up = up * w
+        gp = (p - y) / np.maximum(p * (1 - p), 1e-12) * up if input.requires_grad else None
+        gy = (log_1p - log_p) * up if yt.requires_grad else None
+        return (None if gp is None else np.asarray(gp, dtype),
+                None if gy is None else np.asarray(gy, dtype))
+
+    return _make(out, (input, yt), backward, None)
+
+
+def kl_div(input: Tensor, target: Any, reduction: str = "mean", *,
+           log_target: bool = False) -> Tensor:
+    """Kullback-Leibler divergence with ``input`` log-probabilities
+    (``torch.nn.functional.kl_div``)::
+
+        loss = target * (log(target) - input)       (0 where target == 0)
+        loss = exp(target) * (target - input)       (log_target=True)
+
+    ``'batchmean'`` divides the sum by the batch size ``input.shape[0]`` (the KL divergence per
+    sample); ``'mean'`` by the number of elements, and warns, as PyTorch does.
+    """
+    _check_reduction(reduction, "kl_div", _REDUCTIONS + ("batchmean",))
+    if reduction == "mean":
+        import warnings
+
+        warnings.warn("kl_div: reduction='mean' divides the total loss by both the batch size "
+                      "and the support size; 'batchmean' divides only by the batch size, which "
+                      "is the KL divergence's definition", UserWarning, stacklevel=2)
+    dtype = input.dtype
+    tt = _target_tensor(target, input)
+    x, t = input.data, tt.data
+    try:
+        shape = np.broadcast_shapes(x.shape, t.shape)
+    except ValueError as exc:
+        raise ShapeError(f"kl_div: input shape {x.shape} and target shape {t.shape} do not "
+                         "broadcast") from exc
+    et = log_t = None
+    if log_target:
+        et = np.exp(t)
+        per = et * (t - x)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_t = np.log(np.where(t > 0, t, 1))
+        per = np.where(t > 0, t * log_t, 0.0) - t * x
+    per = np.broadcast_to(per, shape)
+    denom = float(per.size if reduction == "mean" else shape[0] if shape else 1)
+    out = _reduced(per, reduction, denom, dtype)
+
+    def backward(g: np.ndarray) -> tuple:
+        up = _upstream(g, reduction, denom)
+        gx = gt = None
+        if input.requires_grad:
+            gx = T.unbroadcast(np.broadcast_to(-(et if log_target else t) * up, shape), x.shape)
+        if tt.requires_grad:
+            local = et * (t - x + 1) if log_target else np.where(t > 0, log_t + 1, 0.0) - x
+            gt = T.unbroadcast(np.broadcast_to(local * up, shape), t.shape)
+        return (None if gx is None else np.asarray(gx, dtype),
+                None if gt is None else np.asarray(gt, dtype))
+
+    return _make(out, (input, tt), backward, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -614,3 +615,149 @@ class GRU(_Recurrent):
 
 # PyTorch spells the parameter names of its recurrent layers with a layer suffix; these layers
 # keep theirs on the cell (``cell.weight_ih``): see tests for the mapping.
+
+
+# ----- losses ------------------------------------------------------------------------------------
+# torch.nn's loss modules: the same constructor arguments (in the same order, the deprecated
+# size_average/reduce included) and forward(input, target); the maths is in F. Class weights and
+# pos_weight are buffers, as in PyTorch (so they follow .double() and appear in state_dict()).
+def _legacy_reduction(size_average: bool | None, reduce: bool | None) -> str:
+    """PyTorch's mapping of the deprecated ``size_average``/``reduce`` pair to ``reduction``."""
+    import warnings
+
+    warnings.warn("size_average and reduce are deprecated, please use reduction='mean', 'sum' "
+                  "or 'none' instead", DeprecationWarning, stacklevel=4)
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return ("mean" if size_average else "sum") if reduce else "none"
+
+
+def _loss_buffer(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value.data if isinstance(value, Tensor) else value)
+    return arr if arr.dtype.kind == "f" else arr.astype(np.float32)
+
+
+class _Loss(Module):
+    _reductions: tuple[str, ...] = ("mean", "sum", "none")
+
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean"):
+        super().__init__()
+        if size_average is not None or reduce is not None:
+            reduction = _legacy_reduction(size_average, reduce)
+        F._check_reduction(reduction, type(self).__name__, self._reductions)
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+
+
+class _WeightedLoss(_Loss):
+    def __init__(self, weight: Any = None, size_average: bool | None = None,
+                 reduce: bool | None = None, reduction: str = "mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", _loss_buffer(weight))
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Softmax cross-entropy of logits (N, C) / (N, C, d1, ...) against class indices or class
+    probabilities (see :func:`~edgert.train.functional.cross_entropy`)."""
+
+    def __init__(self, weight: Any = None, size_average: bool | None = None,
+                 ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0):
+        super().__init__(weight, size_average, reduce, reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got "
+                             f"{label_smoothing}")
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.cross_entropy(input, target, self.label_smoothing, self.reduction,
+                               weight=self.weight, ignore_index=self.ignore_index)
+
+
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood of log-probabilities (use after :class:`LogSoftmax`)."""
+
+    def __init__(self, weight: Any = None, size_average: bool | None = None,
+                 ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean"):
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.nll_loss(input, target, self.reduction, weight=self.weight,
+                          ignore_index=self.ignore_index)
+
+
+class MSELoss(_Loss):
+    """Squared error ``(input - target) ** 2``."""
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.mse_loss(input, target, self.reduction)
+
+
+class L1Loss(_Loss):
+    """Absolute error ``|input - target|``."""
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.l1_loss(input, target, self.reduction)
+
+
+class SmoothL1Loss(_Loss):
+    """Quadratic below ``beta``, linear above (``beta=0``: L1)."""
+
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", beta: float = 1.0):
+        super().__init__(size_average, reduce, reduction)
+        if beta < 0:
+            raise ValueError(f"SmoothL1Loss: beta must be >= 0, got {beta}")
+        self.beta = beta
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.smooth_l1_loss(input, target, self.reduction, beta=self.beta)
+
+
+class BCELoss(_WeightedLoss):
+    """Binary cross-entropy of probabilities; ``weight`` rescales each element (broadcast)."""
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.binary_cross_entropy(input, target, self.reduction, weight=self.weight)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Sigmoid + binary cross-entropy in one stable op; ``weight`` rescales each element,
+    ``pos_weight`` the positive term per class (broadcast along the last axis)."""
+
+    def __init__(self, weight: Any = None, size_average: bool | None = None,
+                 reduce: bool | None = None, reduction: str = "mean", pos_weight: Any = None):
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", _loss_buffer(weight))
+        self.register_buffer("pos_weight", _loss_buffer(pos_weight))
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.reduction,
+                                                  weight=self.weight, pos_weight=self.pos_weight)
+
+
+class KLDivLoss(_Loss):
+    """KL divergence with ``input`` log-probabilities; use ``reduction='batchmean'`` for the KL
+    divergence per sample (``'mean'``, the default, divides by every element and warns)."""
+
+    _reductions = ("mean", "sum", "none", "batchmean")
+
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", log_target: bool = False):
+        super().__init__(size_average, reduce, reduction)
+        self.log_target = log_target
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.kl_div(input, target, self.reduction, log_target=self.log_target)
+
+
+# ``edgert.train.nn.functional`` is ``edgert.train.functional``, as torch.nn.functional is for
+# PyTorch: ``import edgert.train.nn.functional as F`` and ``nn.functional.cross_entropy`` work.
+functional = F
+sys.modules.setdefault(f"{__name__}.functional", F)
