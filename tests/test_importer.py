@@ -1049,3 +1049,22 @@ def test_duplicated_opset_imports_merge_and_conflicting_ones_are_refused():
                                              helper.make_opsetid("", 13)])
     with pytest.raises(ModelImportError, match="twice, at opsets 17 and 13"):
         import_onnx(m2)
+
+
+def test_com_microsoft_nodes_need_no_opset_declaration():
+    """onnxruntime runs its operators without a com.microsoft opset_import entry (its
+    transformers optimizer's in-memory models have none)."""
+    import onnxruntime
+
+    import edgert
+    from edgert.runtime import Interpreter
+
+    node = helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft")
+    g = helper.make_graph([node], "g", [_vi("x", shape=[2, 4])], [_vi("y", shape=[2, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = _randn(2, 4)
+    sess = onnxruntime.InferenceSession(m.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    got = Interpreter(edgert.convert(m)).run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

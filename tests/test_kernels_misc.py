@@ -110,3 +110,27 @@ def test_attention_causal_gqa_matches_onnxruntime():
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(y, p @ vv, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_negative_scale_follows_the_formula():
+    """softmax(scale * Q K^T) V with a negative scale (its square root used to give NaN)."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 2, 3, 4)).astype(np.float32) for _ in range(3))
+    (y,) = _run("Attention", [q, k, v], {"scale": -0.5}, opset=23)
+    s = -0.5 * q @ np.swapaxes(k, 2, 3)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ v
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_normalization_output_has_the_scale_type():
+    """Y is of type V (the scale's); Normalized is cast back to X's type first (the spec's
+    function)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4)).astype(np.float16)
+    s = rng.standard_normal(4).astype(np.float32)
+    (y,) = _run("RMSNormalization", [x, s], {"axis": -1}, opset=23)
+    assert y.dtype == np.float32
+    xa = x.astype(np.float32)
+    normalized = (xa / np.sqrt((xa * xa).mean(-1, keepdims=True) + 1e-5)).astype(np.float16)
+    np.testing.assert_allclose(y, normalized.astype(np.float32) * s, rtol=1e-6, atol=1e-6)

@@ -789,6 +789,10 @@ class _Importer:
     # ----- normalization ----------------------------------------------------------------------
     def _normalize(self, scope: _Scope, node: Node, n: onnx.NodeProto) -> None:
         domain = node.domain
+        if domain == "com.microsoft" and domain not in self.opsets:
+            # onnxruntime runs its own operators without the declaration (its transformers
+            # optimizer's in-memory models lack it; only the saved file gets one)
+            self.opsets[domain] = 1
         if domain not in self.opsets:
             node.version = 0
             shown = domain or "ai.onnx"

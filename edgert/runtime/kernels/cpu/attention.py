@@ -113,7 +113,10 @@ class Attention(EagerKernel):
             q, k, v = _heads(q, self._qh), _heads(k, self._kvh), _heads(v, self._kvh)
         scale = self.attr("scale", None)
         scale = 1.0 / np.sqrt(q.shape[3]) if scale is None else float(scale)
-        root = dt.type(np.sqrt(scale))
+        # (split over Q and K so that float16 products stay in range; a negative scale's sign
+        # goes to Q)
+        root = dt.type(np.sqrt(abs(scale)))
+        q_root = -root if scale < 0 else root
         if past_k is not None:
             k = np.concatenate((past_k, k), axis=2)
             v = np.concatenate((past_v, v), axis=2)
@@ -153,7 +156,7 @@ class Attention(EagerKernel):
         reps = q.shape[1] // k.shape[1]
         if reps > 1:
             k, v = np.repeat(k, reps, axis=1), np.repeat(v, reps, axis=1)
-        qk = np.matmul(q * root, np.swapaxes(k, 2, 3) * root)
+        qk = np.matmul(q * q_root, np.swapaxes(k, 2, 3) * root)
         if self._softcap > 0:
             qk = (np.tanh(qk / dt.type(self._softcap)) * dt.type(self._softcap)).astype(dt)
         scores = qk + bias

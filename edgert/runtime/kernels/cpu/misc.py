@@ -138,14 +138,20 @@ class RMSNormalization(EagerKernel):
                              ShapeError) from None
         stash = self.attr("stash_type", 1)
         self._acc = np.float64 if stash == dtypes.DOUBLE else np.float32
-        return [TensorInfo(tuple(x.shape), np.dtype(x.dtype))]
+        self.require_float(s, "scale")
+        # Y has the scale's type (V), which may differ from X's (T)
+        return [TensorInfo(tuple(x.shape), np.dtype(s.dtype))]
 
     def compute(self, inputs):
         x, s = inputs
         xa = x.astype(self._acc)
         axes = tuple(range(self._axis, x.ndim))
         rms = np.sqrt(np.mean(xa * xa, axis=axes, keepdims=True) + self._eps)
-        return [((xa / rms) * s.astype(self._acc)).astype(x.dtype)]
+        if s.dtype == x.dtype:
+            return [((xa / rms) * s.astype(self._acc)).astype(x.dtype)]
+        # the spec's function: Normalized cast back to T, then Mul with Scale in V
+        normalized = (xa / rms).astype(x.dtype).astype(s.dtype)
+        return [normalized * s]
 
 
 class Swish(EagerKernel):
