@@ -31,6 +31,13 @@ def op_list_markdown() -> str:
     if ml:
         lines += ["", f"`ai.onnx.ml` operators (ML opsets 1-5, the domain of scikit-learn, "
                   f"LightGBM and XGBoost exports), {len(ml)}: " + ", ".join(f"`{o}`" for o in ml)]
+    from edgert.importer import contrib, contrib_quant
+
+    lowered = sorted({*contrib.RULES, *contrib_quant.RULES})
+    lines += ["", "onnxruntime's own operators (domain `com.microsoft`, written by its "
+              f"transformers optimizer and quantizers), {len(lowered)}, are lowered to the "
+              "standard operators they stand for at import: "
+              + ", ".join(f"`{o}`" for o in lowered)]
     if other:
         lines += ["", "edgert-domain (fused) operators: " + ", ".join(f"`{o}`" for o in other)]
     lines += [
