@@ -130,6 +130,27 @@ def test_ops_without_cuda_kernel_run_on_host_and_are_reported():
     np.testing.assert_allclose(got, _ort(model, {"x": x}), rtol=RTOL, atol=ATOL)
 
 
+def test_uint8_max_pool_runs_on_host_beside_device_ops():
+    """A uint8 MaxPool (as QOperator models keep them) before float ops: the MaxPool runs the
+    CPU kernel (reported in ``host_ops``, as the Cast from uint8 after it), the result equals
+    onnxruntime's."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Cast", ["p"], ["c"], to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "u8maxpool", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 7, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.integers(0, 256, (1, 2, 7, 6)).astype(np.uint8)
+    gpu = Interpreter(convert(model), device="cuda")
+    got = gpu.run({"x": x})["y"]
+    assert [w.split()[0] for w in gpu.host_ops][:1] == ["MaxPool"], gpu.host_ops
+    np.testing.assert_allclose(got, _ort(model, {"x": x}), rtol=1e-6)
+
+
 def test_bad_inputs_give_clear_errors(cnn):
     from numba import cuda
 

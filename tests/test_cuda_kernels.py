@@ -169,6 +169,28 @@ def test_max_pool_with_indices_and_nan(attrs):
     check_same("MaxPool", [x], attrs)
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_max_pool_int8_uint8_runs_on_the_host(dtype):
+    """The device kernel covers float32: an int8 / uint8 MaxPool (QOperator models) clears
+    ``on_device``, so the interpreter runs the CPU kernel and lists it in ``host_ops``."""
+    from helpers import run_kernel
+
+    from edgert.runtime.kernels.cuda import registry
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, (2, 3, 7, 6)).astype(dtype)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    run_cuda_kernel("MaxPool", [x], attrs, expect_device=False)
+    kernel = registry().device_lookup("MaxPool", "", 21)(OpContext("MaxPool", "p", attrs))
+    y_info, i_info = kernel.prepare([TensorInfo(x.shape, x.dtype)])
+    y, ind = np.empty(y_info.shape, y_info.dtype), np.empty(i_info.shape, i_info.dtype)
+    kernel.host_invoke([x], [y, ind])
+    want = run_kernel("MaxPool", [x], attrs)
+    np.testing.assert_array_equal(y, want[0])
+    np.testing.assert_array_equal(ind, want[1])
+
+
 @pytest.mark.parametrize("include", [0, 1])
 @pytest.mark.parametrize("ceil", [0, 1])
 def test_average_pool(include, ceil):

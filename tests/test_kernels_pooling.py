@@ -131,6 +131,62 @@ def test_maxpool1d_and_3d():
     check("MaxPool", x3, {"kernel_shape": [2, 3, 2], "strides": [2, 2, 2], "ceil_mode": 1}, 2)
 
 
+def _qrand(rng: np.random.Generator, *shape: int, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max + 1, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("case", MAXPOOL_CASES)
+def test_maxpool_int8_uint8_with_indices(case, dtype):
+    """MaxPool-12 on quantized tensors (QOperator models): Y and Indices as onnxruntime's."""
+    rng = np.random.default_rng(11)
+    check("MaxPool", _qrand(rng, 2, 3, 7, 8, dtype=dtype), MAXPOOL_CASES[case], num_outputs=2)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_maxpool_int8_uint8_1d_3d_and_padding(dtype):
+    """1-D and 3-D windows; pads hold the type's minimum: an all-minimum input with padding
+    stays at the minimum (a pad of 0 would win for int8), and all-maximum stays at the max."""
+    rng = np.random.default_rng(12)
+    attrs1 = {"kernel_shape": [3], "strides": [2], "pads": [1, 2], "dilations": [2]}
+    check("MaxPool", _qrand(rng, 2, 3, 11, dtype=dtype), attrs1, num_outputs=2)
+    attrs3 = {"kernel_shape": [2, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1],
+              "storage_order": 1}
+    check("MaxPool", _qrand(rng, 1, 2, 4, 5, 6, dtype=dtype), attrs3, num_outputs=2)
+    info = np.iinfo(dtype)
+    padded = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    for fill in (info.min, info.min + 1, info.max):
+        x = np.full((1, 2, 5, 5), fill, dtype)
+        y, ind = check("MaxPool", x, padded, num_outputs=2)
+        assert (y == fill).all() and (ind >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},  # the row-wise kernel
+    {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [3, 1], "strides": [3, 1], "pads": [2, 0, 2, 0]},  # all-padding rows
+    {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 0, 1, 0]},  # the general kernel
+    {"kernel_shape": [3], "strides": [2], "pads": [1, 1]},
+])
+@pytest.mark.parametrize("shape", [(1, 2, 9, 10), (2, 16, 40, 41)])  # serial / parallel
+def test_maxpool_int8_uint8_without_indices(dtype, attrs, shape):
+    """Without the Indices output (what the interpreter passes when the model does not use it):
+    the row-wise kernel for 2-D undilated windows, the general one elsewhere; small inputs run
+    serially, larger ones in parallel."""
+    from edgert.runtime.registry import OpContext, TensorInfo
+
+    rng = np.random.default_rng(13)
+    x = _qrand(rng, *shape[: len(attrs["kernel_shape"]) + 2], dtype=dtype)
+    k = registry().lookup("MaxPool", "", 21)(OpContext("MaxPool", "p", attrs, "", 21, 1))
+    info = k.prepare([TensorInfo(x.shape, x.dtype)])[0]
+    assert info.dtype == np.dtype(dtype)
+    y = np.empty(info.shape, info.dtype)
+    k.invoke([x], [y])
+    np.testing.assert_array_equal(y, ort_node("MaxPool", [x], attrs)[0])
+
+
 def test_maxpool_float64():
     rng = np.random.default_rng(4)
     x = rand(rng, 1, 2, 6, 6, dtype=np.float64)
@@ -408,7 +464,7 @@ def test_errors(name, op, shape, attrs, exc, msg):
 )
 def test_wrong_dtype(op):
     attrs = {} if op.startswith("Global") else {"kernel_shape": [2, 2]}
-    for dt in (np.int8, np.float16):
+    for dt in ((np.int16, np.float16) if op == "MaxPool" else (np.int8, np.float16)):
         with pytest.raises(DTypeError, match=f"input X has dtype {np.dtype(dt)}"):
             run_kernel(op, [np.ones((1, 2, 4, 4), dt)], attrs)
 

@@ -177,6 +177,64 @@ def test_folding_does_not_grow_the_model():
     assert ops(graph) == ["Expand", "Add"]
 
 
+@pytest.mark.parametrize("kind", ["int8", "uint4"])
+def test_folding_keeps_quantized_weights(kind):
+    """Folding compares bytes: the DequantizeLinear of a large int8 (per-channel) or uint4
+    (blocked, as MatMulNBits' lowering writes) constant weight would become a float32 constant
+    4x its size, so it stays; the shape arithmetic of the same graph and the DequantizeLinear of
+    a small weight (under FOLD_MAX_BYTES) still fold."""
+    from edgert.optimizer.folding import FOLD_MAX_BYTES
+
+    k, n = 256, 64
+    if kind == "int8":
+        wq = RNG.integers(-128, 128, (k, n)).astype(np.int8)
+        params = {"wq": wq, "ws": RNG.uniform(0.01, 0.02, n).astype(np.float32),
+                  "wz": np.zeros(n, np.int8)}
+        dq = "DequantizeLinear<axis=1>(wq, ws, wz)"
+        opset = 13
+    else:
+        params = {"ws": RNG.uniform(0.01, 0.02, (k // 32, n)).astype(np.float32)}
+        dq = "DequantizeLinear<axis=0, block_size=32>(wq, ws)"
+        opset = 21
+    small = RNG.integers(-128, 128, (8, 8)).astype(np.int8)
+    m = onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : {opset}]>
+    g (float[2,4,{k // 4}] x) => (float[8,8] y, float[2,{n}] z) {{
+        s = Shape(x)
+        d0 = Gather<axis=0>(s, i0)
+        u0 = Unsqueeze(d0, ax)
+        c = Concat<axis=0>(u0, m1)
+        flat = Reshape(x, c)
+        w = {dq}
+        z = MatMul(flat, w)
+        y = DequantizeLinear(sq, ss)
+    }}""")
+    inits = {**params, "sq": small, "ss": np.array(0.5, np.float32),
+             "i0": np.array(0, np.int64), "ax": np.array([0], np.int64),
+             "m1": np.array([-1], np.int64)}
+    for name, arr in inits.items():
+        m.graph.initializer.append(numpy_helper.from_array(arr, name))
+    if kind == "uint4":
+        vals = RNG.integers(0, 16, k * n)
+        m.graph.initializer.append(onnx.helper.make_tensor("wq", onnx.TensorProto.UINT4, [k, n],
+                                                           vals.tolist()))
+    onnx.checker.check_model(m, full_check=True)
+    feeds = {"x": rnd(2, 4, k // 4)}
+    graph, report = check(m, level=1, feeds=feeds)
+    assert ops(graph) == ["Reshape", "DequantizeLinear", "MatMul"]
+    w = graph.nodes[1].inputs[0]
+    assert w.const is not None and w.dtype == (onnx.TensorProto.INT8 if kind == "int8"
+                                               else onnx.TensorProto.UINT4)
+    assert k * n * 4 > FOLD_MAX_BYTES > small.size * 4  # the big one exceeds, the small not
+    # the runtime dequantizes the weight once, when it loads the model (DequantizeLinear is
+    # foldable), not at every run
+    from edgert.converter import convert
+    from edgert.runtime import Interpreter
+
+    interp = Interpreter(convert(m, level=1))
+    np.testing.assert_allclose(interp.run(feeds)["z"], ort_run(m, feeds)[1], rtol=RTOL, atol=ATOL)
+    assert interp.stats.folded_ops == 1
+
+
 def test_batchnorm_not_folded_into_computed_weights():
     text = HEADER + """
     g (float[1,3,6,6] x, float[4,3,3,3] W) => (float[1,4,6,6] y) {

@@ -58,10 +58,18 @@ RoiAlign 10 -> 16                  ``coordinate_transformation_mode`` "output_ha
 DFT 17 -> 20                       ``axis`` attribute (default 1) -> int64 scalar input
 GroupNormalization 18 -> 21        per-group scale/bias -> per-channel (constants, known C)
 ImageScaler (experimental) -> 7    Mul by ``scale`` then Add of per-channel ``bias``
+QLinearConv 10 -> 13               ``QuantizeLinear(Conv(DequantizeLinear(x), DequantizeLinear(w,
+                                   axis 0), DequantizeLinear(B, x_scale * w_scale)), y_scale,
+                                   y_zero_point)``, every Conv attribute kept (see
+                                   :func:`edgert.importer.contrib_quant.qlinear_conv`)
 Scan 8                             declined (batched Scan with sequence_lens; re-export at opset 9+)
 =================================  ================================================================
 
 Every node whose schema predates opset 6 also loses the opset-1 ``consumed_inputs`` attribute.
+
+One rule is a lowering rather than an upgrade: QLinearConv (every version) has no kernel and
+becomes standard operators that have one, as onnxruntime's contrib operators do
+(:mod:`edgert.importer.contrib_quant` holds the rule, and says how exact it is).
 """
 
 from __future__ import annotations
@@ -580,6 +588,13 @@ def image_scaler(rw: Rewrite) -> int:
     return version
 
 
+def _qlinear_conv(rw: Rewrite) -> int:
+    # contrib_quant imports this module: import it when the rule runs, not at module level
+    from edgert.importer.contrib_quant import qlinear_conv
+
+    return qlinear_conv(rw)
+
+
 def scan_8(rw: Rewrite) -> int:
     raise Decline("Scan-8 (batched, with sequence_lens) is not supported; re-export the model "
                   "with opset 9 or newer")
@@ -623,6 +638,7 @@ RULES: dict[str, list[tuple[int, int, Rule]]] = {
     "DFT": [(17, 19, dft_17)],
     "GroupNormalization": [(18, 20, group_normalization_18)],
     "Scan": [(8, 8, scan_8)],
+    "QLinearConv": [(10, 10_000, _qlinear_conv)],
 }
 
 # Experimental ops the installed onnx no longer knows, with the rule that replaces them.

@@ -9,9 +9,13 @@ would have computed.
 
 Declines (graph left alone): nodes with subgraphs, non-deterministic ops, ops with no CPU
 kernel, a kernel that raises (the runtime will report it with the model's own context), and
-outputs that would grow the model: more than ``FOLD_MAX_ELEMENTS`` elements and larger than
-all the node's constant inputs together (Expand / ConstantOfShape / Tile of a small constant
-stay computed).
+outputs that would grow the model: more than ``FOLD_MAX_BYTES`` bytes and more bytes than all
+the node's constant inputs together. Sizes are compared in bytes, as the constants are stored
+(int4/uint4 one value per byte, see :mod:`edgert.dtypes`): Expand / ConstantOfShape / Tile of
+a small constant stay computed, and so does the DequantizeLinear of a large int8 / uint4
+weight (QDQ models, MatMulNBits), which would otherwise become a float32 constant 4x its size;
+the runtime dequantizes such a weight when it loads the model (DequantizeLinear is
+``foldable``), so only the file keeps the narrow type.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from edgert.errors import EdgeRTError
 from edgert.ir import Graph, Node, Value
 from edgert.optimizer._util import NONDETERMINISTIC
 
-FOLD_MAX_ELEMENTS = 4096
+# Outputs up to this size fold even when they are larger than the node's inputs (4096 float32 /
+# int32 elements: shape arithmetic, small Range / Expand tables).
+FOLD_MAX_BYTES = 4096 * 4
 
 
 def _info(v: Value | None, need_value: bool):
@@ -66,20 +72,21 @@ def _evaluate(node: Node, all_const: bool) -> list[np.ndarray] | None:
             return [np.asarray(o.value) for o in outs]
         if not all_const:
             return None
-        in_size = sum(int(v.const.size) for v in node.inputs if v is not None)
+        limit = max(FOLD_MAX_BYTES, sum(int(v.const.nbytes) for v in node.inputs
+                                        if v is not None))
         if any(o.shape is None for o in outs):
             results = kernel.invoke([None if i is None else i.value for i in infos],
                                     [None] * len(outs))
         else:
-            total = sum(o.size for o in outs)
-            if total > FOLD_MAX_ELEMENTS and total > in_size:
+            total = sum(o.size * np.dtype(o.dtype).itemsize for o in outs)
+            if total > limit:
                 return None
             arrays = [np.empty(o.shape, o.dtype) for o in outs]
             results = kernel.invoke([None if i is None else i.value for i in infos], arrays)
             if results is None:
                 results = arrays
         results = [np.asarray(r) for r in results]
-        if sum(r.size for r in results) > max(FOLD_MAX_ELEMENTS, in_size):
+        if sum(r.nbytes for r in results) > limit:
             return None
         return results
     except (EdgeRTError, ValueError, TypeError, IndexError, ZeroDivisionError, OverflowError):

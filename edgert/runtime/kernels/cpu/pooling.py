@@ -1,4 +1,5 @@
-"""CPU kernels: MaxPool, AveragePool, LpPool and their Global forms (1-D, 2-D, 3-D, float32/64).
+"""CPU kernels: MaxPool, AveragePool, LpPool and their Global forms (1-D, 2-D, 3-D, float32/64;
+MaxPool also int8/uint8, as ONNX allows since opset 12).
 
 Semantics are the newest ONNX opset's (kernel_shape, strides, pads, auto_pad, dilations,
 ceil_mode, count_include_pad, storage_order, the optional MaxPool ``Indices`` output). The window
@@ -22,7 +23,8 @@ Numerical choices:
   (a ``ceil_mode`` window hanging past the end padding counts only up to it), as onnxruntime and
   PyTorch do; a window that covers no input element yields 0.
 * Pads must be smaller than the kernel (onnxruntime's rule). Should a dilated window still miss
-  every input element, MaxPool gives -inf and index -1 (onnxruntime gives the lowest float).
+  every input element, MaxPool gives -inf (int8/uint8: the type's minimum) and index -1
+  (onnxruntime gives the lowest float).
 """
 
 from __future__ import annotations
@@ -31,13 +33,21 @@ import math
 
 import numpy as np
 
-from edgert.errors import ShapeError
+from edgert.errors import DTypeError, ShapeError
 from edgert.runtime._jit import PARALLEL_MIN_WORK, njit, prange, serial_twin
 from edgert.runtime.kernels.cpu._native.geometry import tap_ranges
-from edgert.runtime.ops.window import Window, as3d, float_dtype, packed, sliding_window
+from edgert.runtime.ops.window import (
+    FLOAT_DTYPES,
+    Window,
+    as3d,
+    float_dtype,
+    packed,
+    sliding_window,
+)
 from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
 
 _AVG, _LP = 0, 2
+_INT8S = (np.dtype(np.int8), np.dtype(np.uint8))
 _G_AVG, _G_MAX, _G_LP = 0, 1, 2
 
 
@@ -45,10 +55,12 @@ _G_AVG, _G_MAX, _G_LP = 0, 1, 2
 # Output rows are built tap by tap over each tap's valid range (see the performance note in
 # conv.py: inner loops run over slices, so they vectorize and carry no bounds tests).
 @njit(parallel=True)
-def _max_pool(x, y, ind, geo_a, storage_order, want_indices, one):
+def _max_pool(x, y, ind, geo_a, storage_order, want_indices, one, lowest):
     """``y[t, o] = max`` over the window of ``x[t]``; ``ind`` gets the flat input index if asked.
 
     ``x``: ``(N*C, D, H, W)``; ``y`` and ``ind``: ``(N*C, OD, OH, OW)`` (``ind`` may be empty).
+    ``lowest``: the value of a window that holds no input element (``-inf``, or the integer
+    type's minimum).
     The value update ``v > cur or isnan(v)`` keeps a NaN once it is in (``NaN > v`` is false) and
     takes a NaN when it arrives; the index update takes the first valid element, then only a
     strictly larger one or the first NaN, in window order (onnxruntime's tie rule).
@@ -66,7 +78,6 @@ def _max_pool(x, y, ind, geo_a, storage_order, want_indices, one):
     od_n, oh_n = y.shape[1], y.shape[2]
     plane = d_n * h_n * w_n
     taps = tap_ranges(geo)
-    lowest = y.dtype.type(-np.inf)
     # Flat-index step along the innermost axis: 1 (row-major) or D*H (column-major).
     step = 1 if storage_order == 0 else d_n * h_n
     for t in prange(nc):
@@ -134,7 +145,8 @@ def _max_pool_rows(x, y, kh_n, kw_n, sh, sw, ph, pw, lowest):
     window, ``ceil_mode`` included). Measured 3-5x faster for int8 and 1.2-2.4x for float32
     than splitting the plane into stride phases first (a strided copy per input row and
     phase). NaN rule as in :func:`_max_pool`. ``lowest``: the padding value, ``-inf`` for
-    floats (the int8 max pool passes -128: max commutes with quantization).
+    floats, the type's minimum for int8 / uint8 (MaxPool on quantized tensors, and the int8
+    QMaxPool: max commutes with quantization).
     """
     nc, h_n, w_n = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
@@ -407,10 +419,18 @@ def _inverse_counts(win: Window, include_pad: bool) -> tuple[np.ndarray, np.ndar
 class _PoolBase(Kernel):
     """Shared prepare for the windowed pools: validation, geometry, output shape."""
 
-    def _prepare_window(self, inputs: list[TensorInfo | None]) -> tuple[np.dtype, tuple]:
+    def _prepare_window(self, inputs: list[TensorInfo | None],
+                        ints: bool = False) -> tuple[np.dtype, tuple]:
+        """``ints``: int8 / uint8 inputs are accepted too (MaxPool)."""
         self.require_inputs(inputs, 1, 1)
         x = inputs[0]
-        dt = float_dtype(self, [(x, "X")])
+        if ints and np.dtype(x.dtype) in _INT8S:
+            dt = np.dtype(x.dtype)
+        elif ints and np.dtype(x.dtype) not in FLOAT_DTYPES:
+            raise self.error(f"input X has dtype {np.dtype(x.dtype)}; this kernel supports "
+                             "float32, float64, int8 and uint8", DTypeError)
+        else:
+            dt = float_dtype(self, [(x, "X")])
         rank = len(x.shape)
         if not 3 <= rank <= 5:
             raise self.error(
@@ -459,17 +479,22 @@ class _PoolBase(Kernel):
 
 
 class MaxPoolKernel(_PoolBase):
-    """ONNX MaxPool: outputs Y and the optional int64 ``Indices`` (flat index into X)."""
+    """ONNX MaxPool: outputs Y and the optional int64 ``Indices`` (flat index into X).
+
+    float32 / float64, and int8 / uint8 (MaxPool-12: quantized tensors of QOperator models),
+    whose windows are padded with the type's minimum.
+    """
 
     traits = OpTraits(int8="pool")
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
-        dt, y_shape = self._prepare_window(inputs)
+        dt, y_shape = self._prepare_window(inputs, ints=True)
         self.storage_order = int(self.attr("storage_order", 0))
         if self.storage_order not in (0, 1):
             raise self.error(f"attribute 'storage_order' = {self.storage_order} must be 0 or 1")
         self.no_indices = np.zeros((0, 0, 0, 0), np.int64)
-        self.one = dt.type(1.0)
+        self.one = dt.type(1)
+        self.lowest = dt.type(np.iinfo(dt).min) if dt.kind in "iu" else dt.type(-np.inf)
         # 2-D, dilation 1: the row-wise kernel (used when the Indices output is not wanted).
         self.rows = len(y_shape) == 4 and all(d == 1 for d in self.win.dilations)
         return [TensorInfo(y_shape, dt), TensorInfo(y_shape, np.dtype(np.int64))]
@@ -485,13 +510,15 @@ class MaxPoolKernel(_PoolBase):
             g = self.geo
             pool2(x4.reshape(x4.shape[0], x4.shape[2], x4.shape[3]),
                   y4.reshape(y4.shape[0], y4.shape[2], y4.shape[3]),
-                  g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, self.dtype.type(-np.inf))
+                  g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, self.lowest)
             return
         pool = _max_pool_serial if self.small else _max_pool
         if ind is not None:
-            pool(x4, y4, ind.reshape(y4.shape), self.geo_a, self.storage_order, True, self.one)
+            pool(x4, y4, ind.reshape(y4.shape), self.geo_a, self.storage_order, True, self.one,
+                 self.lowest)
         else:
-            pool(x4, y4, self.no_indices, self.geo_a, self.storage_order, False, self.one)
+            pool(x4, y4, self.no_indices, self.geo_a, self.storage_order, False, self.one,
+                 self.lowest)
 
 
 class AveragePoolKernel(_PoolBase):

@@ -148,8 +148,14 @@ class QuantizeLinear(_Linear):
 
 
 class DequantizeLinear(_Linear):
-    """DequantizeLinear: ``(x - zero_point) * scale`` in the scale's float type."""
+    """DequantizeLinear: ``(x - zero_point) * scale`` in the scale's float type.
 
+    ``foldable``: the DequantizeLinear of a constant weight (QDQ models, QLinearConv,
+    MatMulNBits), which the optimizer leaves in the file at its narrow type, runs once when the
+    model is loaded (up to the interpreter's ``FOLD_LIMIT`` elements), not at every run.
+    """
+
+    foldable = True
     traits = OpTraits(tags_narrow_types=True, type_attr="edgert_from_type")
 
     def check(self, inputs):
@@ -194,7 +200,16 @@ class DequantizeLinear(_Linear):
 
 
 class DynamicQuantizeLinear(EagerKernel):
-    """DynamicQuantizeLinear: uint8 quantization with a scale / zero point taken from x's range."""
+    """DynamicQuantizeLinear: uint8 quantization with a scale / zero point taken from x's range.
+
+    As the ONNX reference and onnxruntime compute it, in float32 throughout:
+    ``scale = (max(0, max(x)) - min(0, min(x))) / 255`` (the subtraction and the division each
+    rounded to float32; a float64 quotient rounded once differs by one ulp on about a quarter of
+    zero-centred random inputs), ``zero_point = rint(clip(0 - min / scale, 0, 255))`` and
+    ``y = clip(rint(x / scale) + zero_point, 0, 255)``. When the range is empty (x all zeros,
+    or no elements) the scale is 1, as onnxruntime gives (the ONNX reference gives 1/255; the
+    quantized values are 0 either way).
+    """
 
     def check(self, inputs):
         self.require_inputs(inputs, 1, 1)
@@ -206,14 +221,15 @@ class DynamicQuantizeLinear(EagerKernel):
 
     def compute(self, inputs):
         x = inputs[0]
-        lo = min(0.0, float(x.min())) if x.size else 0.0
-        hi = max(0.0, float(x.max())) if x.size else 0.0
-        scale = np.float32((hi - lo) / 255.0)
-        if scale == 0:  # all zeros: any scale quantizes them to 0; keep the division defined
-            zp = np.uint8(0)
-            return [np.zeros(x.shape, np.uint8), np.array(scale), np.array(zp)]
-        zp = np.uint8(np.clip(np.rint(0.0 - np.float32(lo) / scale), 0, 255))
-        y = np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.uint8)
+        f32 = np.float32
+        lo = min(f32(0), f32(x.min())) if x.size else f32(0)
+        hi = max(f32(0), f32(x.max())) if x.size else f32(0)
+        if hi == lo:  # no range: onnxruntime's scale 1 (every value quantizes to 0)
+            return [np.zeros(x.shape, np.uint8), np.array(1.0, np.float32),
+                    np.array(0, np.uint8)]
+        scale = f32(hi - lo) / f32(255)
+        zp = np.uint8(np.rint(np.clip(f32(0) - lo / scale, f32(0), f32(255))))
+        y = np.clip(np.rint(x / scale) + f32(zp), 0, 255).astype(np.uint8)
         return [y, np.array(scale, np.float32), np.array(zp, np.uint8)]
 
 

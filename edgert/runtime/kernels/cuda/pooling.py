@@ -11,7 +11,9 @@ Windowed pools use one thread per output element over the geometry table that th
   that ``ceil_mode`` adds are never counted, as in onnxruntime).
 * Global pools: one thread per (N, C) row, accumulating in float64 like the CPU kernel.
 
-Device coverage: float32. LpPool and GlobalLpPool run on the CPU.
+Device coverage: float32. LpPool and GlobalLpPool run on the CPU, and so do MaxPool on int8 /
+uint8 tensors (QOperator models) and with ``storage_order=1`` (``on_device`` is cleared: the
+interpreter runs the CPU kernel and lists the op in ``host_ops``).
 """
 
 from __future__ import annotations
