@@ -31,7 +31,13 @@ def op_list_markdown() -> str:
     if ml:
         lines += ["", f"`ai.onnx.ml` operators (ML opsets 1-5, the domain of scikit-learn, "
                   f"LightGBM and XGBoost exports), {len(ml)}: " + ", ".join(f"`{o}`" for o in ml)]
-    from edgert.importer import contrib, contrib_quant
+    from edgert.importer import contrib, contrib_quant, upgrade
+
+    reg = registry()
+    rewritten = sorted(op for op in {*upgrade.RULES, *upgrade.EXPERIMENTAL}
+                       if not reg.supports(op))
+    lines += ["", "Older or alternative standard operators the importer rewrites into the ones "
+              "above: " + ", ".join(f"`{o}`" for o in rewritten)]
 
     lowered = sorted({*contrib.RULES, *contrib_quant.RULES})
     lines += ["", "onnxruntime's own operators (domain `com.microsoft`, written by its "
