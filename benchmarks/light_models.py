@@ -469,7 +469,10 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
+        # mkstemp makes 0600: give it the mode a file written in place would get (the umask)
+        from edgert.format.writer import new_file_mode
+
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

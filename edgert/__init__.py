@@ -7,6 +7,7 @@ from edgert.errors import (
     KernelError,
     ModelFormatError,
     ModelImportError,
+    ResourceLimitError,
     ShapeError,
     UnsupportedOpError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "DTypeError",
     "InputError",
     "KernelError",
+    "ResourceLimitError",
 ]
 
 

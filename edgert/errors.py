@@ -49,6 +49,17 @@ class KernelError(EdgeRTError):
     """An op's kernel rejected its attributes or inputs while preparing (axis out of range, ...)."""
 
 
+class ResourceLimitError(EdgeRTError):
+    """A run went past a limit the host application set on the interpreter (or its default):
+    ``max_alloc_bytes``, ``max_loop_iterations`` or ``timeout_s``. The message names the op and
+    the limit; ``limit`` is the limit's name and ``value`` its setting."""
+
+    def __init__(self, message: str, limit: str = "", value: float | int | None = None):
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
 __all__ = [
     "EdgeRTError",
     "ModelFormatError",
@@ -58,6 +69,7 @@ __all__ = [
     "DTypeError",
     "InputError",
     "KernelError",
+    "ResourceLimitError",
 ]
 
 

@@ -15,7 +15,8 @@ name):
 * tensors: known dtype code; rank <= 64 (NumPy's limit); every dim an int >= -1; the element
   count of the static dims times the item size fits in int64 (so no size computation overflows
   later); a non-empty ``shape_signature`` has one entry per dim; a constant is not unknown-rank,
-  and its data has the declared shape and the NumPy dtype that holds the declared type;
+  its dims are all >= 0 (-1 only marks a dynamic dim of a computed tensor), and its data has the
+  declared shape and the NumPy dtype that holds the declared type;
 * quantization: at least one scale, as many zero points as scales, scales finite and > 0, zero
   points inside the range of an integer tensor type; per axis (more than one scale):
   ``0 <= axis < rank`` and, where that dim is static, one scale per slice (for an unknown-rank

@@ -47,8 +47,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import stat
 import struct
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import flatbuffers
@@ -131,10 +133,51 @@ def _patch_offsets(flat: bytes, offsets: list[int]) -> bytes:
     return bytes(out)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux's
+    ``/proc/self/status``), else by setting and restoring it under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def new_file_mode(path: pathlib.Path) -> int:
+    """The permission bits a file written at ``path`` gets: the mode of the file it replaces,
+    else ``0o666 & ~umask`` (what ``open(path, "w")`` gives a new file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode) & 0o777  # not its setuid/setgid/sticky bits
+    return 0o666 & ~current_umask()
+
+
 def _write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` and rename it over: readers see the old or the new file.
+
+    mkstemp creates the file with mode 0600; it gets :func:`new_file_mode` (the umask's mode,
+    or the replaced file's) before the rename, as a file written in place would.
+    """
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            else:  # pragma: no cover - Windows (before Python 3.13)
+                os.chmod(tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -963,6 +963,10 @@ class _Importer:
             raise ModelImportError(
                 f"{where}: element type {_dtype_name(code)} is not supported by edgert"
             )
+        dims = [int(d) for d in t.dims]
+        if any(d < 0 for d in dims):  # (NumPy's reshape would read any negative dim as -1)
+            raise ModelImportError(
+                f"{where}: dims {dims} hold a negative dimension; a tensor's dims are >= 0")
         if t.data_location == TensorProto.EXTERNAL:
             t = self._external(t, where)
         try:
@@ -974,6 +978,9 @@ class _Importer:
                 arr = numpy_helper.to_array(t)
         except Exception as exc:  # noqa: BLE001  (any decoding failure is a bad model)
             raise ModelImportError(f"{where}: cannot decode the tensor data ({exc})") from None
+        if arr.shape != tuple(dims):
+            raise ModelImportError(f"{where}: the data decodes to shape {arr.shape}, but the "
+                                   f"tensor's dims are {dims}")
         if code == dtypes.STRING:
             flat = [_decode(x) if isinstance(x, bytes) else x for x in arr.reshape(-1)]
             out = np.empty(len(flat), dtype=object)

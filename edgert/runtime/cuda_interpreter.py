@@ -94,6 +94,7 @@ class CudaInterpreter(Interpreter):
         device: str = "cuda",
         *,
         kernel_options=None,
+        **limits,
     ):
         if device != "cuda":
             raise EdgeRTError(f"CudaInterpreter runs on device 'cuda', not {device!r}")
@@ -102,8 +103,9 @@ class CudaInterpreter(Interpreter):
         self._stream = cuda.stream()
         self._const_dev: dict[int, Any] = {}  # model constants uploaded once, by tensor index
         self.host_ops: list[str] = []
+        # limits: max_alloc_bytes, max_loop_iterations, timeout_s (see Interpreter)
         super().__init__(model, num_threads=num_threads, device="cuda",
-                         kernel_options=kernel_options)
+                         kernel_options=kernel_options, **limits)
 
     # ----- set-up -------------------------------------------------------------------------------
     @staticmethod
@@ -127,6 +129,7 @@ class CudaInterpreter(Interpreter):
         infos, host, steps, folded = self._shape_pass(new_step)
         shapes, offsets, arena_size, planned = self._plan_tensors(steps, infos, host)
         host_only = {idx for idx, (_, dt) in shapes.items() if dt == np.dtype(object)}
+        self._limits.check_alloc("the model", arena_size, "the device arena of its tensors")
         arena = cuda.device_array(max(arena_size, 1), np.uint8, stream=self._stream)
         arrays: list[Any] = list(host)
         for idx, (shape, dt) in shapes.items():
@@ -202,7 +205,12 @@ class CudaInterpreter(Interpreter):
             self.allocate_tensors()
         _set_threads(self._threads)  # for the CPU kernels of host ops
         stream = self._stream
+        limits = self._limits
+        last = "planning"
         for step in self._steps:
+            if limits.deadline is not None:  # timeout_s, checked between steps
+                limits.check_deadline(last)
+                last = step.kernel.where()
             try:
                 if step.dynamic:
                     self._invoke_dynamic_host(step)
@@ -250,6 +258,7 @@ class CudaInterpreter(Interpreter):
         stream.synchronize()
         infos = [None if a is None else TensorInfo(tuple(a.shape), a.dtype, a) for a in ins]
         outs = self._prepare_kernel(step.kernel, infos, step.outputs)
+        self._check_outputs(step.kernel, outs, step.outputs)
         run = step.kernel.host_invoke if _is_cuda_kernel(step.kernel) else step.kernel.invoke
         if all(o.value is not None for o, idx in zip(outs, step.outputs) if idx >= 0):
             results = [o.value for o in outs]
@@ -289,7 +298,7 @@ class CudaInterpreter(Interpreter):
                 )
             if dst.size:
                 dst.copy_to_device(arr, stream=self._stream)
-        else:
+        elif dst.size:  # an empty batch: nothing to copy (zero-size strides differ)
             dst.copy_to_device(np.ascontiguousarray(arr), stream=self._stream)
 
     def set_tensor(self, tensor_index: int | str, value) -> None:
@@ -340,7 +349,7 @@ class CudaInterpreter(Interpreter):
             device_outputs: return device arrays (True) or NumPy arrays (False); None returns
                 device arrays when any feed was one.
         """
-        with self._lock:  # runs from several threads take turns, as on the CPU
+        with self._lock, self._limits.running():  # runs take turns, as on the CPU
             return self._run_device(feeds, device_outputs)
 
     def _run_device(self, feeds: dict[str, Any], device_outputs: bool | None) -> dict[str, Any]:

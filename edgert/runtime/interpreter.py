@@ -15,6 +15,11 @@ Life of a model (TFLite's shape):
    data (NonZero, or anything downstream of it) are prepared and allocated on the fly.
 
 A changed input shape (dynamic batch, ...) re-plans; the model never needs re-converting.
+
+Limits (:mod:`edgert.runtime.limits`): the arena, every tensor and the scratch buffer are checked
+against ``max_alloc_bytes`` from their shapes before anything is allocated (in step 2, and in
+step 3 for dynamic steps); Loop/Scan count their iterations against ``max_loop_iterations``;
+with ``timeout_s`` the clock is read between steps and between loop iterations.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from edgert.errors import (
     describe_unsupported,
 )
 from edgert.format import ModelDef, SubGraphDef, read_model
+from edgert.runtime import limits as _limits
 from edgert.runtime import planner
 from edgert.runtime.registry import Kernel, KernelOptions, KernelRegistry, OpContext, TensorInfo
 from edgert.runtime.values import check_value, copy_value, value_info
@@ -103,6 +109,19 @@ class Interpreter:
             forces a kernel family's algorithm or replaces its measured thresholds, e.g.
             ``{"Conv": KernelOptions(path=ConvPath.IM2COL_GEMM)}`` (for benchmarks, and to work
             around a slow layer on a device); a forced path that cannot run a layer raises.
+        max_alloc_bytes: the largest arena, single tensor or scratch buffer this interpreter
+            allocates, checked from the shapes before allocating (at plan time, and at run time
+            for shapes that depend on data). Default: half the physical memory (no limit where
+            the OS does not tell); None: no limit.
+        max_loop_iterations: iterations of one Loop/Scan node per run (default
+            :data:`~edgert.runtime.limits.DEFAULT_MAX_LOOP_ITERATIONS`, one million); None: no
+            limit.
+        timeout_s: wall-clock budget of one :meth:`run` / :meth:`invoke`, checked between ops
+            and between Loop/Scan iterations (an op already running is not interrupted);
+            default None, no budget.
+
+    Going past a limit raises :class:`~edgert.errors.ResourceLimitError` naming the op and the
+    limit (see :mod:`edgert.runtime.limits`).
 
     Example:
         >>> interp = Interpreter("model.edgert")
@@ -134,6 +153,9 @@ class Interpreter:
         device: str = "cpu",
         *,
         kernel_options: Mapping[str, KernelOptions] | None = None,
+        max_alloc_bytes: int | None = _limits.DEFAULT,
+        max_loop_iterations: int | None = _limits.DEFAULT,
+        timeout_s: float | None = None,
     ):
         if device != self.device:
             raise EdgeRTError(f"{type(self).__name__} runs on device {self.device!r}, not "
@@ -145,6 +167,15 @@ class Interpreter:
         # run()/invoke() of one interpreter take turns (one arena): a second thread used to
         # corrupt the heap or get another run's results. Re-entrant: run() calls invoke().
         self._lock = threading.RLock()
+        parent, self._scope = _limits.parent_limits()
+        if (parent is not None and max_alloc_bytes is _limits.DEFAULT
+                and max_loop_iterations is _limits.DEFAULT and timeout_s is None):
+            # the interpreter of a control-flow body: its parent's limits and deadline
+            self._limits = parent
+        else:
+            self._scope = ""
+            self._limits = _limits.RunLimits.build(max_alloc_bytes, max_loop_iterations,
+                                                   timeout_s)
         t0 = time.perf_counter()
         self._model = model if isinstance(model, ModelDef) else read_model(model)
         self.load_seconds = time.perf_counter() - t0
@@ -208,7 +239,7 @@ class Interpreter:
                 continue
             opts = self._kernel_options.get(op.op_type) or KernelOptions()
             ctx = OpContext(op.op_type, op.name, op.attrs, op.domain, op.version,
-                            self._threads, opts.path, opts.tuning)
+                            self._threads, opts.path, opts.tuning, self._limits)
             kernels.append(cls(ctx))
         if missing:
             raise UnsupportedOpError(_unsupported_message(missing), ops=missing)
@@ -300,10 +331,27 @@ class Interpreter:
         assert dst is not None
         np.copyto(dst, arr)
 
+    @property
+    def limits(self) -> _limits.RunLimits:
+        """The resource limits of this interpreter (``max_alloc_bytes``,
+        ``max_loop_iterations``, ``timeout_s``)."""
+        return self._limits
+
     def invoke(self) -> None:
         """Run the model on the inputs set with :meth:`set_tensor`."""
         with self._lock:
-            self._invoke_locked()
+            if self._limits.timeout_s is None:
+                self._invoke_locked()
+                return
+            with self._limits.running():
+                self._invoke_locked()
+
+    def _step_label(self, k: int) -> str:
+        """Who used up the time when the clock is read before step ``k``: the step before it
+        (or the planning before the first), inside its control-flow body if any."""
+        here = (f"after {self._steps[k - 1].kernel.where()}" if k
+                else f"before {self._steps[0].kernel.where()}" if self._steps else "planning")
+        return f"{self._scope}, {here}" if self._scope else here
 
     def _invoke_locked(self) -> None:
         if not self._prepared:
@@ -312,12 +360,23 @@ class Interpreter:
         # The hot loop: each static step is a pre-bound (invoke, inputs, outputs) triple, so a
         # step costs one Python call plus the kernel's own work (measured ~1 µs of dispatch).
         k = -1
+        deadline = self._limits.deadline
         try:
-            for k, (fn, ins, outs) in enumerate(self._bound):
-                if fn is None:
-                    self._invoke_dynamic(self._steps[k])
-                else:
-                    fn(ins, outs)
+            if deadline is None:
+                for k, (fn, ins, outs) in enumerate(self._bound):
+                    if fn is None:
+                        self._invoke_dynamic(self._steps[k])
+                    else:
+                        fn(ins, outs)
+            else:  # timeout_s: the clock is read between steps
+                clock = time.monotonic
+                for k, (fn, ins, outs) in enumerate(self._bound):
+                    if clock() > deadline:
+                        self._limits.timed_out(self._step_label(k))
+                    if fn is None:
+                        self._invoke_dynamic(self._steps[k])
+                    else:
+                        fn(ins, outs)
         except EdgeRTError:
             raise
         except Exception as exc:  # a kernel bug must still name the op
@@ -380,7 +439,10 @@ class Interpreter:
         file (the weights are mapped once by the OS and shared).
         """
         with self._lock:
-            return self._run_locked(feeds, copy)
+            if self._limits.timeout_s is None:  # no budget to start: skip the context manager
+                return self._run_locked(feeds, copy)
+            with self._limits.running():
+                return self._run_locked(feeds, copy)
 
     def _run_locked(self, feeds: dict[str, Any], copy: bool) -> dict[str, np.ndarray]:
         fast = self._fast_feeds(feeds)
@@ -541,7 +603,11 @@ class Interpreter:
 
         steps: list = []
         folded = 0
+        limits = self._limits
         for op_index, (op, kernel) in enumerate(zip(g.operators, self._kernels)):
+            if limits.deadline is not None:
+                limits.check_deadline(f"{self._scope}, planning {kernel.where()}"
+                                      if self._scope else f"planning {kernel.where()}")
             ins = [infos[i] if i >= 0 else None for i in op.inputs]
             if any(x is not None and x.shape is None for x in ins):
                 for o in op.outputs:
@@ -550,6 +616,7 @@ class Interpreter:
                 steps.append(new_step(op_index, kernel, list(op.inputs), list(op.outputs), True))
                 continue
             outs = self._prepare_kernel(kernel, ins, op.outputs)
+            self._check_outputs(kernel, outs, op.outputs)
             for o, info in zip(op.outputs, outs):
                 if o >= 0:
                     infos[o] = info
@@ -575,6 +642,20 @@ class Interpreter:
                 continue
             steps.append(new_step(op_index, kernel, list(op.inputs), list(op.outputs), False))
         return infos, values, steps, folded
+
+    def _check_outputs(self, kernel: Kernel, outs: list[TensorInfo], outputs: list[int]) -> None:
+        """``max_alloc_bytes``: each output with a known shape, before anything allocates it."""
+        limit = self._limits.max_alloc_bytes
+        if limit is None:
+            return
+        for k, (o, info) in enumerate(zip(outputs, outs)):
+            if o < 0 or info.shape is None:
+                continue
+            nbytes = info.size * np.dtype(info.dtype).itemsize
+            if nbytes > limit:
+                name = self._graph.tensors[o].name if o < len(self._graph.tensors) else str(k)
+                self._limits.check_alloc(kernel.where(), nbytes,
+                                         f"output '{name}' of shape {tuple(info.shape)}")
 
     def _alias_concats(self, steps: list, infos: list, values: list) -> tuple[list, dict]:
         """Concats whose inputs can be written in place: the steps without them, and the aliases.
@@ -686,6 +767,10 @@ class Interpreter:
 
         for idx in g.inputs:
             if not g.tensors[idx].kind:  # sequence / optional inputs are not in the arena
+                info = infos[idx]
+                self._limits.check_alloc(
+                    "the model", info.size * np.dtype(info.dtype).itemsize,
+                    f"input '{g.tensors[idx].name}' of shape {tuple(info.shape)}")
                 want(idx, 0)
         aliases = aliases or {}
         starts: dict[int, int] = {}  # aliased concat output -> first step writing into it
@@ -715,6 +800,7 @@ class Interpreter:
         n_steps = len(steps)
         steps, aliases = self._alias_concats(steps, infos, arrays)
         shapes, offsets, arena_size, planned = self._plan_tensors(steps, infos, arrays, aliases)
+        self._limits.check_alloc("the model", arena_size, "the arena of its tensors")
         try:
             raw = np.empty(arena_size + planner.ALIGNMENT, np.uint8)
         except (MemoryError, ValueError):  # a shape from the model or the feeds asks for TBs
@@ -749,6 +835,8 @@ class Interpreter:
                  if not st.dynamic and getattr(st.kernel, "scratch_nbytes", 0) > 0]
         if users:
             need = max(k.scratch_nbytes for k in users)
+            biggest = max(users, key=lambda k: k.scratch_nbytes)
+            self._limits.check_alloc(biggest.where(), need, "the shared scratch buffer")
             try:
                 raw_scratch = np.empty(need + planner.ALIGNMENT, np.uint8)
             except (MemoryError, ValueError):
@@ -828,10 +916,16 @@ class Interpreter:
         ins = [None if i < 0 else arrays[i] for i in step.inputs]
         infos = [None if a is None else value_info(a) for a in ins]
         outs = self._prepare_kernel(step.kernel, infos, step.outputs)
+        self._check_outputs(step.kernel, outs, step.outputs)
         if all(o.value is not None for o, idx in zip(outs, step.outputs) if idx >= 0):
             results = [o.value for o in outs]
         elif any(o.shape is None for o in outs):
             results = step.kernel.invoke(ins, [None] * len(outs))
+            # shapes only the kernel knew: checked once they exist (the kernels that size their
+            # outputs from data check before allocating, e.g. Loop's stacked scan outputs)
+            self._check_outputs(step.kernel, [value_info(r) if isinstance(r, np.ndarray)
+                                              else TensorInfo(None, np.dtype(object))
+                                              for r in results], step.outputs)
         else:
             results = [np.empty(o.shape, o.dtype) for o in outs]
             ret = step.kernel.invoke(ins, results)

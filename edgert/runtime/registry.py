@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgert.errors import EdgeRTError, KernelError, ShapeError
+from edgert.runtime.limits import UNLIMITED, RunLimits
 
 MAX_OPSET = 10_000
 
@@ -74,6 +75,9 @@ class OpContext:
     # own choice and defaults. Set by tests, benchmarks and Interpreter(kernel_options=...).
     path: Any = None
     tuning: Any = None
+    # The interpreter's resource limits (edgert.runtime.limits.RunLimits); None: no limits
+    # (a kernel built outside an interpreter).
+    limits: Any = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,21 @@ class Kernel:
         memory-mapped at load instead of decoded element by element.
         """
         return attrs
+
+    @property
+    def limits(self) -> RunLimits:
+        """The interpreter's resource limits (:mod:`edgert.runtime.limits`)."""
+        return self.op.limits or UNLIMITED
+
+    def check_alloc(self, shape: tuple[int, ...], dtype, what: str = "output") -> None:
+        """Refuse a buffer of ``shape`` x ``dtype`` larger than the interpreter's
+        ``max_alloc_bytes`` (:class:`~edgert.errors.ResourceLimitError`). Kernels that allocate
+        in proportion to a size the model decides call it before allocating."""
+        n = 1
+        for d in shape:
+            n *= int(d)
+        self.limits.check_alloc(self.where(), n * np.dtype(dtype).itemsize,
+                                f"{what} of shape {tuple(int(d) for d in shape)}")
 
     def where(self) -> str:
         return f"{self.op.op_type} '{self.op.name}'" if self.op.name else self.op.op_type

@@ -12,6 +12,11 @@ Outputs are only known after the body ran (which branch, how many iterations), s
 kernels report unknown output shapes at prepare and return the arrays they built from invoke.
 Sequence- and optional-typed values (edgert/runtime/values.py) pass through bodies, branches and
 loop-carried values as they are (lists, arrays or None).
+
+Resource limits (:mod:`edgert.runtime.limits`): a body's interpreter shares the limits and the
+deadline of the interpreter that runs the node; Loop and Scan check ``max_loop_iterations`` and
+the ``timeout_s`` deadline before every iteration, and ``max_alloc_bytes`` before stacking their
+scan outputs.
 """
 
 from __future__ import annotations
@@ -23,10 +28,8 @@ import numpy as np
 from edgert import dtypes
 from edgert.errors import KernelError, ShapeError
 from edgert.format import ModelDef, SubGraphDef
+from edgert.runtime.limits import inherited_by_bodies
 from edgert.runtime.registry import Kernel, KernelRegistry, OpTraits, TensorInfo
-
-# A Loop whose trip count and condition never stop it would never return.
-MAX_LOOP_ITERATIONS = 1 << 31
 
 
 class Body:
@@ -92,9 +95,17 @@ class _ControlFlow(Kernel):
         key = (attr, tuple(names))
         body = bodies.get(key)
         if body is None or body.sub is not sub:
-            body = bodies[key] = Body(f"{self.where()} ({attr})", sub, names,
-                                      self.op.num_threads)
+            # the body's interpreter (whichever Body class builds it) shares this op's limits
+            where = f"{self.where()} ({attr})"
+            with inherited_by_bodies(self.limits, where):
+                body = bodies[key] = Body(where, sub, names, self.op.num_threads)
         return body
+
+    def _stack(self, parts: list[np.ndarray], what: str) -> np.ndarray:
+        """``np.stack(parts)`` within ``max_alloc_bytes``."""
+        self.limits.check_alloc(self.where(), sum(p.nbytes for p in parts),
+                                f"{what} stacked over {len(parts)} iterations")
+        return np.stack(parts)
 
     @staticmethod
     def _outer_feeds(names: list[str], arrays: list[np.ndarray | None]) -> dict:
@@ -154,14 +165,19 @@ class Loop(_ControlFlow):
     def invoke(self, inputs, outputs):
         own = list(inputs[: self._n_own]) + [None] * max(0, 2 - self._n_own)
         outer = self._outer_feeds(self._names, inputs[self._n_own:])
-        m = MAX_LOOP_ITERATIONS if own[0] is None else int(np.asarray(own[0]).reshape(-1)[0])
+        # no trip count: the condition alone stops the loop (max_loop_iterations caps both)
+        m = None if own[0] is None else int(np.asarray(own[0]).reshape(-1)[0])
         cond = True if own[1] is None else bool(np.asarray(own[1]).reshape(-1)[0])
+        limits = self.limits
+        where = self.where()
         carried = [x if x is None or type(x) is list else np.asarray(x)  # sequence/optional
                    for x in own[2: 2 + self._n_carried]]
         scans: list[list[np.ndarray]] = [[] for _ in range(self._body_.num_outputs - 1
                                                            - self._n_carried)]
         i = 0
-        while i < m and cond:
+        while (m is None or i < m) and cond:
+            limits.check_iterations(where, i + 1)
+            limits.check_deadline(where)
             res = self._body_([np.array(i, np.int64), np.array(cond), *carried], outer)
             cond = bool(np.asarray(res[0]).reshape(-1)[0])
             carried = res[1: 1 + self._n_carried]
@@ -177,7 +193,7 @@ class Loop(_ControlFlow):
             if any(p.shape != parts[0].shape for p in parts):
                 raise KernelError(f"{self.where()}: scan output {k} changes shape between "
                                   "iterations; it cannot be stacked")
-            stacked.append(np.stack(parts))
+            stacked.append(self._stack(parts, f"scan output {k}"))
         return [*carried, *stacked]
 
 
@@ -231,7 +247,11 @@ class Scan(_ControlFlow):
                 raise KernelError(f"{self.where()}: scan inputs have different lengths")
             scans_in.append(x)
         parts: list[list[np.ndarray]] = [[] for _ in range(self._n_scan_out)]
+        limits = self.limits
+        where = self.where()
+        limits.check_iterations(where, length or 0)  # the count is known: fail before the first
         for t in range(length or 0):
+            limits.check_deadline(where)
             res = self._body_([*states, *(np.array(x[t], order="C") for x in scans_in)], outer)
             states = res[: self._n_state]
             for k, r in enumerate(res[self._n_state:]):
@@ -239,7 +259,7 @@ class Scan(_ControlFlow):
         outs = []
         for k, p in enumerate(parts):
             dt = self._body_.output_dtypes[self._n_state + k]
-            y = np.stack(p) if p else np.zeros((0,), dt)
+            y = self._stack(p, f"scan output {k}") if p else np.zeros((0,), dt)
             if self._out_dirs[k]:
                 y = y[::-1]
             axis = int(self._out_axes[k])

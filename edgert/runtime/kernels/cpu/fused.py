@@ -10,6 +10,9 @@ Node attributes:
 
 * ``program`` (ints): 5 per instruction ``[opcode, dst, src1, src2, src3]`` over registers;
   registers ``0..n_inputs-1`` hold the inputs, the result is the last instruction's ``dst``.
+  Every register index lies below ``n_inputs + len(program)``, an instruction reads only inputs
+  and registers that earlier instructions wrote and never writes an input register
+  (:func:`edgert.runtime.ops.fusion.program_error`; prepare refuses any other program).
 * ``params`` (floats): 2 per instruction (``p0, p1``: LeakyRelu alpha, HardSigmoid alpha/beta).
 * ``modes`` (ints): one per input: 0 = full tensor of the output shape, 1 = scalar (one element),
   2 = a vector indexed by the channel (axis 1) of the output.
@@ -36,8 +39,8 @@ from edgert.runtime.kernels.cpu import vmath
 from edgert.runtime.ops import fusion as opc
 from edgert.runtime.registry import Kernel, KernelRegistry, TensorInfo
 
-# Opcodes: edgert.runtime.ops.fusion (the elementwise kernels name theirs in their traits).
-_KNOWN = opc.ALL_OPCODES
+# Opcodes: edgert.runtime.ops.fusion (the elementwise kernels name theirs in their traits); it
+# also checks programs (program_error).
 MODE_FULL, MODE_SCALAR, MODE_CHANNEL = 0, 1, 2
 BLOCK = 2048
 # Inputs travel to Numba as a tuple padded to this length: one compiled specialization serves
@@ -311,11 +314,12 @@ class FusedElementwiseKernel(Kernel):
         if prog.size == 0 or prog.size % 5 or params.size != 2 * (prog.size // 5):
             raise self.error("program must hold 5 ints and params 2 floats per instruction")
         prog = prog.reshape(-1, 5)
-        nreg = int(prog[:, 1:].max()) + 1
-        if prog.min() < 0 or nreg < len(inputs) or any(int(o) not in _KNOWN for o in prog[:, 0]):
-            raise self.error("program has an unknown opcode or a negative register")
-        if any(int(d) < len(inputs) for d in prog[:, 1]):
-            raise self.error("program writes an input register")
+        # registers out of range, unknown opcodes and reads of registers no instruction wrote
+        # (uninitialized memory: stale values of another block) are refused here
+        bad = opc.program_error(prog, len(inputs))
+        if bad is not None:
+            raise self.error(f"invalid program: {bad}")
+        nreg = max(int(prog[:, 1:].max()) + 1, len(inputs))
         full = [x for x, m in zip(inputs, modes) if m == MODE_FULL]
         if not full:
             raise self.error("needs at least one full-shape input")

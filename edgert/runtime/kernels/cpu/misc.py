@@ -425,22 +425,31 @@ class StringConcat(EagerKernel):
 
 
 class RegexFullMatch(EagerKernel):
-    """RegexFullMatch: whether each string matches ``pattern`` entirely (Python's ``re``)."""
+    """RegexFullMatch: whether each string matches ``pattern`` entirely.
+
+    ONNX specifies RE2 syntax: the pattern runs on RE2 when google-re2 is installed (the
+    ``re2`` extra), else on Python's ``re`` after a check that refuses patterns that could
+    backtrack catastrophically (:mod:`.regex`)."""
+
+    _fullmatch = None
+    _pattern = None
 
     def check(self, inputs):
-        import re
+        from edgert.runtime.kernels.cpu.regex import compile_full_match
 
         self.require_inputs(inputs, 1, 1)
         if np.dtype(inputs[0].dtype) != object:
             raise self.error("input must be a string tensor", DTypeError)
-        try:
-            self._re = re.compile(str(self.attr("pattern", "")))
-        except re.error as exc:
-            raise self.error(f"invalid pattern: {exc}") from None
+        pattern = self.attr("pattern", "")
+        pattern = pattern.decode() if isinstance(pattern, bytes) else str(pattern)
+        if self._fullmatch is None or pattern != self._pattern:  # compiled once per node
+            self._fullmatch = compile_full_match(pattern, self.where())
+            self._pattern = pattern
         return [TensorInfo(tuple(inputs[0].shape), np.dtype(np.bool_))]
 
     def compute(self, inputs):
-        match = np.frompyfunc(lambda s: self._re.fullmatch(str(s)) is not None, 1, 1)
+        fullmatch = self._fullmatch
+        match = np.frompyfunc(lambda s: fullmatch(str(s)), 1, 1)
         return [match(inputs[0]).astype(np.bool_)]
 
 

@@ -170,6 +170,8 @@ class Quantize(Kernel):
         return [TensorInfo(tuple(x.shape), INT8)]
 
     def invoke(self, inputs, outputs):
+        if outputs[0].size == 0:  # an empty batch
+            return
         _quantize(np.ascontiguousarray(inputs[0], np.float32).reshape(-1), self.scale,
                   self.zp, outputs[0].reshape(-1))
 
@@ -387,6 +389,8 @@ class QConv(_QLinearBase):
 
     def invoke(self, inputs, outputs):
         y = outputs[0]
+        if y.size == 0:  # an empty batch (or no output positions): nothing to compute
+            return
         x = inputs[0]
         n_img, c_in = x.shape[0], x.shape[1]
         m_out = y.shape[1]
@@ -496,6 +500,8 @@ class QGemm(_QLinearBase):
         return [TensorInfo(tuple(x.shape[:-1]) + (w.shape[0],), INT8)]
 
     def invoke(self, inputs, outputs):
+        if self.rows == 0 or outputs[0].size == 0:  # an empty batch
+            return
         if self.w_rows is not None:
             _qgemv(np.ascontiguousarray(inputs[0]).reshape(-1), self.w_rows, self.x_zp,
                    self.bias, self.mult, self.shift, self.y_zp, self.lo, self.hi,
@@ -549,6 +555,7 @@ class QConvTranspose(_QLinearBase):
         (out,) = self.float_kernel.prepare(
             [TensorInfo(tuple(x.shape), f64),
              TensorInfo(tuple(w.shape), f64, np.asarray(w.value, np.float64))])
+        self.check_alloc(tuple(out.shape), f64, "float64 accumulator")
         self.xf = np.empty(tuple(x.shape), np.float64)
         self.acc = np.empty(tuple(out.shape), np.float64)
         return [TensorInfo(tuple(out.shape), INT8)]
@@ -627,6 +634,8 @@ class QAdd(_QBinary):
                                  self.zo, self.lo, self.hi], np.int64)
 
     def invoke(self, inputs, outputs):
+        if outputs[0].size == 0:  # an empty batch
+            return
         a, b = self.operands(inputs)
         if self.prm is not None:
             qadd(a, b, self.prm, outputs[0].reshape(-1))
@@ -642,6 +651,8 @@ class QMul(_QBinary):
         self.mo, self.sho = quantize_multiplier(self.sa * self.sb / self.so)
 
     def invoke(self, inputs, outputs):
+        if outputs[0].size == 0:  # an empty batch
+            return
         a, b = self.operands(inputs)
         _qmul(a, b, self.za, self.zb, self.mo, self.sho, self.zo, self.lo, self.hi,
               outputs[0].reshape(-1))
@@ -692,6 +703,8 @@ class QConcat(Kernel):
 
     def invoke(self, inputs, outputs):
         y = outputs[0]
+        if y.size == 0:  # an empty batch
+            return
         start = 0
         for x, size, p in zip(inputs, self.sizes, self.params):
             dst = y[(slice(None),) * self.axis + (slice(start, start + size),)]
@@ -805,6 +818,8 @@ class _QPool(Kernel):
 
     def invoke(self, inputs, outputs):
         x, y = np.ascontiguousarray(inputs[0]), outputs[0]
+        if y.size == 0:  # an empty batch (or no channels)
+            return
         nc = x.shape[0] * x.shape[1]
         if self.whole:
             _qgap(x.reshape(nc, -1), y.reshape(nc))
@@ -856,6 +871,8 @@ class QGlobalAveragePool(Kernel):
         return [TensorInfo(tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2), INT8)]
 
     def invoke(self, inputs, outputs):
+        if outputs[0].size == 0:  # an empty batch (or no channels): reshape(0, -1) is ambiguous
+            return
         x = np.ascontiguousarray(inputs[0])
         nc = x.shape[0] * x.shape[1]
         _qgap(x.reshape(nc, -1), outputs[0].reshape(nc))
@@ -875,6 +892,8 @@ class QLut(Kernel):
         return [TensorInfo(tuple(inputs[0].shape), INT8)]
 
     def invoke(self, inputs, outputs):
+        if outputs[0].size == 0:  # an empty batch
+            return
         idx = inputs[0].astype(np.int16) + 128
         np.take(self.table, idx, out=outputs[0])
 

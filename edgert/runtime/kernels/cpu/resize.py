@@ -356,6 +356,9 @@ class Resize(ShapeKernel):
                     scales[a] = common
                     out_shape[a] = math.floor(float(_F32(common) * _F32(in_shape[a])) + 0.5)
 
+        # the per-axis tables and the fast path's buffers below grow with the output: refuse an
+        # output past max_alloc_bytes before building them
+        self.check_alloc(tuple(out_shape), dt)
         roi = [(0.0, 1.0)] * r
         if self._ctm == "tf_crop_and_resize":
             roi_v = self.param(inputs, 1)

@@ -327,7 +327,9 @@ class SequenceMap(_ControlFlow, _SequenceKernel):
         own = inputs[: self._n_own]
         outer = self._outer_feeds(self._names, inputs[self._n_own:])
         results: list[list[np.ndarray]] = [[] for _ in range(self._body_.num_outputs)]
+        limits = self.limits
         for i in range(len(own[0])):
+            limits.check_deadline(self.where())
             args = [x[i] if type(x) is list else x for x in own]
             for k, r in enumerate(self._body_(args, outer)):
                 if r is None or type(r) is list:

@@ -63,6 +63,9 @@ class ShapeKernel(Kernel):
         # known (this also runs every validation) and allocate the outputs here.
         infos = [None if a is None else TensorInfo(tuple(a.shape), a.dtype, a) for a in inputs]
         planned = self.plan(infos)
+        for o in planned:
+            if o.value is None:
+                self.check_alloc(o.shape, o.dtype)
         fresh = [
             np.array(o.value) if o.value is not None else np.empty(o.shape, o.dtype)
             for o in planned
