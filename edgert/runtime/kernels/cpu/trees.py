@@ -870,7 +870,7 @@ class TreeEnsembleClassifier(_TreeKernel):
     def _second_score(self, s: np.ndarray, second: np.ndarray) -> np.ndarray:
         post = self._post
         out = np.zeros((len(s), 2), np.float64)
-        if post == "PROBIT":
+        if post == "PROBIT":  # (onnxruntime writes this column only; the other is left 0)
             out[:, 0] = probit(s)
             return out
         flip = (second == 0) | (second == 1)
