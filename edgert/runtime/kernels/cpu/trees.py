@@ -128,8 +128,8 @@ def _child(nodes, node, v, set_lo, set_hi, set_values, leq_only):
     th = nd.threshold
     if leq_only == 1:
         return nd.true if v <= th else nd.false
-    if leq_only == 2:
-        return nd.true if v <= th or ((nd.mode & 8) != 0 and v != v) else nd.false
+    if leq_only == 2:  # (bitwise, not short-circuit: a select instead of a branch)
+        return nd.true if (v <= th) | (((nd.mode & 8) != 0) & (v != v)) else nd.false
     m = nd.mode
     c = m & 7
     if c == 0:
