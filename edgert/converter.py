@@ -4,7 +4,9 @@ The pipeline of :func:`convert`:
 
 1. import — :func:`edgert.importer.import_onnx` (skipped when given an :class:`~edgert.ir.Graph`);
 2. optimize — ``edgert.optimizer.optimize(graph, level, allow_fused=True)`` when ``level > 0``
-   (the `.edgert` runtime runs the fused ``edgert``-domain ops);
+   (the `.edgert` runtime runs the fused ``edgert``-domain ops); a QDQ model is optimized and
+   rewritten to edgert's int8 ops with its own parameters instead
+   (:func:`edgert.quantization.qdq_import.import_qdq`);
 3. check — every node (control-flow bodies included) must have a kernel in the CPU registry; all
    nodes without one are reported together in one :class:`~edgert.errors.UnsupportedOpError`;
 4. lower — :func:`lower` turns the IR into the plain :class:`~edgert.format.ModelDef` objects;
@@ -120,10 +122,16 @@ def convert(
 
 def _optimize(graph: Graph, level: int, verbose: bool = False) -> Graph:
     """Level 0 leaves the graph alone; higher levels run :func:`edgert.optimizer.optimize` on it
-    in place (edgert-domain fused ops allowed)."""
+    in place (edgert-domain fused ops allowed). A QDQ model (int8 activations between
+    QuantizeLinear/DequantizeLinear pairs) becomes edgert's int8 graph with its own scales and
+    zero points instead (:mod:`edgert.quantization.qdq_import`, which optimizes it first)."""
     if not isinstance(level, int) or level < 0:
         raise EdgeRTError(f"optimization level must be a non-negative integer, got {level!r}")
     if level > 0:
+        from edgert.quantization.qdq_import import has_qdq, import_qdq
+
+        if has_qdq(graph):
+            return import_qdq(graph, level, verbose).graph
         from edgert.optimizer import optimize
 
         optimize(graph, level, verbose=verbose, allow_fused=True)

@@ -12,6 +12,12 @@ outside it. Activations are never stored.
   histogram (99.99 by default): clips rare outliers.
 * :class:`EntropyObserver` — the clipping threshold that minimizes the KL divergence between the
   histogram of ``|x|`` and its int8-quantized version (TensorRT's entropy calibration).
+
+Non-finite values (NaN, ±inf) and float32's extremes used as their stand-ins (``|x| >=``
+:data:`SENTINEL`, e.g. an attention mask of ``torch.finfo(float32).min``) are left out of every
+statistic and counted instead (:attr:`Observer.nonfinite`): an attention mask ``Where(mask, 0,
+-inf)`` before a Softmax is legitimate, and int8 could not hold it anyway. The caller decides
+what a tensor that held such values becomes (calibration keeps it float).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 2048
+# Magnitudes from here up count as infinite: float32's max (3.4e38) is the usual "-inf" of a mask,
+# and no int8 scale can keep ordinary values next to it (one step would be >= 4e27).
+SENTINEL = 1e30
 
 
 class Observer:
@@ -28,17 +37,49 @@ class Observer:
         self.lo = np.inf
         self.hi = -np.inf
         self.count = 0
+        # values left out of the statistics: "nan", "+inf", "-inf" -> how many
+        self.nonfinite: dict[str, int] = {}
 
     def update(self, x: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
-        """Add a batch; ``lo``/``hi`` may pass its min and max when the caller has them."""
+        """Add a batch; ``lo``/``hi`` may pass its min and max when the caller has them.
+
+        NaN, ±inf and values of magnitude >= :data:`SENTINEL` are not observed, only counted in
+        :attr:`nonfinite`.
+        """
         x = np.asarray(x)
         if x.size == 0:
             return
         if lo is None or hi is None:
+            # min and max see any NaN (they propagate it) or Inf: one pass fewer than an
+            # isfinite check over every activation
+            lo, hi = float(x.min()), float(x.max())
+        if not (-SENTINEL < lo and hi < SENTINEL):  # also False for NaN
+            x = self._count_nonfinite(x)
+            if x.size == 0:
+                return
             lo, hi = float(x.min()), float(x.max())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.count += 1
         self._update(x, lo, hi)
+
+    def _count_nonfinite(self, x: np.ndarray) -> np.ndarray:
+        """Count the NaN / ±inf (and sentinel) values of ``x``; return the others, flattened."""
+        x = x.reshape(-1)
+        nan = np.isnan(x)
+        inf = np.isinf(x)
+        with np.errstate(invalid="ignore"):
+            big = ~nan & ~inf & (np.abs(x) >= SENTINEL)
+            for key, mask in (("nan", nan), ("-inf", inf & (x < 0)), ("+inf", inf & (x > 0)),
+                              (f"<=-{SENTINEL:g}", big & (x < 0)),
+                              (f">={SENTINEL:g}", big & (x > 0))):
+                n = int(np.count_nonzero(mask))
+                if n:
+                    self.nonfinite[key] = self.nonfinite.get(key, 0) + n
+        return x[~(nan | inf | big)]
+
+    def describe_nonfinite(self) -> str:
+        """``"-inf x12, nan x1"`` (values that were left out), or ``""``."""
+        return ", ".join(f"{k} x{n}" for k, n in sorted(self.nonfinite.items()))
 
     def _update(self, x: np.ndarray, lo: float, hi: float) -> None:
         pass

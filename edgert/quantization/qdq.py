@@ -84,14 +84,29 @@ def annotate_qdq(graph: Graph, result) -> Graph:
             node.attrs["beta"] = 1.0
     # Activations.
     by_name = {v.name: v for v in graph.values()}
+    int8_nodes = {n.name: n for n in result.graph.nodes if n.name}
+    int8_outputs = {v.name: v for v in result.graph.outputs}
+
+    def unquantized(v: Value | None) -> bool:
+        """``v`` (a float value of the int8 graph) is a float op's output or a model input, not
+        an edgert.Dequantize of the int8 form."""
+        return v is not None and v.dtype == dtypes.FLOAT and (
+            v.producer is None or v.producer.op_type != "Dequantize"
+            or v.producer.domain != "edgert")
+
     for name, qv in result.qvalues.items():
         v = by_name.get(name)
         if v is None or v.const is not None:
             continue
         scale = np.float32(qv.quant[0][0])
         zp = np.int8(qv.quant[1][0])
-        readers = list(v.consumers)
-        is_output = v in graph.outputs
+        # A float op that the int8 model runs on the unquantized value (the float output of
+        # another float op, or a model input) keeps reading it; the others read the pair.
+        readers = [r for r in v.consumers if not any(
+            x.name == name and unquantized(x) for x in getattr(int8_nodes.get(r.name), "inputs",
+                                                                 []) if x is not None)]
+        readers = list(dict.fromkeys(readers))
+        is_output = v in graph.outputs and not unquantized(int8_outputs.get(name))
         if not readers and not is_output:
             continue
         anchor = readers[0] if readers else None

@@ -22,6 +22,21 @@ documented in :mod:`edgert.runtime.kernels.cpu.quantized`):
 * Softmax: output scale 1/256, zero point -128 (the TFLite convention).
 * Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Identity, Pad (constant mode): the
   same op moves int8 data; the output keeps the input's parameters.
+
+An AveragePool that counts its padding, on a zero point other than 0, is a depthwise
+``edgert.QConv`` with weights 1 (the pads must be real zeros, which ``edgert.QAveragePool``'s
+code-0 padding is not).
+
+The rewriter works from one ``(scale, zero_point)`` per float tensor. :func:`quantize_graph`
+derives them from calibrated ranges (:func:`activation_params`) and quantizes the weights itself;
+:func:`quantize_graph_explicit` takes them as given, with the weights' own int8 codes (a QDQ
+ONNX model's, :mod:`.qdq_import`). Then a tensor without parameters stays float, and so does
+every op whose output has none; a float op's output that has parameters is read quantized; a
+move or MaxPool whose output parameters differ from its input's is followed by an
+``edgert.QLut`` that requantizes (DequantizeLinear -> QuantizeLinear exactly); Softmax keeps the
+given output parameters; an averaging pool into output parameters other than its input's runs
+in float between ``edgert.Dequantize``/``edgert.Quantize`` (:data:`FLOAT_ROUNDING`): one
+rounding, as DequantizeLinear -> pool -> QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -35,6 +50,9 @@ from edgert import dtypes
 from edgert.ir import Graph, Node, Value
 
 QMIN, QMAX = -128, 127
+# The reason given for an op that explicit mode keeps float on purpose (not for want of a form).
+FLOAT_ROUNDING = "averaged in float into output parameters of its own (one rounding)"
+_NO_PAD = ("NOTSET", b"NOTSET", "VALID", b"VALID")
 
 
 def int8_rule(node: Node) -> str | None:
@@ -90,6 +108,21 @@ def quantize_bias(b: np.ndarray, x_scale: float, w_scales: np.ndarray) -> np.nda
 
 
 @dataclass
+class QConst:
+    """A constant of the float graph given as integer codes: ``value == (codes - 0) * scale``.
+
+    ``value`` is the float constant that the graph holds (checked against the graph's constant,
+    so that one changed by the optimizer, e.g. a BatchNormalization folded into it, is noticed);
+    ``codes`` int8 (weights) or int32 (biases), zero point 0; ``scale`` float32, broadcastable
+    to ``codes.shape`` (per tensor, per axis, or per block).
+    """
+
+    value: np.ndarray
+    codes: np.ndarray
+    scale: np.ndarray
+
+
+@dataclass
 class QuantizeResult:
     """The rewritten graph and what happened to each op."""
 
@@ -101,10 +134,20 @@ class QuantizeResult:
 
 
 class _Rewriter:
-    def __init__(self, src: Graph, ranges: dict[str, tuple[float, float]], per_channel: bool):
+    """``params``: int8 ``(scale, zero_point)`` per float tensor name. ``weights`` None: weights
+    are quantized here (symmetric, ``per_channel``); else explicit mode: the int8 weights and
+    int32 biases by constant name (a str: why that weight cannot be int8)."""
+
+    def __init__(self, src: Graph, params: dict[str, tuple[float, int]], per_channel: bool,
+                 weights: dict[str, QConst | str] | None = None):
         self.src = src
-        self.ranges = dict(ranges)
+        self.params = dict(params)
         self.per_channel = per_channel
+        self.explicit = weights is not None
+        self.weights = weights or {}
+        # Explicit mode: the unquantized output of a float op whose output has parameters. Its
+        # readers see it quantized (float readers through Quantize -> Dequantize), as in QDQ.
+        self.raw: dict[str, Value] = {}
         g = Graph(src.name)
         g.opset = dict(src.opset)
         g.opset.setdefault("edgert", 1)
@@ -133,13 +176,17 @@ class _Rewriter:
             return None
         if v.name in self.fmap:
             return self.fmap[v.name]
-        if v.const is not None or v.name not in self.qmap:
+        if v.name in self.raw:
+            self.int8_of(v)
+        elif v.const is not None or v.name not in self.qmap:
             nv = self._copy_value(v)
             self.fmap[v.name] = nv
             return nv
         q = self.qmap[v.name]
         scale, zp, _ = q.quant
-        nv = Value(v.name, dtypes.FLOAT, v.shape)
+        raw = self.raw.get(v.name)
+        nv = Value(v.name if raw is None or raw.name != v.name
+                   else self.g.unique_name(v.name + "_dq"), dtypes.FLOAT, v.shape)
         self.g.add_node("Dequantize", [q], [nv], {"scale": [float(scale[0])],
                                                   "zero_point": [int(zp[0])]},
                         name=self.g.unique_name(v.name + "_dequant"), domain="edgert")
@@ -150,10 +197,10 @@ class _Rewriter:
         if v.name in self.qmap:
             s, z, _ = self.qmap[v.name].quant
             return float(s[0]), int(z[0])
-        if v.const is not None and v.const.dtype.kind == "f" and v.const.size:
+        p = self.params.get(v.name)
+        if p is None and v.const is not None and v.const.dtype.kind == "f" and v.const.size:
             return activation_params(float(v.const.min()), float(v.const.max()))
-        r = self.ranges.get(v.name)
-        return None if r is None else activation_params(*r)
+        return p
 
     def int8_of(self, v: Value) -> Value:
         if v.name in self.qmap:
@@ -164,7 +211,7 @@ class _Rewriter:
             q.quant = (np.array([scale], np.float32), np.array([zp], np.int64), 0)
             self.qmap[v.name] = q
             return q
-        f = self.float_of(v)
+        f = self.raw[v.name] if v.name in self.raw else self.float_of(v)
         q = self.new_q(v, scale, zp)
         self.g.add_node("Quantize", [f], [q], {"scale": scale, "zero_point": zp},
                         name=self.g.unique_name(v.name + "_quant"), domain="edgert")
@@ -179,32 +226,14 @@ class _Rewriter:
 
     def quantizable(self, v: Value | None) -> bool:
         return (v is not None and v.const is None and v.dtype == dtypes.FLOAT
-                and (v.name in self.qmap or v.name in self.ranges))
+                and (v.name in self.qmap or v.name in self.params))
 
     # ----- the walk -----------------------------------------------------------------------------
-    def share_concat_ranges(self) -> None:
-        """Give each Concat input that feeds only the Concat the Concat's output range.
-
-        TFLite's rule for concatenation: the producer then requantizes straight into the
-        output's parameters and the int8 Concat is a plain copy, not a per-element rescale
-        (SqueezeNet's eight fire-module concats took 2 ms of a 20 ms int8 run rescaling). The
-        output range covers every input's under MinMax, so no input is clipped by it.
-        """
-        outputs = {id(v) for v in self.src.outputs}
-        for node in self.src.nodes:
-            if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
-                continue
-            r = self.ranges.get(node.outputs[0].name)
-            if r is None:
-                continue
-            for v in node.inputs:
-                if (v is not None and v.const is None and v.producer is not None
-                        and len(v.consumers) == 1 and id(v) not in outputs
-                        and v.name in self.ranges):
-                    self.ranges[v.name] = r
-
     def run(self) -> QuantizeResult:
-        self.share_concat_ranges()
+        if self.explicit:  # a model input with parameters: its readers see it quantized
+            for v in self.src.inputs:
+                if v.name in self.params and v.dtype == dtypes.FLOAT:
+                    self.raw[v.name] = self._copy_value(v)
         skip: set[int] = set()
         for node in self.src.nodes:
             if id(node) in skip:
@@ -217,17 +246,28 @@ class _Rewriter:
             if any(self.quantizable(v) for v in node.inputs):
                 self.result.float_ops.append((node.op_type, node.name, reason))
             self.copy_float(node)
-        self.g.inputs = [self.float_of(v) for v in self.src.inputs]
+        self.g.inputs = [self.raw.get(v.name) or self.float_of(v) for v in self.src.inputs]
         self.g.outputs = [self.float_of(v) for v in self.src.outputs]
         return self.result
 
     def copy_float(self, node: Node) -> None:
+        if (self.explicit and node.op_type == "Identity" and node.domain in ("", "ai.onnx")
+                and len(node.outputs) == 1 and node.outputs[0].name in self.params
+                and node.input(0) is not None):
+            # A float value quantized under another name (qdq_import's form of a pair on a
+            # tensor that is read unquantized too): no copy, the same float value.
+            self.raw[node.outputs[0].name] = self.float_of(node.inputs[0])
+            return
         ins = [self.float_of(v) for v in node.inputs]
         outs = []
         for o in node.outputs:
-            nv = Value(o.name, o.dtype, o.shape)
+            if self.explicit and o.name in self.params and o.dtype == dtypes.FLOAT:
+                nv = Value(self.g.unique_name(o.name + "_float"), o.dtype, o.shape)
+                self.raw[o.name] = nv
+            else:
+                nv = Value(o.name, o.dtype, o.shape)
+                self.fmap[o.name] = nv
             nv.meta = dict(o.meta)
-            self.fmap[o.name] = nv
             outs.append(nv)
         self.g.add_node(node.op_type, ins, outs, dict(node.attrs), name=node.name,
                         domain=node.domain, version=node.version)
@@ -243,8 +283,10 @@ class _Rewriter:
         if node.domain == "edgert" and node.attrs.get("channel_shuffle"):
             return "no int8 kernel for a Conv with a fused channel shuffle"
         x = node.input(0)
+        if rule == "binary" and not self.quantizable(x):
+            x = node.input(1)  # Add(bias, x), as exporters write it: binary() takes either
         if not self.quantizable(x):
-            return "its input has no calibrated range"
+            return self.missing("its input")
         live_outs = [o for o in node.outputs if not o.meta.get("omitted")]
         if len(live_outs) != 1 or live_outs[0].dtype != dtypes.FLOAT:
             return "more than one output"
@@ -257,7 +299,7 @@ class _Rewriter:
             if not all(self.quantizable(v) or (v is not None and v.const is not None
                                                and v.const.dtype.kind == "f")
                        for v in node.inputs):
-                return "an input has no calibrated range"
+                return self.missing("an input")
             return self.concat(node, y)
         if rule == "pool":
             return self.pool(node, x, y)
@@ -269,9 +311,12 @@ class _Rewriter:
             return self.softmax(node, x, y)
         raise AssertionError(f"unknown int8 rule {rule!r} of {op}")
 
+    def missing(self, what: str) -> str:
+        return f"{what} has no " + ("quantization parameters in the model" if self.explicit
+                                    else "calibrated range")
+
     def out_params(self, y: Value) -> tuple[float, int] | None:
-        r = self.ranges.get(y.name)
-        return None if r is None else activation_params(*r)
+        return self.params.get(y.name)
 
     # ----- Conv / Gemm / MatMul -----------------------------------------------------------------
     def fused_activation(self, node: Node, y: Value, skip: set[int]):
@@ -286,7 +331,8 @@ class _Rewriter:
                 hi = params[1] if len(params) > 1 else math.inf
                 return y, lo, hi, None
             return None, 0.0, 0.0, f"fused activation {act} has no int8 form"
-        if len(y.consumers) == 1 and y not in self.src.outputs:
+        if (len(y.consumers) == 1 and y not in self.src.outputs
+                and self.out_params(y.consumers[0].outputs[0]) is not None):
             nxt = y.consumers[0]
             if nxt.op_type == "Relu" and nxt.domain == "":
                 skip.add(id(nxt))
@@ -303,83 +349,109 @@ class _Rewriter:
         w = node.input(1)
         if w is None or w.const is None or w.const.dtype.kind != "f":
             return "the weight is not a constant float tensor"
+        explicit = None
+        if self.explicit:
+            explicit = self.weights.get(w.name)
+            if explicit is None:
+                return "its weight is not quantized in the model"
+            if isinstance(explicit, str):
+                return explicit
+            if not np.array_equal(w.const, explicit.value):
+                return "its weight was changed by the optimizer (a folded BatchNormalization?)"
         wf = w.const.astype(np.float32)
         bias = None
+        bias_v = None
         attrs: dict = {}
         w_shape = wf.shape
+        group = int(node.attrs.get("group", 1))
+        alpha = 1.0
         if op == "ConvTranspose":
             # W is (C_in, M / group, k...): quantize it output-channel-major, (M, C_in/g * k),
             # and store it back in its own layout with the scales along axis 1 (per tensor for
             # group > 1, where axis 1 does not span every output channel).
-            group = int(node.attrs.get("group", 1))
             if wf.ndim < 3 or wf.shape[0] % group:
                 return "weight rank < 3 or channels not divisible by group"
-            b = node.input(2)
-            if b is not None:
-                if b.const is None:
-                    return "the bias is not a constant"
-                bias = b.const.astype(np.float32).reshape(-1)
+            bias_v = node.input(2)
             for k in ("strides", "pads", "dilations", "group", "auto_pad", "kernel_shape",
                       "output_padding", "output_shape"):
                 if k in node.attrs:
                     attrs[k] = node.attrs[k]
             c_g, m_g = wf.shape[0] // group, wf.shape[1]
-            wf = np.ascontiguousarray(wf.reshape(group, c_g, m_g, -1).transpose(0, 2, 1, 3)
-                                      .reshape(group * m_g, -1))
+
+            def rows(a: np.ndarray) -> np.ndarray:
+                return np.ascontiguousarray(a.reshape(group, c_g, m_g, -1).transpose(0, 2, 1, 3)
+                                            .reshape(group * m_g, -1))
             qop = "QConvTranspose"
         elif op == "Conv":
             if wf.ndim < 3:
                 return "weight rank < 3"
-            b = node.input(2)
-            if b is not None:
-                if b.const is None:
-                    return "the bias is not a constant"
-                bias = b.const.astype(np.float32).reshape(-1)
+            bias_v = node.input(2)
             for k in ("strides", "pads", "dilations", "group", "auto_pad", "kernel_shape"):
                 if k in node.attrs:
                     attrs[k] = node.attrs[k]
+
+            def rows(a: np.ndarray) -> np.ndarray:
+                return a.reshape(a.shape[0], -1)
             qop = "QConv"
         else:
-            if wf.ndim != 2 or x.rank is None or x.rank < 1:
+            # (an unknown input rank is fine: MatMul's input has rank >= 1 and Gemm's is 2-D,
+            # and QGemm takes [..., K])
+            if wf.ndim != 2 or (x.rank is not None and x.rank < 1):
                 return "the weight is not 2-D"
+            trans = op == "Gemm" and bool(node.attrs.get("transB", 0))
             if op == "Gemm":
-                if node.attrs.get("transA", 0) or x.rank != 2:
+                if node.attrs.get("transA", 0) or x.rank not in (None, 2):
                     return "transA=1 or a non-2-D input"
                 alpha = float(node.attrs.get("alpha", 1.0))
                 beta = float(node.attrs.get("beta", 1.0))
-                wf = (wf if node.attrs.get("transB", 0) else wf.T) * np.float32(alpha)
                 c = node.input(2)
                 if c is not None:
                     if c.const is None:
                         return "C is not a constant"
                     try:
                         bias = np.broadcast_to(c.const.astype(np.float32) * beta,
-                                               (1, wf.shape[0])).reshape(-1)
+                                               (1, w_shape[0] if trans else w_shape[1])
+                                               ).reshape(-1)
                     except ValueError:
                         return "C does not broadcast to a per-output bias"
-            else:
-                wf = wf.T
-            wf = np.ascontiguousarray(wf)
+                    if beta == 1.0 and c.const.ndim >= 1 and c.const.size == bias.size:
+                        bias_v = c  # the explicit int32 codes apply as they are
+
+            def rows(a: np.ndarray) -> np.ndarray:
+                return np.ascontiguousarray(a if trans else a.T)
             qop = "QGemm"
+        if op in ("Conv", "ConvTranspose") and bias_v is not None:
+            if bias_v.const is None:
+                return "the bias is not a constant"
+            bias = bias_v.const.astype(np.float32).reshape(-1)
         final, lo, hi, why = self.fused_activation(node, y, skip)
         if why:
             return why
         out = self.out_params(final)
         if out is None:
-            return "its output has no calibrated range"
+            return self.missing("its output")
         xs, xz = self.params_of(x)
-        w_axis = 0
-        if op == "ConvTranspose":
-            group = int(node.attrs.get("group", 1))
-            w_scales = weight_params(wf, self.per_channel and group == 1)
-            wq = quantize_weight(wf, w_scales)
-            c_g, m_g = w_shape[0] // group, w_shape[1]
-            wq = np.ascontiguousarray(wq.reshape(group, m_g, c_g, -1).transpose(0, 2, 1, 3)
-                                      .reshape(w_shape))
-            w_axis = 1
+        if explicit is not None:
+            got = self._explicit_weight(explicit, rows, op, group, alpha)
+            if isinstance(got, str):
+                return got
+            wq, w_scales, w_axis = got
+            n_out = wq.shape[1] * group if op == "ConvTranspose" else wq.shape[0]
         else:
-            w_scales = weight_params(wf, self.per_channel)
-            wq = quantize_weight(wf, w_scales)
+            wf = rows(wf) * np.float32(alpha) if qop == "QGemm" else wf
+            if op == "ConvTranspose":
+                wr = rows(wf)
+                w_scales = weight_params(wr, self.per_channel and group == 1)
+                wq = quantize_weight(wr, w_scales)
+                c_g, m_g = w_shape[0] // group, w_shape[1]
+                wq = np.ascontiguousarray(wq.reshape(group, m_g, c_g, -1).transpose(0, 2, 1, 3)
+                                          .reshape(w_shape))
+                w_axis = 1
+            else:
+                w_scales = weight_params(wf, self.per_channel)
+                wq = quantize_weight(wf, w_scales)
+                w_axis = 0
+            n_out = wq.shape[1] * group if op == "ConvTranspose" else wq.shape[0]
         ys, yz = out
         attrs.update(x_scale=xs, x_zero_point=xz, w_scale=[float(s) for s in w_scales],
                      y_scale=ys, y_zero_point=yz)
@@ -392,9 +464,12 @@ class _Rewriter:
         wv.quant = (w_scales.astype(np.float32), np.zeros(w_scales.size, np.int64), w_axis)
         ins = [xq, wv]
         if bias is not None:
+            b_scales = np.broadcast_to(w_scales, (n_out,))
+            bq = self._explicit_bias(bias_v, xs, b_scales) if self.explicit else None
+            if bq is None:
+                bq = quantize_bias(bias, xs, b_scales)
             bv = self.g.add_constant((node.input(2).name if node.input(2) else w.name) + "_q",
-                                     quantize_bias(bias, xs, np.broadcast_to(
-                                         w_scales, (wf.shape[0],))))
+                                     bq)
             # No quantization record on the bias: its scale is x_scale * w_scale (both stored
             # already) and its zero point 0; repeating them per channel cost ~2 % of the file.
             ins.append(bv)
@@ -402,20 +477,63 @@ class _Rewriter:
         self.g.add_node(qop, ins, [yq], attrs, name=node.name, domain="edgert")
         return None
 
+    def _explicit_weight(self, wc: QConst, rows, op: str, group: int, alpha: float):
+        """``(int8 weight as the kernel stores it, scales per output channel or one, axis)`` of
+        a given int8 weight, or why it has no such form (scales that vary inside an output
+        channel: per input channel, or blocked)."""
+        codes = np.asarray(wc.codes)
+        if codes.dtype != np.int8 or codes.shape != wc.value.shape:
+            return "the weight is not int8"
+        scale = np.asarray(wc.scale, np.float32)
+        if scale.size == 1:
+            w_scales = scale.reshape(1)
+        else:
+            srows = rows(np.broadcast_to(scale, codes.shape))
+            if not np.all(srows == srows[:, :1]):
+                return ("its weight scales vary within an output channel (blocked or per input "
+                        "channel): edgert's int8 kernels take one scale per output channel")
+            w_scales = np.ascontiguousarray(srows[:, 0])
+            if op == "ConvTranspose" and group > 1:
+                if not np.all(w_scales == w_scales[0]):
+                    return "per-channel weight scales with group > 1 (one scale per tensor only)"
+                w_scales = w_scales[:1]
+        if alpha != 1.0:
+            w_scales = (w_scales * np.float32(alpha)).astype(np.float32)
+        if op in ("Conv", "ConvTranspose"):
+            return codes, w_scales.astype(np.float32), 1 if op == "ConvTranspose" else 0
+        return rows(codes), w_scales.astype(np.float32), 0
+
+    def _explicit_bias(self, b: Value | None, xs: float, w_scales: np.ndarray):
+        """The model's own int32 bias codes when their scale is ``x_scale * w_scale``."""
+        bc = None if b is None else self.weights.get(b.name)
+        if not isinstance(bc, QConst) or bc.codes.dtype != np.int32:
+            return None
+        if not np.array_equal(b.const, bc.value):
+            return None
+        n = w_scales.shape[0]
+        codes = np.asarray(bc.codes).reshape(-1)
+        if codes.size != n:
+            return None
+        want = np.float32(xs) * w_scales.astype(np.float32)
+        got = np.broadcast_to(np.asarray(bc.scale, np.float32).reshape(-1), (n,))
+        if not np.allclose(got, want, rtol=1e-6, atol=0):
+            return None
+        return codes.astype(np.int32)
+
     # ----- elementwise --------------------------------------------------------------------------
     def binary(self, node: Node, y: Value, skip: set[int]) -> str | None:
         a, b = node.input(0), node.input(1)
         for v in (a, b):
             if not (self.quantizable(v) or (v is not None and v.const is not None
                                             and v.const.dtype.kind == "f")):
-                return "an input has no calibrated range"
+                return self.missing("an input")
         # A residual Add followed by its only reader Relu (ResNet) folds the Relu into the clamp.
         final, lo, hi, why = self.fused_activation(node, y, skip)
         if why:
             return why
         out = self.out_params(final)
         if out is None:
-            return "its output has no calibrated range"
+            return self.missing("its output")
         (sa, za), (sb, zb) = self.params_of(a), self.params_of(b)
         ys, yz = out
         if node.op_type == "Add":
@@ -434,7 +552,7 @@ class _Rewriter:
     def concat(self, node: Node, y: Value) -> str | None:
         out = self.out_params(y)
         if out is None:
-            return "its output has no calibrated range"
+            return self.missing("its output")
         ins = [self.int8_of(v) for v in node.inputs]
         params = [(float(q.quant[0][0]), int(q.quant[1][0])) for q in ins]
         yq = self.new_q(y, *out)
@@ -448,12 +566,93 @@ class _Rewriter:
     def pool(self, node: Node, x: Value, y: Value) -> str | None:
         if node.op_type == "AveragePool" and node.attrs.get("ceil_mode", 0):
             return "ceil_mode with averaging"
-        xq = self.int8_of(x)
+        out = self.same_params_out(x, y)
+        if isinstance(out, str):
+            return out
         s, z = self.params_of(x)
+        padded = (any(node.attrs.get("pads") or [])
+                  or node.attrs.get("auto_pad", "NOTSET") not in _NO_PAD)
+        counted_pads = (node.op_type == "AveragePool" and z != 0 and padded
+                        and bool(node.attrs.get("count_include_pad", 0)))
+        if node.op_type != "MaxPool":
+            if out is not None:  # explicit mode: output parameters of its own
+                # As DequantizeLinear -> pool -> QuantizeLinear (and onnxruntime's QLinear
+                # pools): one rounding. The int8 average and a requantization after it would
+                # round twice, by several output steps where the output scale is the finer.
+                return FLOAT_ROUNDING
+            if counted_pads:
+                # Padding that counts needs the pads to be real zeros (the zero point), which
+                # edgert.QAveragePool does not do (it sums code 0 for them).
+                return self.average_as_conv(node, x, y, (s, z))
+        xq = self.int8_of(x)
         yq = self.new_q(y, s, z)
         self.g.add_node("Q" + node.op_type, [xq], [yq], dict(node.attrs), name=node.name,
                         domain="edgert")
+        self.requantize(y, out)  # MaxPool: max commutes with the (monotone) requantization
         return None
+
+    def average_as_conv(self, node: Node, x: Value, y: Value, out: tuple[float, int]):
+        """AveragePool / GlobalAveragePool into output parameters of its own: a depthwise
+        ``edgert.QConv`` with weights 1 and weight scale ``1 / window``."""
+        shape = x.static_shape()
+        if shape is None and x.shape is not None and len(x.shape) > 2 and all(
+                isinstance(d, int) for d in x.shape[1:]):
+            shape = (1,) + tuple(x.shape[1:])  # the batch dim may be symbolic
+        if shape is None or len(shape) < 3:
+            return "averaging into other parameters needs static channel and spatial dims"
+        c, spatial = int(shape[1]), [int(d) for d in shape[2:]]
+        attrs: dict = {"group": c}
+        if node.op_type == "GlobalAveragePool":
+            kernel = spatial
+        else:
+            kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
+            pads = node.attrs.get("pads")
+            if (not node.attrs.get("count_include_pad", 0) and
+                    (any(pads or []) or node.attrs.get("auto_pad", "NOTSET") not in _NO_PAD)):
+                return "averaging with padding not counted, into other parameters"
+            for k in ("strides", "pads", "dilations", "auto_pad"):
+                if k in node.attrs:
+                    attrs[k] = node.attrs[k]
+        if len(kernel) != len(spatial) or not all(k > 0 for k in kernel):
+            return "bad kernel_shape"
+        window = int(np.prod(kernel))
+        xs, xz = self.params_of(x)
+        ys, yz = out
+        w = self.g.add_constant(node.name + "_ones" if node.name else "avg_ones",
+                                np.ones([c, 1] + kernel, np.int8))
+        ws = f32(1.0 / window)
+        w.quant = (np.array([ws], np.float32), np.zeros(1, np.int64), 0)
+        attrs.update(kernel_shape=kernel, x_scale=xs, x_zero_point=xz, w_scale=[ws], y_scale=ys,
+                     y_zero_point=yz, act_min=QMIN, act_max=QMAX)
+        xq = self.int8_of(x)
+        yq = self.new_q(y, ys, yz)
+        self.g.add_node("QConv", [xq, w], [yq], attrs, name=node.name, domain="edgert")
+        return None
+
+    def same_params_out(self, x: Value, y: Value):
+        """For an op whose int8 output keeps its input's parameters: in explicit mode the
+        parameters ``y`` must end with (None when they are the input's), or why none."""
+        if not self.explicit:
+            return None
+        out = self.out_params(y)
+        if out is None:
+            return self.missing("its output")
+        return None if out == self.params_of(x) else out
+
+    def requantize(self, y: Value, out: tuple[float, int] | None) -> None:
+        """Move ``y``'s int8 form to the parameters ``out`` (an exact DequantizeLinear ->
+        QuantizeLinear as a 256-entry lookup table)."""
+        if out is None:
+            return
+        q = self.qmap[y.name]
+        xs, xz = float(q.quant[0][0]), int(q.quant[1][0])
+        ys, yz = out
+        codes = np.arange(QMIN, QMAX + 1, dtype=np.float32)
+        real = np.float32(xs) * (codes - np.float32(xz))
+        table = np.clip(np.rint(real / np.float32(ys)) + yz, QMIN, QMAX).astype(int)
+        yq = self.new_q(y, ys, yz)
+        self.g.add_node("QLut", [q], [yq], {"table": [int(t) for t in table]},
+                        name=self.g.unique_name(y.name + "_requant"), domain="edgert")
 
     def move(self, node: Node, x: Value, y: Value) -> str | None:
         if node.op_type == "Pad":
@@ -465,6 +664,9 @@ class _Rewriter:
         for v in node.inputs[1:]:
             if v is not None and v.const is None:
                 return "a shape parameter is computed at run time"
+        out = self.same_params_out(x, y)
+        if isinstance(out, str):
+            return out
         xq = self.int8_of(x)
         s, z = self.params_of(x)
         ins = [xq]
@@ -497,12 +699,13 @@ class _Rewriter:
         yq = self.new_q(y, s, z)
         self.g.add_node(node.op_type, ins, [yq], attrs, name=node.name,
                         version=max(node.version, 11) if node.op_type == "Pad" else node.version)
+        self.requantize(y, out)
         return None
 
     def lut(self, node: Node, x: Value, y: Value) -> str | None:
         out = self.out_params(y)
         if out is None:
-            return "its output has no calibrated range"
+            return self.missing("its output")
         fn = _lut_function(node)
         if fn is None:
             return "Clip bounds are not constants"
@@ -529,14 +732,41 @@ class _Rewriter:
             tail = x.shape[axis + 1:]
             if not all(d == 1 for d in tail):
                 return "opset < 13 Softmax over several axes"
+        ys, yz = 1.0 / 256.0, -128  # native: the TFLite convention
+        if self.explicit:
+            out = self.out_params(y)
+            if out is None:
+                return self.missing("its output")
+            ys, yz = out
         xs, xz = self.params_of(x)
         xq = self.int8_of(x)
-        ys, yz = 1.0 / 256.0, -128
         yq = self.new_q(y, ys, yz)
         self.g.add_node("QSoftmax", [xq], [yq], dict(axis=axis, x_scale=xs, x_zero_point=xz,
                                                      y_scale=ys, y_zero_point=yz),
                         name=node.name, domain="edgert")
         return None
+
+
+def share_concat_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+    """Give each Concat input that feeds only the Concat the Concat's output range.
+
+    TFLite's rule for concatenation: the producer then requantizes straight into the
+    output's parameters and the int8 Concat is a plain copy, not a per-element rescale
+    (SqueezeNet's eight fire-module concats took 2 ms of a 20 ms int8 run rescaling). The
+    output range covers every input's under MinMax, so no input is clipped by it.
+    """
+    outputs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+            continue
+        r = ranges.get(node.outputs[0].name)
+        if r is None:
+            continue
+        for v in node.inputs:
+            if (v is not None and v.const is None and v.producer is not None
+                    and len(v.consumers) == 1 and id(v) not in outputs
+                    and v.name in ranges):
+                ranges[v.name] = r
 
 
 def _qbound(r: float, scale: float, zp: int, default: int) -> int:
@@ -591,7 +821,32 @@ def quantize_graph(
     graph: Graph, ranges: dict[str, tuple[float, float]], per_channel: bool = True
 ) -> QuantizeResult:
     """Rewrite ``graph`` (left unchanged) into an int8 graph using the calibrated ``ranges``."""
-    return _Rewriter(graph, ranges, per_channel).run()
+    ranges = dict(ranges)
+    share_concat_ranges(graph, ranges)
+    params = {name: activation_params(*r) for name, r in ranges.items()
+              if name not in graph.constants}
+    return _Rewriter(graph, params, per_channel).run()
+
+
+def quantize_graph_explicit(
+    graph: Graph,
+    params: dict[str, tuple[float, int]],
+    weights: dict[str, QConst | str],
+) -> QuantizeResult:
+    """Rewrite ``graph`` (left unchanged) into an int8 graph with given parameters.
+
+    Args:
+        graph: the float graph.
+        params: int8 ``(scale, zero_point)`` per tensor name (activations, and constants that an
+            Add/Mul/Concat reads); a tensor without an entry stays float, and so does an op
+            whose output has none. A float op's output that has parameters is quantized for
+            every reader (float readers read it through ``edgert.Quantize`` ->
+            ``edgert.Dequantize``), as a QuantizeLinear -> DequantizeLinear pair does.
+        weights: the int8 weights (:class:`QConst`, int8 codes) and int32 biases (int32 codes)
+            by constant name, or why a weight has no int8 form (its op then stays float, with
+            that reason); a Conv/Gemm/MatMul whose weight has no entry stays float.
+    """
+    return _Rewriter(graph, params, True, weights).run()
 
 
 def int8_io(graph: Graph) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgert.ir import Graph
-from edgert.quantization.calibrate import check_feed, float_activations, iter_feeds, probe_model
+from edgert.quantization.calibrate import Feed, float_activations, iter_feeds, probe_model
 
 
 def sqnr(f: np.ndarray, q: np.ndarray) -> float:
@@ -30,8 +30,14 @@ def sqnr(f: np.ndarray, q: np.ndarray) -> float:
 
 
 def sqnr_report(graph: Graph, result: Any, calibration: Any, batch_size: int = 16,
-                batches: int = 2) -> list[tuple[str, float]]:
-    """Per-tensor SQNR on the first ``batches`` calibration batches, worst first."""
+                batches: int = 2, *, batch_axis: dict[str, Any] | None = None,
+                feeds: list[Feed] | None = None) -> list[tuple[str, float]]:
+    """Per-tensor SQNR on the first ``batches`` calibration batches, worst first.
+
+    ``feeds``: checked feeds to use instead of reading ``calibration`` again (calibration keeps
+    its first ones, so that a one-shot iterator serves both). Tensors inside control-flow bodies
+    are not covered.
+    """
     from edgert.runtime import Interpreter
 
     fl = Interpreter(probe_model(graph, float_activations(graph)))
@@ -39,11 +45,11 @@ def sqnr_report(graph: Graph, result: Any, calibration: Any, batch_size: int = 1
     qi = Interpreter(probe_model(result.graph, list(qv.values())))
     sig: dict[str, float] = {}
     noise: dict[str, float] = {}
-    names = [v.name for v in graph.inputs]
-    for i, feed in enumerate(iter_feeds(calibration, names, batch_size)):
+    if feeds is None:
+        feeds = (f for f, _ in iter_feeds(graph, calibration, batch_size, batch_axis))
+    for i, feed in enumerate(feeds):
         if i >= batches:
             break
-        feed = check_feed(graph, feed, i)
         fo, qo = fl.run(feed), qi.run(feed)
         for name, v in qv.items():
             if name not in fo or v.name not in qo:
