@@ -171,22 +171,25 @@ def _add_leaf(nodes, leaf, leaf_target, leaf_weight, agg, scores, has, tb, r):
         has[tb, r, j] = 1
 
 
+@njit(inline="always")
+def _task_block(task, tree_blocks, row_blocks, trees, rows):
+    """Task ``task``'s tree block index and its [t0, t1) trees and [r0, r1) rows."""
+    tb = task // row_blocks
+    rb = task - tb * row_blocks
+    return (tb, tb * trees // tree_blocks, (tb + 1) * trees // tree_blocks,
+            rb * rows // row_blocks, (rb + 1) * rows // row_blocks)
+
+
 @njit(parallel=True)
 def _walk(x, nodes, set_lo, set_hi, set_values, leaf_target, leaf_weight, roots, agg,
           tree_blocks, row_blocks, scores, has, leq_only):
     """scores/has [tree_blocks, N, targets]: each task takes one block of trees and one block
     of rows and walks each tree for a ROW_BLOCK of rows at a time (tree by tree, so each row
     sums its trees in model order), LANES rows in lockstep, aggregating into its own slice."""
-    n = x.shape[0]
-    trees = roots.shape[0]
     for task in prange(tree_blocks * row_blocks):
         lane = np.empty(LANES, np.int32)
-        tb = task // row_blocks
-        rb = task - tb * row_blocks
-        t0 = tb * trees // tree_blocks
-        t1 = (tb + 1) * trees // tree_blocks
-        r_lo = rb * n // row_blocks
-        r_end = (rb + 1) * n // row_blocks
+        tb, t0, t1, r_lo, r_end = _task_block(task, tree_blocks, row_blocks, roots.shape[0],
+                                              x.shape[0])
         for r0 in range(r_lo, r_end, ROW_BLOCK):
             r1 = min(r0 + ROW_BLOCK, r_end)
             for t in range(t0, t1):
@@ -213,16 +216,10 @@ def _walk(x, nodes, set_lo, set_hi, set_values, leaf_target, leaf_weight, roots,
 def _walk_lanes(x, nodes, set_lo, set_hi, set_values, leaf_target, leaf_weight, roots, agg,
                 tree_blocks, row_blocks, scores, has, leq_only):
     """As :func:`_walk`, for a few rows: LANES trees in lockstep per row."""
-    n = x.shape[0]
-    trees = roots.shape[0]
     for task in prange(tree_blocks * row_blocks):
         lane = np.empty(LANES, np.int32)
-        tb = task // row_blocks
-        rb = task - tb * row_blocks
-        t0 = tb * trees // tree_blocks
-        t1 = (tb + 1) * trees // tree_blocks
-        r0 = rb * n // row_blocks
-        r1 = (rb + 1) * n // row_blocks
+        tb, t0, t1, r0, r1 = _task_block(task, tree_blocks, row_blocks, roots.shape[0],
+                                         x.shape[0])
         for r in range(r0, r1):
             for tg in range(t0, t1, LANES):
                 width = min(LANES, t1 - tg)
