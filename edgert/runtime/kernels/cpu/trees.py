@@ -5,11 +5,13 @@ Every form is flattened at prepare into one node table shared by all trees (:cla
 packed into one record per node (:func:`node_dtype`): a feature index, a threshold in the
 input's precision, a mode byte (comparison, leaf, "missing value goes true"), the true and false
 child, and for a leaf the range of its (target, weight) pairs. A compiled kernel walks each tree
-for a block of rows at a time (the tree stays in cache) and aggregates leaf weights into scores in
-the input's precision, tree by tree in model order, as onnxruntime sums them. It splits a batch's
-rows over the threads, and a single row's trees (partial scores per tree block, merged
-afterwards). The classifier's label logic and the score post-transforms then run vectorized
-over the batch in NumPy.
+for a block of rows at a time (the tree stays in cache), 16 rows in lockstep (a few rows: 16
+trees in lockstep), and aggregates leaf weights into scores in the input's precision, tree by
+tree in model order, as onnxruntime sums them. It splits a batch's rows over the threads, and a
+single row's trees (partial scores per tree block, merged afterwards). A classifier's rows with
+three or more classes are finished in one compiled pass (base values, label, post-transform);
+the two-class rules and the regressors' aggregation run vectorized in NumPy. Large node tables
+are written to the ``.edgert`` file as typed arrays (:meth:`_TreeKernel.pack_attributes`).
 
 A node goes to its true child when its comparison holds (``x <= t`` for BRANCH_LEQ, ``x < t``,
 ``x >= t``, ``x > t``, ``x == t``, ``x != t``, ``x`` in the node's set for BRANCH_MEMBER) or
