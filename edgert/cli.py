@@ -4,17 +4,21 @@
     edgert optimize in.onnx -o out.onnx            ONNX -> optimized ONNX
     edgert run model.edgert --input x=x.npy        run once, print or save the outputs
     edgert inspect model.edgert|model.onnx         inputs/outputs, op histogram, parameters, size
+                                                   (an .onnx file as written; --converted: as
+                                                   converted)
     edgert bench model.edgert|model.onnx           load / first-run / steady-state latency
     edgert warmup [model ...]                      compile kernels ahead of first use
 
 Every command accepts an ``.onnx`` model where a ``.edgert`` one is expected: it is converted in
 memory first (this needs the ``convert`` extra: ``pip install edgert[convert]``).
 Errors print one ``edgert: error: ...`` line and exit with status 1 (2 for bad arguments).
+``--json`` (convert, run, quantize, inspect, bench) prints one JSON object on stdout, nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -39,6 +43,15 @@ class UsageError(CLIError):
 _EDGERT_MAGIC = b"EDGR"  # the .edgert FlatBuffer file identifier (bytes 4..8)
 
 
+def _is_edgert(path: str | pathlib.Path) -> bool:
+    """Whether ``path`` starts as an .edgert file does (whatever its suffix)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == _EDGERT_MAGIC
+    except OSError:
+        return False
+
+
 def _require_onnx_file(path: str | pathlib.Path) -> None:
     """A clear error when an ``.edgert`` file is given where an ONNX model is read (the
     protobuf parser would say only that it cannot parse it)."""
@@ -59,7 +72,7 @@ def _read_model_arg(path: str) -> tuple[bytes | str, str]:
         raise CLIError(f"no such file: {path}")
     if p.is_dir():
         raise CLIError(f"{path} is a folder, expected a model file")
-    if p.suffix.lower() == ".onnx":
+    if p.suffix.lower() == ".onnx" and not _is_edgert(p):  # (an .edgert file named .onnx: as is)
         convert = _converter()
         return convert(str(p)), "onnx"
     return str(p), "edgert"
@@ -116,6 +129,18 @@ def _name_value(text: str, what: str) -> tuple[str | None, str]:
     return None, text
 
 
+def _npz_key(path: str) -> tuple[str, str | None]:
+    """``FILE.npz:KEY`` -> (``FILE.npz``, ``KEY``): one array of an .npz file (a path that
+    exists as written is taken whole)."""
+    if ":" in path and not os.path.exists(path):
+        head, key = path.rsplit(":", 1)
+        if head.lower().endswith((".npz", ".npy")):  # (a .npy with a key: an error later)
+            if not key:
+                raise UsageError(f"bad --input {path!r}: write FILE.npz:KEY")
+            return head, key
+    return path, None
+
+
 def _load_array_file(path: str) -> dict[str, np.ndarray] | np.ndarray:
     p = pathlib.Path(path)
     if not p.exists():
@@ -147,16 +172,29 @@ def _collect_feeds(interp, input_args: list[str], shape_args: list[str], seed: i
     feeds: dict[str, np.ndarray] = {}
     for arg in input_args:
         name, path = _name_value(arg, "--input")
+        path, key = _npz_key(path)
         data = _load_array_file(path)
+        if key is not None and not isinstance(data, dict):
+            raise UsageError(f"--input {arg!r}: {path} is a .npy file; ':{key}' picks an array "
+                             "of an .npz file")
+        if key is not None and name is None:
+            if len(names) != 1:
+                raise CLIError(f"the model has {len(names)} inputs {names}: write --input "
+                               f"NAME={path}:{key}")
+            name = names[0]
         if isinstance(data, dict):
             if name is not None:
-                if name not in data:
-                    raise CLIError(f"{path} has no array named {name!r} (it has {list(data)})")
-                feeds[name] = data[name]
+                want = name if key is None else key
+                if want not in data:
+                    hint = "" if key is not None else (
+                        f"; map one to the input with --input {name}={path}:KEY")
+                    raise UsageError(f"{path} has no array named {want!r} (its keys are "
+                                     f"{list(data)}){hint}")
+                feeds[name] = data[want]
             else:
-                for key, arr in data.items():
-                    if key in names:
-                        feeds[key] = arr
+                for k, arr in data.items():
+                    if k in names:
+                        feeds[k] = arr
         else:
             if name is None:
                 if len(names) != 1:
@@ -303,9 +341,42 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = _output_path(args.output if args.output else src.with_suffix(".edgert"))
     convert = _converter()
     t0 = time.perf_counter()
-    data = convert(str(src), str(out), level=args.level, verbose=args.verbose)
+    # --json: stdout holds the JSON alone; the --verbose report goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        data = convert(str(src), str(out), level=args.level, verbose=args.verbose)
     dt = time.perf_counter() - t0
-    print(f"wrote {out} ({_format_bytes(len(data))}) in {dt * 1000:.0f} ms")
+    if not args.json:
+        print(f"wrote {out} ({_format_bytes(len(data))}) in {dt * 1000:.0f} ms")
+        return 0
+    from edgert.format import read_model
+
+    t0 = time.perf_counter()
+    model = read_model(data)
+    t_read = time.perf_counter() - t0
+    hist: dict[str, int] = {}
+    for op in model.main.operators:
+        key = f"{op.domain}.{op.op_type}" if op.domain else op.op_type
+        hist[key] = hist.get(key, 0) + 1
+    onnx_nodes = None
+    try:
+        import onnx
+
+        onnx_nodes = len(onnx.load(str(src), load_external_data=False).graph.node)
+    except Exception:  # the conversion read it; a count is not worth failing over
+        pass
+    result = {
+        "input": str(src),
+        "output": str(out),
+        "level": args.level,
+        "onnx_bytes": src.stat().st_size,
+        "edgert_bytes": len(data),
+        "convert_ms": dt * 1e3,
+        "read_back_ms": t_read * 1e3,
+        "onnx_nodes": onnx_nodes,
+        "operators": len(model.main.operators),
+        "op_histogram": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -337,12 +408,55 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_value(name: str, value, max_values: int) -> dict[str, Any]:
+    """One output for ``run --json``: dtype and shape, and the values when at most
+    ``max_values`` of them (a sequence as its items, a map as its keys and values)."""
+    if value is None:
+        return {"name": name, "kind": "optional", "value": None}
+    if isinstance(value, dict):
+        keys = list(value)
+        d: dict[str, Any] = {"name": name, "kind": "map", "size": len(keys)}
+        if len(keys) <= max_values:
+            d["keys"] = [k.item() if isinstance(k, np.generic) else k for k in keys]
+            d["values"] = [np.asarray(value[k]).tolist() for k in keys]
+        return d
+    if isinstance(value, list):
+        return {"name": name, "kind": "sequence", "length": len(value),
+                "items": [_json_value(f"{name}[{i}]", x, max_values) for i, x in
+                          enumerate(value[:max_values])]}
+    arr = np.asarray(value)
+    d = {"name": name, "dtype": "string" if arr.dtype.kind in "OUS" else str(arr.dtype),
+         "shape": list(arr.shape)}
+    if arr.size <= max_values:
+        if arr.dtype.kind in "fiub":
+            d["values"] = arr.tolist()
+        else:
+            d["values"] = arr.astype(str).tolist()
+    return d
+
+
+def _json_safe(x):
+    """``x`` with NaN and ±inf as the strings "nan", "inf", "-inf" (not JSON numbers)."""
+    if isinstance(x, float):
+        return x if np.isfinite(x) else str(x)
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    return x
+
+
+_JSON_MAX_VALUES = 100  # run --json: the values of an output with at most this many elements
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edgert.runtime import Interpreter
 
     if args.output:
         _output_path(args.output)
-    model, _ = _read_model_arg(args.model)
+    t0 = time.perf_counter()
+    model, kind = _read_model_arg(args.model)
+    t_convert = time.perf_counter() - t0
     t0 = time.perf_counter()
     interp = Interpreter(model, num_threads=args.threads)
     t_load = time.perf_counter() - t0
@@ -350,30 +464,190 @@ def cmd_run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     outputs = interp.run(feeds)
     t_run = time.perf_counter() - t1
+    result: dict[str, Any] = {"model": args.model, "format": kind}
+    if kind == "onnx":
+        result["convert_ms"] = t_convert * 1e3
+    result.update({"load_ms": t_load * 1e3, "first_run_ms": t_run * 1e3,
+                   "inputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape)}
+                              for k, v in feeds.items()}})
     if args.output:
         arrays = _npz_entries(outputs)
         np.savez(args.output, **arrays)
-        print(f"saved {len(outputs)} output(s) to {args.output} ({len(arrays)} array(s))")
-    for name, arr in outputs.items():
-        print(_summarize(name, arr))
-    print(f"load {t_load * 1000:.1f} ms, first run {t_run * 1000:.1f} ms"
-          " (includes kernel compilation or cache load on a fresh machine)")
+        result["saved"] = {"path": args.output, "arrays": len(arrays)}
+        if not args.json:
+            print(f"saved {len(outputs)} output(s) to {args.output} ({len(arrays)} array(s))")
+    if not args.json:
+        for name, arr in outputs.items():
+            print(_summarize(name, arr))
+        if kind == "onnx":
+            print(f"convert (in memory) {t_convert * 1000:.1f} ms")
+        print(f"load {t_load * 1000:.1f} ms, first run {t_run * 1000:.1f} ms"
+              " (includes kernel compilation or cache load on a fresh machine)")
     if args.time_runs:
         times = []
         for _ in range(args.time_runs):
             t = time.perf_counter()
             interp.run(feeds)
             times.append(time.perf_counter() - t)
-        print(f"steady state over {args.time_runs} runs:"
-              f" median {statistics.median(times) * 1e3:.3f} ms,"
-              f" min {min(times) * 1e3:.3f} ms")
+        result["steady_state"] = {"runs": args.time_runs,
+                                  "median_ms": statistics.median(times) * 1e3,
+                                  "min_ms": min(times) * 1e3}
+        if not args.json:
+            print(f"steady state over {args.time_runs} runs:"
+                  f" median {statistics.median(times) * 1e3:.3f} ms,"
+                  f" min {min(times) * 1e3:.3f} ms")
+    if args.json:
+        result["outputs"] = [_json_value(k, v, _JSON_MAX_VALUES) for k, v in outputs.items()]
+        print(json.dumps(_json_safe(result), indent=2, allow_nan=False))
     return 0
+
+
+def _onnx_value_info(vi) -> dict[str, Any]:
+    """An ONNX graph input/output: name, dtype, shape (a named dim by its name, an unknown one
+    as "?"), or the kind of a non-tensor value."""
+    from onnx import TensorProto
+
+    t = vi.type
+    which = t.WhichOneof("value")
+    if which == "tensor_type":
+        tt = t.tensor_type
+        try:
+            from onnx.helper import tensor_dtype_to_np_dtype
+
+            np_dtype = np.dtype(tensor_dtype_to_np_dtype(tt.elem_type))
+            dtype = "string" if np_dtype == np.dtype(object) else str(np_dtype)
+        except Exception:  # undefined, string, or a type numpy has no name for
+            dtype = TensorProto.DataType.Name(tt.elem_type).lower()
+        d: dict[str, Any] = {"name": vi.name, "dtype": dtype}
+        d["shape"] = None if not tt.HasField("shape") else [
+            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+            for dim in tt.shape.dim]
+        return d
+    kind = {"sequence_type": "sequence", "map_type": "map", "optional_type": "optional",
+            "sparse_tensor_type": "sparse tensor"}.get(which, str(which))
+    return {"name": vi.name, "kind": kind}
+
+
+def _inspect_onnx(p: pathlib.Path) -> dict[str, Any]:
+    """``edgert inspect model.onnx``: the ONNX file as it is, and which of its ops the edgert
+    runtime cannot run (from a trial conversion without optimization)."""
+    _require_convert_extra()
+    import onnx
+    from onnx import helper
+
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:
+        raise CLIError(f"cannot read {p} as an ONNX model: {exc}") from None
+    hist: dict[str, int] = {}
+    body_nodes = 0
+    stack = [(m.graph, 0)]
+    while stack:
+        g, depth = stack.pop()
+        for node in g.node:
+            body_nodes += depth > 0
+            dom = node.domain if node.domain not in ("", "ai.onnx") else ""
+            key = f"{dom}.{node.op_type}" if dom else node.op_type
+            hist[key] = hist.get(key, 0) + 1
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append((attr.g, depth + 1))
+                stack.extend((sub, depth + 1) for sub in attr.graphs)
+    init_names = {t.name for t in m.graph.initializer}
+    params = weight_bytes = 0
+    for t in m.graph.initializer:
+        n = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        params += n
+        try:
+            weight_bytes += n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except Exception:  # strings, or a type numpy has no dtype for
+            pass
+    unsupported: list[dict[str, str]] = []
+    conversion_error = None
+    from edgert.converter import convert
+    from edgert.errors import UnsupportedOpError
+
+    try:
+        convert(m if not _has_external_data(m) else str(p), level=0, base_dir=p.parent)
+    except UnsupportedOpError as exc:
+        unsupported = [{"op_type": op, "name": name, "reason": why} for op, name, why in exc.ops]
+        if not unsupported:
+            conversion_error = str(exc).splitlines()[0]
+    except EdgeRTError as exc:
+        conversion_error = str(exc).splitlines()[0]
+    return {
+        "file": str(p),
+        "format": "onnx",
+        "file_bytes": p.stat().st_size,
+        "ir_version": m.ir_version,
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in m.opset_import},
+        "producer": " ".join(x for x in (m.producer_name, m.producer_version) if x),
+        "graph_name": m.graph.name,
+        "inputs": [_onnx_value_info(vi) for vi in m.graph.input if vi.name not in init_names],
+        "outputs": [_onnx_value_info(vi) for vi in m.graph.output],
+        "nodes": len(m.graph.node),
+        "nodes_in_subgraphs": body_nodes,
+        "op_histogram": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "parameters": params,
+        "weight_bytes": weight_bytes,
+        "initializers": len(m.graph.initializer),
+        "metadata": {e.key: e.value for e in m.metadata_props},
+        "supported": not unsupported and conversion_error is None,
+        "unsupported_ops": unsupported,
+        "conversion_error": conversion_error,
+    }
+
+
+def _has_external_data(m) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in m.graph.initializer)
+
+
+def _print_onnx_info(info: dict[str, Any]) -> None:
+    p = pathlib.Path(info["file"])
+    producer = f", from {info['producer']}" if info["producer"] else ""
+    print(f"{p.name}: onnx model (as written; --converted shows the .edgert graph), "
+          f"{_format_bytes(info['file_bytes'])}{producer}")
+    opsets = ", ".join(f"{k} {v}" for k, v in info["opsets"].items())
+    print(f"ir version {info['ir_version']}, opsets: {opsets}")
+    for key in ("inputs", "outputs"):
+        print(f"{key}:")
+        for d in info[key]:
+            print(f"  {d['name']}: {d['kind']}" if "kind" in d else
+                  f"  {d['name']}: {d['dtype']} {d['shape']}")
+    body = (f" (+{info['nodes_in_subgraphs']} in subgraphs)" if info["nodes_in_subgraphs"]
+            else "")
+    print(f"nodes: {info['nodes']}{body}  parameters: {info['parameters']:,} "
+          f"({_format_bytes(info['weight_bytes'])})")
+    print("op histogram:")
+    bad = {d["op_type"] for d in info["unsupported_ops"]}
+    for op, n in info["op_histogram"].items():
+        mark = "  (unsupported)" if op.rsplit(".", 1)[-1] in bad else ""
+        print(f"  {op:<28} {n}{mark}")
+    if info["unsupported_ops"]:
+        print(f"unsupported by edgert ({len(info['unsupported_ops'])}):")
+        for d in info["unsupported_ops"]:
+            print(f"  {d['op_type']} '{d['name']}': {d['reason']}")
+    elif info["conversion_error"]:
+        print(f"does not convert: {info['conversion_error']}")
+    if info["metadata"]:
+        print("metadata:")
+        for k, v in info["metadata"].items():
+            print(f"  {k}: {v}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from edgert.format import read_model
 
     p = pathlib.Path(args.model)
+    if p.suffix.lower() == ".onnx" and not args.converted and p.is_file() and not _is_edgert(p):
+        info = _inspect_onnx(p)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_onnx_info(info)
+        return 0
     model_arg, kind = _read_model_arg(args.model)
     model = read_model(model_arg)
     g = model.main
@@ -463,6 +737,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     interp.invoke()
     t_first = time.perf_counter() - t0
+    layer = _threading_layer() if args.device == "cpu" else None
+    if layer in _SLOW_LAYERS:
+        print(f"edgert: warning: {_SLOW_LAYERS[layer]}", file=sys.stderr)
     for _ in range(args.warmup):
         interp.invoke()
     times: list[float] = []
@@ -503,6 +780,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "max": float(arr.max()),
             "std": float(arr.std()),
         },
+        "threading_layer": layer,
         "arena_bytes": interp.stats.arena_bytes,
         "peak_rss_bytes": _rss_peak_bytes(),
         "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
@@ -525,13 +803,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"mean {lat['mean']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
           f"max {lat['max']:.3f}  std {lat['std']:.3f}")
     print(f"arena: {_format_bytes(result['arena_bytes'])}   peak RSS: "
-          f"{_format_bytes(result['peak_rss_bytes'])}")
+          f"{_format_bytes(result['peak_rss_bytes'])}"
+          + (f"   threading layer: {layer}" if layer else ""))
     if profile_rows is not None:
         from edgert.runtime.profiling import format_profile
 
         print(f"per-op profile ({profile_rows[0].calls if profile_rows else 0} runs):")
         print(format_profile(profile_rows, limit=None if args.profile_all else 30))
     return 0
+
+
+_SLOW_LAYERS = {
+    "workqueue": "Numba runs the parallel kernels on its 'workqueue' threading layer, not "
+                 "OpenMP: slower, and not safe to run from several threads at once; install "
+                 "OpenMP (libgomp1 on Debian/Ubuntu) so that Numba picks 'omp'",
+    "tbb": "Numba runs the parallel kernels on its 'tbb' threading layer, not OpenMP: latency "
+           "may differ from an OpenMP machine; set NUMBA_THREADING_LAYER=omp (needs libgomp1) "
+           "to measure with OpenMP",
+}
+
+
+def _threading_layer() -> str | None:
+    """Numba's threading layer ('omp', 'tbb', 'workqueue'), known after a parallel kernel ran;
+    None before that (a model without parallel kernels)."""
+    try:
+        import numba
+
+        return numba.threading_layer()
+    except Exception:  # ValueError: no parallel kernel has run yet
+        return None
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
@@ -542,6 +842,26 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         if not pathlib.Path(m).exists():
             raise CLIError(f"no such file: {m}")
     warmup(args.models, threads=args.threads)
+    return 0
+
+
+def cmd_quantize_json(args: argparse.Namespace) -> int:
+    """``edgert quantize``, with ``--json``: the report as one JSON object on stdout."""
+    from edgert.quantization.cli import cmd_quantize, run_quantize
+
+    if not args.json:
+        return cmd_quantize(args)
+    import dataclasses
+
+    rep = run_quantize(args)
+    result = {"output": args.output, "format": args.format, **dataclasses.asdict(rep),
+              "num_int8_ops": rep.num_int8_ops, "warnings": rep.warnings()}
+    result["float_ops"] = [{"op_type": op, "name": name, "why": why}
+                           for op, name, why in rep.float_ops]
+    result["nonfinite"] = [{"tensor": name, "what": what} for name, what in rep.nonfinite]
+    result["sqnr"] = [{"tensor": name, "db": float(db)} for name, db in rep.sqnr]
+    # (an exact tensor has inf dB: "inf", not a JSON number)
+    print(json.dumps(_json_safe(result), indent=2, allow_nan=False))
     return 0
 
 
@@ -591,6 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graph optimization level: 0 none, 1 basic, 2 extended (default; 3 is "
                         "the same as 2)")
     p.add_argument("--verbose", action="store_true", help="print the optimizer's per-pass report")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: paths, sizes, time, op counts")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("optimize", help="optimize an ONNX model, write ONNX")
@@ -606,8 +928,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_inputs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--input", action="append", metavar="NAME=FILE",
-                       help="input data from .npy (NAME=FILE.npy) or .npz (FILE.npz maps names); "
-                            "repeatable")
+                       help="input data from .npy (NAME=FILE.npy) or .npz (FILE.npz maps "
+                            "names; NAME=FILE.npz:KEY maps one array to input NAME); repeatable")
         p.add_argument("--shape", action="append", metavar="NAME=DIMS",
                        help="shape of a random input with dynamic dims, e.g. input=1x3x224x224")
         p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
@@ -621,11 +943,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="save all outputs to this .npz file")
     p.add_argument("--time", dest="time_runs", type=_positive_int, default=0, metavar="N",
                    help="also time N further runs and print the median")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: timings, and each output's dtype, shape and "
+                        f"(up to {_JSON_MAX_VALUES} elements) values")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="show a model's inputs, outputs, ops and size")
+    p = sub.add_parser("inspect", help="show a model's inputs, outputs, ops and size (an .onnx "
+                                       "file as written, with the ops edgert cannot run)")
     p.add_argument("model", help=".edgert or .onnx file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--converted", action="store_true",
+                   help="for an .onnx file: show the converted, optimized .edgert graph instead "
+                        "of the ONNX file as written")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure load time and inference latency")
@@ -654,6 +983,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edgert.quantization.cli import add_quantize_parser  # issue 5: edgert quantize
 
     add_quantize_parser(sub)
+    p = sub.choices["quantize"]
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the output path and the report's fields")
+    p.set_defaults(func=cmd_quantize_json)
     return parser
 
 

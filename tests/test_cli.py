@@ -232,3 +232,200 @@ def test_run_prints_and_saves_sequences_of_maps(tmp_path, capsys):
     for i, row in enumerate(probs):
         assert saved[f"probs[{i}].keys"].tolist() == list(row)
         np.testing.assert_allclose(saved[f"probs[{i}].values"], list(row.values()), rtol=1e-6)
+    # --json: a string tensor's values, a sequence's items, a map's keys and values
+    assert main(["run", str(path), "--input", f"X={tmp_path / 'x.npy'}", "--json"]) == 0
+    label, seq = json.loads(capsys.readouterr().out)["outputs"]
+    assert label == {"name": "label", "dtype": "string", "shape": [2],
+                     "values": labels.tolist()}
+    assert seq["kind"] == "sequence" and seq["length"] == 2
+    assert seq["items"][1]["keys"] == list(probs[1])
+    np.testing.assert_allclose(seq["items"][1]["values"], list(probs[1].values()), rtol=1e-6)
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["outputs"] == [{"name": "label", "dtype": "string", "shape": ["?"]},
+                               {"name": "probs", "kind": "sequence"}]
+    assert info["op_histogram"] == {"ai.onnx.ml.LinearClassifier": 1, "ai.onnx.ml.ZipMap": 1}
+
+
+# ----- --json on run, convert and quantize: one JSON object, nothing else on stdout ----------
+def test_run_json(digits_edgert, capsys):
+    assert main(["run", str(DIGITS), "--input", f"input={SAMPLE}", "--json", "--time", "2"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["format"] == "onnx" and res["convert_ms"] > 0 and res["first_run_ms"] > 0
+    (out,) = res["outputs"]
+    assert out["name"] == "probabilities" and out["dtype"] == "float32"
+    assert out["shape"] == [8, 10] and len(out["values"]) == 8  # small: the values too
+    assert res["steady_state"]["runs"] == 2
+    assert main(["run", str(digits_edgert), "--random", "--shape", "input=20x1x8x8",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "convert_ms" not in res and res["format"] == "edgert"
+    assert res["outputs"][0]["shape"] == [20, 10] and "values" not in res["outputs"][0]
+
+
+def test_run_reports_conversion_time_separately(capsys):
+    assert main(["run", str(DIGITS), "--input", f"input={SAMPLE}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("convert (in memory) ") and lines[-1].startswith("load ")
+
+
+def test_convert_json(tmp_path, capsys):
+    out = tmp_path / "d.edgert"
+    assert main(["convert", str(DIGITS), "-o", str(out), "--json", "--verbose"]) == 0
+    captured = capsys.readouterr()
+    res = json.loads(captured.out)  # the --verbose report went to stderr
+    assert res["output"] == str(out) and res["edgert_bytes"] == out.stat().st_size
+    assert res["onnx_bytes"] == DIGITS.stat().st_size and res["onnx_nodes"] > 0
+    assert res["convert_ms"] > 0 and sum(res["op_histogram"].values()) == res["operators"]
+
+
+def test_quantize_json(tmp_path, capsys):
+    out = tmp_path / "q.edgert"
+    assert main(["quantize", str(DIGITS), "-o", str(out), "--mode", "int8", "--calibration",
+                 str(SAMPLE), "--report", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["output"] == str(out) and res["mode"] == "int8" and res["num_int8_ops"] > 0
+    assert res["size_bytes"] > 0 and res["samples"] == 8 and res["float_ops"] == []
+    assert all(isinstance(r["db"], (float, str)) for r in res["sqnr"]) and res["sqnr"]
+
+
+# ----- inspect on an .onnx file: the file as written, unsupported ops listed ------------------
+def _unsupported_model(path):
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["y"]),
+             helper.make_node("FooBar", ["y"], ["z"], domain="com.example"),
+             helper.make_node("Frobnicate", ["z"], ["w"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n", 3])])
+    model = helper.make_model(graph, producer_name="handmade", opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_inspect_onnx_shows_the_file_as_written(capsys):
+    assert main(["inspect", str(DIGITS), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "onnx" and info["nodes"] == 13 and info["opsets"] == {"ai.onnx": 17}
+    assert info["op_histogram"]["Relu"] == 4  # not fused away: the ONNX graph itself
+    assert info["producer"].startswith("pytorch") and info["supported"]
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    assert main(["inspect", str(DIGITS), "--json", "--converted"]) == 0
+    converted = json.loads(capsys.readouterr().out)
+    assert "Relu" not in converted["op_histogram"] and "operators" in converted
+
+
+def test_inspect_onnx_with_unsupported_ops(tmp_path, capsys):
+    path = _unsupported_model(tmp_path / "custom.onnx")
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["op_histogram"] == {"Relu": 1, "com.example.FooBar": 1, "Frobnicate": 1}
+    assert info["opsets"] == {"ai.onnx": 17, "com.example": 1} and not info["supported"]
+    assert sorted(d["op_type"] for d in info["unsupported_ops"]) == ["FooBar", "Frobnicate"]
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "com.example.FooBar           1  (unsupported)" in out
+    assert "unsupported by edgert (2):" in out and "from handmade" in out
+    # --converted: the conversion's error, one line, exit 1
+    r = _edgert(["inspect", path, "--converted"])
+    assert r.returncode == 1 and r.stderr.startswith("edgert: error: ")
+    assert "Traceback" not in r.stderr
+
+
+def test_inspect_garbage_onnx_is_one_error_line(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\xff\xfe definitely not protobuf" * 4)
+    _one_error_line(_edgert(["inspect", bad]), "cannot read")
+
+
+# ----- --input NAME=FILE.npz:KEY: one array of an .npz file mapped to an input ----------------
+def test_input_npz_key_maps_to_an_input(tmp_path, digits_edgert, capsys):
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x=np.load(SAMPLE)[:3], other=np.zeros(2))
+    for arg in (f"input={npz}:x", f"{npz}:x"):  # one input: the name may be left out
+        assert main(["run", str(digits_edgert), "--input", arg, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["outputs"][0]["shape"] == [3, 10]
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("input={npz}:nope", "has no array named 'nope' (its keys are ['x', 'other'])"),
+    ("input={npz}", "has no array named 'input' (its keys are ['x', 'other']); map one"),
+    ("input={npy}:x", "is a .npy file"),
+    ("input={npz}:", "write FILE.npz:KEY"),
+])
+def test_bad_npz_key_is_a_usage_error(arg, message, tmp_path, digits_edgert):
+    npz, npy = tmp_path / "data.npz", tmp_path / "x.npy"
+    np.savez(npz, x=np.load(SAMPLE)[:3], other=np.zeros(2))
+    np.save(npy, np.load(SAMPLE))
+    r = _edgert(["run", digits_edgert, "--input", arg.format(npz=npz, npy=npy)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgert: error: ") and message in lines[0]
+
+
+# ----- bench: Numba's threading layer, a warning when it is not OpenMP ------------------------
+def test_bench_reports_the_threading_layer(digits_edgert, capsys, monkeypatch):
+    import numba
+
+    args = ["bench", str(digits_edgert), "--runs", "2", "--warmup", "0", "--shape",
+            "input=2x1x8x8", "--threads", "1"]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["threading_layer"] == numba.threading_layer()
+    import edgert.cli
+
+    for layer in ("workqueue", "tbb"):
+        monkeypatch.setattr(edgert.cli, "_threading_layer", lambda layer=layer: layer)
+        assert main([*args, "--json"]) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["threading_layer"] == layer
+        (warning,) = out.err.splitlines()
+        assert warning.startswith("edgert: warning: ") and f"'{layer}'" in warning
+        assert "libgomp1" in warning
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "threading layer: tbb" in out.out and "edgert: warning:" in out.err
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["run", "{model}", "--json"], "no data for input(s) ['input']", 1),
+    (["run", "{model}", "--json", "--random", "--shape", "input=2xq"], "bad shape", 2),
+    (["convert", "missing.onnx", "--json"], "no such file: missing.onnx", 1),
+    (["quantize", DIGITS, "-o", "{tmp}/q.edgert", "--mode", "fp16", "--calibration", SAMPLE,
+      "--json"], "uses no calibration data", 1),
+    (["quantize", DIGITS, "-o", "{tmp}/q.edgert", "--max-samples", "0", "--json"],
+     "--max-samples must be a positive integer", 2),
+    (["inspect", "missing.onnx", "--json"], "no such file: missing.onnx", 1),
+])
+def test_json_error_paths_are_one_line_and_no_stdout(args, message, code, digits_edgert,
+                                                     tmp_path):
+    r = _edgert([str(a).format(model=digits_edgert, tmp=tmp_path) for a in args], cwd=tmp_path)
+    assert r.returncode == code and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgert: error: ") and message in lines[0]
+
+
+def test_inspect_an_edgert_file_named_onnx(digits_edgert, tmp_path, capsys):
+    renamed = tmp_path / "model.onnx"
+    renamed.write_bytes(digits_edgert.read_bytes())
+    assert main(["inspect", str(renamed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "edgert"
+
+
+def test_run_json_writes_nan_and_inf_as_strings(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Log", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    path = tmp_path / "log.onnx"
+    path.write_bytes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    np.save(tmp_path / "x.npy", np.array([-1.0, 0.0, 1.0], np.float32))
+    assert main(["run", str(path), "--input", str(tmp_path / "x.npy"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out
+    assert json.loads(out)["outputs"][0]["values"] == ["nan", "-inf", 0.0]

@@ -43,6 +43,15 @@ def add_quantize_parser(sub) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    """``edgert quantize``: quantize, print where it went and the report's summary."""
+    rep = run_quantize(args)
+    print(f"wrote {args.output}")
+    print(rep.summary())
+    return 0
+
+
+def run_quantize(args: argparse.Namespace):
+    """Quantize as the command's arguments say; the :class:`QuantizationReport`."""
     from edgert.cli import UsageError, _output_path, _require_convert_extra, _require_onnx_file
     from edgert.errors import EdgeRTError
     from edgert.quantization.calibrate import BatchAxisError, parse_batch_axis
@@ -77,6 +86,4 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     except StrictQuantizationError as exc:
         print(exc.report.summary(), file=sys.stderr)
         raise
-    print(f"wrote {args.output}")
-    print(rep.summary())
-    return 0
+    return rep
