@@ -6,9 +6,10 @@ load from the on-disk cache), when the first :class:`Interpreter` is created.
 """
 
 from edgert.runtime.interpreter import Interpreter, register_device
+from edgert.runtime.pool import InterpreterPool
 from edgert.runtime.registry import KernelOptions
 
-__all__ = ["Interpreter", "KernelOptions"]
+__all__ = ["Interpreter", "InterpreterPool", "KernelOptions"]
 
 
 def _cuda_interpreter() -> type:
