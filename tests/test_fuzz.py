@@ -94,40 +94,30 @@ REGRESSIONS = [
     # accepts a Reshape with no inputs, and the optimizer's merge_reshapes reads node.inputs[0].
     # (fuzz/crashes/onnx-7e4dbb7c5ed2.json)
     pytest.param("onnx", "torch_cnn", [[12, 1, 0, 155]],
-                 marks=_open(IndexError, "optimizer: Reshape without inputs, IndexError"),
                  id="onnx-reshape-without-inputs"),
     # torch_decoder with the only input of a Transpose dropped: merge_transposes reads
     # node.inputs[0] (IndexError). Same root cause: node arity is not checked on import.
     # (fuzz/crashes/onnx-2f8ba26d972a.json)
     pytest.param("onnx", "torch_decoder", [[1, 149132, 0, 0]],
-                 marks=_open(IndexError, "optimizer: Transpose without inputs, IndexError"),
                  id="onnx-transpose-without-inputs"),
     # digits_edgert_mobilenet with a BatchNormalization's `epsilon` attribute retyped FLOAT ->
     # STRING: the importer keeps the attribute as the string '', and the optimizer's
     # fold_batchnorm does float('') (ValueError). (fuzz/crashes/onnx-3a75cb9d86b9.json)
     pytest.param("onnx", "digits_edgert_mobilenet", [[5, 1, 0, 2]],
-                 marks=_open(ValueError, "optimizer: string epsilon, ValueError"),
                  id="onnx-batchnorm-string-epsilon"),
     # the same with `epsilon` retyped FLOAT -> GRAPH: float(<Graph>) in fold_batchnorm
     # (TypeError). Found by the in-suite run. (fuzz/crashes/onnx-a872dc825c07.json)
     pytest.param("onnx", "digits_edgert_mobilenet", [[5, 1, 0, 4]],
-                 marks=_open(TypeError, "optimizer: graph-typed epsilon, TypeError"),
                  id="onnx-batchnorm-graph-epsilon"),
     # torch_transformer with a Gather's `axis` retyped INT -> STRING: the optimizer's constant
     # folding (_pick) does int('') (ValueError). Same root cause: attribute types are not
     # checked on import. (fuzz/crashes/onnx-9753b59e2e77.json)
     pytest.param("onnx", "torch_transformer", [[5, 536, 0, 2]],
-                 marks=_open(ValueError, "optimizer: string-typed Gather axis, ValueError"),
                  id="onnx-gather-string-axis"),
 ]
-# The signatures (fuzz.targets.signature) of the open findings above.
-KNOWN_FINDINGS = {
-    "IndexError at edgert/optimizer/layout.py:merge_reshapes",
-    "IndexError at edgert/optimizer/layout.py:merge_transposes",
-    "ValueError at edgert/optimizer/fusion.py:fold_batchnorm",
-    "TypeError at edgert/optimizer/fusion.py:fold_batchnorm",
-    "ValueError at edgert/optimizer/folding.py:_pick",
-}
+# The signatures (fuzz.targets.signature) of the open findings above (all fixed: the importer
+# checks every default-domain node's input count and attribute types against its schema).
+KNOWN_FINDINGS: set[str] = set()
 
 
 @pytest.mark.parametrize("target,name,mutations", REGRESSIONS)

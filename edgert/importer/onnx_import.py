@@ -108,6 +108,37 @@ _DOMAIN_ADVICE = {
 }
 
 
+_NUMBER_ATTRS = {AttributeProto.FLOAT: (AttributeProto.FLOAT, AttributeProto.INT)}
+
+
+def _against_schema(schema, node: Node, n: onnx.NodeProto) -> str | None:
+    """Why a default-domain node does not fit its operator's schema (too few or too many inputs,
+    a required input omitted, an attribute of another type), or None. Checked before anything
+    reads the node: passes and kernels index inputs and convert attributes the schema
+    promises."""
+    name = f"{node.op_type}-{schema.since_version}"
+    count = len(n.input)
+    while count and not n.input[count - 1]:
+        count -= 1
+    if count < schema.min_input or count > schema.max_input:
+        span = (f"{schema.min_input}" if schema.min_input == schema.max_input else
+                f"{schema.min_input} to {schema.max_input}")
+        return f"{count} input(s), but {name} takes {span}"
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for i, formal in enumerate(schema.inputs):
+        if formal.option == single and i < len(n.input) and not n.input[i]:
+            return f"required input {i} ('{formal.name}') of {name} is omitted"
+    for a in n.attribute:
+        declared = schema.attributes.get(a.name)
+        if declared is None or declared.type == AttributeProto.UNDEFINED:
+            continue
+        got = _attr_type(a)
+        if got not in _NUMBER_ATTRS.get(declared.type, (declared.type,)):
+            return (f"attribute '{a.name}' is {AttributeProto.AttributeType.Name(got)}, but "
+                    f"{name} declares it {AttributeProto.AttributeType.Name(declared.type)}")
+    return None
+
+
 def _contrib_default_ops() -> frozenset[str]:
     from edgert.importer.contrib import DEFAULT_DOMAIN_OPS
 
@@ -837,6 +868,10 @@ class _Importer:
         else:
             since = schema.since_version
             rule = upgrade.find_rule(node.op_type, since)
+            wrong = _against_schema(schema, node, n)
+            if wrong is not None:
+                self._reject(node, wrong)
+                return
         rw = upgrade.Rewrite(
             graph=scope.graph,
             node=node,
