@@ -399,6 +399,18 @@ def _attr_array(kernel: Kernel, names: tuple[str, ...], dtype, required: bool = 
     return None
 
 
+def _same_lengths(kernel: Kernel, first: str, n: int, missing, lists: dict) -> None:
+    """Every ``nodes_*`` list (and the optional, possibly empty, missing-value list) holds
+    ``n`` entries, as ``first`` does; else a KernelError naming the ones that do not."""
+    lengths = {name: len(v) for name, v in lists.items()}
+    if missing is not None and len(missing):
+        lengths["nodes_missing_value_tracks_true"] = len(missing)
+    bad = {k: v for k, v in lengths.items() if v != n}
+    if bad:
+        raise kernel.error(f"{first} has {n} entries but " +
+                           ", ".join(f"{k} has {v}" for k, v in bad.items()))
+
+
 def forest_v3(kernel: Kernel, prefix: str) -> tuple[Forest, int]:
     """The node table of TreeEnsembleClassifier (``prefix`` "class") or TreeEnsembleRegressor
     ("target"); also the largest class / target id."""
@@ -417,15 +429,10 @@ def forest_v3(kernel: Kernel, prefix: str) -> tuple[Forest, int]:
     n = len(tree_ids)
     if n == 0:
         raise kernel.error("the ensemble has no nodes")
-    lengths = {"nodes_nodeids": len(node_ids), "nodes_featureids": len(features),
-               "nodes_values": len(values), "nodes_truenodeids": len(true_ids),
-               "nodes_falsenodeids": len(false_ids), "nodes_modes": len(modes_attr)}
-    if missing is not None and len(missing):
-        lengths["nodes_missing_value_tracks_true"] = len(missing)
-    bad = {k: v for k, v in lengths.items() if v != n}
-    if bad:
-        raise kernel.error(f"nodes_treeids has {n} entries but " +
-                           ", ".join(f"{k} has {v}" for k, v in bad.items()))
+    _same_lengths(kernel, "nodes_treeids", n, missing, {
+        "nodes_nodeids": node_ids, "nodes_featureids": features, "nodes_values": values,
+        "nodes_truenodeids": true_ids, "nodes_falsenodeids": false_ids,
+        "nodes_modes": modes_attr})
     try:
         if packed:  # (pack_attributes' codes, read back from a .edgert file)
             mode = modes_attr.reshape(-1).copy()
@@ -539,15 +546,10 @@ def forest_v5(kernel: Kernel) -> Forest:
     roots = _attr_array(kernel, ("tree_roots",), np.int64, True)
     members = _attr_array(kernel, ("membership_values",), np.float64)
     n = len(features)
-    lengths = {"nodes_splits": len(splits), "nodes_modes": len(modes),
-               "nodes_truenodeids": len(true_ids), "nodes_falsenodeids": len(false_ids),
-               "nodes_trueleafs": len(true_leaf), "nodes_falseleafs": len(false_leaf)}
-    if missing is not None and len(missing):
-        lengths["nodes_missing_value_tracks_true"] = len(missing)
-    bad = {k: v for k, v in lengths.items() if v != n}
-    if bad:
-        raise kernel.error(f"nodes_featureids has {n} entries but " +
-                           ", ".join(f"{k} has {v}" for k, v in bad.items()))
+    _same_lengths(kernel, "nodes_featureids", n, missing, {
+        "nodes_splits": splits, "nodes_modes": modes, "nodes_truenodeids": true_ids,
+        "nodes_falsenodeids": false_ids, "nodes_trueleafs": true_leaf,
+        "nodes_falseleafs": false_leaf})
     leaves = len(targets)
     if len(weights) != leaves:
         raise kernel.error(f"leaf_targetids has {leaves} entries but leaf_weights has "
