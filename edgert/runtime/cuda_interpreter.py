@@ -86,6 +86,7 @@ class CudaInterpreter(Interpreter):
     """
 
     device = "cuda"
+    _caches_plans = False  # (a plan also holds device buffers and host mirrors)
 
     def __init__(
         self,

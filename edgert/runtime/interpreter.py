@@ -14,7 +14,9 @@ Life of a model (TFLite's shape):
 3. **invoke** — call each step's kernel on its pre-bound arrays. Steps whose shapes depend on
    data (NonZero, or anything downstream of it) are prepared and allocated on the fly.
 
-A changed input shape (dynamic batch, ...) re-plans; the model never needs re-converting.
+A changed input shape (dynamic batch, ...) re-plans; the model never needs re-converting. Plans
+are kept by input shapes (:class:`_PlanCache`): going back to shapes seen before (the batch
+sizes of a server, the widths of OCR crops, a VAD's chunk sizes) re-plans nothing.
 
 Limits (:mod:`edgert.runtime.limits`): the arena, every tensor and the scratch buffer are checked
 against ``max_alloc_bytes`` from their shapes before anything is allocated (in step 2, and in
@@ -82,6 +84,62 @@ class PlanStats:
     dynamic_ops: int = 0
     aliased_ops: int = 0  # Concats removed: their inputs are computed into the output
     prepare_seconds: float = 0.0
+    reused: bool = False  # the plan came from the plan cache (shapes seen before)
+
+
+# How many plans an interpreter keeps by input shapes, and how many bytes of arenas and scratch
+# buffers the plans not in use may hold (the least recently used go first).
+DEFAULT_PLAN_CACHE_SIZE = 8
+PLAN_CACHE_BYTES = 256 << 20
+
+# The interpreter attributes that make up a plan (set by _prepare).
+_PLAN_ATTRS = ("_arrays", "_arena", "_steps", "_bound", "_in_views", "_out_views", "_infos",
+               "stats")
+
+
+@dataclass
+class _Plan:
+    """A plan set aside: the interpreter's plan attributes and every kernel's state."""
+
+    state: dict[str, Any]
+    kernels: list[dict[str, Any]]
+    nbytes: int
+
+
+class _PlanCache:
+    """Plans by input shapes, least recently used first out.
+
+    A plan is everything ``prepare`` decided for one set of input shapes: the arena and the
+    arrays viewing it, the bound steps, and each kernel's prepared state (kernels keep what
+    ``prepare`` chose in their own attributes: the conv path, packed operands, the scratch they
+    were bound to). When the interpreter moves to other shapes the current plan is set aside
+    with a shallow copy of every kernel's ``__dict__``; coming back puts them back. Sharing is
+    by reference, so what a kernel computes once for all shapes (packed weights) is not copied;
+    a kernel's ``prepare`` must therefore rebind its per-shape attributes rather than mutate
+    objects in place (the alternating-shape tests check every model family for it).
+    """
+
+    def __init__(self, size: int, max_bytes: int):
+        self.size = size
+        self.max_bytes = max_bytes
+        self._plans: dict[Any, _Plan] = {}  # insertion order = least recently used first
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def put(self, key, plan: _Plan) -> None:
+        self._plans.pop(key, None)
+        self._plans[key] = plan
+        total = sum(p.nbytes for p in self._plans.values())
+        while self._plans and (len(self._plans) > self.size or total > self.max_bytes):
+            oldest = next(iter(self._plans))
+            total -= self._plans.pop(oldest).nbytes
+
+    def take(self, key) -> _Plan | None:
+        return self._plans.pop(key, None)
+
+    def clear(self) -> None:
+        self._plans.clear()
 
 
 # Executors for other devices: name -> a function returning the executor class (a subclass of
@@ -119,6 +177,10 @@ class Interpreter:
         timeout_s: wall-clock budget of one :meth:`run` / :meth:`invoke`, checked between ops
             and between Loop/Scan iterations (an op already running is not interrupted);
             default None, no budget.
+        plan_cache_size: how many plans (one per set of input shapes) to keep, so that shapes
+            seen before re-plan nothing (default 8; the plans not in use also hold at most
+            :data:`PLAN_CACHE_BYTES` of arenas, least recently used dropped first); 0 re-plans
+            at every change of shape.
 
     Going past a limit raises :class:`~edgert.errors.ResourceLimitError` naming the op and the
     limit (see :mod:`edgert.runtime.limits`).
@@ -134,6 +196,7 @@ class Interpreter:
     """
 
     device = "cpu"
+    _caches_plans = True  # executors whose plans hold more than _PLAN_ATTRS say False
 
     def __new__(cls, model=None, num_threads=None, device: str = "cpu", **kwargs):
         # Interpreter(model, device="cuda") builds that device's executor (a subclass, whose
@@ -156,6 +219,7 @@ class Interpreter:
         max_alloc_bytes: int | None = _limits.DEFAULT,
         max_loop_iterations: int | None = _limits.DEFAULT,
         timeout_s: float | None = None,
+        plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
     ):
         if device != self.device:
             raise EdgeRTError(f"{type(self).__name__} runs on device {self.device!r}, not "
@@ -164,6 +228,13 @@ class Interpreter:
             raise EdgeRTError(
                 f"num_threads must be a positive integer or None, got {num_threads!r}"
             )
+        if isinstance(plan_cache_size, bool) or not isinstance(plan_cache_size, int) or \
+                plan_cache_size < 0:
+            raise EdgeRTError(f"plan_cache_size must be a non-negative integer, got "
+                              f"{plan_cache_size!r}")
+        self._plan_cache = _PlanCache(plan_cache_size if self._caches_plans else 0,
+                                      PLAN_CACHE_BYTES)
+        self._plan_key: Any = None  # the input shapes the current plan is for
         # run()/invoke() of one interpreter take turns (one arena): a second thread used to
         # corrupt the heap or get another run's results. Re-entrant: run() calls invoke().
         self._lock = threading.RLock()
@@ -305,9 +376,43 @@ class Interpreter:
                 "resize_tensor_input() with a concrete shape first, or use run(feeds)"
             )
         t0 = time.perf_counter()
-        self._prepare()
+        key = self._shapes_key()
+        if self._plan_key is not None and key == self._plan_key and self._prepared:
+            return  # planned for these shapes already
+        if self._plan_key is not None and self._plan_cache.size:
+            self._set_plan_aside()
+        plan = self._plan_cache.take(key)
+        self._plan_key = None  # (no plan while preparing: a failed prepare leaves none)
+        if plan is not None:
+            self._restore_plan(plan)
+            self.stats.reused = True
+        else:
+            self._prepare()
+            self.stats.reused = False
+        self._plan_key = key
         self.stats.prepare_seconds = time.perf_counter() - t0
         self._prepared = True
+
+    def _shapes_key(self):
+        # (the limit is part of the key: a plan checked against a larger one is not reused)
+        return (tuple(self._input_shapes.values()), self._limits.max_alloc_bytes)
+
+    def _set_plan_aside(self) -> None:
+        state = {name: getattr(self, name) for name in _PLAN_ATTRS}
+        kernels = [dict(k.__dict__) for k in self._kernels]
+        nbytes = int(getattr(self._arena, "nbytes", 0)) + max(
+            (int(getattr(k, "scratch_nbytes", 0) or 0) for k in self._kernels), default=0)
+        self._plan_cache.put(self._plan_key, _Plan(state, kernels, nbytes))
+
+    def _restore_plan(self, plan: _Plan) -> None:
+        for kernel, saved in zip(self._kernels, plan.kernels):
+            kernel.__dict__.clear()
+            kernel.__dict__.update(saved)
+        for name, value in plan.state.items():
+            setattr(self, name, value)
+        self.stats = PlanStats(**{**self.stats.__dict__})  # (its own copy: timings differ)
+        for idx, val in self._special_values.items():  # fed sequence / optional inputs
+            self._arrays[idx] = val
 
     def set_tensor(self, tensor_index: int | str, value) -> None:
         """Copy ``value`` into a model input (its shape must equal the current input shape)."""
