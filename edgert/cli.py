@@ -7,7 +7,7 @@
                                                    (an .onnx file as written; --converted: as
                                                    converted)
     edgert bench model.edgert|model.onnx           load / first-run / steady-state latency
-    edgert warmup [model ...]                      compile kernels ahead of first use
+    edgert warmup [model ...] [--all]              compile kernels ahead of first use
 
 Every command accepts an ``.onnx`` model where a ``.edgert`` one is expected: it is converted in
 memory first (this needs the ``convert`` extra: ``pip install edgert[convert]``).
@@ -457,13 +457,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model, kind = _read_model_arg(args.model)
     t_convert = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    interp = Interpreter(model, num_threads=args.threads)
-    t_load = time.perf_counter() - t0
-    feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, args.random)
-    t1 = time.perf_counter()
-    outputs = interp.run(feeds)
-    t_run = time.perf_counter() - t1
+    with _compiling() as progress:  # (a fresh machine compiles kernels: progress on stderr)
+        t0 = time.perf_counter()
+        interp = Interpreter(model, num_threads=args.threads)
+        t_load = time.perf_counter() - t0
+        feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed,
+                               args.random)
+        t1 = time.perf_counter()
+        with _step_hook(interp, progress):
+            outputs = interp.run(feeds)
+        t_run = time.perf_counter() - t1
     result: dict[str, Any] = {"model": args.model, "format": kind}
     if kind == "onnx":
         result["convert_ms"] = t_convert * 1e3
@@ -721,22 +724,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     t_import = time.perf_counter()
     model, kind = _read_model_arg(args.model)
     t_convert = time.perf_counter() - t_import
-    t0 = time.perf_counter()
-    # device="cuda": CudaInterpreter.invoke synchronizes the GPU before returning (issue 8).
-    interp = Interpreter(model, num_threads=args.threads, device=args.device)
-    t_load = time.perf_counter() - t0
-    feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, True,
-                           dynamic_default=True)
-    for name, arr in feeds.items():
-        interp.resize_tensor_input(name, arr.shape)
-    t0 = time.perf_counter()
-    interp.allocate_tensors()
-    t_alloc = time.perf_counter() - t0
-    for name, arr in feeds.items():
-        interp.set_tensor(name, arr)
-    t0 = time.perf_counter()
-    interp.invoke()
-    t_first = time.perf_counter() - t0
+    with _compiling() as progress:  # (a fresh machine compiles kernels: progress on stderr)
+        t0 = time.perf_counter()
+        # device="cuda": CudaInterpreter.invoke synchronizes the GPU before returning (issue 8).
+        interp = Interpreter(model, num_threads=args.threads, device=args.device)
+        t_load = time.perf_counter() - t0
+        feeds = _collect_feeds(interp, args.input or [], args.shape or [], args.seed, True,
+                               dynamic_default=True)
+        for name, arr in feeds.items():
+            interp.resize_tensor_input(name, arr.shape)
+        t0 = time.perf_counter()
+        interp.allocate_tensors()
+        t_alloc = time.perf_counter() - t0
+        for name, arr in feeds.items():
+            interp.set_tensor(name, arr)
+        t0 = time.perf_counter()
+        with _step_hook(interp, progress):
+            interp.invoke()
+        t_first = time.perf_counter() - t0
     layer = _threading_layer() if args.device == "cpu" else None
     if layer in _SLOW_LAYERS:
         print(f"edgert: warning: {_SLOW_LAYERS[layer]}", file=sys.stderr)
@@ -838,11 +843,35 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     """``edgert warmup``: compile kernels into the Numba cache ahead of first use."""
     from edgert.warmup import warmup
 
+    if args.all and args.models:
+        raise UsageError("give models or --all, not both")
     for m in args.models:
-        if not pathlib.Path(m).exists():
+        p = pathlib.Path(m)
+        if not p.exists():
             raise CLIError(f"no such file: {m}")
-    warmup(args.models, threads=args.threads)
+        if p.is_dir():
+            raise CLIError(f"{m} is a folder, expected a model file")
+    if any(pathlib.Path(m).suffix.lower() == ".onnx" and not _is_edgert(m)
+           for m in args.models) or not args.models:
+        _require_convert_extra("warming up ONNX models and the built-in set")
+    warmup(args.models, threads=args.threads, all_kinds=args.all)
     return 0
+
+
+@contextlib.contextmanager
+def _compiling():
+    """Compile progress on stderr for the block (see :mod:`edgert.warmup`): shown only while
+    kernels compile, one line when stderr is not a terminal."""
+    from edgert.warmup import compile_progress
+
+    with compile_progress(show=True) as progress:
+        yield progress
+
+
+def _step_hook(interp, progress):
+    from edgert.warmup import step_hook
+
+    return step_hook(interp, progress)
 
 
 def cmd_quantize_json(args: argparse.Namespace) -> int:
@@ -850,10 +879,12 @@ def cmd_quantize_json(args: argparse.Namespace) -> int:
     from edgert.quantization.cli import cmd_quantize, run_quantize
 
     if not args.json:
-        return cmd_quantize(args)
+        with _compiling():  # (calibration runs the float model: kernels may compile)
+            return cmd_quantize(args)
     import dataclasses
 
-    rep = run_quantize(args)
+    with _compiling():
+        rep = run_quantize(args)
     result = {"output": args.output, "format": args.format, **dataclasses.asdict(rep),
               "num_int8_ops": rep.num_int8_ops, "warnings": rep.warnings()}
     result["float_ops"] = [{"op_type": op, "name": name, "why": why}
@@ -975,7 +1006,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("warmup", help="compile the CPU kernels ahead of first use")
     p.add_argument("models", nargs="*",
-                   help=".onnx/.edgert models to run once (default: a built-in set of small CNNs)")
+                   help=".onnx/.edgert models to run once: exactly their kernels are compiled "
+                        "(default: a built-in set of small float32 CNNs)")
+    p.add_argument("--all", action="store_true",
+                   help="without models: the float32 and int8 built-in sets (CNNs with "
+                        "depthwise convolutions, MLPs), at two sizes")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="compute threads (default: the physical cores)")
     p.set_defaults(func=cmd_warmup)
@@ -993,6 +1028,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    restore_sigint = _interrupt_handler()
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
@@ -1007,8 +1043,19 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"edgert: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # (also raised between kernels while Numba compiles)
+        print("edgert: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_sigint()
+
+
+def _interrupt_handler():
+    """Ctrl-C that stops a kernel compile promptly (see edgert.warmup): returns the function
+    that restores the previous handler. Only ``signal`` and ``threading`` are imported."""
+    from edgert.warmup import install_interrupt_handler
+
+    return install_interrupt_handler()
 
 
 def _silence_stdout() -> None:

@@ -1,30 +1,309 @@
-"""``edgert warmup``: compile the CPU kernels ahead of first use.
+"""``edgert warmup``, first-run compile progress, and Ctrl-C during compilation.
 
 Numba compiles a kernel the first time it is called with a new combination of argument types and
-stores the machine code in the on-disk cache (:func:`edgert.runtime._jit.cache_dir`). Warming up
-runs models once so that a later process (a service starting, a device booting) only loads
-compiled code:
+stores the machine code in the on-disk cache (:func:`edgert.runtime._jit.cache_dir`). On a new
+machine the first run of a model therefore spends seconds compiling. This module
 
-* with model files, each is converted (``.onnx``) or loaded (``.edgert``) and run once on random
-  inputs: exactly the kernels, dtypes and layouts that model needs get compiled;
-* without, a built-in set of small float32 CNN/MLP graphs is run at two sizes, so that both the
-  serial and the parallel build of the common kernels (Conv paths, pooling, Gemm, Softmax,
-  elementwise, Concat) are compiled.
+* warms the cache ahead of time (``edgert warmup``): each given model (``.onnx`` converted,
+  ``.edgert`` loaded) is run once on random inputs, so exactly the kernels, dtypes, layouts and
+  serial/parallel builds that model needs get compiled; ``--all`` (no models) runs a built-in
+  set of small float32 *and* int8 CNN/MLP graphs at two sizes (Conv paths, depthwise, pooling,
+  Gemm/MatMul, Softmax, LayerNormalization, elementwise, Concat, QuantizeLinear...);
+* shows compile progress (:func:`compile_progress`): a line on stderr that appears only once a
+  kernel actually compiles (nothing when every kernel comes from the cache), counting the model's
+  steps (``op 12/40``) and the kernels compiled; when stderr is not a terminal it prints one line
+  in all;
+* lets Ctrl-C stop a compile (:func:`install_interrupt_handler`). Numba's compiler calls back into
+  Python from LLVM through ctypes, and a ``KeyboardInterrupt`` raised inside such a callback is
+  printed as "Exception ignored on calling ctypes callback" and dropped while compilation goes
+  on. The handler remembers the interrupt, and it is raised again at the next point that is not
+  inside a callback: the start or end of a kernel's compilation, or the next step of the model;
+  if none comes within :data:`FORCE_EXIT_S` the process exits (status 130). Numba writes each
+  cache entry to a temporary file and renames it, so an interrupted compile leaves no broken
+  cache entry.
 
-This module may import onnx (to build the built-in graphs); the runtime itself never does.
+Progress and the interrupt handler are used by the ``edgert`` command; an application embedding
+the runtime sees neither. This module may import onnx (to build the built-in graphs); the runtime
+itself never does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+# Seconds between a Ctrl-C and a forced exit when the compiler gives the interrupt no point at
+# which to be raised (one long LLVM optimization).
+FORCE_EXIT_S = 2.0
+# The progress line appears only when compiling has gone on this long (a model needing one or
+# two small kernels prints nothing on a terminal).
+SHOW_AFTER_S = 0.3
 
-def _builtin_models() -> list[tuple[str, bytes]]:
-    """Small float32 graphs covering the common CNN/MLP kernels, at a small and a large size."""
+_interrupt = {"pending": False, "timer": None}
+
+
+# ----- Ctrl-C ---------------------------------------------------------------------------------
+def _force_exit() -> None:
+    try:
+        os.write(2, b"\nedgert: interrupted\n")
+    finally:
+        os._exit(130)
+
+
+def _in_llvm_callback(frame) -> bool:
+    """Whether Python runs inside llvmlite (where LLVM calls back through ctypes, and an
+    exception would be printed and dropped)."""
+    marker = f"{os.sep}llvmlite{os.sep}"
+    depth = 0
+    while frame is not None and depth < 64:
+        if marker in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
+
+
+def _on_sigint(signum, frame) -> None:
+    _interrupt["pending"] = True
+    if _interrupt["timer"] is None:
+        timer = threading.Timer(FORCE_EXIT_S, _force_exit)
+        timer.daemon = True
+        timer.start()
+        _interrupt["timer"] = timer
+    if _in_llvm_callback(frame):
+        return  # raised at the next kernel boundary (check_interrupt), or the timer exits
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> Callable[[], None]:
+    """Handle SIGINT as described in the module docstring; returns a function that cancels the
+    forced exit (call it once the ``KeyboardInterrupt`` has been caught) and restores the
+    previous handler. Does nothing outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    try:
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        return lambda: None
+
+    def restore() -> None:
+        timer = _interrupt["timer"]
+        if timer is not None:
+            timer.cancel()
+        _interrupt["timer"] = None
+        _interrupt["pending"] = False
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(signal.SIGINT, previous)
+
+    return restore
+
+
+def check_interrupt() -> None:
+    """Raise the ``KeyboardInterrupt`` that a callback swallowed, if there was one."""
+    if _interrupt["pending"]:
+        raise KeyboardInterrupt
+
+
+# ----- progress ---------------------------------------------------------------------------------
+class CompileProgress:
+    """Counts Numba compilations (cache misses) and shows them on stderr (see
+    :func:`compile_progress`). ``step(k, n)`` reports that step ``k`` of ``n`` of a model runs."""
+
+    LABEL = "compiling kernels for this CPU, once"
+
+    def __init__(self, show: bool, tty: bool, what: str = ""):
+        self.show = show
+        self.tty = tty
+        self.what = what
+        self.compiled = 0
+        self.compiling = 0  # nesting depth (a kernel compiles the kernels it calls)
+        self.seconds = 0.0
+        self.current = ""
+        self.k = 0
+        self.n: int | None = None
+        self._t0: float | None = None
+        self._bar: float | None = None
+        self._announced = False
+
+    # numba event listener interface (see numba.core.event.Listener)
+    def notify(self, event) -> None:
+        disp = (event.data or {}).get("dispatcher")
+        py_func = getattr(disp, "py_func", None)
+        # edgert's own kernels are counted; Numba's overloads they use (np.max's...) are not
+        ours = str(getattr(py_func, "__module__", "")).startswith("edgert")
+        if event.is_start:
+            if self.compiling == 0:
+                self._t0 = time.perf_counter()
+            self.compiling += 1
+            if ours:
+                self.current = py_func.__qualname__
+        else:
+            self.compiling = max(self.compiling - 1, 0)
+            self.compiled += ours
+            if self.compiling == 0 and self._t0 is not None:
+                self.seconds += time.perf_counter() - self._t0
+                self._t0 = None
+        check_interrupt()
+        self._refresh()
+
+    def step(self, k: int, n: int) -> None:
+        check_interrupt()
+        self.k, self.n = k, n
+        if self._bar is not None:
+            self._refresh()
+
+    def _elapsed(self) -> float:
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return self.seconds + running
+
+    def _refresh(self) -> None:
+        if not self.show or not (self.compiled or self.compiling):
+            return
+        if not self.tty:
+            if not self._announced:
+                self._announced = True
+                from edgert.runtime._jit import cache_dir
+
+                print(f"edgert: {self.LABEL} (cached in {cache_dir()})...", file=sys.stderr,
+                      flush=True)
+            return
+        now = time.perf_counter()
+        if self._bar is None:  # (the time the line was last drawn)
+            if self._elapsed() < SHOW_AFTER_S and self.compiled < 2:
+                return
+        elif now - self._bar < 0.05:
+            return
+        self._bar = now
+        where = ", ".join(w for w in (self.what, f"op {self.k + 1}/{self.n}" if self.n else "")
+                          if w)
+        text = (f"{self.LABEL}{': ' + where if where else ''}: {_kernels(self.compiled)}, "
+                f"{self._elapsed():.0f} s ({self.current})")
+        import shutil
+
+        cols = shutil.get_terminal_size((100, 24)).columns
+        _write_stderr("\r" + text[: max(cols - 1, 20)] + "\x1b[K")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            _write_stderr("\r\x1b[K")
+            self._bar = None
+            from edgert.runtime._jit import cache_dir
+
+            print(f"edgert: compiled {_kernels(self.compiled)} in {self.seconds:.1f} s, cached "
+                  f"in {cache_dir()}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def compile_progress(show: bool | None = None, what: str = "") -> Iterator[CompileProgress]:
+    """Count (and, with ``show``, display) the kernels Numba compiles inside the block.
+
+    ``show=None`` shows it when stderr is a terminal. On a terminal the line is redrawn in place
+    and replaced at the end by one summary line; otherwise one line is printed, at the first
+    compile. Nothing is printed when nothing compiles. Ctrl-C (with
+    :func:`install_interrupt_handler`) is raised at the next kernel boundary."""
+    tty = _stderr_is_tty()
+    prog = CompileProgress(tty if show is None else show, tty, what)
+    try:
+        from numba.core import event
+    except ImportError:  # pragma: no cover - another Numba
+        yield prog
+        return
+
+    class _Listener(event.Listener):
+        def on_start(self, ev) -> None:
+            prog.notify(ev)
+
+        def on_end(self, ev) -> None:
+            prog.notify(ev)
+
+    listener = _Listener()
+    event.register("numba:compile", listener)
+    try:
+        yield prog
+    finally:
+        event.unregister("numba:compile", listener)
+        prog.close()
+
+
+def _kernels(n: int) -> str:
+    return f"{n} kernel" if n == 1 else f"{n} kernels"
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def step_hook(interp: Any, progress: CompileProgress) -> Iterator[None]:
+    """Report each step of ``interp``'s runs inside the block to ``progress`` (so that the
+    progress line says which op compiles, and Ctrl-C is raised between ops).
+
+    Wraps the interpreter's bound steps for the duration of the block, plans made in it
+    included; an interpreter without them (another executor) runs unhooked.
+    """
+    cls_prepare = getattr(type(interp), "_prepare", None)
+    if cls_prepare is None or "_prepare" in vars(interp):
+        yield
+        return
+    hooked: list[list] = []
+
+    def wrap() -> None:
+        bound = getattr(interp, "_bound", None)
+        if not isinstance(bound, list) or any(bound is h for h in hooked):
+            return
+        n = len(bound)
+        new = []
+        for k, (fn, ins, outs) in enumerate(bound):
+            if fn is not None:
+                def fn(ins, outs, _fn=fn, _k=k):  # noqa: PLR0913
+                    progress.step(_k, n)
+                    return _fn(ins, outs)
+            new.append((fn, ins, outs))
+        hooked.append(new)
+        originals.append(bound)
+        interp._bound = new
+
+    def prepare() -> None:
+        cls_prepare(interp)
+        wrap()
+
+    originals: list[list] = []
+    if getattr(interp, "_prepared", False):
+        wrap()
+    interp._prepare = prepare
+    try:
+        yield
+    finally:
+        del interp._prepare
+        for h, orig in zip(hooked, originals):
+            if interp._bound is h:
+                interp._bound = orig
+
+
+# ----- warmup -----------------------------------------------------------------------------------
+def _builtin_models(all_kinds: bool = False) -> list[tuple[str, bytes]]:
+    """Small float32 graphs covering the common CNN/MLP kernels, at a small and a large size;
+    with ``all_kinds``, also an MLP/transformer-style graph."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -33,9 +312,17 @@ def _builtin_models() -> list[tuple[str, bytes]]:
     def w(name: str, *shape: int) -> onnx.TensorProto:
         return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
 
+    def c(name: str, value) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    def model(graph) -> bytes:
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m.SerializeToString()
+
     out = []
     for tag, hw in (("small", 8), ("large", 64)):
-        c = 8
+        ch = 8
         nodes = [
             helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["c0"], ["r0"]),
@@ -45,9 +332,13 @@ def _builtin_models() -> list[tuple[str, bytes]]:
             helper.make_node("Conv", ["r2", "wp", "bp"], ["c3"]),
             helper.make_node("Add", ["c3", "c1"], ["a3"]),
             helper.make_node("BatchNormalization", ["a3", "g", "be", "mu", "va"], ["bn"]),
-            helper.make_node("MaxPool", ["bn"], ["m0"], kernel_shape=[3, 3], strides=[1, 1],
+            helper.make_node("HardSwish", ["bn"], ["hs"]),
+            helper.make_node("Conv", ["hs", "wd2", "bd2"], ["c4"], pads=[1, 1, 1, 1],
+                             strides=[2, 2], group=16),
+            helper.make_node("Relu", ["c4"], ["r4"]),
+            helper.make_node("MaxPool", ["r4"], ["m0"], kernel_shape=[3, 3], strides=[1, 1],
                              pads=[1, 1, 1, 1]),
-            helper.make_node("AveragePool", ["bn"], ["m1"], kernel_shape=[3, 3], strides=[1, 1],
+            helper.make_node("AveragePool", ["r4"], ["m1"], kernel_shape=[3, 3], strides=[1, 1],
                              pads=[1, 1, 1, 1]),
             helper.make_node("Concat", ["m0", "m1"], ["cat"], axis=1),
             helper.make_node("Sigmoid", ["cat"], ["sg"]),
@@ -58,58 +349,110 @@ def _builtin_models() -> list[tuple[str, bytes]]:
             helper.make_node("Softmax", ["fc"], ["y"], axis=-1),
         ]
         inits = [
-            w("w0", 16, c, 3, 3), w("b0", 16), w("w1", 16, 16, 3, 3), w("wd", 16, 1, 3, 3),
-            w("bd", 16), w("wp", 16, 16, 1, 1), w("bp", 16), w("wf", 10, 32), w("bf", 10),
-            numpy_helper.from_array(np.float32(0.0), "lo"),
-            numpy_helper.from_array(np.float32(6.0), "hi"),
-            numpy_helper.from_array(np.ones(16, np.float32), "g"),
-            numpy_helper.from_array(np.zeros(16, np.float32), "be"),
-            numpy_helper.from_array(np.zeros(16, np.float32), "mu"),
-            numpy_helper.from_array(np.ones(16, np.float32), "va"),
+            w("w0", 16, ch, 3, 3), w("b0", 16), w("w1", 16, 16, 3, 3), w("wd", 16, 1, 3, 3),
+            w("bd", 16), w("wp", 16, 16, 1, 1), w("bp", 16), w("wd2", 16, 1, 3, 3), w("bd2", 16),
+            w("wf", 10, 32), w("bf", 10), c("lo", 0.0), c("hi", 6.0),
+            c("g", np.ones(16)), c("be", np.zeros(16)), c("mu", np.zeros(16)),
+            c("va", np.ones(16)),
         ]
         graph = helper.make_graph(
             nodes, f"warmup_{tag}",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ch, hw, hw])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
             inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        out.append((f"built-in {tag} CNN", model.SerializeToString()))
+        out.append((f"built-in {tag} CNN", model(graph)))
+    if all_kinds:
+        for tag, rows in (("small", 4), ("large", 256)):
+            d = 64
+            nodes = [
+                helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+                helper.make_node("Add", ["h0", "b0"], ["a0"]),
+                helper.make_node("LayerNormalization", ["a0", "g", "be"], ["ln"], axis=-1),
+                helper.make_node("Tanh", ["ln"], ["ge"]),
+                helper.make_node("MatMul", ["ge", "w1"], ["h1"]),
+                helper.make_node("Relu", ["h1"], ["r1"]),
+                helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"]),
+                helper.make_node("ReduceMean", ["h2"], ["y"], axes=[-1], keepdims=1),
+            ]
+            inits = [w("w0", d, d), w("b0", d), c("g", np.ones(d)), c("be", np.zeros(d)),
+                     w("w1", d, d), w("w2", d, 10), w("b2", 10)]
+            graph = helper.make_graph(
+                nodes, f"warmup_mlp_{tag}",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, d])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 1])],
+                inits,
+            )
+            out.append((f"built-in {tag} MLP", model(graph)))
     return out
 
 
-def _run_once(data: Any, threads: int | None) -> None:
-    from edgert.runtime import Interpreter
-
-    interp = Interpreter(data, num_threads=threads)
-    rng = np.random.default_rng(0)
+def _random_feeds(interp: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
     feeds = {}
     for d in interp.get_input_details():
-        shape = tuple(int(s) for s in d["shape"])
+        shape = tuple(max(int(s), 1) for s in d["shape"])
         dt = np.dtype(d["dtype"])
         if dt.kind == "f":
             feeds[d["name"]] = rng.standard_normal(shape).astype(dt)
-        elif dt.kind == "b":
-            feeds[d["name"]] = np.zeros(shape, dt)
+        elif dt.kind in "iu" and np.dtype(dt).itemsize == 1:  # int8/uint8 data (quantized io)
+            feeds[d["name"]] = rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, shape, dtype=dt)
         else:
             feeds[d["name"]] = np.zeros(shape, dt)  # indices: 0 is always in range
-    interp.run(feeds)
+    return feeds
+
+
+def _run_once(data: Any, threads: int | None, progress: CompileProgress | None = None) -> None:
+    from edgert.runtime import Interpreter
+
+    interp = Interpreter(data, num_threads=threads)
+    feeds = _random_feeds(interp)
+    if progress is None:
+        interp.run(feeds)
+        return
+    with step_hook(interp, progress):
+        interp.run(feeds)
+
+
+def _int8_models(models: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The int8 versions of the built-in float models (random calibration data)."""
+    import onnx
+
+    from edgert.quantization import quantize
+
+    out = []
+    rng = np.random.default_rng(1)
+    for name, data in models:
+        m = onnx.load_from_string(data)
+        feeds = []
+        for _ in range(2):
+            feed = {}
+            for vi in m.graph.input:
+                shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                feed[vi.name] = rng.standard_normal(shape).astype(np.float32)
+            feeds.append(feed)
+        q, _ = quantize(data, calibration=feeds)
+        out.append((name.replace("built-in ", "built-in int8 "), q))
+    return out
 
 
 def warmup(models: list[str] | None = None, threads: int | None = None,
-           verbose: bool = True) -> list[tuple[str, float]]:
+           verbose: bool = True, all_kinds: bool = False,
+           progress: bool | None = None) -> list[tuple[str, float]]:
     """Run each model (or the built-in set) once; return (what, seconds) per model.
 
     Args:
         models: ``.onnx`` or ``.edgert`` paths; None or empty runs the built-in set.
         threads: the interpreter's ``num_threads``.
-        verbose: print one line per model.
+        verbose: print one line per model (on stdout).
+        all_kinds: with no models: the float32 *and* int8 built-in sets, MLP graphs included.
+        progress: show compile progress on stderr (None: when stderr is a terminal).
     """
     from edgert.runtime._jit import cache_dir
 
     done = []
     items: list[tuple[str, Any]]
+    builtin: list[tuple[str, bytes]] = []
     if models:
         items = []
         for m in models:
@@ -123,14 +466,23 @@ def warmup(models: list[str] | None = None, threads: int | None = None,
     else:
         from edgert.converter import convert
 
-        items = [(name, convert(data)) for name, data in _builtin_models()]
-    for name, data in items:
+        builtin = _builtin_models(all_kinds)
+        items = [(name, convert(data)) for name, data in builtin]
+
+    def run(name: str, data: Any) -> None:
         t0 = time.perf_counter()
-        _run_once(data, threads)
+        with compile_progress(progress, what=name) as prog:
+            _run_once(data, threads, prog)
         dt = time.perf_counter() - t0
         done.append((name, dt))
         if verbose:
-            print(f"warmed {name}: {dt:.2f} s")
+            print(f"warmed {name}: {dt:.2f} s ({_kernels(prog.compiled)} compiled)", flush=True)
+
+    for name, data in items:
+        run(name, data)
+    if all_kinds and not models:  # (calibration runs the float models: compiled by now)
+        for name, data in _int8_models(builtin):
+            run(name, data)
     if verbose:
         print(f"Numba cache: {cache_dir()}")
     return done

@@ -3,6 +3,7 @@ cache that loads compiled kernels without Numba's compiler set-up (edgert/runtim
 
 import importlib
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ import pytest
 
 from edgert.runtime.kernels.cpu import FAMILY_OPS
 from edgert.runtime.registry import Kernel, KernelRegistry
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _run(code: str, env: dict[str, str] | None = None) -> str:
@@ -251,3 +254,93 @@ def _run_child(tmp_path, env, *extra: str) -> str:
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
+
+
+# ----- first-run compile progress, Ctrl-C while compiling, edgert warmup ------------------------
+COMPILING = "compiling kernels for this CPU, once"
+
+
+def _softmax_edgert(path) -> str:
+    """A one-op model whose kernel compiles in a few seconds (a Relu or Add compiles nothing)."""
+    from onnx import TensorProto, helper
+
+    import edgert
+
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "t",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    edgert.convert(m, str(path))
+    return str(path)
+
+
+def _edgert(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_first_run_prints_one_compile_line_off_a_terminal_then_warmup_leaves_nothing(tmp_path):
+    model = _softmax_edgert(tmp_path / "softmax.edgert")
+    env = dict(os.environ, EDGERT_CACHE_DIR=str(tmp_path / "cache"))
+    first = _edgert("run", model, "--random", env=env)
+    assert first.returncode == 0, first.stderr
+    # not a terminal: exactly one line, no carriage returns (nothing that garbles a log)
+    assert first.stderr.count(COMPILING) == 1 and first.stderr.count("\n") == 1, first.stderr
+    assert "\r" not in first.stderr and str(tmp_path / "cache") in first.stderr
+    again = _edgert("run", model, "--random", env=env)
+    assert again.returncode == 0 and again.stderr == ""
+    # edgert warmup MODEL compiles exactly what its first run needs
+    env2 = dict(os.environ, EDGERT_CACHE_DIR=str(tmp_path / "cache2"))
+    warm = _edgert("warmup", model, env=env2)
+    assert warm.returncode == 0 and " compiled)" in warm.stdout, warm.stderr
+    after = _edgert("run", model, "--random", "--json", env=env2)
+    assert after.returncode == 0 and after.stderr == ""
+
+
+def test_compile_progress_on_a_terminal_is_one_redrawn_line(tmp_path):
+    import pty
+
+    model = _softmax_edgert(tmp_path / "softmax.edgert")
+    env = dict(os.environ, EDGERT_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="120")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "edgert", "run", model, "--random"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert p.wait(timeout=120) == 0
+    text = b"".join(chunks).decode()
+    assert f"\r{COMPILING}: op 1/1: " in text  # redrawn in place, naming the op being compiled
+    assert "\r\x1b[K" in text  # erased at the end, then one summary line
+    assert text.rsplit("\x1b[K", 1)[-1].startswith("edgert: compiled 1 kernel in ")
+
+
+def test_ctrl_c_while_compiling_stops_promptly_with_one_line(tmp_path):
+    import signal
+
+    from edgert.cli import main
+
+    model = tmp_path / "digits.edgert"
+    assert main(["convert", str(ROOT / "models" / "digits_cnn.onnx"), "-o", str(model)]) == 0
+    env = dict(os.environ, EDGERT_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.Popen([sys.executable, "-m", "edgert", "run", str(model), "--random", "--shape",
+                          "input=1x1x8x8"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()  # printed when the first kernel starts compiling
+    assert COMPILING in line
+    time.sleep(0.3)  # inside the compiler (LLVM calls back into Python there)
+    sent = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=30) == 130
+    assert time.perf_counter() - sent < 5  # the whole compile takes 10-40 s
+    assert rest == "edgert: interrupted\n", rest  # no "Exception ignored ... ctypes callback"
