@@ -395,7 +395,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         from edgert.optimizer import optimize
     except ModuleNotFoundError as exc:
         raise CLIError(f"optimize needs the convert extra ({exc.name} is not installed)") from None
-    graph = import_onnx(str(src))
+    # nodes of custom domains are kept as they are and written back (convert refuses them)
+    graph = import_onnx(str(src), keep_custom=True)
     report = optimize(graph, args.level, verbose=args.verbose, allow_fused=args.allow_fused)
     model = export_onnx(graph)
     try:

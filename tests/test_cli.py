@@ -429,3 +429,55 @@ def test_run_json_writes_nan_and_inf_as_strings(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "NaN" not in out and "Infinity" not in out
     assert json.loads(out)["outputs"][0]["values"] == ["nan", "-inf", 0.0]
+
+
+def _custom_domain_model(path):
+    """Conv -> Relu -> my.ops.MyOp -> my.ops.Relu (a custom op named like a standard one) -> Mul,
+    and a custom op on a constant (which constant folding must not run)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(4, np.float32), "c1"),
+             numpy_helper.from_array(np.float32(2), "two")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MyOp", ["r", "c1"], ["m"], domain="my.ops", alpha=0.5, mode="fast"),
+        helper.make_node("Relu", ["m"], ["m2"], domain="my.ops"),
+        helper.make_node("Mul", ["m2", "two"], ["y"]),
+        helper.make_node("MyConst", ["two"], ["k"], domain="my.ops"),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]),
+         helper.make_tensor_value_info("k", TensorProto.FLOAT, [])], inits,
+        value_info=[helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 4, 8, 8])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("my.ops", 3)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return m
+
+
+def test_optimize_passes_custom_domain_nodes_through_and_convert_refuses_them(tmp_path, capsys):
+    import onnx
+
+    src = tmp_path / "custom.onnx"
+    before = _custom_domain_model(src)
+    out = tmp_path / "opt.onnx"
+    for extra in ([], ["--allow-fused"]):
+        assert main(["optimize", str(src), "-o", str(out), *extra]) == 0
+        m = onnx.load(str(out))
+        assert {(o.domain, o.version) for o in m.opset_import} >= {("my.ops", 3)}
+        custom = [n for n in m.graph.node if n.domain == "my.ops"]
+        want = [n for n in before.graph.node if n.domain == "my.ops"]
+        assert [(n.op_type, list(n.input), list(n.output), list(n.attribute)) for n in custom] \
+            == [(n.op_type, list(n.input), list(n.output), list(n.attribute)) for n in want]
+        assert {t.name for t in m.graph.initializer} >= {"c1", "two"}  # their inputs stay
+        assert "m" in {v.name for v in m.graph.value_info}  # the custom output's type is kept
+    capsys.readouterr()
+    assert main(["convert", str(src), "-o", str(tmp_path / "x.edgert")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("edgert: error: ") and err.count("edgert: error:") == 1
+    assert "custom domain 'my.ops'" in err and "Traceback" not in err

@@ -42,8 +42,9 @@ def export_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
             at least the graph's own opset (see the module docstring).
 
     Raises:
-        EdgeRTError: a node is of a domain other than ai.onnx and edgert, or an attribute or
-            constant cannot be written.
+        EdgeRTError: a node is of a domain other than ai.onnx, ai.onnx.ml, edgert and the
+            custom domains the graph declares (``import_onnx(keep_custom=True)``), or an
+            attribute or constant cannot be written.
     """
     target = opset if opset is not None else _target_opset(graph)
     domains: set[str] = set()
@@ -53,6 +54,8 @@ def export_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
         imports.append(helper.make_opsetid("edgert", 1))
     if _ML in domains:  # (the model's own ML opset: the importer keeps ML nodes as they are)
         imports.append(helper.make_opsetid(_ML, int(graph.opset.get(_ML) or 1)))
+    for domain in sorted(domains - {"edgert", _ML}):  # custom domains, kept as imported
+        imports.append(helper.make_opsetid(domain, int(graph.opset.get(domain) or 1)))
     model = helper.make_model(gp, opset_imports=imports, producer_name="edgert")
     from edgert import __version__
 
@@ -169,20 +172,26 @@ def _graph_proto(graph: Graph, target: int, domains: set[str], top: bool) -> onn
                                           value=_tensor(name, v.const, v.dtype)))
         elif name in read:
             initializers.append(_tensor(name, v.const, v.dtype))
+    typed = []  # custom-domain outputs: ONNX shape inference cannot know their types
     for n in graph.nodes:
         nodes.extend(_node_protos(graph, n, target, domains))
+        if n.domain not in ("", "edgert", _ML):
+            typed.extend(v for v in n.outputs if v.dtype and v.name not in output_names
+                         and not v.meta.get("omitted"))
     return helper.make_graph(
         nodes,
         graph.name or "main",
         [_value_info(v) for v in graph.inputs],
         [_value_info(v) for v in graph.outputs],
         initializer=initializers,
+        value_info=[_value_info(v) for v in typed],
     )
 
 
 def _node_protos(graph: Graph, n: Node, target: int, domains: set[str]) -> list[onnx.NodeProto]:
-    if n.domain not in ("", "edgert", _ML):
-        raise EdgeRTError(f"{n.op_type} '{n.name}': domain '{n.domain}' cannot be written to ONNX")
+    if n.domain not in ("", "edgert", _ML) and n.domain not in graph.opset:
+        raise EdgeRTError(f"{n.op_type} '{n.name}': domain '{n.domain}' cannot be written to "
+                          "ONNX (the graph declares no opset for it)")
     if n.domain:
         domains.add(n.domain)
     ins = ["" if v is None else v.name for v in n.inputs]

@@ -176,7 +176,8 @@ class LoadedModel:
 
 
 # ----- public API ---------------------------------------------------------------------------------
-def import_onnx(model: ModelSource, *, base_dir: str | os.PathLike | None = None) -> Graph:
+def import_onnx(model: ModelSource, *, base_dir: str | os.PathLike | None = None,
+                keep_custom: bool = False) -> Graph:
     """Import an ONNX model into edgert's IR.
 
     Args:
@@ -184,6 +185,10 @@ def import_onnx(model: ModelSource, *, base_dir: str | os.PathLike | None = None
         base_dir: folder that external-data locations are relative to. Defaults to the model
             file's folder for a path; needed for a ModelProto or bytes whose tensors are stored
             externally.
+        keep_custom: keep nodes of custom domains (declared in the model's opset_import, other
+            than ai.onnx, ai.onnx.ml and com.microsoft) as opaque nodes, with their attributes,
+            instead of refusing them: for ``edgert optimize``, which writes them back to ONNX
+            untouched. The runtime has no kernels for them (``convert`` refuses them).
 
     Returns:
         The main graph. ``graph.opset`` holds the model's opset imports (``""`` for the ONNX
@@ -198,7 +203,8 @@ def import_onnx(model: ModelSource, *, base_dir: str | os.PathLike | None = None
         UnsupportedOpError: operators that cannot be imported; ``.ops`` lists every one.
     """
     loaded = load_onnx(model, base_dir=base_dir)
-    return import_model(loaded.proto, base_dir=loaded.base_dir, sha256=loaded.sha256)
+    return import_model(loaded.proto, base_dir=loaded.base_dir, sha256=loaded.sha256,
+                        keep_custom=keep_custom)
 
 
 def load_onnx(model: ModelSource, *, base_dir: str | os.PathLike | None = None) -> LoadedModel:
@@ -240,10 +246,12 @@ def load_onnx(model: ModelSource, *, base_dir: str | os.PathLike | None = None) 
 
 
 def import_model(
-    proto: onnx.ModelProto, *, base_dir: str | os.PathLike | None = None, sha256: str = ""
+    proto: onnx.ModelProto, *, base_dir: str | os.PathLike | None = None, sha256: str = "",
+    keep_custom: bool = False,
 ) -> Graph:
     """Import a parsed ModelProto (see :func:`import_onnx`)."""
     importer = _Importer(proto, None if base_dir is None else os.fspath(base_dir), sha256)
+    importer.keep_custom = keep_custom
     try:
         return importer.run()
     except EdgeRTError:
@@ -585,6 +593,7 @@ class _Importer:
         self.unsupported: list[tuple[str, str, str]] = []
         self.rejected_domains: set[str] = set()
         self.weights: dict[str, TensorProto] = {}  # see _infer_shapes
+        self.keep_custom = False  # see import_onnx
 
     def run(self) -> Graph:
         proto = self.source
@@ -838,8 +847,9 @@ class _Importer:
             self._contrib_node(scope, node, n)
             return
         if domain != "":
-            self._reject(node, _foreign_reason(domain))
-            return
+            if not self.keep_custom:
+                self._reject(node, _foreign_reason(domain))
+            return  # (kept: an opaque node of its domain, at the model's opset for it)
         rule = None
         try:
             schema = onnx.defs.get_schema(node.op_type, opset, "")
