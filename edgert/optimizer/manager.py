@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 
 from edgert.errors import EdgeRTError
 from edgert.ir import Graph
-from edgert.optimizer import cleanup, elementwise, folding, fusion, layout, patterns, shuffle
+from edgert.optimizer import (
+    cleanup,
+    elementwise,
+    folding,
+    fusion,
+    layout,
+    patterns,
+    quantized,
+    shuffle,
+)
 
 MAX_ROUNDS = 10
 
@@ -118,6 +127,7 @@ LEVEL2: list[Pass] = [
     fusion.fuse_residual_add,
     fusion.fuse_activation,
     fusion.fuse_shuffle_into_conv,
+    quantized.fuse_integer_matmul,
 ]
 
 

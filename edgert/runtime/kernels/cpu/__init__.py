@@ -72,7 +72,7 @@ FAMILY_OPS: dict[str, tuple[str, ...]] = {
     "control_flow": ("If", "Loop", "Scan"),
     "quantize_linear": (
         "ConvInteger", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-        "MatMulInteger", "QLinearMatMul",
+        "MatMulInteger", "QLinearMatMul", "edgert.MatMulIntegerToFloat",
     ),
     "attention": ("Attention", "RotaryEmbedding", "TensorScatter"),
     "recurrent": ("RNN", "GRU", "LSTM"),

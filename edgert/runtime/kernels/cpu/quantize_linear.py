@@ -219,6 +219,24 @@ class DynamicQuantizeLinear(EagerKernel):
         f32, u8 = np.dtype(np.float32), np.dtype(np.uint8)
         return [TensorInfo(tuple(x.shape), u8), TensorInfo((), f32), TensorInfo((), u8)]
 
+    def invoke(self, inputs, outputs):
+        x = inputs[0]
+        if outputs[0] is None or x.size < 4096:  # (small or dynamic: NumPy)
+            return super().invoke(inputs, outputs)
+        from edgert.runtime.kernels.cpu.qmatmul import dynamic_range, quantize_u8
+
+        xf = np.ascontiguousarray(x).reshape(-1)
+        lo, hi, nan = dynamic_range(xf)
+        if nan or hi == lo:
+            return super().invoke(inputs, outputs)
+        f32 = np.float32
+        scale = f32(f32(hi - lo) / f32(255))
+        zp = np.uint8(np.rint(np.clip(f32(0) - lo / scale, f32(0), f32(255))))
+        quantize_u8(xf, scale, f32(zp), outputs[0].reshape(-1))
+        outputs[1][...] = scale
+        outputs[2][...] = zp
+        return None
+
     def compute(self, inputs):
         x = inputs[0]
         f32 = np.float32
@@ -279,16 +297,67 @@ def _int8_matmul_shape(kernel: EagerKernel, a: tuple, b: tuple, *more: tuple) ->
                            ShapeError) from None
 
 
+def _packed_b(kernel, a: TensorInfo, b: TensorInfo, azp: TensorInfo | None,
+              bzp: TensorInfo | None):
+    """``(PackedB, rows of A, A's packing buffer, two int32 [rows], a zero zero point)`` when
+    the byte-dot-product GEMM (:mod:`.qmatmul`) can run the product: a constant 2-D B with a
+    constant zero point (one, or one per column), A's zero point of A's type, one value (or one
+    per row of a 2-D A). None otherwise."""
+    if b.value is None or len(b.shape) != 2 or (bzp is not None and bzp.value is None):
+        return None
+    n = b.shape[1]
+    bz = None if bzp is None else np.asarray(bzp.value)
+    m = int(np.prod(a.shape[:-1], dtype=np.int64))
+    if bz is not None and bz.size not in (1, n):
+        return None
+    if azp is not None and (np.dtype(azp.dtype) != np.dtype(a.dtype) or not (
+            int(np.prod(azp.shape, dtype=np.int64)) == 1
+            or (len(a.shape) == 2 and tuple(azp.shape) == (m,)))):
+        return None
+    from edgert.runtime.kernels.cpu.qmatmul import PackedB
+
+    bz_value = None if bzp is None else bzp.value
+    cached = getattr(kernel, "_packed", None)  # weights outlive re-plans: packed once
+    if cached is None or cached[0] is not b.value or cached[1] is not bz_value:
+        kernel._packed = (b.value, bz_value, PackedB(np.asarray(b.value), bz))
+    packed = kernel._packed[2]
+    return (packed, m, packed.a_buffer(m), np.empty(m, np.int32), np.empty(m, np.int32),
+            np.zeros(1, np.dtype(a.dtype)))
+
+
+def _run_packed(fast, a: np.ndarray, azp: np.ndarray | None, out: np.ndarray | None,
+                out_dtype, scale=None, bias=None) -> list[np.ndarray] | None:
+    """Run the product prepared by :func:`_packed_b` into ``out`` (allocated when None, and
+    then returned)."""
+    packed, m, apack, rowsum, rowzp, no_zp = fast
+    zp = no_zp if azp is None else np.ascontiguousarray(azp).reshape(-1)
+    fresh = out is None
+    if fresh:
+        out = np.empty(tuple(a.shape[:-1]) + (packed.n,), out_dtype)
+    packed.matmul(np.ascontiguousarray(a).reshape(m, packed.k), zp, out.reshape(m, packed.n),
+                  apack, rowsum, rowzp, scale, bias)
+    return [out] if fresh else None
+
+
 class MatMulInteger(EagerKernel):
-    """MatMulInteger: ``(A - a_zero_point) @ (B - b_zero_point)`` accumulated in int32."""
+    """MatMulInteger: ``(A - a_zero_point) @ (B - b_zero_point)`` accumulated in int32.
+
+    A constant 2-D B (the weights of a quantize_dynamic'd model) with a constant zero point runs
+    on the byte-dot-product GEMM (:mod:`.qmatmul`), packed once; A's zero point may be a run-time
+    value (DynamicQuantizeLinear's). Other forms (batched or variable B) multiply in float64 BLAS,
+    exactly.
+    """
 
     def check(self, inputs):
         self.require_inputs(inputs, 2, 4)
         shape = _int8_matmul_shape(self, (inputs[0], "A"), (inputs[1], "B"))
-        # A constant B (the weights of a quantize_dynamic'd model) shifted once, in float64.
-        b, bzp = inputs[1], inputs[3] if len(inputs) > 3 else None
+        b = inputs[1]
+        azp = inputs[2] if len(inputs) > 2 else None
+        bzp = inputs[3] if len(inputs) > 3 else None
         self._b = None
-        if b.value is not None and (bzp is None or bzp.value is not None):
+        self._fast = _packed_b(self, inputs[0], b, azp, bzp)
+        if self._fast is None and b.value is not None and (bzp is None or bzp.value is not None):
+            # A constant B shifted once, in float64.
             self._b = self._shifted_b(b.value, None if bzp is None else bzp.value)
         return [TensorInfo(shape, np.dtype(np.int32))]
 
@@ -296,6 +365,12 @@ class MatMulInteger(EagerKernel):
     def _shifted_b(b: np.ndarray, bzp: np.ndarray | None) -> np.ndarray:
         shift = 0 if bzp is None else np.asarray(bzp).astype(np.float64)
         return np.ascontiguousarray(np.asarray(b).astype(np.float64) - shift)  # exact
+
+    def invoke(self, inputs, outputs):
+        if self._fast is None:
+            return super().invoke(inputs, outputs)
+        return _run_packed(self._fast, inputs[0], inputs[2] if len(inputs) > 2 else None,
+                           outputs[0], np.int32)
 
     def compute(self, inputs):
         a = inputs[0]
@@ -305,6 +380,47 @@ class MatMulInteger(EagerKernel):
             bb = self._shifted_b(inputs[1], inputs[3] if len(inputs) > 3 else None)
         aa = a.astype(np.float64) - _row_param(azp, a.ndim)  # exact: 8-bit values
         return [_int_matmul(aa, bb, self.op.num_threads).astype(np.int32)]
+
+
+class MatMulIntegerToFloat(MatMulInteger):
+    """``edgert.MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point?, b_zero_point?,
+    bias?)``: ``float32((A - za) @ (B - zb)) * (a_scale * b_scale) (+ bias)``, each step rounded
+    as MatMulInteger -> Cast -> Mul -> Add round it (the optimizer's fusion of that chain, see
+    :mod:`edgert.optimizer.quantized`). ``B`` constant 2-D; ``a_scale`` one float32 value;
+    ``b_scale`` and ``bias`` float32 constants of one value (scale) or one per column."""
+
+    def check(self, inputs):
+        self.require_inputs(inputs, 4, 7)
+        a, b, a_s, b_s = inputs[:4]
+        azp = inputs[4] if len(inputs) > 4 else None
+        bzp = inputs[5] if len(inputs) > 5 else None
+        bias = inputs[6] if len(inputs) > 6 else None
+        shape = _int8_matmul_shape(self, (a, "A"), (b, "B"))
+        f32 = np.dtype(np.float32)
+        if np.dtype(a_s.dtype) != f32 or int(np.prod(a_s.shape, dtype=np.int64)) != 1:
+            raise self.error(f"a_scale must be one float32 value, got {a_s.dtype} "
+                             f"{tuple(a_s.shape)}", DTypeError)
+        self._fast = _packed_b(self, a, b, azp, bzp)
+        if self._fast is None:
+            raise self.error("B and its zero point must be constant and 2-D (one zero point "
+                             "or one per column); A's zero point of A's type, one value")
+        n = b.shape[1]
+        ok_s = b_s.value is not None and np.dtype(b_s.dtype) == f32 and b_s.value.size in (1, n)
+        ok_b = bias is None or (bias.value is not None and np.dtype(bias.dtype) == f32
+                                and bias.value.size == n)
+        if not (ok_s and ok_b):
+            raise self.error(f"b_scale and bias must be float32 constants of 1 (scale) or {n} "
+                             "values")
+        self._b_scale = np.ascontiguousarray(b_s.value, f32).reshape(-1)
+        self._scale = np.empty(n, f32)
+        self._bias = None if bias is None else np.ascontiguousarray(bias.value, f32).reshape(-1)
+        return [TensorInfo(shape, f32)]
+
+    def invoke(self, inputs, outputs):
+        a_scale = np.asarray(inputs[2]).reshape(())
+        np.multiply(a_scale, self._b_scale, out=self._scale)  # Mul(a_scale, b_scale), float32
+        return _run_packed(self._fast, inputs[0], inputs[4] if len(inputs) > 4 else None,
+                           outputs[0], np.float32, self._scale, self._bias)
 
 
 class QLinearMatMul(EagerKernel):
@@ -406,3 +522,4 @@ def register(reg: KernelRegistry) -> None:
         ("QLinearMatMul", QLinearMatMul),
     ):
         reg.add(op_type, kernel)
+    reg.add("MatMulIntegerToFloat", MatMulIntegerToFloat, domain="edgert")
