@@ -60,7 +60,9 @@ class Server:
         log.info("repository %s loaded in %.2f s", self.repository.path, time.perf_counter() - t)
         cfg = self.config
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto given: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and
+        # without it a response's body waits ~40 ms behind its headers (Nagle + delayed ACK)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.host, cfg.http_port))
         sock.listen(2048)
