@@ -262,7 +262,8 @@ def step_hook(interp: Any, progress: CompileProgress) -> Iterator[None]:
     included; an interpreter without them (another executor) runs unhooked.
     """
     cls_prepare = getattr(type(interp), "_prepare", None)
-    if cls_prepare is None or "_prepare" in vars(interp):
+    if cls_prepare is None or "_prepare" in vars(interp) or getattr(interp, "device",
+                                                                     "cpu") != "cpu":
         yield
         return
     hooked: list[list] = []
