@@ -455,10 +455,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.output:
         _output_path(args.output)
-    t0 = time.perf_counter()
-    model, kind = _read_model_arg(args.model)
-    t_convert = time.perf_counter() - t0
     with _compiling() as progress:  # (a fresh machine compiles kernels: progress on stderr)
+        t0 = time.perf_counter()
+        model, kind = _read_model_arg(args.model)  # (constant folding may run kernels)
+        t_convert = time.perf_counter() - t0
         t0 = time.perf_counter()
         interp = Interpreter(model, num_threads=args.threads)
         t_load = time.perf_counter() - t0
@@ -722,10 +722,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CLIError("--warmup must be >= 0")
     from edgert.runtime import Interpreter
 
-    t_import = time.perf_counter()
-    model, kind = _read_model_arg(args.model)
-    t_convert = time.perf_counter() - t_import
     with _compiling() as progress:  # (a fresh machine compiles kernels: progress on stderr)
+        t_import = time.perf_counter()
+        model, kind = _read_model_arg(args.model)  # (constant folding may run kernels)
+        t_convert = time.perf_counter() - t_import
         t0 = time.perf_counter()
         # device="cuda": CudaInterpreter.invoke synchronizes the GPU before returning (issue 8).
         interp = Interpreter(model, num_threads=args.threads, device=args.device)
