@@ -41,14 +41,14 @@ CURL = shutil.which("curl")
 
 
 def _two_input_onnx(path: pathlib.Path) -> None:
-    """a: FP32 [N, 3], b: INT64 [N, 3] -> sum = a + float(b) (FP32), sq = b * b (INT64)."""
+    """a: FP32 [N, M], b: INT64 [N, M] -> sum = a + float(b) (FP32), sq = b * b (INT64)."""
     import onnx
     from onnx import TensorProto, helper
 
-    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3])
-    b = helper.make_tensor_value_info("b", TensorProto.INT64, ["N", 3])
-    s = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3])
-    q = helper.make_tensor_value_info("sq", TensorProto.INT64, ["N", 3])
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "M"])
+    b = helper.make_tensor_value_info("b", TensorProto.INT64, ["N", "M"])
+    s = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", "M"])
+    q = helper.make_tensor_value_info("sq", TensorProto.INT64, ["N", "M"])
     nodes = [helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
              helper.make_node("Add", ["a", "bf"], ["sum"]),
              helper.make_node("Mul", ["b", "b"], ["sq"])]
@@ -141,6 +141,8 @@ def server(tmp_path_factory, refs):
         {"max_batch_size": 16, "max_queue_delay_ms": 40, "instances": 1}))
     (repo / "twoin" / "1").mkdir(parents=True)
     _two_input_onnx(repo / "twoin" / "1" / "model.onnx")  # converted when loaded
+    (repo / "twoin" / "config.json").write_text(json.dumps(
+        {"max_batch_size": 8, "max_queue_delay_ms": 40, "instances": 1}))
     for name, key in (("mlp", "mlp"), ("swap", "cnn1")):
         (repo / name / "1").mkdir(parents=True)
         shutil.copy(refs[key], repo / name / "1" / "model.edgert")
@@ -149,6 +151,10 @@ def server(tmp_path_factory, refs):
     yield Srv(info, repo)
     text = _stop(proc, log)
     assert proc.returncode == 0, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    infer = [x for x in lines if x.get("message") == "infer"]  # --log-level debug: one a request
+    assert infer and {"model", "version", "status", "total_ms", "compute_ms"} <= set(infer[0])
+    assert any(x["message"] == "infer failed" and x["status"] == 400 for x in lines)
 
 
 def _ref(path, feeds):
@@ -200,7 +206,7 @@ def test_tritonclient_http_matches_interpreter(server, refs):
     r = c.infer("twoin", [ia, ib], outputs=[thttp.InferRequestedOutput("sq")])
     np.testing.assert_array_equal(r.as_numpy("sq"), b * b)
     assert r.as_numpy("sum") is None  # only what was asked for
-    r = c.infer("twoin", [ia, ib])
+    r = c.infer("twoin", [ia, ib], request_compression_algorithm="gzip")  # a gzip body
     np.testing.assert_array_equal(r.as_numpy("sum"), a + b.astype(np.float32))
 
 
@@ -420,11 +426,32 @@ def test_dynamic_batching_merges_requests(server, refs):
     executions = after["+Inf"] - before.get("+Inf", 0)
     alone = after["1.0"] - before.get("1.0", 0)
     assert executions < 32 and alone < executions, (before, after)  # some merged
-    # requests with other non-batch dims never merge with these: the two-input model's rows
-    # differ in dtype per input, and it has no batching configured -> batch sizes stay 1
-    m = server.metrics()
-    assert 'edgert_batch_requests_bucket{le="1.0",model="twoin",version="1"}' in m or \
-        'edgert_batch_requests_bucket{model="twoin",version="1",le="1.0"}' in m
+
+
+def test_batching_keeps_requests_with_other_dims_apart(server):
+    """The two-input model batches over N; requests with another M cannot join a batch."""
+    labels = 'model="twoin",version="1"'
+    before = _hist(server.metrics(), "edgert_batch_requests", labels)
+
+    def one(k):
+        m = 2 + k % 3  # three shapes: [1, 2], [2, 3], [1, 4]
+        rows = 1 + k % 2
+        a = np.full((rows, m), k, np.float32)
+        b = np.arange(rows * m, dtype=np.int64).reshape(rows, m) + k
+        c = tgrpc.InferenceServerClient(server.grpc)
+        ia, ib = tgrpc.InferInput("a", [rows, m], "FP32"), tgrpc.InferInput("b", [rows, m],
+                                                                             "INT64")
+        ia.set_data_from_numpy(a)
+        ib.set_data_from_numpy(b)
+        r = c.infer("twoin", [ia, ib])
+        np.testing.assert_array_equal(r.as_numpy("sum"), a + b)
+        np.testing.assert_array_equal(r.as_numpy("sq"), b * b)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        list(ex.map(one, range(24)))
+    after = _hist(server.metrics(), "edgert_batch_requests", labels)
+    executions = after["+Inf"] - before.get("+Inf", 0)
+    assert 3 <= executions < 24, (before, after)  # merged, but at least one run per shape
 
 
 def test_repository_index_load_unload(server, refs):

@@ -49,7 +49,7 @@ def _error(message: str, status: int) -> JSONResponse:
 def _json_loads(data: bytes | memoryview) -> Any:
     try:
         return json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
 
 
@@ -155,13 +155,14 @@ def encode_infer(req: InferRequest, model_name: str, model_version: str,
     return b"".join([header, *blobs]), len(header)
 
 
+_DRAIN_BYTES = 256 << 20  # an oversized body is read (and dropped) up to this much more
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
         try:
-            if int(length) > limit:
-                raise ProtocolError(f"the request body ({int(length)} bytes) is larger than "
-                                    f"the limit of {limit} bytes (--max-body-mb)")
+            int(length)
         except ValueError:
             raise ProtocolError(f"bad Content-Length {length!r}") from None
     chunks = []
@@ -169,9 +170,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ProtocolError(f"the request body is larger than the limit of {limit} bytes "
-                                "(--max-body-mb)")
+            # Read the rest without keeping it, so that the client (which is still sending)
+            # gets the 400 instead of a reset connection; give up past _DRAIN_BYTES.
+            chunks = []
+            if size > limit + _DRAIN_BYTES:
+                break
+            continue
         chunks.append(chunk)
+    if size > limit:
+        more = "over " if size > limit + _DRAIN_BYTES else ""
+        raise ProtocolError(f"the request body ({more}{size} bytes) is larger than the limit of "
+                            f"{limit} bytes (--max-body-mb)")
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("gzip", "deflate"):
