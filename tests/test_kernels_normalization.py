@@ -71,6 +71,16 @@ def test_softmax_large_values_do_not_overflow():
     check("LogSoftmax", [x])
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_attention_sized_rows(op):
+    # float32 rows along the last axis, enough of them for the parallel vectorized path
+    x = rand((2, 4, 64, 200), 4, low=-20.0, high=20.0)
+    x[0, 0, 0, :] = -np.inf
+    x[1, 2, 3, 7] = np.nan
+    x[1, 1, 1, :] = 80.0
+    check(op, [x], {"axis": -1})
+
+
 SPECIAL_ROWS = np.array([[np.nan, 1, 2], [1, np.nan, 3], [-np.inf, -np.inf, -np.inf],
                          [np.inf, 1, 2], [-np.inf, 0, 1], [3, 3, 1]], np.float32)
 

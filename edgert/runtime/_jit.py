@@ -187,7 +187,7 @@ def _initialize_nrt(rtsys, ctx) -> None:
 _QUICK_LOAD_CACHE = _quick_load_cache_class()
 
 
-def njit(fn=None, *, parallel: bool = False, fastmath: bool = True,
+def njit(fn=None, *, parallel: bool = False, fastmath: bool | frozenset[str] = True,
          error_model: str = "python", inline: str = "never"):
     """``numba.njit`` with edgert's flags. Use as ``@njit`` or ``@njit(parallel=True)``.
 
@@ -202,7 +202,8 @@ def njit(fn=None, *, parallel: bool = False, fastmath: bool = True,
             cache=_QUICK_LOAD_CACHE is None,
             nogil=True,
             parallel=parallel,
-            fastmath=set(FASTMATH) if fastmath else False,
+            fastmath=(set(fastmath) if isinstance(fastmath, frozenset)
+                      else set(FASTMATH) if fastmath else False),
             error_model=error_model,
             inline=inline,
         )(f)
