@@ -223,13 +223,16 @@ class DynamicQuantizeLinear(EagerKernel):
         x = inputs[0]
         if outputs[0] is None or x.size < 4096:  # (small or dynamic: NumPy)
             return super().invoke(inputs, outputs)
-        from edgert.runtime.kernels.cpu.qmatmul import dynamic_range, quantize_u8
+        from edgert.runtime.kernels.cpu.qmatmul import quantize_u8
 
-        xf = np.ascontiguousarray(x).reshape(-1)
-        lo, hi, nan = dynamic_range(xf)
-        if nan or hi == lo:
-            return super().invoke(inputs, outputs)
         f32 = np.float32
+        xf = np.ascontiguousarray(x).reshape(-1)
+        lo, hi = f32(xf.min()), f32(xf.max())  # (NumPy's vectorized passes; NaN propagates)
+        if lo != lo or hi != hi:
+            return super().invoke(inputs, outputs)
+        lo, hi = min(f32(0), lo), max(f32(0), hi)
+        if hi == lo:
+            return super().invoke(inputs, outputs)
         scale = f32(f32(hi - lo) / f32(255))
         zp = np.uint8(np.rint(np.clip(f32(0) - lo / scale, f32(0), f32(255))))
         quantize_u8(xf, scale, f32(zp), outputs[0].reshape(-1))
