@@ -58,7 +58,7 @@ def _two_input_onnx(path: pathlib.Path) -> None:
     onnx.save(m, str(path))
 
 
-def _start(args: list[str], tmp: pathlib.Path, timeout: float = 60.0):
+def _start(args: list[str], tmp: pathlib.Path, timeout: float = 240.0):
     ready = tmp / f"ready-{time.monotonic_ns()}.json"
     log = open(tmp / f"server-{time.monotonic_ns()}.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "edgert.serve", *args, "--http-port", "auto",
@@ -595,3 +595,33 @@ def test_protocol_tensor_codecs():
         array_from_raw(b"\x05\x00\x00\x00ab", "BYTES", (1,), "t")  # length past the end
     with pytest.raises(ProtocolError):
         array_from_raw(b"\x02", "BOOL", (1,), "t")
+
+
+def test_layers():
+    """serve imports the runtime (and the converter only inside a function, for .onnx files);
+    the runtime never imports serve; importing the server pulls in no onnx."""
+    import ast
+
+    allowed = {"edgert", "edgert.runtime", "edgert.format", "edgert.errors", "edgert.serve"}
+    for path in (ROOT / "edgert" / "serve").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                mod = node.module
+            elif isinstance(node, ast.Import):
+                mod = node.names[0].name
+            else:
+                continue
+            if not mod.startswith("edgert"):
+                continue
+            if mod == "edgert.converter":
+                assert id(node) not in top_level, f"{path}: the converter at module level"
+                continue
+            assert any(mod == a or mod.startswith(a + ".") for a in allowed - {"edgert"}) or \
+                mod == "edgert", f"{path}: imports {mod}"
+    for path in (ROOT / "edgert" / "runtime").rglob("*.py"):
+        assert "edgert.serve" not in path.read_text(), path
+    code = ("import sys, edgert.serve.server, edgert.serve.rest, edgert.serve.grpc_server; "
+            "assert 'onnx' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -42,6 +42,9 @@ class ModelConfig:
             off (it is also off for models whose inputs have no dynamic first dimension).
         max_queue_delay_ms: how long the first request of a batch waits for others.
         versions: "all" (default), "latest", or a list of version numbers to serve.
+        warmup: run each version once when it is loaded (zeros, dynamic dims 1), so that
+            compiling its kernels (on a machine whose kernel cache is cold) happens before it
+            is ready instead of in its first request.
     """
 
     instances: int | None = None
@@ -49,6 +52,7 @@ class ModelConfig:
     max_batch_size: int = 0
     max_queue_delay_ms: float = 1.0
     versions: Any = "all"
+    warmup: bool = True
 
     @classmethod
     def from_json(cls, obj: Any, base: ModelConfig, where: str) -> ModelConfig:
@@ -75,6 +79,8 @@ class ModelConfig:
                 or not isinstance(self.max_queue_delay_ms, (int, float))
                 or not 0 <= self.max_queue_delay_ms <= 60_000):
             raise ValueError(f"{where}: max_queue_delay_ms must be a number in [0, 60000]")
+        if not isinstance(self.warmup, bool):
+            raise ValueError(f"{where}: warmup must be true or false, got {self.warmup!r}")
         v = self.versions
         if not (v in ("all", "latest") or (isinstance(v, list) and all(
                 isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))):
@@ -139,6 +145,8 @@ class ModelVersion:
             self._m_compute = metrics.compute_duration.labels(*labels)
             self._m_batch = metrics.batch_size.labels(*labels)
             self._m_batch_requests = metrics.batch_requests.labels(*labels)
+        if config.warmup:
+            self._warmup()
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -146,6 +154,25 @@ class ModelVersion:
                                           daemon=True) for i in range(self.pool.size)]
         for t in self._workers:
             t.start()
+
+    def _warmup(self) -> None:
+        feeds = {}
+        for t in self.inputs:
+            shape = tuple(1 if d < 0 else d for d in t.shape)
+            if t.datatype == "BYTES":
+                feeds[t.name] = np.full(shape, "", object)
+            else:
+                feeds[t.name] = np.zeros(shape, t.dtype)
+        t0 = time.perf_counter()
+        try:
+            self.pool.run(feeds)
+        except Exception as exc:  # noqa: BLE001 - zeros may be no valid input for some models
+            log.info("model '%s' version %s: warm-up run on zeros failed (%s: %s); the first "
+                     "request pays for compiling its kernels", self.name, self.version,
+                     type(exc).__name__, exc)
+            return
+        log.debug("model '%s' version %s: warm-up run %.3f s", self.name, self.version,
+                  time.perf_counter() - t0)
 
     # ----- requests ----------------------------------------------------------------------------
     def check_inputs(self, inputs: list[InferInput]) -> dict[str, np.ndarray]:
@@ -196,7 +223,8 @@ class ModelVersion:
             if self._closed:
                 raise SchedulerClosed(f"model '{self.name}' version {self.version}")
             self._queue.append(item)
-            self._cond.notify()
+            # all: a worker collecting a batch must see it too, not only an idle one
+            self._cond.notify_all()
         return item.future
 
     # ----- workers -----------------------------------------------------------------------------
