@@ -55,19 +55,32 @@ class Server:
 
         from edgert.serve.rest import make_app
 
-        t = time.perf_counter()
-        self.repository.load_all()
-        log.info("repository %s loaded in %.2f s", self.repository.path, time.perf_counter() - t)
         cfg = self.config
+        # Ports first (a port in use fails at once, not after loading every model); listen
+        # only once the models are loaded.
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         # proto given: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and
         # without it a response's body waits ~40 ms behind its headers (Nagle + delayed ACK)
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((cfg.host, cfg.http_port))
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        self.http_port = sock.getsockname()[1]
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((cfg.host, cfg.http_port))
+            self.http_port = sock.getsockname()[1]
+            if cfg.grpc_port is not None:
+                from edgert.serve.grpc_server import make_grpc_server
+
+                host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+                self._grpc, self.grpc_port = make_grpc_server(
+                    self.engine, f"{host}:{cfg.grpc_port}", cfg.grpc_workers,
+                    cfg.max_body_bytes)
+            t = time.perf_counter()
+            self.repository.load_all()
+            log.info("repository %s loaded in %.2f s", self.repository.path,
+                     time.perf_counter() - t)
+            sock.listen(2048)
+        except BaseException:
+            sock.close()
+            raise
         app = make_app(self.engine, cfg.max_body_bytes)
         ucfg = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                               timeout_graceful_shutdown=cfg.shutdown_grace_s,
@@ -77,12 +90,7 @@ class Server:
                                              kwargs={"sockets": [sock]}, name="edgert-http",
                                              daemon=True)
         self._http_thread.start()
-        if cfg.grpc_port is not None:
-            from edgert.serve.grpc_server import make_grpc_server
-
-            host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-            self._grpc, self.grpc_port = make_grpc_server(
-                self.engine, f"{host}:{cfg.grpc_port}", cfg.grpc_workers, cfg.max_body_bytes)
+        if self._grpc is not None:
             self._grpc.start()
         while not self._uvicorn.started:
             if not self._http_thread.is_alive():
