@@ -1,0 +1,482 @@
+"""Compiled time loops of the RNN, GRU and LSTM kernels (see :mod:`.recurrent`).
+
+Each cell type has one loop over time, ``_rnn_part`` / ``_gru_part`` / ``_lstm_part``, that runs
+one direction for a range of batch entries; ``rnn_run`` / ``gru_run`` / ``lstm_run`` spread the
+``(direction, batch range)`` parts over threads (``prange``; their ``*_serial`` twins on one
+thread). The parts share nothing but read-only inputs: each writes its own rows of the state,
+scratch and ``Y`` arrays.
+
+Array forms (checked by the caller, :mod:`.recurrent`, before any loop runs):
+
+* ``xw [rows, dirs*G]``: ``X·Wᵀ`` of every step, both directions side by side (``G`` = gates x
+  hidden); row ``t*batch + b`` (layout 0) or ``b*seq + t`` (layout 1). ``bias [dirs, G]`` is
+  added here (``Wb + Rb``, except GRU's ``Rbh`` under ``linear_before_reset``: ``rbh``).
+* ``r [dirs, G, hidden]`` (ONNX's R) and ``rt [dirs, hidden, G]`` (its transpose, for BLAS).
+* ``hs``, ``cs [dirs, batch, hidden]``: the state, initial on entry, final on return.
+* ``gbuf``, ``abuf [dirs, batch, G]``: one step's gate pre-activations and their activations
+  (two arrays: vmath's sigmoid/tanh rows vectorize only out of place);
+  ``rh [dirs, batch, hidden]``: GRU's ``r ⊙ H``.
+* ``y [seq*dirs*batch, hidden]``: ``Y`` flattened, row ``(t*dirs + d)*batch + b`` (layout 0)
+  or ``(b*seq + t)*dirs + d`` (layout 1); written only when ``write_y``.
+* ``lens [batch]`` in ``[0, seq]``: entry ``b`` runs steps ``0..lens[b]-1``; the reverse
+  direction reads times ``lens[b]-1`` down to 0; ``Y`` is 0 at times ``>= lens[b]``.
+* activations: ``codes``, ``alphas``, ``betas [dirs, k]`` (the ``ACT_*`` codes below).
+
+The per-step product ``H·Rᵀ`` goes to BLAS (``_native.openblas``) for larger sizes, else to a
+compiled dot-product loop (``use_blas`` is decided by the caller). Sigmoid and tanh on float32
+use :mod:`.vmath`'s vectorized rows (within a few ulp of float64); float64 uses libm.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edgert.runtime._jit import njit, prange, serial_twin
+from edgert.runtime.kernels.cpu._native.openblas import gemm_at
+from edgert.runtime.kernels.cpu.vmath import sigmoid_row, tanh_row
+
+# Activation codes (the ONNX names, lower-cased, in ACT_CODES).
+ACT_RELU, ACT_TANH, ACT_SIGMOID, ACT_AFFINE, ACT_LEAKYRELU, ACT_THRESHOLDEDRELU = 0, 1, 2, 3, 4, 5
+ACT_SCALEDTANH, ACT_HARDSIGMOID, ACT_ELU, ACT_SOFTSIGN, ACT_SOFTPLUS = 6, 7, 8, 9, 10
+ACT_CODES = {
+    "relu": ACT_RELU, "tanh": ACT_TANH, "sigmoid": ACT_SIGMOID, "affine": ACT_AFFINE,
+    "leakyrelu": ACT_LEAKYRELU, "thresholdedrelu": ACT_THRESHOLDEDRELU,
+    "scaledtanh": ACT_SCALEDTANH, "hardsigmoid": ACT_HARDSIGMOID, "elu": ACT_ELU,
+    "softsign": ACT_SOFTSIGN, "softplus": ACT_SOFTPLUS,
+}
+
+
+@njit(error_model="numpy")
+def _act(code, alpha, beta, s, d, lo, hi):
+    """``d[lo:hi] = f(s[lo:hi])`` for the activation ``code`` with its ``alpha``/``beta``
+    (``s`` may be changed too). ``s`` and ``d`` must be different arrays: vmath's rows vectorize
+    only when LLVM's run-time overlap test passes, and in place it never does (3x slower).
+    NaN stays NaN (no ``max``/``min`` that would drop it)."""
+    one = d.dtype.type(1.0)
+    zero = d.dtype.type(0.0)
+    fast = d.itemsize == 4
+    if code == ACT_TANH or code == ACT_SCALEDTANH:
+        if code == ACT_SCALEDTANH:
+            for j in range(lo, hi):
+                s[j] = beta * s[j]
+        if fast:
+            tanh_row(d[lo:hi], s[lo:hi], hi - lo)
+        else:
+            for j in range(lo, hi):
+                d[j] = math.tanh(s[j])
+        if code == ACT_SCALEDTANH:
+            for j in range(lo, hi):
+                d[j] = alpha * d[j]
+    elif code == ACT_SIGMOID:
+        if fast:
+            sigmoid_row(d[lo:hi], s[lo:hi], hi - lo)
+        else:
+            for j in range(lo, hi):
+                x = s[j]
+                e = math.exp(-abs(x))
+                d[j] = one / (one + e) if x >= zero else e / (one + e)
+    elif code == ACT_RELU:
+        for j in range(lo, hi):
+            x = s[j]
+            d[j] = zero if x < zero else x
+    elif code == ACT_AFFINE:
+        for j in range(lo, hi):
+            d[j] = alpha * s[j] + beta
+    elif code == ACT_LEAKYRELU:
+        for j in range(lo, hi):
+            x = s[j]
+            d[j] = alpha * x if x < zero else x
+    elif code == ACT_THRESHOLDEDRELU:
+        for j in range(lo, hi):
+            x = s[j]
+            d[j] = x if x > alpha else (x if x != x else zero)
+    elif code == ACT_HARDSIGMOID:
+        for j in range(lo, hi):
+            x = alpha * s[j] + beta
+            x = zero if x < zero else x
+            d[j] = one if x > one else x
+    elif code == ACT_ELU:
+        for j in range(lo, hi):
+            x = s[j]
+            d[j] = alpha * (math.exp(x) - one) if x < zero else x
+    elif code == ACT_SOFTSIGN:
+        for j in range(lo, hi):
+            x = s[j]
+            d[j] = x / (one + abs(x))
+    elif code == ACT_SOFTPLUS:
+        for j in range(lo, hi):
+            x = s[j]
+            # log(1 + e^x) without overflow: x + log1p(e^-x) above 0
+            d[j] = x + math.log1p(math.exp(-x)) if x > zero else math.log1p(math.exp(x))
+
+
+@njit
+def _clip(v, lo, hi, c):
+    """``v[lo:hi]`` bounded to ``[-c, c]`` (NaN stays NaN)."""
+    for j in range(lo, hi):
+        x = v[j]
+        if x > c:
+            v[j] = c
+        elif x < -c:
+            v[j] = -c
+
+
+@njit
+def _dot8x1(hb, r, c0, nc, o):
+    """``o[j] = hb · r[c0 + j]``, eight rows of ``r`` per pass sharing the loads of ``hb``."""
+    n = hb.shape[0]
+    zero = hb.dtype.type(0.0)
+    j = 0
+    while j + 8 <= nc:
+        w0, w1, w2, w3 = r[c0 + j], r[c0 + j + 1], r[c0 + j + 2], r[c0 + j + 3]
+        w4, w5, w6, w7 = r[c0 + j + 4], r[c0 + j + 5], r[c0 + j + 6], r[c0 + j + 7]
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+        for k in range(n):
+            x = hb[k]
+            a0 += x * w0[k]
+            a1 += x * w1[k]
+            a2 += x * w2[k]
+            a3 += x * w3[k]
+            a4 += x * w4[k]
+            a5 += x * w5[k]
+            a6 += x * w6[k]
+            a7 += x * w7[k]
+        o[j], o[j + 1], o[j + 2], o[j + 3] = a0, a1, a2, a3
+        o[j + 4], o[j + 5], o[j + 6], o[j + 7] = a4, a5, a6, a7
+        j += 8
+    while j < nc:
+        w0 = r[c0 + j]
+        a0 = zero
+        for k in range(n):
+            a0 += hb[k] * w0[k]
+        o[j] = a0
+        j += 1
+
+
+@njit
+def _dot4x4(h0, h1, h2, h3, r, c0, nc, o0, o1, o2, o3):
+    """Four batch rows times four rows of ``r`` per pass (16 sums sharing 8 loads a step)."""
+    n = h0.shape[0]
+    zero = h0.dtype.type(0.0)
+    j = 0
+    while j + 4 <= nc:
+        w0, w1, w2, w3 = r[c0 + j], r[c0 + j + 1], r[c0 + j + 2], r[c0 + j + 3]
+        a0 = a1 = a2 = a3 = e0 = e1 = e2 = e3 = zero
+        f0 = f1 = f2 = f3 = g0 = g1 = g2 = g3 = zero
+        for k in range(n):
+            x, y, z, u = h0[k], h1[k], h2[k], h3[k]
+            v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+            a0 += x * v0
+            a1 += x * v1
+            a2 += x * v2
+            a3 += x * v3
+            e0 += y * v0
+            e1 += y * v1
+            e2 += y * v2
+            e3 += y * v3
+            f0 += z * v0
+            f1 += z * v1
+            f2 += z * v2
+            f3 += z * v3
+            g0 += u * v0
+            g1 += u * v1
+            g2 += u * v2
+            g3 += u * v3
+        o0[j], o0[j + 1], o0[j + 2], o0[j + 3] = a0, a1, a2, a3
+        o1[j], o1[j + 1], o1[j + 2], o1[j + 3] = e0, e1, e2, e3
+        o2[j], o2[j + 1], o2[j + 2], o2[j + 3] = f0, f1, f2, f3
+        o3[j], o3[j + 1], o3[j + 2], o3[j + 3] = g0, g1, g2, g3
+        j += 4
+    if j < nc:
+        _dot8x1(h0, r, c0 + j, nc - j, o0[j:])
+        _dot8x1(h1, r, c0 + j, nc - j, o1[j:])
+        _dot8x1(h2, r, c0 + j, nc - j, o2[j:])
+        _dot8x1(h3, r, c0 + j, nc - j, o3[j:])
+
+
+@njit
+def _hmul(h, b0, b1, r, rt, c0, nc, out, fn, wide, use_blas, zero):
+    """``out[b, c0 + j] = h[b] · r[c0 + j]`` for ``b`` in ``[b0, b1)``, ``j`` in ``[0, nc)``
+    (columns ``c0..c0+nc`` of ``H·Rᵀ``): BLAS on ``rt``, or dot products over ``r``'s contiguous
+    rows (four batch rows by four ``r`` rows per pass, single rows eight ``r`` rows per pass)."""
+    n = h.shape[1]
+    if b1 <= b0 or nc <= 0:
+        return
+    if use_blas and b1 - b0 >= 2:  # one row: the dot loop is quicker than sgemm's packing
+        isz = h.itemsize
+        gemm_at(fn, wide, b1 - b0, nc, n, h.ctypes.data + b0 * n * isz, n,
+                rt.ctypes.data + c0 * isz, rt.shape[1], zero,
+                out.ctypes.data + (b0 * out.shape[1] + c0) * isz, out.shape[1])
+        return
+    b = b0
+    while b + 4 <= b1:
+        _dot4x4(h[b], h[b + 1], h[b + 2], h[b + 3], r, c0, nc, out[b, c0:c0 + nc],
+                out[b + 1, c0:c0 + nc], out[b + 2, c0:c0 + nc], out[b + 3, c0:c0 + nc])
+        b += 4
+    while b < b1:
+        _dot8x1(h[b], r, c0, nc, out[b, c0:c0 + nc])
+        b += 1
+
+
+@njit
+def _xrow(layout, t, b, seq, batch):
+    return t * batch + b if layout == 0 else b * seq + t
+
+
+@njit
+def _yrow(layout, t, d, b, seq, dirs, batch):
+    return (t * dirs + d) * batch + b if layout == 0 else (b * seq + t) * dirs + d
+
+
+@njit
+def _zero_y(y, layout, t, d, b0, b1, seq, dirs, batch, zero):
+    for b in range(b0, b1):
+        yr = y[_yrow(layout, t, d, b, seq, dirs, batch)]
+        for j in range(yr.shape[0]):
+            yr[j] = zero
+
+
+@njit
+def _max_len(lens, b0, b1):
+    m = 0
+    for b in range(b0, b1):
+        m = max(m, lens[b])
+    return m
+
+
+# ----- RNN ----------------------------------------------------------------------------------------
+@njit
+def _rnn_part(d, b0, b1, rev, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas,
+              betas, layout, seq, clip, use_clip, fn, wide, use_blas):
+    dirs, batch, n = hs.shape
+    g_n = n
+    zero = hs.dtype.type(0.0)
+    h = hs[d]
+    gb = gbuf[d]
+    off = d * g_n
+    top = _max_len(lens, b0, b1)
+    for t in range(seq):
+        if t >= top:
+            if write_y:
+                _zero_y(y, layout, t, d, b0, b1, seq, dirs, batch, zero)
+            continue
+        _hmul(h, b0, b1, r[d], rt[d], 0, g_n, gb, fn, wide, use_blas, zero)
+        for b in range(b0, b1):
+            ln = lens[b]
+            if t >= ln:
+                if write_y:
+                    _zero_y(y, layout, t, d, b, b + 1, seq, dirs, batch, zero)
+                continue
+            ti = ln - 1 - t if rev else t
+            x = xw[_xrow(layout, ti, b, seq, batch)]
+            g = gb[b]
+            bi = bias[d]
+            for j in range(g_n):
+                g[j] += x[off + j] + bi[j]
+            if use_clip:
+                _clip(g, 0, n, clip)
+            a = abuf[d, b]
+            _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, 0, n)
+            hb = h[b]
+            for j in range(n):
+                hb[j] = a[j]
+            if write_y:
+                yr = y[_yrow(layout, ti, d, b, seq, dirs, batch)]
+                for j in range(n):
+                    yr[j] = a[j]
+
+
+# ----- GRU ----------------------------------------------------------------------------------------
+@njit
+def _gru_part(d, b0, b1, rev, xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y, write_y, lens, codes,
+              alphas, betas, layout, seq, clip, use_clip, linear_before_reset, fn, wide,
+              use_blas):
+    """Gates z r h (ONNX order). ``linear_before_reset``: ``h~ = g(xh + r ⊙ (H·Rhᵀ + Rbh))``,
+    else ``h~ = g(xh + (r ⊙ H)·Rhᵀ)`` with ``Rbh`` folded into ``bias``."""
+    dirs, batch, n = hs.shape
+    g_n = 3 * n
+    zero = hs.dtype.type(0.0)
+    one = hs.dtype.type(1.0)
+    h = hs[d]
+    gb = gbuf[d]
+    rhd = rh[d]
+    off = d * g_n
+    rbd = rbh[d]
+    bi = bias[d]
+    top = _max_len(lens, b0, b1)
+    for t in range(seq):
+        if t >= top:
+            if write_y:
+                _zero_y(y, layout, t, d, b0, b1, seq, dirs, batch, zero)
+            continue
+        # z and r (and h under linear_before_reset) from H·Rᵀ
+        _hmul(h, b0, b1, r[d], rt[d], 0, g_n if linear_before_reset else 2 * n, gb, fn, wide,
+              use_blas, zero)
+        for b in range(b0, b1):
+            ln = lens[b]
+            if t >= ln:
+                continue
+            ti = ln - 1 - t if rev else t
+            x = xw[_xrow(layout, ti, b, seq, batch)]
+            g = gb[b]
+            for j in range(2 * n):
+                g[j] += x[off + j] + bi[j]
+            if use_clip:
+                _clip(g, 0, 2 * n, clip)
+            a = abuf[d, b]
+            _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, 0, 2 * n)
+            if not linear_before_reset:
+                hb = h[b]
+                rb = rhd[b]
+                for j in range(n):
+                    rb[j] = a[n + j] * hb[j]
+        if not linear_before_reset:
+            _hmul(rhd, b0, b1, r[d], rt[d], 2 * n, n, gb, fn, wide, use_blas, zero)
+        for b in range(b0, b1):
+            ln = lens[b]
+            if t >= ln:
+                if write_y:
+                    _zero_y(y, layout, t, d, b, b + 1, seq, dirs, batch, zero)
+                continue
+            ti = ln - 1 - t if rev else t
+            x = xw[_xrow(layout, ti, b, seq, batch)]
+            g = gb[b]
+            a = abuf[d, b]
+            if linear_before_reset:
+                for j in range(n):
+                    g[2 * n + j] = x[off + 2 * n + j] + bi[2 * n + j] + a[n + j] * (
+                        g[2 * n + j] + rbd[j])
+            else:
+                for j in range(n):
+                    g[2 * n + j] += x[off + 2 * n + j] + bi[2 * n + j]
+            if use_clip:
+                _clip(g, 2 * n, 3 * n, clip)
+            _act(codes[d, 1], alphas[d, 1], betas[d, 1], g, a, 2 * n, 3 * n)
+            hb = h[b]
+            for j in range(n):
+                z = a[j]
+                hb[j] = (one - z) * a[2 * n + j] + z * hb[j]
+            if write_y:
+                yr = y[_yrow(layout, ti, d, b, seq, dirs, batch)]
+                for j in range(n):
+                    yr[j] = hb[j]
+
+
+# ----- LSTM ---------------------------------------------------------------------------------------
+@njit
+def _lstm_part(d, b0, b1, rev, xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y, write_y, lens,
+               codes, alphas, betas, layout, seq, clip, use_clip, input_forget, fn, wide,
+               use_blas):
+    """Gates i o f c (ONNX order); peepholes ``p [dirs, 3*hidden]`` as i o f."""
+    dirs, batch, n = hs.shape
+    g_n = 4 * n
+    zero = hs.dtype.type(0.0)
+    one = hs.dtype.type(1.0)
+    h = hs[d]
+    c = cs[d]
+    gb = gbuf[d]
+    off = d * g_n
+    bi = bias[d]
+    pd = p[d]
+    top = _max_len(lens, b0, b1)
+    for t in range(seq):
+        if t >= top:
+            if write_y:
+                _zero_y(y, layout, t, d, b0, b1, seq, dirs, batch, zero)
+            continue
+        _hmul(h, b0, b1, r[d], rt[d], 0, g_n, gb, fn, wide, use_blas, zero)
+        for b in range(b0, b1):
+            ln = lens[b]
+            if t >= ln:
+                if write_y:
+                    _zero_y(y, layout, t, d, b, b + 1, seq, dirs, batch, zero)
+                continue
+            ti = ln - 1 - t if rev else t
+            x = xw[_xrow(layout, ti, b, seq, batch)]
+            g = gb[b]
+            cb = c[b]
+            hb = h[b]
+            for j in range(g_n):
+                g[j] += x[off + j] + bi[j]
+            if has_p:  # i and f see the previous cell state
+                for j in range(n):
+                    g[j] += pd[j] * cb[j]
+                    g[2 * n + j] += pd[2 * n + j] * cb[j]
+            if use_clip:
+                _clip(g, 0, n, clip)
+                _clip(g, 2 * n, g_n, clip)
+            a = abuf[d, b]
+            _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, 0, n)  # i
+            if input_forget:
+                for j in range(n):
+                    a[2 * n + j] = one - a[j]
+            else:
+                _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, 2 * n, 3 * n)  # f
+            _act(codes[d, 1], alphas[d, 1], betas[d, 1], g, a, 3 * n, g_n)  # c~
+            for j in range(n):
+                cb[j] = a[2 * n + j] * cb[j] + a[j] * a[3 * n + j]
+            if has_p:  # o sees the new cell state
+                for j in range(n):
+                    g[n + j] += pd[n + j] * cb[j]
+            if use_clip:
+                _clip(g, n, 2 * n, clip)
+            _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, n, 2 * n)  # o
+            for j in range(n):
+                g[j] = cb[j]  # (g's i gate is spent: h's input goes there)
+            _act(codes[d, 2], alphas[d, 2], betas[d, 2], g, a, 0, n)  # h(C) over i
+            for j in range(n):
+                hb[j] = a[n + j] * a[j]
+            if write_y:
+                yr = y[_yrow(layout, ti, d, b, seq, dirs, batch)]
+                for j in range(n):
+                    yr[j] = hb[j]
+
+
+# ----- threads ------------------------------------------------------------------------------------
+@njit
+def _part(u, parts, batch):
+    """Direction and batch range ``[b0, b1)`` of work unit ``u``."""
+    d = u // parts
+    k = u - d * parts
+    return d, batch * k // parts, batch * (k + 1) // parts
+
+
+@njit(parallel=True)
+def rnn_run(xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas, layout, seq,
+            reverse, clip, use_clip, fn, wide, use_blas, parts):
+    """RNN over every direction; ``parts`` batch ranges per direction, all units in parallel."""
+    dirs, batch = hs.shape[0], hs.shape[1]
+    for u in prange(dirs * parts):
+        d, b0, b1 = _part(u, parts, batch)
+        _rnn_part(d, b0, b1, reverse or d == 1, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens,
+                  codes, alphas, betas, layout, seq, clip, use_clip, fn, wide, use_blas)
+
+
+@njit(parallel=True)
+def gru_run(xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y, write_y, lens, codes, alphas, betas,
+            layout, seq, reverse, clip, use_clip, linear_before_reset, fn, wide, use_blas, parts):
+    """GRU over every direction (see :func:`rnn_run`)."""
+    dirs, batch = hs.shape[0], hs.shape[1]
+    for u in prange(dirs * parts):
+        d, b0, b1 = _part(u, parts, batch)
+        _gru_part(d, b0, b1, reverse or d == 1, xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y,
+                  write_y, lens, codes, alphas, betas, layout, seq, clip, use_clip,
+                  linear_before_reset,
+                  fn, wide, use_blas)
+
+
+@njit(parallel=True)
+def lstm_run(xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
+             layout, seq, reverse, clip, use_clip, input_forget, fn, wide, use_blas, parts):
+    """LSTM over every direction (see :func:`rnn_run`)."""
+    dirs, batch = hs.shape[0], hs.shape[1]
+    for u in prange(dirs * parts):
+        d, b0, b1 = _part(u, parts, batch)
+        _lstm_part(d, b0, b1, reverse or d == 1, xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y,
+                   write_y, lens, codes, alphas, betas, layout, seq, clip, use_clip,
+                   input_forget, fn, wide, use_blas)
+
+
+rnn_run_serial = serial_twin(rnn_run)
+gru_run_serial = serial_twin(gru_run)
+lstm_run_serial = serial_twin(lstm_run)
