@@ -578,12 +578,23 @@ def test_single_onnx_file_and_graceful_shutdown(tmp_path):
         inp = {"id": "last", "inputs": [{"name": "input", "datatype": "FP32",
                                          "shape": [1, 1, 8, 8], "data": X[0].ravel().tolist()}]}
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=srv.infer_json("digits_cnn", inp)))
-        t.start()
-        time.sleep(0.3)  # the request now waits in its batching window
+
+        def grpc_infer():
+            i = tgrpc.InferInput("input", [2, 1, 8, 8], "FP32")
+            i.set_data_from_numpy(X[:2])
+            r = tgrpc.InferenceServerClient(srv.grpc).infer("digits_cnn", [i])
+            result["g"] = r.as_numpy("probabilities").shape
+
+        threads = [threading.Thread(target=lambda: result.update(
+            r=srv.infer_json("digits_cnn", inp))), threading.Thread(target=grpc_infer)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # the requests now wait in their batching window
         proc.send_signal(signal.SIGTERM)
-        t.join(30)
+        for t in threads:
+            t.join(30)
         assert result["r"][0] == 200 and result["r"][1]["id"] == "last"
+        assert result["g"] == (2, 10)
         proc.wait(30)
         assert proc.returncode == 0
     finally:
@@ -606,6 +617,20 @@ def test_cli_parser_needs_no_serve_extra():
             "'8']); assert a.grpc_port == 0 and a.max_batch_size == 8; "
             "assert not {'starlette', 'uvicorn', 'grpc'} & set(sys.modules), sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_model_config_is_checked():
+    from edgert.serve.model import ModelConfig
+
+    base = ModelConfig()
+    cfg = ModelConfig.from_json({"max_batch_size": 8, "timeout_s": 2, "versions": [1, 3]}, base,
+                                "c")
+    assert cfg.max_batch_size == 8 and cfg.versions == [1, 3] and cfg.threads == 1
+    for bad in ({"max_batch_size": -1}, {"instances": 0}, {"threads": "2"},
+                {"versions": "newest"}, {"max_queue_delay_ms": 1e9}, {"warmup": 1},
+                {"timeout_s": 0}, {"nope": 1}, []):
+        with pytest.raises(ValueError):
+            ModelConfig.from_json(bad, base, "c")
 
 
 def test_protocol_tensor_codecs():

@@ -45,6 +45,8 @@ class ModelConfig:
         warmup: run each version once when it is loaded (zeros, dynamic dims 1), so that
             compiling its kernels (on a machine whose kernel cache is cold) happens before it
             is ready instead of in its first request.
+        timeout_s, max_alloc_bytes: the interpreters' limits per run (None: the runtime's
+            defaults; see edgert.runtime.Interpreter); a request past one gets a 400.
     """
 
     instances: int | None = None
@@ -53,6 +55,8 @@ class ModelConfig:
     max_queue_delay_ms: float = 1.0
     versions: Any = "all"
     warmup: bool = True
+    timeout_s: float | None = None
+    max_alloc_bytes: int | None = None
 
     @classmethod
     def from_json(cls, obj: Any, base: ModelConfig, where: str) -> ModelConfig:
@@ -79,6 +83,11 @@ class ModelConfig:
                 or not isinstance(self.max_queue_delay_ms, (int, float))
                 or not 0 <= self.max_queue_delay_ms <= 60_000):
             raise ValueError(f"{where}: max_queue_delay_ms must be a number in [0, 60000]")
+        if self.timeout_s is not None and (isinstance(self.timeout_s, bool) or not isinstance(
+                self.timeout_s, (int, float)) or self.timeout_s <= 0):
+            raise ValueError(f"{where}: timeout_s must be a positive number or null")
+        if self.max_alloc_bytes is not None:
+            positive_int(self.max_alloc_bytes, "max_alloc_bytes", 1)
         if not isinstance(self.warmup, bool):
             raise ValueError(f"{where}: warmup must be true or false, got {self.warmup!r}")
         v = self.versions
@@ -126,7 +135,13 @@ class ModelVersion:
         self.version = version
         self.source = source
         self.config = config
-        self.pool = InterpreterPool(model, size=_instances(config), num_threads=config.threads)
+        limits: dict[str, Any] = {}
+        if config.timeout_s is not None:
+            limits["timeout_s"] = float(config.timeout_s)
+        if config.max_alloc_bytes is not None:
+            limits["max_alloc_bytes"] = config.max_alloc_bytes
+        self.pool = InterpreterPool(model, size=_instances(config), num_threads=config.threads,
+                                    **limits)
         self.inputs = [_info(d) for d in self.pool.get_input_details()]
         self.outputs = [_info(d) for d in self.pool.get_output_details()]
         self._input_by_name = {t.name: t for t in self.inputs}
