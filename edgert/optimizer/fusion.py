@@ -501,6 +501,43 @@ def matmul_add_to_gemm(graph: Graph, ctx) -> bool:
     return changed
 
 
+def fuse_matmul_bias(graph: Graph, ctx) -> bool:
+    """``Add(MatMul(x, W), b)`` → ``edgert.MatMul(x, W, b)`` for a batched ``x`` (rank >= 3:
+    a transformer's ``[batch, seq, hidden]``), a constant 2-D ``W`` and a constant ``b`` of one
+    value per output column: the bias is added in the GEMM's epilogue (with the activation
+    :func:`fuse_activation` may fuse next, e.g. a Gelu) instead of one more pass over the
+    output. (Rank-2 ``x`` becomes a Gemm: :func:`matmul_add_to_gemm`.) Runs only with
+    ``allow_fused``."""
+    if not ctx.allow_fused:
+        return False
+    pinned = pinned_names(graph)
+    changed = False
+    for node in list(graph.nodes):
+        if not _plain(node, ("MatMul",)) or len(node.inputs) != 2:
+            continue
+        x, w = node.input(0), node.input(1)
+        if x is None or w is None or x.rank is None or x.rank < 3 or w.const is None \
+                or w.const.ndim != 2 or x.dtype not in (dtypes.FLOAT, dtypes.DOUBLE):
+            continue
+        add = _next(graph, node.outputs[0], pinned, ("Add",))
+        if add is None or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+            continue
+        b = add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0]
+        n = w.const.shape[1]
+        bc = None if b is None else b.const
+        if bc is None or b.dtype != x.dtype or bc.size != n or (bc.ndim and bc.shape[-1] != n) \
+                or bc.ndim > x.rank:
+            continue
+        node.domain = "edgert"
+        graph.opset.setdefault("edgert", 1)
+        node.inputs.append(None)
+        graph.set_input(node, 2, b)
+        _splice(graph, node, add)
+        ctx.count(removed=1, fused=1)
+        changed = True
+    return changed
+
+
 # ----- residual sum fusion (edgert domain) --------------------------------------------------------
 def _same_dims(a: Value, b: Value) -> bool:
     """Both shapes known and equal dim for dim (equal sizes or the same symbolic name)."""

@@ -121,6 +121,7 @@ LEVEL2: list[Pass] = [
     fusion.fold_affine_into_producer,
     fusion.merge_affine_into_batchnorm,
     fusion.matmul_add_to_gemm,
+    fusion.fuse_matmul_bias,
     layout.merge_transposes,
     layout.merge_reshapes,
     shuffle.fuse_channel_shuffle,

@@ -416,6 +416,11 @@ class _Rewriter:
                         return "C does not broadcast to a per-output bias"
                     if beta == 1.0 and c.const.ndim >= 1 and c.const.size == bias.size:
                         bias_v = c  # the explicit int32 codes apply as they are
+            elif node.input(2) is not None:  # edgert.MatMul's bias: one value per column
+                c = node.input(2)
+                if c.const is None or c.const.size != w_shape[1]:
+                    return "its bias is not a constant of one value per output column"
+                bias, bias_v = c.const.astype(np.float32).reshape(-1), c
 
             def rows(a: np.ndarray) -> np.ndarray:
                 return np.ascontiguousarray(a if trans else a.T)

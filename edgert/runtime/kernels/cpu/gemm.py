@@ -152,12 +152,18 @@ class GemmKernel(Kernel):
 
 
 class MatMulKernel(Kernel):
-    """ONNX MatMul: NumPy ``matmul`` semantics (batch broadcasting, 1-D operands promoted)."""
+    """ONNX MatMul: NumPy ``matmul`` semantics (batch broadcasting, 1-D operands promoted).
+
+    ``edgert.MatMul`` may take a third input, a bias of one value per output column (shape
+    ``(N,)`` or ``(1, ..., 1, N)``), added before the fused activation in the same pass: the
+    optimizer's fusion of ``Add(MatMul(x, W), b)`` for a batched ``x`` (a transformer's linear
+    layers on ``[batch, seq, hidden]``), which a 2-D Gemm cannot take.
+    """
 
     traits = OpTraits(int8="linear")
 
     def prepare(self, inputs: list[TensorInfo | None]) -> list[TensorInfo]:
-        self.require_inputs(inputs, 2, 2)
+        self.require_inputs(inputs, 2, 3 if self.op.domain == "edgert" else 2)
         a, b = inputs[0], inputs[1]
         dt = float_dtype(self, [(a, "A"), (b, "B")])
         sa, sb = tuple(a.shape), tuple(b.shape)
@@ -185,6 +191,17 @@ class MatMulKernel(Kernel):
         self.flat = len(sa) >= 3 and len(sb) <= 2
         self.k = pa[-1]
         self.out_shape = out
+        self.bias = None  # (the bias input: None, a constant vector, or True: read per call)
+        bias = inputs[2] if len(inputs) > 2 else None
+        if bias is not None:
+            n = pb[-1]
+            bs = tuple(bias.shape)
+            if np.dtype(bias.dtype) != dt or int(np.prod(bs, dtype=np.int64)) != n or (
+                    bs and bs[-1] != n) or len(bs) > len(out) or len(sb) < 2:
+                raise self.error(f"bias must be {dt} with one value per output column ({n}), "
+                                 f"got {np.dtype(bias.dtype)} {bs}", ShapeError)
+            self.bias = True if bias.value is None else owned(
+                np.asarray(bias.value).reshape(-1), dt)
         return [TensorInfo(out, dt)]
 
     def invoke(self, inputs, outputs):
@@ -205,7 +222,11 @@ class MatMulKernel(Kernel):
             matmul(a, b, out=y, threads=self.op.num_threads)
         else:
             np.matmul(a, b, out=y)
-        if self.act.active:
+        if self.bias is not None:
+            bias = self.bias if self.bias is not True else owned(
+                np.asarray(inputs[2]).reshape(-1), y.dtype)
+            col_epilogue(y.reshape(-1, y.shape[-1]), bias, self.act.code, *self.params)
+        elif self.act.active:
             y2 = y.reshape(-1, y.shape[-1]) if y.ndim >= 2 else y.reshape(1, -1)
             epilogue(y2, self.empty, self.act, self.params)
 

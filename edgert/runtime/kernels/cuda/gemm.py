@@ -141,12 +141,17 @@ class CudaMatMul(CudaKernel):
             ba == bb and pa[:-2] != pb[:-2]
         ) or (ba > 1 and bb > 1 and len(pa) != len(pb)):
             ok = False  # a true multi-axis broadcast: the CPU kernel handles it
+        bias = self.bias  # edgert.MatMul's per-column bias: a constant one goes in as C
+        if bias is True:
+            ok = False
         self.on_device = ok
         self._geom = (m, n, k, batch)
         self._a_strides = (m * k if ba > 1 else 0, k, 1)
         self._b_strides = (k * n if bb > 1 else 0, n, 1)
         self._d_b = self.upload(self.b_packed, "B") if ok else None
-        self._d_c = self.upload(np.zeros(1, F32), "C") if ok else None
+        self._c_mode = C_NONE if bias is None else C_COL
+        self._d_c = (self.upload(np.zeros(1, F32) if bias is None else bias, "C")
+                     if ok else None)
         return outs
 
     def invoke(self, inputs, outputs):
@@ -156,7 +161,7 @@ class CudaMatMul(CudaKernel):
         m, n, k, batch = self._geom
         b = self._d_b if self._d_b is not None else inputs[1]
         launch_gemm(self.stream, inputs[0], b, self._d_c, y, m, n, k, batch, self._a_strides,
-                    self._b_strides, C_NONE, 1.0, self.act, self.params)
+                    self._b_strides, self._c_mode, 1.0, self.act, self.params)
 
 
 def register(reg: KernelRegistry) -> None:
