@@ -238,8 +238,10 @@ class ModelVersion:
             if self._closed:
                 raise SchedulerClosed(f"model '{self.name}' version {self.version}")
             self._queue.append(item)
-            # all: a worker collecting a batch must see it too, not only an idle one
-            self._cond.notify_all()
+            if self.batchable:  # a worker collecting a batch must see it too, not only an idle one
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
         return item.future
 
     # ----- workers -----------------------------------------------------------------------------
