@@ -303,8 +303,8 @@ def step_hook(interp: Any, progress: CompileProgress) -> Iterator[None]:
 
 # ----- warmup -----------------------------------------------------------------------------------
 def _builtin_models(all_kinds: bool = False) -> list[tuple[str, bytes]]:
-    """Small float32 graphs covering the common CNN/MLP kernels, at a small and a large size;
-    with ``all_kinds``, also an MLP/transformer-style graph."""
+    """Small float32 graphs covering the common CNN kernels, at a small and a large size; with
+    ``all_kinds``, also a one-channel CNN, an MLP and an attention block, at two sizes."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -322,8 +322,10 @@ def _builtin_models(all_kinds: bool = False) -> list[tuple[str, bytes]]:
         return m.SerializeToString()
 
     out = []
-    for tag, hw in (("small", 8), ("large", 64)):
-        ch = 8
+    sizes = [("small", 8, 8), ("large", 64, 8)]
+    if all_kinds:  # one input channel (grayscale): other Conv paths for the first layer
+        sizes.append(("one-channel", 8, 1))
+    for tag, hw, ch in sizes:
         nodes = [
             helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["c0"], ["r0"]),
@@ -336,7 +338,7 @@ def _builtin_models(all_kinds: bool = False) -> list[tuple[str, bytes]]:
             helper.make_node("HardSwish", ["bn"], ["hs"]),
             helper.make_node("Conv", ["hs", "wd2", "bd2"], ["c4"], pads=[1, 1, 1, 1],
                              strides=[2, 2], group=16),
-            helper.make_node("Relu", ["c4"], ["r4"]),
+            helper.make_node("HardSwish", ["c4"], ["r4"]),  # (fused into the Conv)
             helper.make_node("MaxPool", ["r4"], ["m0"], kernel_shape=[3, 3], strides=[1, 1],
                              pads=[1, 1, 1, 1]),
             helper.make_node("AveragePool", ["r4"], ["m1"], kernel_shape=[3, 3], strides=[1, 1],
@@ -385,7 +387,61 @@ def _builtin_models(all_kinds: bool = False) -> list[tuple[str, bytes]]:
                 inits,
             )
             out.append((f"built-in {tag} MLP", model(graph)))
+        for tag, seq in (("small", 4), ("large", 128)):
+            out.append((f"built-in {tag} attention block", _attention_block(seq, w, c, model)))
     return out
+
+
+def _attention_block(seq: int, w, c, model) -> bytes:
+    """One self-attention block (batched MatMul, Softmax over the last axis, Transpose, Erf-GELU,
+    LayerNormalization, residual Add) and a few data-movement ops (Slice, Gather, Concat, Pad,
+    Resize, ReduceMax) at sequence length ``seq``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    d, heads = 32, 4
+    hd = d // heads
+
+    def i64(name: str, *values: int):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", "wq"], ["q"]), n("MatMul", ["x", "wk"], ["k"]),
+        n("MatMul", ["x", "wv"], ["v"]),
+        n("Reshape", ["q", "heads"], ["q4"]), n("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["k", "heads"], ["k4"]), n("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+        n("Reshape", ["v", "heads"], ["v4"]), n("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+        n("MatMul", ["qh", "kt"], ["s"]), n("Mul", ["s", "scale"], ["ss"]),
+        n("Softmax", ["ss"], ["p"], axis=-1), n("MatMul", ["p", "vh"], ["o"]),
+        n("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]), n("Reshape", ["ot", "flat"], ["o3"]),
+        n("Add", ["o3", "x"], ["res"]),
+        n("LayerNormalization", ["res", "g", "be"], ["ln"], axis=-1),
+        n("Div", ["ln", "sqrt2"], ["e0"]), n("Erf", ["e0"], ["e1"]),
+        n("Add", ["e1", "one"], ["e2"]),
+        n("Mul", ["ln", "e2"], ["e3"]), n("Mul", ["e3", "half"], ["gelu"]),
+        n("Slice", ["gelu", "s0", "s1", "s2"], ["sl"]),
+        n("Gather", ["gelu", "idx"], ["ga"], axis=1),
+        n("Concat", ["sl", "ga"], ["cat"], axis=1),
+        n("Unsqueeze", ["cat", "ax0"], ["c4"]),
+        n("Pad", ["c4", "pads"], ["pd"], mode="reflect"),
+        n("Resize", ["pd", "", "rscale"], ["rs"], mode="linear"),
+        n("ReduceMax", ["rs"], ["y"], axes=[-1], keepdims=0),
+    ]
+    inits = [
+        w("wq", d, d), w("wk", d, d), w("wv", d, d), c("scale", 1 / np.sqrt(hd)),
+        i64("heads", 1, seq, heads, hd), i64("flat", 1, seq, d),
+        c("g", np.ones(d)), c("be", np.zeros(d)), c("sqrt2", np.sqrt(2)), c("one", 1.0),
+        c("half", 0.5), i64("s0", 0), i64("s1", seq // 2), i64("s2", 1), i64("idx", 0, seq - 1),
+        i64("ax0", 0), i64("pads", 0, 0, 1, 1, 0, 0, 1, 1),
+        c("rscale", [1.0, 1.0, 2.0, 2.0]),
+    ]
+    graph = helper.make_graph(
+        nodes, f"warmup_attention_{seq}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return model(graph)
 
 
 def _random_feeds(interp: Any, seed: int = 0) -> dict[str, np.ndarray]:

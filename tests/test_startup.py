@@ -345,3 +345,21 @@ def test_ctrl_c_while_compiling_stops_promptly_with_one_line(tmp_path):
     assert p.wait(timeout=30) == 130
     assert time.perf_counter() - sent < 5  # the whole compile takes 10-40 s
     assert rest == "edgert: interrupted\n", rest  # no "Exception ignored ... ctypes callback"
+
+
+def test_warmup_all_builtin_models_convert_and_all_with_models_is_a_usage_error(capsys):
+    """`edgert warmup --all` runs these (float32; int8 through the quantizer): each must stay
+    convertible as the optimizer changes (running them all compiles for minutes)."""
+    from edgert.cli import main
+    from edgert.converter import convert
+    from edgert.format import read_model
+    from edgert.warmup import _builtin_models
+
+    models = _builtin_models(all_kinds=True)
+    assert len(models) == 7 and len(_builtin_models()) == 2
+    ops = set()
+    for _, data in models:
+        ops.update(op.op_type for op in read_model(convert(data)).main.operators)
+    assert {"Conv", "Gemm", "MatMul", "Softmax", "LayerNormalization", "Resize"} <= ops
+    assert main(["warmup", "--all", str(ROOT / "models" / "digits_cnn.onnx")]) == 2
+    assert "give models or --all, not both" in capsys.readouterr().err
