@@ -42,7 +42,7 @@ class Engine:
         self.metrics = metrics
         self.server_name = server_name
         self.version = version
-        self.extensions = ["binary_tensor_data", "model_repository", "statistics_metrics"]
+        self.extensions = ["binary_tensor_data", "model_repository"]  # Triton's names
 
     def prepare(self, req: InferRequest, t0: float) -> Prepared:
         mv = self.repository.get(req.model_name, req.model_version)
