@@ -8,6 +8,8 @@
                                                    converted)
     edgert bench model.edgert|model.onnx           load / first-run / steady-state latency
     edgert warmup [model ...] [--all]              compile kernels ahead of first use
+    edgert serve model.edgert|repository/          Open Inference Protocol server (HTTP,
+                                                   gRPC; the ``serve`` extra)
 
 Every command accepts an ``.onnx`` model where a ``.edgert`` one is expected: it is converted in
 memory first (this needs the ``convert`` extra: ``pip install edgert[convert]``).
@@ -1015,6 +1017,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="compute threads (default: the physical cores)")
     p.set_defaults(func=cmd_warmup)
+
+    from edgert.serve.cli import add_parser as add_serve_parser  # edgert serve (serve extra)
+
+    add_serve_parser(sub)
 
     from edgert.quantization.cli import add_quantize_parser  # issue 5: edgert quantize
 
