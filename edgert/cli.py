@@ -857,7 +857,15 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     if any(pathlib.Path(m).suffix.lower() == ".onnx" and not _is_edgert(m)
            for m in args.models) or not args.models:
         _require_convert_extra("warming up ONNX models and the built-in set")
-    warmup(args.models, threads=args.threads, all_kinds=args.all)
+    shapes = {}
+    for text in args.shape or []:
+        name, dims = _name_value(text, "--shape")
+        if name is None:
+            raise UsageError(f"bad --shape {text!r}: expected NAME=DIMS, e.g. input=1x3x224x224")
+        shapes[name] = _parse_shape(dims)
+    if shapes and not args.models:
+        raise UsageError("--shape needs models")
+    warmup(args.models, threads=args.threads, all_kinds=args.all, shapes=shapes or None)
     return 0
 
 
@@ -1011,6 +1019,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*",
                    help=".onnx/.edgert models to run once: exactly their kernels are compiled "
                         "(default: a built-in set of small float32 CNNs)")
+    p.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                   help="run input NAME at this shape, as the application will (dynamic dims "
+                        "not given are 1); repeatable")
     p.add_argument("--all", action="store_true",
                    help="without models: the float32 and int8 built-in sets (CNNs with "
                         "depthwise convolutions, MLPs), at two sizes")

@@ -444,11 +444,16 @@ def _attention_block(seq: int, w, c, model) -> bytes:
     return model(graph)
 
 
-def _random_feeds(interp: Any, seed: int = 0) -> dict[str, np.ndarray]:
+def _random_feeds(interp: Any, seed: int = 0,
+                  shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Random feeds for every input: ``shapes[name]`` where given, else the model's shape with
+    dynamic dims 1."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for d in interp.get_input_details():
         shape = tuple(max(int(s), 1) for s in d["shape"])
+        if shapes and d["name"] in shapes:
+            shape = tuple(shapes[d["name"]])
         dt = np.dtype(d["dtype"])
         if dt.kind == "f":
             feeds[d["name"]] = rng.standard_normal(shape).astype(dt)
@@ -459,16 +464,34 @@ def _random_feeds(interp: Any, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _run_once(data: Any, threads: int | None, progress: CompileProgress | None = None) -> None:
+def _check_shape_names(shapes: dict[str, tuple[int, ...]], models: list[Any]) -> None:
+    """An InputError for a name in ``shapes`` that is an input of none of ``models``."""
+    from edgert.errors import InputError
+    from edgert.format import read_model
+
+    names: set[str] = set()
+    for data in models:
+        main = read_model(data).main
+        names.update(main.tensors[i].name for i in main.inputs)
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise InputError(f"no model has an input named {', '.join(map(repr, unknown))}; their "
+                         f"inputs: {', '.join(sorted(names))}")
+
+
+def _run_once(data: Any, threads: int | None, progress: CompileProgress | None = None,
+              shapes: dict[str, tuple[int, ...]] | None = None) -> set[str]:
+    """Run a model once on random inputs; returns its input names."""
     from edgert.runtime import Interpreter
 
     interp = Interpreter(data, num_threads=threads)
-    feeds = _random_feeds(interp)
+    feeds = _random_feeds(interp, shapes=shapes)
     if progress is None:
         interp.run(feeds)
-        return
-    with step_hook(interp, progress):
-        interp.run(feeds)
+    else:
+        with step_hook(interp, progress):
+            interp.run(feeds)
+    return set(feeds)
 
 
 def _int8_models(models: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -495,7 +518,8 @@ def _int8_models(models: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 
 def warmup(models: list[str] | None = None, threads: int | None = None,
            verbose: bool = True, all_kinds: bool = False,
-           progress: bool | None = None) -> list[tuple[str, float]]:
+           progress: bool | None = None,
+           shapes: dict[str, tuple[int, ...]] | None = None) -> list[tuple[str, float]]:
     """Run each model (or the built-in set) once; return (what, seconds) per model.
 
     Args:
@@ -504,6 +528,12 @@ def warmup(models: list[str] | None = None, threads: int | None = None,
         verbose: print one line per model (on stdout).
         all_kinds: with no models: the float32 *and* int8 built-in sets, MLP graphs included.
         progress: show compile progress on stderr (None: when stderr is a terminal).
+        shapes: input name -> the shape to run it at (the shapes the application will run:
+            the serial and parallel builds of a kernel are chosen by size); inputs not named
+            run at the model's shape, dynamic dims 1.
+
+    Raises:
+        InputError: a name in ``shapes`` is an input of none of the models.
     """
     from edgert.runtime._jit import cache_dir
 
@@ -529,12 +559,14 @@ def warmup(models: list[str] | None = None, threads: int | None = None,
     def run(name: str, data: Any) -> None:
         t0 = time.perf_counter()
         with compile_progress(progress, what=name) as prog:
-            _run_once(data, threads, prog)
+            _run_once(data, threads, prog, shapes)
         dt = time.perf_counter() - t0
         done.append((name, dt))
         if verbose:
             print(f"warmed {name}: {dt:.2f} s ({_kernels(prog.compiled)} compiled)", flush=True)
 
+    if shapes:
+        _check_shape_names(shapes, [data for _, data in items])
     for name, data in items:
         run(name, data)
     if all_kinds and not models:  # (calibration runs the float models: compiled by now)

@@ -481,3 +481,18 @@ def test_optimize_passes_custom_domain_nodes_through_and_convert_refuses_them(tm
     err = capsys.readouterr().err
     assert err.startswith("edgert: error: ") and err.count("edgert: error:") == 1
     assert "custom domain 'my.ops'" in err and "Traceback" not in err
+
+
+def test_warmup_at_the_shapes_the_application_runs(digits_edgert, capsys):
+    assert main(["warmup", str(digits_edgert), "--shape", "input=2x1x8x8", "--threads", "1"]) == 0
+    assert f"warmed {digits_edgert}" in capsys.readouterr().out
+    for args, code, message in (
+            (["--shape", "nope=2x1x8x8"], 1, "no model has an input named 'nope'; their inputs: "
+                                             "input"),
+            (["--shape", "input=2xq"], 2, "bad shape '2xq'"),
+            (["--shape", "2x1x8x8"], 2, "expected NAME=DIMS")):
+        assert main(["warmup", str(digits_edgert), *args]) == code
+        err = capsys.readouterr().err
+        assert err.startswith("edgert: error: ") and message in err, err
+    assert main(["warmup", "--shape", "input=2x1x8x8"]) == 2
+    assert "--shape needs models" in capsys.readouterr().err
