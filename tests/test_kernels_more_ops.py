@@ -376,3 +376,15 @@ def test_gradient_of_independent_input_is_zero():
     y, da, db = backend.prepare(model, "CPU").run([a, b])
     np.testing.assert_array_equal(da, np.zeros(2, np.float32))
     np.testing.assert_allclose(db, 2 * b, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("action,case_sensitive", [("UPPER", 0), ("LOWER", 1), ("NONE", 0)])
+def test_string_normalizer_case_changes_that_change_length(action, case_sensitive):
+    # "ß".upper() is "SS" and "İ".lower() two code points: fixed-width NumPy strings truncated
+    words = np.array(["Grüße", "straße", "İstanbul", "the", "The", "ok"], dtype=object)
+    attrs = {"case_change_action": action, "stopwords": ["the"],
+             "is_case_sensitive": case_sensitive}
+    got = run_kernel("StringNormalizer", [words], attrs)[0]
+    kept = [w for w in words if (w != "the" if case_sensitive else w.lower() != "the")]
+    change = {"UPPER": str.upper, "LOWER": str.lower, "NONE": str}[action]
+    assert list(got) == [change(w) for w in kept]

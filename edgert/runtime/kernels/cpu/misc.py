@@ -388,21 +388,23 @@ class StringNormalizer(EagerKernel):
 
     def compute(self, inputs):
         x = inputs[0]
-        flat = x.reshape(-1).astype(str)
+        # Python's str methods on each element: NumPy's fixed-width strings truncated a case
+        # change that lengthens a word ("Grüße".upper() is "GRÜSSE", one letter longer)
+        words = [str(w) for w in x.reshape(-1)]
         stop = [str(w) for w in (self.attr("stopwords", []) or [])]
         if stop:
             if self.attr("is_case_sensitive", 0):
-                keep = ~np.isin(flat, stop)
+                drop = set(stop)
+                words = [w for w in words if w not in drop]
             else:
-                keep = ~np.isin(np.char.lower(flat), [w.lower() for w in stop])
-            flat = flat[keep]
+                drop = {w.lower() for w in stop}
+                words = [w for w in words if w.lower() not in drop]
         if self._action == "LOWER":
-            flat = np.char.lower(flat)
+            words = [w.lower() for w in words]
         elif self._action == "UPPER":
-            flat = np.char.upper(flat)
-        out = flat.astype(object)
-        if out.size == 0:
-            out = np.array([""], dtype=object)
+            words = [w.upper() for w in words]
+        out = np.empty(max(len(words), 1), dtype=object)
+        out[:] = words or [""]
         return [out.reshape((-1,) if x.ndim == 1 else (1, -1))]
 
 
