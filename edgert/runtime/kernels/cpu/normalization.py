@@ -706,13 +706,14 @@ def _softmax_rows_f32(x, out, outer, n, log):
         shifted = np.empty(n, np.float32)
         for o in range(c * chunk, min(outer, (c + 1) * chunk)):
             base = o * n
+            xr = x[base:base + n]  # (views indexed from 0: see _normalize_rows)
+            row = out[base:base + n]
             m = np.float32(-np.inf)
             for k in range(n):
-                if x[base + k] > m:  # noqa: PLR1730 (an explicit compare: NaN never wins)
-                    m = x[base + k]
+                if xr[k] > m:  # noqa: PLR1730 (an explicit compare: NaN never wins)
+                    m = xr[k]
             for k in range(n):
-                shifted[k] = x[base + k] - m
-            row = out[base:base + n]
+                shifted[k] = xr[k] - m
             exp_row(row, shifted, n)
             s = 0.0
             for k in range(n):
@@ -720,7 +721,7 @@ def _softmax_rows_f32(x, out, outer, n, log):
             if log:
                 shift = np.float32(m + math.log(s))
                 for k in range(n):
-                    row[k] = x[base + k] - shift
+                    row[k] = xr[k] - shift
             else:
                 inv = np.float32(1.0 / s)
                 for k in range(n):
