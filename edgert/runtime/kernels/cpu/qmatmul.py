@@ -138,10 +138,11 @@ def _finish_tile(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
     cols = min(nr, n_n - nt * nr)
     n0 = nt * nr
     if colcorr.size:
-        for r in range(rows):
-            m = mt * mr + r
+        cc = colcorr[n0:n0 + cols]  # (views indexed from 0: offsets from a prange index kept
+        for r in range(rows):       # Numba's negative-index wraparound and ran as gathers)
+            dst = out[mt * mr + r, n0:n0 + cols]
             for j in range(cols):
-                out[m, n0 + j] = c[r, j] - colcorr[n0 + j]
+                dst[j] = c[r, j] - cc[j]
         return
     for r in range(rows):
         m = mt * mr + r
@@ -161,16 +162,17 @@ def _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, 
     cols = min(nr, n_n - nt * nr)
     n0 = nt * nr
     if colcorr.size:  # one zero point for all rows, none per column: vectorized
+        cc = colcorr[n0:n0 + cols]  # (views indexed from 0, as in _finish_tile)
+        sc = scale[n0:n0 + cols]
+        bi = bias[n0:n0 + cols] if bias.size else bias
         for r in range(rows):
-            m = mt * mr + r
+            dst = out[mt * mr + r, n0:n0 + cols]
             if bias.size:
                 for j in range(cols):
-                    v = np.int32(c[r, j] - colcorr[n0 + j])
-                    out[m, n0 + j] = np.float32(v) * scale[n0 + j] + bias[n0 + j]
+                    dst[j] = np.float32(np.int32(c[r, j] - cc[j])) * sc[j] + bi[j]
             else:
                 for j in range(cols):
-                    v = np.int32(c[r, j] - colcorr[n0 + j])
-                    out[m, n0 + j] = np.float32(v) * scale[n0 + j]
+                    dst[j] = np.float32(np.int32(c[r, j] - cc[j])) * sc[j]
         return
     for r in range(rows):
         m = mt * mr + r
