@@ -187,11 +187,7 @@ def _dot4x4(h0, h1, h2, h3, r, c0, nc, o0, o1, o2, o3):
         o2[j], o2[j + 1], o2[j + 2], o2[j + 3] = f0, f1, f2, f3
         o3[j], o3[j + 1], o3[j + 2], o3[j + 3] = g0, g1, g2, g3
         j += 4
-    if j < nc:
-        _dot8x1(h0, r, c0 + j, nc - j, o0[j:])
-        _dot8x1(h1, r, c0 + j, nc - j, o1[j:])
-        _dot8x1(h2, r, c0 + j, nc - j, o2[j:])
-        _dot8x1(h3, r, c0 + j, nc - j, o3[j:])
+    return j
 
 
 @njit
@@ -209,13 +205,20 @@ def _hmul(h, b0, b1, r, rt, c0, nc, out, fn, wide, use_blas, zero):
                 out.ctypes.data + (b0 * out.shape[1] + c0) * isz, out.shape[1])
         return
     b = b0
-    while b + 4 <= b1:
-        _dot4x4(h[b], h[b + 1], h[b + 2], h[b + 3], r, c0, nc, out[b, c0:c0 + nc],
-                out[b + 1, c0:c0 + nc], out[b + 2, c0:c0 + nc], out[b + 3, c0:c0 + nc])
-        b += 4
+    done = 0  # columns of rows b0..b done by _dot4x4; the rest by _dot8x1 (one call site)
     while b < b1:
-        _dot8x1(h[b], r, c0, nc, out[b, c0:c0 + nc])
-        b += 1
+        if b + 4 <= b1:
+            done = _dot4x4(h[b], h[b + 1], h[b + 2], h[b + 3], r, c0, nc, out[b, c0:c0 + nc],
+                           out[b + 1, c0:c0 + nc], out[b + 2, c0:c0 + nc],
+                           out[b + 3, c0:c0 + nc])
+            rows = 4
+        else:
+            done = 0
+            rows = 1
+        if done < nc:
+            for q in range(rows):
+                _dot8x1(h[b + q], r, c0 + done, nc - done, out[b + q, c0 + done:c0 + nc])
+        b += rows
 
 
 @njit
@@ -406,13 +409,16 @@ def _lstm_part(d, b0, b1, rev, xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y,
                 _clip(g, 0, n, clip)
                 _clip(g, 2 * n, g_n, clip)
             a = abuf[d, b]
-            _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, 0, n)  # i
+            # i, f, c~ (one call site in a loop: each inlined _act is a lot of machine code)
+            for q in range(3):
+                if q == 1 and input_forget:
+                    continue
+                k = 1 if q == 2 else 0
+                lo = (0, 2 * n, 3 * n)[q]
+                _act(codes[d, k], alphas[d, k], betas[d, k], g, a, lo, lo + n)
             if input_forget:
                 for j in range(n):
                     a[2 * n + j] = one - a[j]
-            else:
-                _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, 2 * n, 3 * n)  # f
-            _act(codes[d, 1], alphas[d, 1], betas[d, 1], g, a, 3 * n, g_n)  # c~
             for j in range(n):
                 cb[j] = a[2 * n + j] * cb[j] + a[j] * a[3 * n + j]
             if has_p:  # o sees the new cell state
@@ -420,10 +426,13 @@ def _lstm_part(d, b0, b1, rev, xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y,
                     g[n + j] += pd[n + j] * cb[j]
             if use_clip:
                 _clip(g, n, 2 * n, clip)
-            _act(codes[d, 0], alphas[d, 0], betas[d, 0], g, a, n, 2 * n)  # o
             for j in range(n):
-                g[j] = cb[j]  # (g's i gate is spent: h's input goes there)
-            _act(codes[d, 2], alphas[d, 2], betas[d, 2], g, a, 0, n)  # h(C) over i
+                g[j] = cb[j]  # h(C)'s input where i was (spent)
+            # o, then h(C) over i
+            for q in range(2):
+                k = 0 if q == 0 else 2
+                lo = n if q == 0 else 0
+                _act(codes[d, k], alphas[d, k], betas[d, k], g, a, lo, lo + n)
             for j in range(n):
                 hb[j] = a[n + j] * a[j]
             if write_y:
