@@ -99,7 +99,8 @@ def test_matmul_integer_model_matches_onnxruntime(a_dt, b_dt, b_zp_shape):
         np.testing.assert_array_equal(interp.run(feeds)["Y"], _ort(model, feeds)[0])
 
 
-def _dynamic_quantized(tmp_path, per_channel: bool, weight_type) -> onnx.ModelProto:
+def _dynamic_quantized(tmp_path, per_channel: bool, weight_type, act: str = "Relu"
+                       ) -> onnx.ModelProto:
     from onnxruntime.quantization import quantize_dynamic
 
     h, f = 48, 96
@@ -112,15 +113,15 @@ def _dynamic_quantized(tmp_path, per_channel: bool, weight_type) -> onnx.ModelPr
                                           f"w2_{i}")]
         nodes += [helper.make_node("MatMul", [cur, f"w1_{i}"], [f"h{i}"]),
                   helper.make_node("Add", [f"h{i}", f"b1_{i}"], [f"hb{i}"]),
-                  helper.make_node("Relu", [f"hb{i}"], [f"r{i}"]),
+                  helper.make_node(act, [f"hb{i}"], [f"r{i}"]),
                   helper.make_node("MatMul", [f"r{i}", f"w2_{i}"], [f"o{i}"]),
                   helper.make_node("Add", [f"o{i}", cur], [f"y{i}"])]
         cur = f"y{i}"
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
         "x", TensorProto.FLOAT, [1, "s", h])], [helper.make_tensor_value_info(
             cur, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(model, src)
     quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=weight_type)
@@ -136,6 +137,7 @@ def test_quantize_dynamic_model_fused_and_exact(tmp_path, per_channel, weight):
     fused = Interpreter(convert(model), num_threads=1)
     ops = [op.op_type for op in fused._graph.operators]
     assert ops.count("MatMulIntegerToFloat") == 4 and "MatMulInteger" not in ops, ops
+    assert "Relu" not in ops  # fused into the GEMM's epilogue too
     plain = Interpreter(convert(model, level=0), num_threads=1)  # op by op, no fusion
     for s in (1, 7, 64):
         x = {"x": RNG.standard_normal((1, s, 48)).astype(np.float32)}
@@ -186,3 +188,19 @@ def test_dynamic_quantize_linear_matches_onnxruntime(case):
     want = _ort(model, {"x": x})
     for name, w in zip(("y", "s", "z"), want):
         np.testing.assert_array_equal(got[name], w, err_msg=name)
+
+
+def test_quantize_dynamic_gelu_fused(tmp_path):
+    from onnxruntime.quantization import QuantType
+
+    model = _dynamic_quantized(tmp_path, True, QuantType.QInt8, act="Gelu")
+    fused = Interpreter(convert(model), num_threads=1)
+    ops = [op.op_type for op in fused._graph.operators]
+    assert ops.count("MatMulIntegerToFloat") == 4 and "Gelu" not in ops, ops
+    plain = Interpreter(convert(model, level=0), num_threads=1)
+    for s in (3, 40):
+        x = {"x": RNG.standard_normal((1, s, 48)).astype(np.float32)}
+        (name, y), = fused.run(x).items()
+        np.testing.assert_array_equal(y, plain.run(x)[name])  # the same vectorized erf
+        want = _ort(model, x)[0]
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

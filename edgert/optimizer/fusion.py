@@ -50,8 +50,8 @@ def _beyond_plain_conv(node: Node) -> bool:
     """An ``edgert.Conv`` with its fused residual input ``Z`` (see :func:`fuse_residual_add`)
     or a fused channel shuffle (:func:`fuse_shuffle_into_conv`): either way its output is no
     longer the plain ``conv + B`` that the folding passes assume."""
-    return node.domain == "edgert" and (node.input(3) is not None
-                                        or bool(node.attrs.get("channel_shuffle")))
+    return node.domain == "edgert" and node.op_type == "Conv" and (
+        node.input(3) is not None or bool(node.attrs.get("channel_shuffle")))
 
 
 def _next(graph: Graph, v: Value, pinned: set[str], ops: tuple[str, ...]) -> Node | None:
@@ -677,7 +677,8 @@ def fuse_activation(graph: Graph, ctx) -> bool:
         # a residual or shuffle conv takes its activation too (applied before the shuffle's move)
         fused_conv = (node.op_type == "Conv" and _beyond_plain_conv(node)
                       and not node.attrs.get("activation"))
-        if not (_plain(node, _WEIGHTED) or fused_conv):
+        # (edgert.MatMulIntegerToFloat, quantize_dynamic's fused layer, takes one too)
+        if not (_plain(node, _WEIGHTED + ("MatMulIntegerToFloat",)) or fused_conv):
             continue
         act = _next(graph, node.outputs[0], pinned, _ACTIVATIONS)
         if act is None or act.inputs[0] is not node.outputs[0]:

@@ -37,6 +37,7 @@ from numba.extending import intrinsic
 from edgert.runtime._jit import njit, prange
 from edgert.runtime.kernels.cpu._native import isa
 from edgert.runtime.kernels.cpu._native.llvm import MR, NR, data_ptr, is_array
+from edgert.runtime.kernels.cpu.epilogue import ACT_NONE, act_row
 from edgert.runtime.kernels.cpu.qgemm import _tile as _tile_pairs
 
 MRV = 8  # VNNI tile: rows of A
@@ -155,9 +156,10 @@ def _finish_tile(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
 
 @njit(fastmath=False)
 def _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr,
-                       scale, bias, out):
-    """``float32(int32 result) * scale[n] (+ bias[n])``: Cast, Mul and Add each rounded as the
-    unfused ops round them (no contraction into a fused multiply-add). ``scale``: N values."""
+                       scale, bias, act, p0, p1, out):
+    """``act(float32(int32 result) * scale[n] (+ bias[n]))``: Cast, Mul and Add each rounded as
+    the unfused ops round them (no contraction into a fused multiply-add), then the fused
+    activation (epilogue.py's codes). ``scale``: N values."""
     rows = min(mr, m_n - mt * mr)
     cols = min(nr, n_n - nt * nr)
     n0 = nt * nr
@@ -173,6 +175,8 @@ def _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, 
             else:
                 for j in range(cols):
                     dst[j] = np.float32(np.int32(c[r, j] - cc[j])) * sc[j]
+            if act != ACT_NONE:
+                act_row(dst, np.float32(0.0), act, p0, p1)
         return
     for r in range(rows):
         m = mt * mr + r
@@ -185,12 +189,13 @@ def _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, 
             if bias.size:
                 y = y + bias[n]
             out[m, n] = y
+        if act != ACT_NONE:
+            act_row(out[m, n0:n0 + cols], np.float32(0.0), act, p0, p1)
 
 
 @njit(parallel=True)
 def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out, scale,
-             bias,
-             out_f, threads):
+             bias, act, p0, p1, out_f, threads):
     mt_n = (m_n + MRV - 1) // MRV
     nt_n = (n_n + NRV - 1) // NRV
     tasks = mt_n * nt_n
@@ -204,7 +209,7 @@ def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, co
             _tile_vnni(apack, mt * kq_n * MRV, bpack, nt * kq_n * NRV, kq_n, c)
             if to_float:
                 _finish_tile_float(c, mt, nt, MRV, NRV, m_n, n_n, k_n, rowsum, rowzp, colsum,
-                                   colzp, colcorr, scale, bias, out_f)
+                                   colzp, colcorr, scale, bias, act, p0, p1, out_f)
             else:
                 _finish_tile(c, mt, nt, MRV, NRV, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
                              colcorr, out)
@@ -212,8 +217,7 @@ def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, co
 
 @njit(parallel=True)
 def _mm_pairs(apack, bpack, kp_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out, scale,
-              bias,
-              out_f, threads):
+              bias, act, p0, p1, out_f, threads):
     mt_n = (m_n + MR - 1) // MR
     nt_n = (n_n + NR - 1) // NR
     tasks = mt_n * nt_n
@@ -228,7 +232,7 @@ def _mm_pairs(apack, bpack, kp_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, c
             _tile_pairs(apack, mt * kp_n * MR, bpack, nt * kp_n * NR * 2, offs, kp_n, 2 * NR, c)
             if to_float:
                 _finish_tile_float(c, mt, nt, MR, NR, m_n, n_n, k_n, rowsum, rowzp, colsum,
-                                   colzp, colcorr, scale, bias, out_f)
+                                   colzp, colcorr, scale, bias, act, p0, p1, out_f)
             else:
                 _finish_tile(c, mt, nt, MR, NR, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
                              colcorr, out)
@@ -287,12 +291,14 @@ class PackedB:
 
     def matmul(self, a: np.ndarray, a_zp: np.ndarray, out: np.ndarray,
                apack: np.ndarray, rowsum: np.ndarray, rowzp: np.ndarray,
-               scale: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+               scale: np.ndarray | None = None, bias: np.ndarray | None = None,
+               act: int = 0, p0: float = 0.0, p1: float = 0.0) -> None:
         """``out[M, N] = (a - a_zp) @ (B - zp)``; ``a``: C-contiguous [M, K] int8 or uint8,
         ``a_zp``: 1 or M values of a's type; the buffers from :meth:`a_buffer` and two int32 [M].
 
         ``out`` int32, or float32 with ``scale`` (float32, N values):
-        ``float32(result) * scale (+ bias)``, as Cast -> Mul -> Add compute it."""
+        ``act(float32(result) * scale (+ bias))``, as Cast -> Mul -> Add compute it, ``act`` an
+        activation code of epilogue.py with its parameters."""
         m_n, k_n = a.shape
         to_float = scale is not None
         if k_n != self.k or out.shape != (m_n, self.n) or apack.shape[0] * self.mr < m_n \
@@ -314,8 +320,10 @@ class PackedB:
         flat = apack.reshape(-1).view(np.int32)
         args = (flat, self.data, self.kg, m_n, self.n, k_n, rowsum, rowzp, self.colsum,
                 self.colzp, colcorr)
+        f32 = np.float32
         if to_float:
-            tail = (_NO_I32, scale, _NO_VEC if bias is None else bias, out)
+            tail = (_NO_I32, scale, _NO_VEC if bias is None else bias, int(act), f32(p0), f32(p1),
+                    out)
         else:
-            tail = (out, _NO_VEC, _NO_VEC, _NO_F32)
+            tail = (out, _NO_VEC, _NO_VEC, 0, f32(0), f32(0), _NO_F32)
         (_mm_vnni if self.vnni else _mm_pairs)(*args, *tail, get_num_threads())

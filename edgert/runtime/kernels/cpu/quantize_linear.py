@@ -329,7 +329,7 @@ def _packed_b(kernel, a: TensorInfo, b: TensorInfo, azp: TensorInfo | None,
 
 
 def _run_packed(fast, a: np.ndarray, azp: np.ndarray | None, out: np.ndarray | None,
-                out_dtype, scale=None, bias=None) -> list[np.ndarray] | None:
+                out_dtype, scale=None, bias=None, act=(0, 0.0, 0.0)) -> list[np.ndarray] | None:
     """Run the product prepared by :func:`_packed_b` into ``out`` (allocated when None, and
     then returned)."""
     packed, m, apack, rowsum, rowzp, no_zp = fast
@@ -338,7 +338,7 @@ def _run_packed(fast, a: np.ndarray, azp: np.ndarray | None, out: np.ndarray | N
     if fresh:
         out = np.empty(tuple(a.shape[:-1]) + (packed.n,), out_dtype)
     packed.matmul(np.ascontiguousarray(a).reshape(m, packed.k), zp, out.reshape(m, packed.n),
-                  apack, rowsum, rowzp, scale, bias)
+                  apack, rowsum, rowzp, scale, bias, *act)
     return [out] if fresh else None
 
 
@@ -417,13 +417,17 @@ class MatMulIntegerToFloat(MatMulInteger):
         self._b_scale = np.ascontiguousarray(b_s.value, f32).reshape(-1)
         self._scale = np.empty(n, f32)
         self._bias = None if bias is None else np.ascontiguousarray(bias.value, f32).reshape(-1)
+        from edgert.runtime.ops.activation import parse_activation
+
+        act = parse_activation(self.where(), self.attrs)  # (a fused activation, if any)
+        self._act = (act.code, act.p0, act.p1)
         return [TensorInfo(shape, f32)]
 
     def invoke(self, inputs, outputs):
         a_scale = np.asarray(inputs[2]).reshape(())
         np.multiply(a_scale, self._b_scale, out=self._scale)  # Mul(a_scale, b_scale), float32
         return _run_packed(self._fast, inputs[0], inputs[4] if len(inputs) > 4 else None,
-                           outputs[0], np.float32, self._scale, self._bias)
+                           outputs[0], np.float32, self._scale, self._bias, self._act)
 
 
 class QLinearMatMul(EagerKernel):
