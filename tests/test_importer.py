@@ -462,10 +462,15 @@ def test_if_branches_read_outer_values():
     (if_node,) = [n for n in g.nodes if n.op_type == "If"]
     then_g, else_g = if_node.attrs["then_branch"], if_node.attrs["else_branch"]
     assert isinstance(then_g, Graph) and isinstance(else_g, Graph)
-    assert then_g.outer_inputs == ["h", "w"] and else_g.outer_inputs == ["h"]
+    # the outer constant w becomes the branch's own constant (planned as known), h stays an
+    # outer value
+    assert then_g.outer_inputs == ["h"] and else_g.outer_inputs == ["h"]
     assert then_g.inputs == [] and [v.name for v in then_g.outputs] == ["a"]
     add = then_g.nodes[0]
-    assert [v.name for v in add.inputs] == ["h", "w"] and add.inputs[1].const is None
+    assert [v.name for v in add.inputs] == ["h", "w"]
+    np.testing.assert_array_equal(add.inputs[1].const, np.arange(1, 7, dtype=np.float32)
+                                  .reshape(2, 3))
+    assert then_g.constants["w"] is add.inputs[1]
     x = _randn(2, 3)
     for c in (True, False):
         feeds = {"c": np.array(c), "x": x}

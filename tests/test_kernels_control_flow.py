@@ -96,3 +96,39 @@ def test_bodies_are_built_once_and_follow_new_shapes_and_branches():
         kernel = next(s.kernel for s in interp._steps if type(s.kernel).__name__ == "If")
         seen.add((id(kernel._then), id(kernel._else), id(kernel._then.interp)))
     assert len(seen) == 1  # the same bodies and nested interpreters throughout
+
+
+def test_if_on_a_shape_condition_is_planned_and_so_is_what_follows():
+    """TorchScript exports test sizes (``if x.shape[0] == 1``): a condition that shapes decide
+    picks its branch when planning, the branch is planned for the outer shapes, and the If and
+    everything after it are ordinary (not dynamic) steps. Both branches, several batch sizes,
+    against onnxruntime; an outer constant (the Pad widths) is known inside the branch."""
+    from edgert.converter import convert
+    from edgert.runtime import Interpreter
+
+    text = """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 3] x) => (float[M, 5] y) <int64[4] pads = {0, 1, 0, 1}, int64 one = {1},
+                                               int64[1] zero = {0}> {
+            shp = Shape(x)
+            n = Gather(shp, zero)
+            single = Equal(n, one)
+            cs = Squeeze(single)
+            h = If(cs) <
+                then_branch = t () => (float[1, 5] a) { a = Pad(x, pads) },
+                else_branch = e () => (float[K, 5] b) { r = Relu(x)  b = Pad(r, pads) }
+            >
+            y = Tanh(h)
+        }"""
+    model = onnx.parser.parse_model(text)
+    interp = Interpreter(convert(model), num_threads=1)
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 1, 2):
+        feeds = {"x": rng.standard_normal((n, 3)).astype(np.float32)}
+        np.testing.assert_allclose(interp.run(feeds)["y"], _ort(model, feeds)[0],
+                                   rtol=1e-5, atol=1e-6)
+        assert not any(s.dynamic for s in interp._steps), [
+            type(s.kernel).__name__ for s in interp._steps if s.dynamic]
+        kernel = next(k for k in interp._kernels if type(k).__name__ == "If")
+        body = kernel._then if n == 1 else kernel._else
+        assert not any(s.dynamic for s in body.interp._steps)

@@ -560,6 +560,20 @@ class _Scope:
         pv = self.parent.resolve(name)
         if pv is None:
             return None
+        const = self.parent.const_of(pv)
+        if const is not None:
+            # An enclosing-scope constant becomes the body's own (the same data; the writer
+            # stores identical bytes once): read as an input, its value was unknown when the
+            # body was planned, so every op whose output shape depends on it (Pad's pads,
+            # Reshape's shape, Slice's starts) and all after it ran as dynamic steps, prepared
+            # again at every run (a VAD's If branch: 28 of 31 steps).
+            v = Value(name, pv.dtype, list(const.shape), const=const)
+            v.kind = pv.kind
+            v.meta = dict(pv.meta)
+            self.graph.unique_name(name)
+            self.values[name] = v
+            self.graph.constants[name] = v
+            return v
         self.parent.read_by_bodies.add(name)
         proxy = Value(name, pv.dtype, pv.shape)
         proxy.kind = pv.kind

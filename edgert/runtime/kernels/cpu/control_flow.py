@@ -65,6 +65,27 @@ class Body:
         self.num_outputs = len(sub.outputs)
         self.interp = Interpreter(ModelDef([copy]), num_threads=num_threads or None)
 
+    def plan(self, outer: dict[str, TensorInfo | None]) -> list[TensorInfo] | None:
+        """Plan the body for outer values of these shapes (a body without inputs of its own:
+        If's branches); the output TensorInfos when all their shapes are then known, else None.
+        """
+        interp = self.interp
+        if self.num_inputs:
+            return None
+        for name in self.outer_names:
+            info = outer.get(name)
+            if info is None or info.shape is None or np.dtype(info.dtype) == np.dtype(object):
+                return None
+            interp.resize_tensor_input(name, info.shape)
+        interp.allocate_tensors()
+        outs = []
+        for i in interp._graph.outputs:
+            info = interp._infos[i]
+            if info is None or info.shape is None or np.dtype(info.dtype) == np.dtype(object):
+                return None
+            outs.append(TensorInfo(tuple(info.shape), np.dtype(info.dtype)))
+        return outs
+
     def __call__(self, inputs: list[np.ndarray], outer: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = dict(zip(self.input_names, inputs))
         for n in self.outer_names:
@@ -129,12 +150,31 @@ class If(_ControlFlow):
         self._else = self._body("else_branch", names)
         if self._then.num_outputs != self._else.num_outputs:
             raise self.error("then_branch and else_branch have different numbers of outputs")
+        # A condition known when planning (a constant, or computed from shapes: TorchScript's
+        # exports test the input's size) picks its branch now; planned for the outer values'
+        # shapes, the branch's outputs have shapes too and the If is an ordinary step, with
+        # everything after it planned instead of prepared again at every run.
+        cond = inputs[0].value
+        if cond is not None and np.asarray(cond).size == 1:
+            body = self._then if bool(np.asarray(cond).reshape(-1)[0]) else self._else
+            outs = body.plan(dict(zip(names, inputs[1:])))
+            if outs is not None:
+                return outs
         return [TensorInfo(None, dt) for dt in self._then.output_dtypes]
 
     def invoke(self, inputs, outputs):
         cond = bool(np.asarray(inputs[0]).reshape(-1)[0])
         body = self._then if cond else self._else
-        return body([], self._outer_feeds(self._names, inputs[1:]))
+        results = body([], self._outer_feeds(self._names, inputs[1:]))
+        if not outputs or outputs[0] is None:
+            return results
+        for out, res in zip(outputs, results):  # a planned step: into its buffers
+            if out is not None:
+                if out.shape != np.shape(res):
+                    raise self.error(f"the branch gave shape {np.shape(res)} where its plan "
+                                     f"said {out.shape}", ShapeError)
+                np.copyto(out, res)
+        return None
 
 
 class Loop(_ControlFlow):
