@@ -427,3 +427,29 @@ def test_bad_initial_state_shape_is_rejected():
     inputs[5] = np.zeros((1, 3, 3), np.float32)  # batch is 2
     with pytest.raises(EdgeRTError, match="initial_h"):
         run_edgert("RNN", inputs, {"hidden_size": 3}, 2)
+
+
+def test_compiled_loop_checks_its_extents():
+    """The compiled loop itself refuses lengths or arrays that would index outside (defence in
+    depth: the kernel checks first)."""
+    from edgert.runtime.kernels.cpu import recurrent_cells as rc
+
+    f = np.float32
+    seq, batch, n, dirs = 3, 2, 4, 1
+    g = 4 * n
+    r = np.zeros((dirs, g, n), f)
+    args = dict(xw=np.zeros((seq * batch, dirs * g), f), bias=np.zeros((dirs, g), f), r=r,
+                rt=np.ascontiguousarray(r.transpose(0, 2, 1)), p=np.zeros((dirs, 3 * n), f),
+                has_p=False, hs=np.zeros((dirs, batch, n), f), cs=np.zeros((dirs, batch, n), f),
+                gbuf=np.zeros((dirs, batch, g), f), abuf=np.zeros((dirs, batch, g), f),
+                y=np.zeros((seq * dirs * batch, n), f), write_y=True,
+                lens=np.array([3, 3], np.int64), codes=np.array([[2, 1, 1]]),
+                alphas=np.zeros((dirs, 3), f), betas=np.zeros((dirs, 3), f), layout=0, seq=seq,
+                reverse=True, clip=f(0), use_clip=False, input_forget=False, fn=0, wide=False,
+                use_blas=False, parts=1)
+    rc.lstm_run_serial(**args)
+    for key, bad in (("lens", np.array([4, 0], np.int64)), ("lens", np.array([-1, 0], np.int64)),
+                     ("lens", np.array([3], np.int64)), ("y", np.zeros((seq, n), f)),
+                     ("xw", np.zeros((seq * batch - 1, g), f))):
+        with pytest.raises(ValueError, match="recurrent"):
+            rc.lstm_run_serial(**dict(args, **{key: bad}))

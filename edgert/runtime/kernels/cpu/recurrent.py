@@ -215,6 +215,9 @@ class _Recurrent(Kernel):
 
     def _check_lens(self, lens) -> np.ndarray:
         lens = np.asarray(lens)
+        if lens.shape != (self._batch,):
+            raise self.error(f"sequence_lens must have shape ({self._batch},), got {lens.shape}",
+                             ShapeError)
         if lens.size and (lens.min() < 0 or lens.max() > self._seq):
             raise self.error(f"sequence_lens must lie in [0, {self._seq}], got "
                              f"{lens.min()}..{lens.max()}", ShapeError)

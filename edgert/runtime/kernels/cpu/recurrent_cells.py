@@ -450,10 +450,47 @@ def _part(u, parts, batch):
     return d, batch * k // parts, batch * (k + 1) // parts
 
 
+@njit
+def _check(gates, n_acts, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas,
+           betas, layout, seq, parts):
+    """Every extent the loops rely on, checked once per call before any of them runs (the
+    caller checked them already; this keeps an out-of-range index impossible whatever it
+    passes). Raises ValueError."""
+    dirs, batch, n = hs.shape
+    g_n = gates * n
+    if dirs < 1 or dirs > 2 or parts < 1 or seq < 0 or (layout != 0 and layout != 1):
+        raise ValueError("recurrent: bad directions, parts, sequence length or layout")
+    if xw.shape[0] != seq * batch or xw.shape[1] != dirs * g_n:
+        raise ValueError("recurrent: input projection shape")
+    if bias.shape[0] != dirs or bias.shape[1] != g_n:
+        raise ValueError("recurrent: bias shape")
+    if r.shape[0] != dirs or r.shape[1] != g_n or r.shape[2] != n:
+        raise ValueError("recurrent: R shape")
+    if rt.shape[0] != dirs or rt.shape[1] != n or rt.shape[2] != g_n:
+        raise ValueError("recurrent: R transposed shape")
+    for buf in (gbuf, abuf):
+        if buf.shape[0] != dirs or buf.shape[1] != batch or buf.shape[2] != g_n:
+            raise ValueError("recurrent: scratch shape")
+    if write_y and (y.shape[0] != seq * dirs * batch or y.shape[1] != n):
+        raise ValueError("recurrent: Y shape")
+    if lens.shape[0] != batch:
+        raise ValueError("recurrent: sequence_lens shape")
+    for b in range(batch):
+        if lens[b] < 0 or lens[b] > seq:
+            raise ValueError("recurrent: sequence_lens out of range")
+    for a in (alphas, betas):
+        if a.shape[0] != dirs or a.shape[1] < n_acts:
+            raise ValueError("recurrent: activation parameters shape")
+    if codes.shape[0] != dirs or codes.shape[1] < n_acts:
+        raise ValueError("recurrent: activations shape")
+
+
 @njit(parallel=True)
 def rnn_run(xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas, layout, seq,
             reverse, clip, use_clip, fn, wide, use_blas, parts):
     """RNN over every direction; ``parts`` batch ranges per direction, all units in parallel."""
+    _check(1, 1, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
+           layout, seq, parts)
     dirs, batch = hs.shape[0], hs.shape[1]
     for u in prange(dirs * parts):
         d, b0, b1 = _part(u, parts, batch)
@@ -465,7 +502,12 @@ def rnn_run(xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, be
 def gru_run(xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y, write_y, lens, codes, alphas, betas,
             layout, seq, reverse, clip, use_clip, linear_before_reset, fn, wide, use_blas, parts):
     """GRU over every direction (see :func:`rnn_run`)."""
-    dirs, batch = hs.shape[0], hs.shape[1]
+    _check(3, 2, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
+           layout, seq, parts)
+    dirs, batch, n = hs.shape
+    if rbh.shape[0] != dirs or rbh.shape[1] != n or (not linear_before_reset and (
+            rh.shape[0] != dirs or rh.shape[1] != batch or rh.shape[2] != n)):
+        raise ValueError("recurrent: GRU bias or scratch shape")
     for u in prange(dirs * parts):
         d, b0, b1 = _part(u, parts, batch)
         _gru_part(d, b0, b1, reverse or d == 1, xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y,
@@ -478,7 +520,12 @@ def gru_run(xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y, write_y, lens, codes, a
 def lstm_run(xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
              layout, seq, reverse, clip, use_clip, input_forget, fn, wide, use_blas, parts):
     """LSTM over every direction (see :func:`rnn_run`)."""
-    dirs, batch = hs.shape[0], hs.shape[1]
+    _check(4, 3, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
+           layout, seq, parts)
+    dirs, batch, n = hs.shape
+    if cs.shape[0] != dirs or cs.shape[1] != batch or cs.shape[2] != n or p.shape[0] != dirs \
+            or p.shape[1] != 3 * n:
+        raise ValueError("recurrent: LSTM cell state or peephole shape")
     for u in prange(dirs * parts):
         d, b0, b1 = _part(u, parts, batch)
         _lstm_part(d, b0, b1, reverse or d == 1, xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y,
