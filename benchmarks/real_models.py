@@ -45,7 +45,15 @@ The streaming VAD models are timed as a loop of ``--chunks`` chunks with the sta
 varying widths: the cost of the first call at a new width, of a call at the same width as the
 last one, and of calls cycling through widths seen before (which should re-plan nothing).
 
+On a machine shared with other work the multi-thread columns measure robustness to contention
+as much as speed: edgert's OpenMP workers spin-wait at every parallel region (edgert sets
+``GOMP_SPINCOUNT=30000``), and on 2 cores with a third busy thread a 2-thread edgert run was
+measured 10-100x slower than with ``GOMP_SPINCOUNT=0`` (onnxruntime's workers spin too, less
+harmfully). ``--edgert-env GOMP_SPINCOUNT=0 --ort-no-spin`` compares both runtimes without
+spinning; each row records the 1-minute load average it ran under.
+
     python benchmarks/real_models.py [models...] [--threads 1 2] [--runs 30] [--budget 8]
+        [--repeat 2] [--no-widths] [--edgert-env NAME=VALUE] [--ort-no-spin] [--json FILE]
     python benchmarks/real_models.py --profile ppocr_det [--profile-threads 1]
     python benchmarks/real_models.py --list
 """
@@ -629,6 +637,8 @@ class Runner:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            if os.environ.get("EDGERT_BENCH_ORT_NO_SPIN"):  # --ort-no-spin
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.sess = ort.InferenceSession(str(onnx_path), so,
                                              providers=["CPUExecutionProvider"])
             names = [o.name for o in self.sess.get_outputs()]
@@ -716,16 +726,22 @@ def worker(runtime: str, name: str, threads: int, runs: int, budget: float) -> N
                       "min_ms": float(np.min(times)) * 1e3 / per, "runs": len(times)}))
 
 
+EDGERT_ENV: dict[str, str] = {}  # --edgert-env: extra environment of the edgert workers
+ORT_ENV: dict[str, str] = {}  # --ort-no-spin sets EDGERT_BENCH_ORT_NO_SPIN for the ORT workers
+
+
 def subprocess_ms(runtime: str, name: str, threads: int, runs: int,
                   budget: float) -> tuple[float, float]:
     """(median, fastest) ms per call of one runtime in its own process."""
+    env = dict(os.environ, **EDGERT_ENV) if runtime == "edgert" else dict(os.environ, **ORT_ENV)
     out = subprocess.run(
         [sys.executable, __file__, "--cache", str(CACHE), "--chunks", str(STREAM_CHUNKS),
          "--runs", str(runs), "--budget",
          str(budget), "--worker", runtime, name, str(threads)],
-        capture_output=True, text=True, check=False)
+        capture_output=True, text=True, check=False, env=env)
     if out.returncode:
-        raise RuntimeError(f"{runtime} worker failed: {out.stderr.strip()[-600:]}")
+        tail = [ln.strip() for ln in out.stderr.strip().splitlines() if ln.strip()][-2:]
+        raise RuntimeError(f"{runtime} worker failed: {' | '.join(tail)}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     return res["ms"], res["min_ms"]
 
@@ -951,6 +967,26 @@ def profile(name: str, threads: int, runs: int, limit: int) -> None:
 
 
 # ----- main -------------------------------------------------------------------------------------
+def describe_tree() -> str:
+    """The edgert source measured (commit, files changed since) and the machine's load."""
+    import edgert
+
+    root = pathlib.Path(edgert.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %cI"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "edgert"],
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+        changed = [ln[3:] for ln in dirty if ln.strip()]
+    except (OSError, subprocess.CalledProcessError):
+        head, changed = "unknown", []
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"edgert {edgert.__version__} at {head}"
+            + (f" + uncommitted changes to {len(changed)} file(s) under edgert/: "
+               f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}" if changed else "")
+            + f"; {os.cpu_count()} CPUs, load average {load}")
+
+
 def _short(exc: BaseException) -> str:
     msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return msg if len(msg) <= 400 else msg[:400] + "…"
@@ -966,6 +1002,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=8.0, help="seconds per column (soft)")
     ap.add_argument("--repeat", type=int, default=2,
                     help="subprocess pairs per multi-thread column (lowest median kept)")
+    ap.add_argument("--edgert-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of the edgert worker processes (multi-thread columns), "
+                         "e.g. GOMP_SPINCOUNT=0 to compare OpenMP wait policies")
+    ap.add_argument("--ort-no-spin", action="store_true",
+                    help="onnxruntime workers (multi-thread columns) block instead of spinning "
+                         "between runs (session.intra_op.allow_spinning=0)")
     ap.add_argument("--chunks", type=int, default=20, help="chunks per VAD stream")
     ap.add_argument("--no-widths", action="store_true", help="skip the OCR width test")
     ap.add_argument("--profile", metavar="MODEL", help="print per-op profiles of one model")
@@ -979,6 +1021,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     CACHE = pathlib.Path(args.cache).expanduser()
     STREAM_CHUNKS = args.chunks
+    EDGERT_ENV.update(kv.split("=", 1) for kv in args.edgert_env)
+    if args.ort_no_spin:
+        ORT_ENV["EDGERT_BENCH_ORT_NO_SPIN"] = "1"
     if args.list:
         for name, spec in MODELS.items():
             print(f"{name:<20} {spec.source}")
@@ -996,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     width_lines: list[str] = []
+    print(describe_tree(), file=sys.stderr, flush=True)
+    if EDGERT_ENV:
+        print(f"edgert workers' extra environment: {EDGERT_ENV}", file=sys.stderr)
     for name in names:
         spec = MODELS[name]
         row: dict[str, Any] = {"model": name, "quantized": spec.quantized}
@@ -1015,6 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.fetch_only:
             continue
+        row["loadavg_1min"] = os.getloadavg()[0]  # how busy the shared machine was
         try:
             if 1 in args.threads:
                 row.update(one_thread(name, onnx_path, epath, args.runs, args.budget))
@@ -1044,6 +1093,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines), file=sys.stderr, flush=True)
 
     print()
+    print(describe_tree())
+    if EDGERT_ENV:
+        print(f"edgert workers' extra environment (multi-thread columns): {EDGERT_ENV}")
+    if ORT_ENV:
+        print("onnxruntime workers: session.intra_op.allow_spinning=0")
     unit = "ms (VAD: per chunk)"
     head = f"{'model':<20} {'converts':>8} {'rel err':>8}"
     for thr in args.threads:
