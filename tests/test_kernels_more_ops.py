@@ -323,6 +323,32 @@ def test_conv_integer(dtype):
     np.testing.assert_array_equal(y, np.rint(ref).astype(np.int32))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("wdtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("shape,wshape,attrs", [
+    ((2, 3, 9, 8), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 4, 7, 9), (6, 4, 3, 2), {"pads": [1, 0, 1, 1], "strides": [2, 1], "dilations": [1, 2]}),
+    ((1, 16, 5, 5), (8, 16, 1, 1), {}),
+    ((2, 3, 11), (4, 3, 5), {"pads": [2, 2], "strides": [3]}),
+    ((1, 2, 4, 5, 3), (3, 2, 2, 3, 2), {"pads": [1, 0, 1, 0, 1, 1]}),
+])
+def test_conv_integer_constant_filters(dtype, wdtype, shape, wshape, attrs):
+    # constant filters and zero points take the integer GEMM on im2col rows
+    info, winfo = np.iinfo(dtype), np.iinfo(wdtype)
+    x = RNG.integers(info.min, info.max, shape).astype(dtype)
+    w = RNG.integers(winfo.min, winfo.max, wshape).astype(wdtype)
+    xzp = np.array(RNG.integers(info.min, info.max), dtype)
+    wzp = RNG.integers(winfo.min, winfo.max, (wshape[0],)).astype(wdtype)
+    (y,) = run_kernel("ConvInteger", [x, w, xzp, wzp], attrs, version=10, const_inputs=(1, 3))
+    # a float32 Conv of the shifted values: exact, every partial sum is an integer below
+    # 27 * 255^2 < 2^24
+    xs = x.astype(np.float32) - np.float32(xzp)
+    ws = w.astype(np.float32) - wzp.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1))
+    (ref,) = ort_node("Conv", [xs, ws], attrs, opset=11)
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, np.rint(ref).astype(np.int32))
+
+
 # ----- Gradient (import-time expansion) -----------------------------------------------------------
 def _gradient_model(nodes, inputs, y, xs, opset=13):
     grads = [f"d_{x}" for x in xs]

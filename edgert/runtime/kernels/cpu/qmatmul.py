@@ -109,35 +109,103 @@ def _pack_a(a, flip, zp, group, mr, out, rowsum, rowzp):
     m_n, k_n = a.shape
     mt_n, kg_n = out.shape[0], out.shape[1]
     for mt in prange(mt_n):
+        panel = out[mt]  # [kg, r, u] (views indexed from 0: no wraparound tests in the loops)
         for r in range(mr):
             m = mt * mr + r
             if m >= m_n:
                 for q in range(kg_n):
                     for u in range(group):
-                        out[mt, q, r, u] = 0
+                        panel[q, r, u] = 0
                 continue
+            row = a[m]
             s = 0
             for q in range(kg_n):
                 for u in range(group):
                     k = q * group + u
-                    v = 0
-                    if k < k_n:
-                        v = np.int32(a[m, k] ^ flip)
-                    out[mt, q, r, u] = v
+                    v = np.int32(row[k] ^ flip) if k < k_n else np.int32(0)
+                    panel[q, r, u] = v
                     s += v
             rowsum[m] = s
             rowzp[m] = (np.int32(zp[m if zp.size > 1 else 0]) ^ flip)
 
 
+@njit(parallel=True)
+def _pack_conv_a(x, flip, zp, kh, kw, sh, sw, dh, dw, ph, pw, ow_n, m_n, k_n, mr, out32, rowsum,
+                 rowzp, elem):
+    """im2col straight into the packed layout: row ``m`` (output position ``(m // ow_n,
+    m % ow_n)``) of A' holds the input window ``x[c, ih, iw]`` in W's ``(c, i, j)`` order, the
+    zero point ``zp`` (a raw byte) where the window leaves the input, each byte xor ``flip``.
+    ``x``: uint8 view ``[C, H, W]``; ``out32``: the packing buffer as int32 words ``[mt, kg,
+    r]`` (a word holds the row's byte quad or int16 pair); ``elem``: an empty array of the
+    element type (uint8 quads, int16 pairs). Every index into ``x`` is tested first."""
+    c_n, h_n, w_n = x.shape
+    mt_n, kg_n = out32.shape[0], out32.shape[1]
+    pad = zp ^ flip
+    for mt in prange(mt_n):
+        row = np.zeros(out32.shape[1] * (4 // elem.itemsize), elem.dtype)  # (tail stays 0)
+        words = row.view(np.int32)
+        panel = out32[mt]
+        for r in range(mr):
+            m = mt * mr + r
+            if m >= m_n:
+                for q in range(kg_n):
+                    panel[q, r] = 0
+                continue
+            oh = m // ow_n
+            ow = m - oh * ow_n
+            ih0 = oh * sh - ph
+            iw0 = ow * sw - pw
+            k = 0
+            for c in range(c_n):
+                plane = x[c]
+                for i in range(kh):
+                    ih = ih0 + i * dh
+                    if 0 <= ih < h_n:
+                        line = plane[ih]
+                        for j in range(kw):
+                            iw = iw0 + j * dw
+                            row[k + j] = (line[iw] ^ flip) if 0 <= iw < w_n else pad
+                    else:
+                        for j in range(kw):
+                            row[k + j] = pad
+                    k += kw
+            s = 0
+            for t in range(k_n):
+                s += np.int32(row[t])
+            rowsum[m] = s
+            rowzp[m] = np.int32(pad)
+            for q in range(kg_n):
+                panel[q, r] = words[q]
+
+
 @njit
-def _finish_tile(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out):
+def _finish_tile(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out,
+                 trans):
     """int32 results of a tile, the zero-point terms applied (int32 arithmetic: wraps).
 
     ``colcorr`` (when not empty): ``za * colsum`` for a zero point ``za`` shared by all rows and
-    no column zero points, the common case, which leaves one subtraction per element."""
+    no column zero points, the common case, which leaves one subtraction per element. ``trans``:
+    ``out`` is ``[N, M]`` (a convolution's channel-major output, written column by column)."""
     rows = min(mr, m_n - mt * mr)
     cols = min(nr, n_n - nt * nr)
     n0 = nt * nr
+    m0 = mt * mr
+    if trans:
+        for j in range(cols):
+            n = n0 + j
+            dst = out[n, m0:m0 + rows]
+            if colcorr.size:
+                cj = colcorr[n]
+                for r in range(rows):
+                    dst[r] = c[r, j] - cj
+            else:
+                zb = colzp[n]
+                cs = colsum[n]
+                for r in range(rows):
+                    za = np.int64(rowzp[m0 + r])
+                    dst[r] = np.int64(c[r, j]) - za * cs - zb * (np.int64(rowsum[m0 + r])
+                                                                 - k_n * za)
+        return
     if colcorr.size:
         cc = colcorr[n0:n0 + cols]  # (views indexed from 0: offsets from a prange index kept
         for r in range(rows):       # Numba's negative-index wraparound and ran as gathers)
@@ -195,7 +263,7 @@ def _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, 
 
 @njit(parallel=True)
 def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out, scale,
-             bias, act, p0, p1, out_f, threads):
+             bias, act, p0, p1, out_f, trans, threads):
     mt_n = (m_n + MRV - 1) // MRV
     nt_n = (n_n + NRV - 1) // NRV
     tasks = mt_n * nt_n
@@ -212,12 +280,12 @@ def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, co
                                    colzp, colcorr, scale, bias, act, p0, p1, out_f)
             else:
                 _finish_tile(c, mt, nt, MRV, NRV, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
-                             colcorr, out)
+                             colcorr, out, trans)
 
 
 @njit(parallel=True)
 def _mm_pairs(apack, bpack, kp_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out, scale,
-              bias, act, p0, p1, out_f, threads):
+              bias, act, p0, p1, out_f, trans, threads):
     mt_n = (m_n + MR - 1) // MR
     nt_n = (n_n + NR - 1) // NR
     tasks = mt_n * nt_n
@@ -235,7 +303,7 @@ def _mm_pairs(apack, bpack, kp_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, c
                                    colzp, colcorr, scale, bias, act, p0, p1, out_f)
             else:
                 _finish_tile(c, mt, nt, MR, NR, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
-                             colcorr, out)
+                             colcorr, out, trans)
 
 
 _NO_I32 = np.zeros((0, 0), np.int32)
@@ -314,16 +382,45 @@ class PackedB:
         flip = 128 if a.dtype == np.int8 else 0
         zp8 = a_zp.view(np.uint8).reshape(-1)
         _pack_a(a.view(np.uint8), np.uint8(flip), zp8, self.group, self.mr, apack, rowsum, rowzp)
+        shared_zp = (int(zp8[0]) ^ flip) if zp8.size == 1 else None
+        self._run(apack, m_n, shared_zp, rowsum, rowzp, out, scale, bias, act, p0, p1, False)
+
+    def conv(self, x: np.ndarray, x_zp: int, geometry: tuple[int, ...], out: np.ndarray,
+             apack: np.ndarray, rowsum: np.ndarray, rowzp: np.ndarray) -> None:
+        """One image of a 2-D integer convolution whose filters are this B (``W`` flattened
+        ``[M, C*kh*kw]``, transposed): ``out[M, OH*OW]`` int32 from ``x`` ``[C, H, W]`` (int8 or
+        uint8, C-contiguous) with its zero point ``x_zp`` (padding takes it), ``geometry`` =
+        ``(kh, kw, sh, sw, dh, dw, ph, pw, oh, ow)``."""
+        kh, kw, sh, sw, dh, dw, ph, pw, oh_n, ow_n = geometry
+        m_n = oh_n * ow_n
+        if x.ndim != 3 or x.dtype not in (np.int8, np.uint8) or not x.flags.c_contiguous \
+                or x.shape[0] * kh * kw != self.k or out.shape != (self.n, m_n) \
+                or out.dtype != np.int32 or apack.shape[0] * self.mr < m_n \
+                or apack.shape[1] != self.kg or apack.shape[2:] != (self.mr, self.group) \
+                or rowsum.size < m_n or rowzp.size < m_n or min(geometry) < 0 \
+                or min(kh, kw, sh, sw, dh, dw) < 1:
+            raise ValueError("qmatmul: the convolution does not match the packed filters")
+        if m_n == 0 or self.n == 0:
+            return
+        flip = 128 if x.dtype == np.int8 else 0
+        zp = int(np.uint8(np.int64(x_zp) & 0xFF))  # the raw byte
+        words = apack.reshape(apack.shape[0], apack.shape[1], -1).view(np.int32)
+        _pack_conv_a(x.view(np.uint8), np.uint8(flip), np.uint8(zp), kh, kw, sh, sw, dh, dw, ph,
+                     pw, ow_n, m_n, self.k, self.mr, words, rowsum, rowzp, apack[:0, 0, 0, 0])
+        self._run(apack, m_n, zp ^ flip, rowsum, rowzp, out, None, None, 0, 0.0, 0.0, True)
+
+    def _run(self, apack, m_n, shared_zp, rowsum, rowzp, out, scale, bias, act, p0, p1,
+             trans) -> None:
         colcorr = _NO_I32V
-        if zp8.size == 1 and not self.any_colzp:
-            colcorr = ((int(zp8[0]) ^ flip) * self.colsum).astype(np.int32)  # (wraps)
+        if shared_zp is not None and not self.any_colzp:
+            colcorr = (shared_zp * self.colsum).astype(np.int32)  # (wraps)
         flat = apack.reshape(-1).view(np.int32)
-        args = (flat, self.data, self.kg, m_n, self.n, k_n, rowsum, rowzp, self.colsum,
+        args = (flat, self.data, self.kg, m_n, self.n, self.k, rowsum, rowzp, self.colsum,
                 self.colzp, colcorr)
         f32 = np.float32
-        if to_float:
+        if scale is not None:
             tail = (_NO_I32, scale, _NO_VEC if bias is None else bias, int(act), f32(p0), f32(p1),
                     out)
         else:
             tail = (out, _NO_VEC, _NO_VEC, 0, f32(0), f32(0), _NO_F32)
-        (_mm_vnni if self.vnni else _mm_pairs)(*args, *tail, get_num_threads())
+        (_mm_vnni if self.vnni else _mm_pairs)(*args, *tail, trans, get_num_threads())

@@ -491,7 +491,66 @@ class ConvInteger(EagerKernel):
         kernel_shape_attr(self, tuple(w.shape[2:]))
         self._win = sliding_window(self, tuple(x.shape[2:]), tuple(w.shape[2:]))
         self._group = group
+        self._fast = None
+        if group == 1 and w.value is not None and (wzp is None or wzp.value is not None):
+            # constant filters: the byte-dot-product GEMM on im2col rows (qmatmul.py), the
+            # filters packed once as B = W^T [C*k, M] with their zero points per column
+            m = w.shape[0]
+            wt = np.ascontiguousarray(np.asarray(w.value).reshape(m, -1).T)
+            cached = getattr(self, "_packed_w", None)  # (weights outlive re-plans)
+            bz = None if wzp is None else np.asarray(wzp.value)
+            if cached is None or cached[0] is not w.value or cached[1] is not bz:
+                from edgert.runtime.kernels.cpu.qmatmul import PackedB
+
+                self._packed_w = (w.value, bz, PackedB(wt, bz))
+            packed = self._packed_w[2]
+            p = int(np.prod(self._win.out_shape, dtype=np.int64))
+            self._fast = (packed, p, packed.a_buffer(p), np.empty(p, np.int32),
+                          np.empty(p, np.int32), np.empty((p, m), np.int32),
+                          np.empty((p, packed.k), np.dtype(x.dtype)))
         return [TensorInfo((x.shape[0], w.shape[0], *self._win.out_shape), np.dtype(np.int32))]
+
+    def invoke(self, inputs, outputs):
+        if self._fast is None or outputs[0] is None:
+            return super().invoke(inputs, outputs)
+        packed, p, apack, rowsum, rowzp, acc, rows = self._fast
+        x = inputs[0]
+        xzp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else \
+            np.zeros(1, x.dtype)
+        xzp = np.ascontiguousarray(xzp).reshape(-1)
+        win = self._win
+        nsp = x.ndim - 2
+        if nsp <= 2:  # the windows packed straight from the image (no im2col matrix)
+            k2 = (1,) * (2 - nsp)
+            kh, kw = k2 + tuple(win.kernel)
+            sh, sw = k2 + tuple(win.strides)
+            dh, dw = k2 + tuple(win.dilations)
+            ph, pw = (0,) * (2 - nsp) + tuple(win.pads_begin)
+            oh, ow = k2 + tuple(win.out_shape)
+            xs = np.ascontiguousarray(x)
+            xs = xs.reshape(xs.shape[:2] + (1,) * (2 - nsp) + xs.shape[2:])
+            y = outputs[0].reshape(x.shape[0], packed.n, p)
+            for i in range(x.shape[0]):
+                packed.conv(xs[i], int(xzp[0]), (kh, kw, sh, sw, dh, dw, ph, pw, oh, ow), y[i],
+                            apack, rowsum, rowzp)
+            return None
+        # padding with the zero point: the shifted value there is 0, as the spec's padding
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(win.pads_begin, win.pads_end)],
+                    constant_values=xzp[0])
+        ext = [(k - 1) * d + 1 for k, d in zip(win.kernel, win.dilations)]
+        view = np.lib.stride_tricks.sliding_window_view(xp, ext, axis=tuple(range(2, 2 + nsp)))
+        sel = tuple(slice(0, (o - 1) * st + 1, st) for o, st in zip(win.out_shape, win.strides))
+        sel += tuple(slice(None, None, d) for d in win.dilations)
+        y = outputs[0].reshape(x.shape[0], packed.n, p)
+        for i in range(x.shape[0]):
+            cols = view[(i, slice(None)) + sel]  # [C, out..., k...]
+            # rows of the GEMM: one per output position, (C, k...) as W is flattened (one
+            # strided copy; reshaping the window view first would copy it twice)
+            np.copyto(rows.reshape(tuple(win.out_shape) + (cols.shape[0],)
+                                   + cols.shape[1 + nsp:]), np.moveaxis(cols, 0, nsp))
+            packed.matmul(rows, xzp, acc, apack, rowsum, rowzp)
+            np.copyto(y[i], acc.T)
+        return None
 
     def compute(self, inputs):
         x, w = inputs[0], inputs[1]
