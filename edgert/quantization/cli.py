@@ -79,7 +79,8 @@ def run_quantize(args: argparse.Namespace):
     try:
         _, rep = quantize(args.model, args.output, calibration=calibration, method=args.method,
                           per_channel=not args.per_tensor, mode=args.mode, format=args.format,
-                          report=args.report, max_samples=args.max_samples, progress=True,
+                          report=args.report, max_samples=args.max_samples,
+                          progress=sys.stderr.isatty(),  # (no bar in logs)
                           io=args.io, batch_axis=batch_axis, strict=args.strict)
     except BatchAxisError as exc:  # a --batch-axis that does not fit the model: a bad argument
         raise UsageError(str(exc).replace("batch axis given", "--batch-axis given")) from None
