@@ -446,7 +446,8 @@ def test_compiled_loop_checks_its_extents():
                 lens=np.array([3, 3], np.int64), codes=np.array([[2, 1, 1]]),
                 alphas=np.zeros((dirs, 3), f), betas=np.zeros((dirs, 3), f), layout=0, seq=seq,
                 reverse=True, clip=f(0), use_clip=False, input_forget=False, fn=0, wide=False,
-                use_blas=False, parts=1)
+                use_blas=False, parts=1, x2=np.zeros((1, 1), f), wcat=np.zeros((1, 1), f),
+                fuse=False)
     rc.lstm_run_serial(**args)
     for key, bad in (("lens", np.array([4, 0], np.int64)), ("lens", np.array([-1, 0], np.int64)),
                      ("lens", np.array([3], np.int64)), ("y", np.zeros((seq, n), f)),

@@ -1,11 +1,13 @@
 """Recurrent layers: RNN, GRU and LSTM (forward, reverse, bidirectional; every activation).
 
 The input projection of every time step and both directions is one GEMM
-(``X·[W_fwd; W_rev]ᵀ``, through :func:`.blas.matmul`); the recurrence then runs as one compiled
-loop over time per cell type (:mod:`.recurrent_cells`), whose per-step ``H·Rᵀ`` calls sgemm
-from compiled code (``_native.openblas``) for two or more batch rows of a hidden size >= 32
-with R in L2 (see ``BLAS_MIN_HIDDEN``), and a compiled dot-product loop otherwise. Gate
-orders follow ONNX: LSTM ``i o f c``, GRU ``z r h``. The biases are added inside the loop
+(``X·[W_fwd; W_rev]ᵀ``, through :func:`.blas.matmul`; when the two directions run on two
+threads, each thread computes its direction's columns through sgemm at the start of the loop's
+parallel region, so a layer enters one parallel region, not two); the recurrence then runs as
+one compiled loop over time per cell type (:mod:`.recurrent_cells`), whose per-step ``H·Rᵀ``
+calls sgemm from compiled code (``_native.openblas``) for two or more batch rows of a hidden
+size >= 32 with R in L2 (see ``BLAS_MIN_HIDDEN``), and a compiled dot-product loop otherwise.
+Gate orders follow ONNX: LSTM ``i o f c``, GRU ``z r h``. The biases are added inside the loop
 (``Wb + Rb`` folded once, except GRU's ``Rbh`` under ``linear_before_reset=1``, which the reset
 gate multiplies).
 
@@ -237,6 +239,7 @@ class _Recurrent(Kernel):
                 "rh": np.empty((dirs, batch, n) if self.gates == 3 else (1, 1, 1), cd),
                 "y": None,
                 "dummy_y": np.empty((1, n), cd),
+                "dummy_x": np.empty((1, 1), cd),
             }
         return self._scratch
 
@@ -263,11 +266,24 @@ class _Recurrent(Kernel):
                 buf["full_lens"] = np.full(batch, seq, np.int64)
             lens_arr = buf["full_lens"]
         threads = max(1, int(self.op.num_threads))
-        # input projection of every step, both directions: one GEMM
+        routines = openblas.routines()
+        parts = 1
+        if threads > 1 and seq * batch * g * n >= PARALLEL_MIN_MACS:
+            parts = max(1, min(batch, threads // dirs))
+        serial = dirs * parts <= 1
+        # input projection of every step, both directions: one GEMM, or, when the directions
+        # run in parallel, each direction's columns computed by its own thread in the loop's
+        # parallel region (fuse: one region per layer instead of two)
         xw = buf["xw"]
+        x2 = buf["dummy_x"]
+        fuse = (not serial and parts == 1 and routines is not None and self._in > 0
+                and seq * batch > 0)
         if seq * batch:
             x2 = np.ascontiguousarray(x, cd).reshape(seq * batch, self._in)
-            matmul(x2, wcat, out=xw, threads=threads)
+            if fuse and not x2.flags.writeable:  # (a read-only array: another compiled type)
+                x2 = x2.copy()
+            if not fuse:
+                matmul(x2, wcat, out=xw, threads=threads)
         hs, cs = buf["hs"], buf["cs"]
         for k, st in enumerate((hs, cs)[:self.n_states]):
             init = inputs[5 + k]
@@ -285,18 +301,15 @@ class _Recurrent(Kernel):
             if buf["y"] is None:
                 buf["y"] = np.empty((seq * dirs * batch, n), cd)
             y2 = buf["y"]
-        routines = openblas.routines()
         use_blas = (routines is not None and n >= BLAS_MIN_HIDDEN
                     and g * n * cd.itemsize <= BLAS_MAX_R_BYTES)
         fn = routines.address(cd) if use_blas else 0
         wide = routines.wide if use_blas else False
-        parts = 1
-        if threads > 1 and seq * batch * g * n >= PARALLEL_MIN_MACS:
-            parts = max(1, min(batch, threads // dirs))
-        serial = dirs * parts <= 1
+        if fuse:
+            fn, wide = routines.address(cd), routines.wide
         if seq * batch:
             self._run(serial, xw, bias, rbh, rr, rt, p, has_p, hs, cs, buf, y2, write_y,
-                      lens_arr, seq, fn, wide, use_blas, parts)
+                      lens_arr, seq, fn, wide, use_blas, parts, x2, wcat, fuse)
         if write_y and not direct:
             np.copyto(y_out, y2.reshape(y_out.shape), casting="unsafe")
         for k, st in enumerate((hs, cs)[:self.n_states]):
@@ -306,7 +319,7 @@ class _Recurrent(Kernel):
         return None
 
     def _run(self, serial, xw, bias, rbh, rr, rt, p, has_p, hs, cs, buf, y2, write_y, lens,
-             seq, fn, wide, use_blas, parts):
+             seq, fn, wide, use_blas, parts, x2, wcat, fuse):
         raise NotImplementedError
 
 
@@ -317,13 +330,13 @@ class RNN(_Recurrent):
     default_acts = ("tanh",)
 
     def _run(self, serial, xw, bias, rbh, rr, rt, p, has_p, hs, cs, buf, y2, write_y, lens,
-             seq, fn, wide, use_blas, parts):
+             seq, fn, wide, use_blas, parts, x2, wcat, fuse):
         from edgert.runtime.kernels.cpu.recurrent_cells import rnn_run, rnn_run_serial
 
         (rnn_run_serial if serial else rnn_run)(
             xw, bias, rr, rt, hs, buf["gbuf"], buf["abuf"], y2, write_y, lens, self._codes,
             self._alphas, self._betas, self._layout, seq, self._reverse, self._clip,
-            self._use_clip, fn, wide, use_blas, parts)
+            self._use_clip, fn, wide, use_blas, parts, x2, wcat, fuse)
 
 
 class GRU(_Recurrent):
@@ -333,13 +346,13 @@ class GRU(_Recurrent):
     default_acts = ("sigmoid", "tanh")
 
     def _run(self, serial, xw, bias, rbh, rr, rt, p, has_p, hs, cs, buf, y2, write_y, lens,
-             seq, fn, wide, use_blas, parts):
+             seq, fn, wide, use_blas, parts, x2, wcat, fuse):
         from edgert.runtime.kernels.cpu.recurrent_cells import gru_run, gru_run_serial
 
         (gru_run_serial if serial else gru_run)(
             xw, bias, rbh, rr, rt, hs, buf["gbuf"], buf["abuf"], buf["rh"], y2, write_y, lens,
             self._codes, self._alphas, self._betas, self._layout, seq, self._reverse, self._clip,
-            self._use_clip, self._lbr, fn, wide, use_blas, parts)
+            self._use_clip, self._lbr, fn, wide, use_blas, parts, x2, wcat, fuse)
 
 
 class LSTM(_Recurrent):
@@ -350,13 +363,13 @@ class LSTM(_Recurrent):
     n_states = 2
 
     def _run(self, serial, xw, bias, rbh, rr, rt, p, has_p, hs, cs, buf, y2, write_y, lens,
-             seq, fn, wide, use_blas, parts):
+             seq, fn, wide, use_blas, parts, x2, wcat, fuse):
         from edgert.runtime.kernels.cpu.recurrent_cells import lstm_run, lstm_run_serial
 
         (lstm_run_serial if serial else lstm_run)(
             xw, bias, rr, rt, p, has_p, hs, cs, buf["gbuf"], buf["abuf"], y2, write_y, lens,
             self._codes, self._alphas, self._betas, self._layout, seq, self._reverse, self._clip,
-            self._use_clip, self._input_forget, fn, wide, use_blas, parts)
+            self._use_clip, self._input_forget, fn, wide, use_blas, parts, x2, wcat, fuse)
 
 
 def register(reg: KernelRegistry) -> None:

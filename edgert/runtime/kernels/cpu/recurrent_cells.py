@@ -451,8 +451,21 @@ def _part(u, parts, batch):
 
 
 @njit
+def _project(d, dirs, x2, wcat, xw, fn, wide):
+    """Direction ``d``'s columns of the input projection, ``xw[:, d*G:(d+1)*G] = x2 ·
+    wcat[:, d*G:(d+1)*G]``, through BLAS: each direction's unit computes its own inside the one
+    parallel region (one region per layer instead of two: entering one costs microseconds on an
+    idle machine, up to a scheduler time slice when another process holds a core)."""
+    rows, k = x2.shape
+    g_n = xw.shape[1] // dirs
+    isz = xw.itemsize
+    gemm_at(fn, wide, rows, g_n, k, x2.ctypes.data, k, wcat.ctypes.data + d * g_n * isz,
+            wcat.shape[1], xw.dtype.type(0.0), xw.ctypes.data + d * g_n * isz, xw.shape[1])
+
+
+@njit
 def _check(gates, n_acts, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas,
-           betas, layout, seq, parts):
+           betas, layout, seq, parts, x2, wcat, fuse):
     """Every extent the loops rely on, checked once per call before any of them runs (the
     caller checked them already; this keeps an out-of-range index impossible whatever it
     passes). Raises ValueError."""
@@ -483,33 +496,43 @@ def _check(gates, n_acts, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, cod
             raise ValueError("recurrent: activation parameters shape")
     if codes.shape[0] != dirs or codes.shape[1] < n_acts:
         raise ValueError("recurrent: activations shape")
+    if fuse and (parts != 1 or x2.shape[0] != seq * batch or x2.shape[1] < 1
+                 or wcat.shape[0] != x2.shape[1] or wcat.shape[1] != dirs * g_n):
+        raise ValueError("recurrent: X or W shape for the fused projection")
 
 
 @njit(parallel=True)
 def rnn_run(xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas, layout, seq,
-            reverse, clip, use_clip, fn, wide, use_blas, parts):
-    """RNN over every direction; ``parts`` batch ranges per direction, all units in parallel."""
+            reverse, clip, use_clip, fn, wide, use_blas, parts, x2, wcat, fuse):
+    """RNN over every direction; ``parts`` batch ranges per direction, all units in parallel.
+    ``fuse``: ``xw`` is computed here from ``x2 [seq*batch, input]`` and ``wcat [input,
+    dirs*G]`` (see :func:`_project`; needs BLAS and ``parts == 1``)."""
     _check(1, 1, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
-           layout, seq, parts)
+           layout, seq, parts, x2, wcat, fuse)
     dirs, batch = hs.shape[0], hs.shape[1]
     for u in prange(dirs * parts):
         d, b0, b1 = _part(u, parts, batch)
+        if fuse:
+            _project(d, dirs, x2, wcat, xw, fn, wide)
         _rnn_part(d, b0, b1, reverse or d == 1, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens,
                   codes, alphas, betas, layout, seq, clip, use_clip, fn, wide, use_blas)
 
 
 @njit(parallel=True)
 def gru_run(xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y, write_y, lens, codes, alphas, betas,
-            layout, seq, reverse, clip, use_clip, linear_before_reset, fn, wide, use_blas, parts):
+            layout, seq, reverse, clip, use_clip, linear_before_reset, fn, wide, use_blas, parts,
+            x2, wcat, fuse):
     """GRU over every direction (see :func:`rnn_run`)."""
     _check(3, 2, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
-           layout, seq, parts)
+           layout, seq, parts, x2, wcat, fuse)
     dirs, batch, n = hs.shape
     if rbh.shape[0] != dirs or rbh.shape[1] != n or (not linear_before_reset and (
             rh.shape[0] != dirs or rh.shape[1] != batch or rh.shape[2] != n)):
         raise ValueError("recurrent: GRU bias or scratch shape")
     for u in prange(dirs * parts):
         d, b0, b1 = _part(u, parts, batch)
+        if fuse:
+            _project(d, dirs, x2, wcat, xw, fn, wide)
         _gru_part(d, b0, b1, reverse or d == 1, xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y,
                   write_y, lens, codes, alphas, betas, layout, seq, clip, use_clip,
                   linear_before_reset,
@@ -518,16 +541,19 @@ def gru_run(xw, bias, rbh, r, rt, hs, gbuf, abuf, rh, y, write_y, lens, codes, a
 
 @njit(parallel=True)
 def lstm_run(xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
-             layout, seq, reverse, clip, use_clip, input_forget, fn, wide, use_blas, parts):
+             layout, seq, reverse, clip, use_clip, input_forget, fn, wide, use_blas, parts, x2,
+             wcat, fuse):
     """LSTM over every direction (see :func:`rnn_run`)."""
     _check(4, 3, xw, bias, r, rt, hs, gbuf, abuf, y, write_y, lens, codes, alphas, betas,
-           layout, seq, parts)
+           layout, seq, parts, x2, wcat, fuse)
     dirs, batch, n = hs.shape
     if cs.shape[0] != dirs or cs.shape[1] != batch or cs.shape[2] != n or p.shape[0] != dirs \
             or p.shape[1] != 3 * n:
         raise ValueError("recurrent: LSTM cell state or peephole shape")
     for u in prange(dirs * parts):
         d, b0, b1 = _part(u, parts, batch)
+        if fuse:
+            _project(d, dirs, x2, wcat, xw, fn, wide)
         _lstm_part(d, b0, b1, reverse or d == 1, xw, bias, r, rt, p, has_p, hs, cs, gbuf, abuf, y,
                    write_y, lens, codes, alphas, betas, layout, seq, clip, use_clip,
                    input_forget, fn, wide, use_blas)
