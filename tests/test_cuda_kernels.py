@@ -46,7 +46,8 @@ def test_conv_without_bias():
 @pytest.mark.parametrize(
     "act, params",
     [("Relu", None), ("Clip", [-0.5, 0.7]), ("LeakyRelu", [0.2]), ("Sigmoid", None),
-     ("HardSigmoid", [0.3, 0.4]), ("HardSwish", None), ("Tanh", None), ("Gelu", None)],
+     ("HardSigmoid", [0.3, 0.4]), ("HardSwish", None), ("Tanh", None), ("Gelu", None),
+     ("Swish", [1.0])],
 )
 def test_conv_fused_activation(act, params):
     x, w, b = rnd(1, 3, 5, 5), rnd(5, 3, 3, 3), rnd(5)

@@ -444,9 +444,9 @@ ERRORS = [
         "unknown_activation",
         "Conv",
         [(1, 3, 6, 6), (2, 3, 3, 3)],
-        {"activation": "Swish"},
+        {"activation": "Softplus"},
         KernelError,
-        "unsupported fused activation 'Swish'",
+        "unsupported fused activation 'Softplus'",
     ),
     (
         "convT_channels",

@@ -32,7 +32,14 @@ import numpy as np
 
 from edgert import dtypes
 from edgert.ir import Graph, Node, Value
-from edgert.optimizer._util import const, new_const, pinned_names, scalar, single_use
+from edgert.optimizer._util import (
+    const,
+    is_graph_output,
+    new_const,
+    pinned_names,
+    scalar,
+    single_use,
+)
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_KINDS = "f"
@@ -647,6 +654,8 @@ def _activation_params(graph: Graph, act: Node) -> list[float] | None:
         return [float(act.attrs.get("alpha", 0.2)), float(act.attrs.get("beta", 0.5))]
     if op == "Gelu":
         return [] if act.attrs.get("approximate", "none") == "none" else None
+    if op == "Swish":
+        return [float(act.attrs.get("alpha", 1.0))]
     if op == "Clip":
         lo, hi = act.input(1), act.input(2)
         lo_v = -math.inf if lo is None else scalar(lo)
@@ -657,7 +666,49 @@ def _activation_params(graph: Graph, act: Node) -> list[float] | None:
     return None
 
 
-_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu")
+_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu",
+                "Swish")
+
+
+def fuse_silu(graph: Graph, ctx) -> bool:
+    """``Mul(y, Sigmoid(y))`` (SiLU as exporters write it: YOLOv5/v8, EfficientNet) with ``y``
+    the output of a Conv/ConvTranspose/Gemm/MatMul → that op with the fused activation
+    ``Swish`` (alpha 1), computed in its epilogue while the output block is in cache instead of
+    two more passes. Declines unless ``y`` is read by exactly that Sigmoid and Mul and the
+    sigmoid only by the Mul, none of them a graph output. Runs only with ``allow_fused``."""
+    if not ctx.allow_fused:
+        return False
+    pinned = pinned_names(graph)
+    changed = False
+    for mul in list(graph.nodes):
+        if mul.op_type != "Mul" or mul.domain != "" or len(mul.inputs) != 2 or \
+                mul.inputs[0] is mul.inputs[1]:
+            continue
+        for y, s in (mul.inputs, mul.inputs[::-1]):
+            sig = None if s is None else s.producer
+            if y is None or sig is None or sig.op_type != "Sigmoid" or sig.domain != "" \
+                    or sig.inputs[0] is not y:
+                continue
+            prod = y.producer
+            if prod is None or not (_plain(prod, _WEIGHTED) or (
+                    prod.op_type == "Conv" and _beyond_plain_conv(prod)
+                    and not prod.attrs.get("activation"))):
+                continue
+            if y.dtype not in (0, dtypes.FLOAT, dtypes.DOUBLE) or len(y.consumers) != 2 \
+                    or {id(c) for c in y.consumers} != {id(sig), id(mul)} \
+                    or y.name in pinned or is_graph_output(graph, y) \
+                    or not single_use(graph, s, pinned):
+                continue
+            graph.remove_node(sig)
+            _splice(graph, prod, mul)
+            prod.domain = "edgert"
+            prod.attrs["activation"] = "Swish"
+            prod.attrs["activation_params"] = [1.0]
+            graph.opset.setdefault("edgert", 1)
+            ctx.count(removed=2, fused=1)
+            changed = True
+            break
+    return changed
 
 
 def fuse_activation(graph: Graph, ctx) -> bool:

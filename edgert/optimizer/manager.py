@@ -126,6 +126,7 @@ LEVEL2: list[Pass] = [
     layout.merge_reshapes,
     shuffle.fuse_channel_shuffle,
     fusion.fuse_residual_add,
+    fusion.fuse_silu,
     fusion.fuse_activation,
     fusion.fuse_shuffle_into_conv,
     quantized.fuse_integer_matmul,

@@ -112,12 +112,48 @@ def _quick_load_cache_class():
         return None
 
     class QuickLoadCache(FunctionCache):
+        def __init__(self, py_func):
+            super().__init__(py_func)
+            # Numba checks a cached kernel against its own file only; a kernel that inlines a
+            # helper from another file (epilogue.py's activations, vmath.py's exp) kept the
+            # old helper after that file changed. The stamp also covers every runtime source.
+            cache_file = getattr(self, "_cache_file", None)
+            stamp = getattr(cache_file, "_source_stamp", None)
+            if stamp is not None:
+                cache_file._source_stamp = (stamp, _runtime_sources_stamp())
+
         def load_overload(self, sig, target_context):
             _initialize_nrt(rtsys, target_context)
             with self._guard_against_spurious_io_errors():
                 return self._load_overload(sig, target_context)
 
     return QuickLoadCache
+
+
+_SOURCES_STAMP: str | None = None
+
+
+def _runtime_sources_stamp() -> str:
+    """A digest of the size and modification time of every ``.py`` file of edgert.runtime
+    (one stat per file, once per process)."""
+    global _SOURCES_STAMP
+    if _SOURCES_STAMP is None:
+        import hashlib
+
+        h = hashlib.sha1()
+        root = os.path.dirname(os.path.abspath(__file__))
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    try:
+                        st = os.stat(os.path.join(folder, name))
+                    except OSError:
+                        continue
+                    rel = os.path.relpath(os.path.join(folder, name), root)
+                    h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+        _SOURCES_STAMP = h.hexdigest()[:16]
+    return _SOURCES_STAMP
 
 
 def _initialize_nrt(rtsys, ctx) -> None:

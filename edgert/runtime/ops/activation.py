@@ -20,6 +20,7 @@ ACT_HARD_SIGMOID = 5
 ACT_HARD_SWISH = 6
 ACT_TANH = 7
 ACT_GELU = 8
+ACT_SWISH = 9  # x * sigmoid(alpha * x): SiLU (alpha 1), fused from Mul(x, Sigmoid(x))
 
 # name -> (code, default parameters). Defaults are the ONNX attribute defaults of each op.
 _ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
@@ -31,6 +32,7 @@ _ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
     "HardSwish": (ACT_HARD_SWISH, ()),
     "Tanh": (ACT_TANH, ()),
     "Gelu": (ACT_GELU, ()),
+    "Swish": (ACT_SWISH, (1.0,)),
 }
 
 ACTIVATION_NAMES = tuple(_ACTIVATIONS)

@@ -39,6 +39,7 @@ from edgert.runtime.ops.activation import (  # noqa: F401 (re-exported to the ke
     ACT_NONE,
     ACT_RELU,
     ACT_SIGMOID,
+    ACT_SWISH,
     ACT_TANH,
     ACTIVATION_NAMES,
     Activation,
@@ -70,11 +71,28 @@ def clamp_bounds(act, p0, p1, zero, inf):
 
 
 @njit
-def _act_f32(row, act):
-    """Sigmoid, Tanh or Gelu of a float32 row in place, vectorized (:mod:`.vmath`) through
-    scratch rows (in place a vmath loop would run its scalar version)."""
+def _sigmoid(v):
+    """A scalar sigmoid that cannot overflow (exp of a non-positive number only); NaN stays."""
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@njit
+def _act_f32(row, act, p0):
+    """Sigmoid, Tanh, Gelu or Swish of a float32 row in place, vectorized (:mod:`.vmath`)
+    through scratch rows (in place a vmath loop would run its scalar version)."""
     n = row.shape[0]
     t = np.empty(n, np.float32)
+    if act == ACT_SWISH:  # x * sigmoid(alpha * x)
+        for i in range(n):
+            t[i] = row[i] * p0
+        e = np.empty(n, np.float32)
+        sigmoid_row(e, t, n)
+        for i in range(n):
+            row[i] = row[i] * e[i]
+        return
     if act == ACT_GELU:
         k = np.float32(0.7071067811865476)
         for i in range(n):
@@ -97,11 +115,11 @@ def act_row(row, b, act, p0, p1):
     """``row[i] = act(row[i] + b)`` in place for a 1-D contiguous ``row``."""
     n = row.shape[0]
     if row.itemsize == 4 and n >= 16 and (act == ACT_SIGMOID or act == ACT_TANH
-                                          or act == ACT_GELU):
+                                          or act == ACT_GELU or act == ACT_SWISH):
         if b != row.dtype.type(0.0):
             for i in range(n):
                 row[i] = row[i] + b
-        _act_f32(row, act)
+        _act_f32(row, act, p0)
         return
     one = row.dtype.type(1.0)
     zero = row.dtype.type(0.0)
@@ -145,6 +163,10 @@ def act_row(row, b, act, p0, p1):
         for i in range(n):
             v = row[i] + b
             row[i] = half * v * (one + math.erf(v * k))
+    elif act == ACT_SWISH:
+        for i in range(n):
+            v = row[i] + b
+            row[i] = v * _sigmoid(p0 * v)
 
 
 @njit
@@ -152,10 +174,10 @@ def act_row_vec(row, bias, act, p0, p1):
     """``row[i] = act(row[i] + bias[i])`` in place (a bias per column)."""
     n = row.shape[0]
     if row.itemsize == 4 and n >= 16 and (act == ACT_SIGMOID or act == ACT_TANH
-                                          or act == ACT_GELU):
+                                          or act == ACT_GELU or act == ACT_SWISH):
         for i in range(n):
             row[i] = row[i] + bias[i]
-        _act_f32(row, act)
+        _act_f32(row, act, p0)
         return
     one = row.dtype.type(1.0)
     zero = row.dtype.type(0.0)
@@ -198,6 +220,10 @@ def act_row_vec(row, bias, act, p0, p1):
         for i in range(n):
             v = row[i] + bias[i]
             row[i] = half * v * (one + math.erf(v * k))
+    elif act == ACT_SWISH:
+        for i in range(n):
+            v = row[i] + bias[i]
+            row[i] = v * _sigmoid(p0 * v)
 
 
 @njit(parallel=True)

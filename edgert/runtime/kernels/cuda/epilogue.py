@@ -22,6 +22,7 @@ from edgert.runtime.kernels.cpu.epilogue import (
     ACT_LEAKY_RELU,
     ACT_RELU,
     ACT_SIGMOID,
+    ACT_SWISH,
     ACT_TANH,
 )
 from edgert.runtime.kernels.cuda._common import cuda
@@ -66,4 +67,6 @@ def activate(v, code, p0, p1):
         return math.tanh(v)
     if code == ACT_GELU:
         return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+    if code == ACT_SWISH:
+        return v * sigmoid(p0 * v)
     return v
