@@ -656,7 +656,7 @@ class _Rewriter:
         real = np.float32(xs) * (codes - np.float32(xz))
         table = np.clip(np.rint(real / np.float32(ys)) + yz, QMIN, QMAX).astype(int)
         yq = self.new_q(y, ys, yz)
-        self.g.add_node("QLut", [q], [yq], {"table": [int(t) for t in table]},
+        self.g.add_node("QLut", [q], [yq], {"table": table.astype(np.int8)},
                         name=self.g.unique_name(y.name + "_requant"), domain="edgert")
 
     def move(self, node: Node, x: Value, y: Value) -> str | None:
@@ -721,7 +721,7 @@ class _Rewriter:
         table = np.clip(np.rint(real / np.float32(ys)) + yz, QMIN, QMAX).astype(int)
         xq = self.int8_of(x)
         yq = self.new_q(y, ys, yz)
-        self.g.add_node("QLut", [xq], [yq], {"table": [int(t) for t in table]}, name=node.name,
+        self.g.add_node("QLut", [xq], [yq], {"table": table.astype(np.int8)}, name=node.name,
                         domain="edgert")
         return None
 
