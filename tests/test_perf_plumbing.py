@@ -309,3 +309,31 @@ def test_default_threads_are_the_physical_cores():
     assert threads.physical_cores("no cpu lines here") is None
     assert 1 <= threads.resolve(None) <= threads.pool_size()
     assert threads.resolve(1) == 1
+
+
+def test_workers_spin_only_on_a_machine_that_is_not_already_busy():
+    from edgert.runtime import _jit
+
+    assert _jit.default_spincount(0.3, 2) == _jit.SPIN_POLLS
+    assert _jit.default_spincount(1.9, 2) == _jit.SPIN_POLLS
+    assert _jit.default_spincount(2.0, 2) == 0
+    assert _jit.default_spincount(5.5, 4) == 0
+    assert _jit.default_spincount(None, 2) == _jit.SPIN_POLLS  # unknown load: the short spin
+
+
+def test_the_spin_setting_follows_the_load_at_import(tmp_path):
+    # a child process decides from its own load average; a user's setting is never overridden
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, edgert.runtime._jit as j; "
+            "print(os.environ['GOMP_SPINCOUNT'], j.default_spincount(*j._load_and_cpus()))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == out[1]  # (the 1-minute load average does not move between the two)
+    env["GOMP_SPINCOUNT"] = "123"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "123"
