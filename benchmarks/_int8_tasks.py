@@ -142,7 +142,9 @@ def ppocr_rec() -> Task:
         r, g = steps(ref), steps(got)
         return {"step agree": float(np.mean(np.concatenate([a == b for a, b in zip(r, g)]))),
                 "string eq": float(np.mean([_ctc(a, charset) == _ctc(b, charset)
-                                            for a, b in zip(r, g)]))}
+                                            for a, b in zip(r, g)])),
+                "reads text": float(np.mean([_ctc(b, charset) == t
+                                             for b, t in zip(g, ev_words)]))}
 
     def fp32(ref: Feeds) -> dict:
         return {"reads rendered text": float(np.mean(
@@ -182,7 +184,7 @@ def _page(rng: random.Random, h: int = 320, w: int = 448) -> np.ndarray:
 
 def ppocr_det() -> Task:
     rng = random.Random(2)
-    feeds = [{"x": _page(rng)} for _ in range(32)]
+    feeds = [{"x": _page(rng)} for _ in range(40)]
 
     def maps(outs: Feeds) -> list[np.ndarray]:
         return [next(iter(o.values())) > 0.3 for o in outs]
@@ -252,7 +254,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def nudenet() -> Task:
     rng = random.Random(3)
-    feeds = [{"images": _scene(rng)} for _ in range(40)]
+    feeds = [{"images": _scene(rng)} for _ in range(64)]
 
     def score(ref: Feeds, got: Feeds) -> dict:
         n = hit = 0

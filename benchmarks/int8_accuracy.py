@@ -10,7 +10,8 @@ digits         models/digits_cnn.onnx; calibration: first 64 images of          
                digits_train.npz (/16); eval: all 360 of digits_test.npz               (labels)
 ppocr_rec      PP-OCRv4 recognizer (rapidocr wheel); words rendered with PIL          per-step top-1
                (DejaVu fonts, 48x320, (x-0.5)/0.5); dictionary from the model's       agreement, CTC
-               ``character`` metadata                                                 string equal
+               ``character`` metadata                                                 string equal,
+                                                                                      reads the text
 ppocr_det      PP-OCRv4 DB detector; text pages rendered with PIL (320x448,           IoU of maps
                ImageNet mean/std)                                                     > 0.3
 nudenet_320n   YOLOv8n detector (nudenet wheel); synthetic scenes: smooth photo-      box agreement
@@ -35,10 +36,11 @@ weight_type=QInt8, per_channel=True, calibrate_method=MinMax)`` on the model aft
 recommended ``quant_pre_process`` (symbolic shape inference skipped when sympy is missing;
 opset < 13 models first converted to opset 13, which per-channel DequantizeLinear needs; the
 raw PaddleOCR exports keep their weights in Constant nodes, which ``quantize_static`` would
-quantize per tensor as activations; ``--ort-raw`` shows that); edgert:
+quantize per tensor as activations: the extra column "raw model" shows that, ``--ort-raw``
+makes it the only onnxruntime column); edgert:
 ``edgert.quantize(method="minmax", per_channel=True)``.
 
-Quantized models are cached under ``~/.cache/edgert/int8_accuracy`` (keyed by the source model,
+Quantized models are cached under ``~/.cache/edgert/int8_accuracy`` (keyed by the task name,
 the calibration data and edgert's source); ``--fresh`` re-quantizes.
 
     python benchmarks/int8_accuracy.py [--tasks digits ppocr_rec ...] [--fresh] [--json out.json]
@@ -222,6 +224,14 @@ def run_task(name: str, fresh: bool, preprocess: bool) -> dict:
     except Exception as exc:
         row["ort_error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
+    if preprocess:  # the literal same model too: quantize_static on the raw file
+        try:
+            rpath, _ = ort_int8(name, src, task.calib, fresh, preprocess=False)
+            row["ort_raw_bytes"] = rpath.stat().st_size
+            row["ort_raw"] = task.score(ref, ort_run(rpath, task.eval))
+        except Exception as exc:
+            row["ort_raw_error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -236,15 +246,19 @@ def _fmt(scores: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | metric | edgert int8 | onnxruntime int8 | fp32 / edgert / ORT bytes | "
-             "edgert int8 ops (float left) |", "|---|---|---|---|---|---|"]
+    raw = any("ort_raw" in r or "ort_raw_error" in r for r in rows)
+    lines = ["| task | metric | edgert int8 | onnxruntime int8 | "
+             + ("ORT int8, raw model (no pre-process) | " if raw else "")
+             + "fp32 / edgert / ORT bytes | edgert int8 ops (float left) |",
+             "|---|---|---|---|---|---|" + ("---|" if raw else "")]
     for r in rows:
         rep = r.get("edgert_report", {})
         ops = f"{rep.get('int8_ops', '?')} ({rep.get('float_ops', '?')})" if rep else "-"
         sizes = (f"{r['fp32_bytes']:,} / {r.get('edgert_bytes', 0):,} / "
                  f"{r.get('ort_bytes', 0):,}")
         lines.append(f"| {r['task']} | {r['metric']} | {_fmt(r.get('edgert'))} | "
-                     f"{_fmt(r.get('ort'))} | {sizes} | {ops} |")
+                     f"{_fmt(r.get('ort'))} | "
+                     + (f"{_fmt(r.get('ort_raw'))} | " if raw else "") + f"{sizes} | {ops} |")
     return "\n".join(lines)
 
 
@@ -280,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  onnxruntime quantized: {r.get('ort_input')}")
         if "ort_error" in r:
             print(f"  onnxruntime FAILED: {r['ort_error']}")
+        if "ort_raw_error" in r:
+            print(f"  onnxruntime (raw model) FAILED: {r['ort_raw_error']}")
         rep = r.get("edgert_report")
         if rep:
             print(f"  edgert int8: {rep['int8_by_type']}; float: {rep['float_by_type']}")
