@@ -26,6 +26,9 @@ YOLOv8 note: the model ends in Concat([boxes in pixels 0..320, class scores 0..1
 int8 scale for the Concat's output (both quantizers) every class score rounds to 0, so no box
 survives the confidence threshold in either int8 model; the box coordinates themselves stay
 close ("box IoU same anchor": the int8 box regressed at the anchor of each fp32 detection).
+Checked by hand with onnxruntime's ``nodes_to_exclude=["/model.22/Concat_25"]``: the scores come
+back but clip at the calibration scenes' top class score (0.215 < 0.25): the synthetic scenes
+give weak detections, so this task measures the boxes more than the classes.
 
 Runtimes: the fp32 reference runs in onnxruntime (the same reference for both); onnxruntime's
 QDQ model runs in onnxruntime, edgert's int8 ``.edgert`` in ``edgert.runtime.Interpreter``.
