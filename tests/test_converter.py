@@ -176,15 +176,18 @@ def test_lower_subgraphs_become_nested_subgraph_defs():
     md = lower(import_onnx(_if_model()))
     assert len(md.subgraphs) == 1  # bodies travel as attributes; the writer appends them
     main = md.main
-    # 'w' is read only inside the then-branch: it stays a constant of the main graph.
+    # 'w' is read only inside the then-branch: the branch holds it as its own constant (so it
+    # is planned as known), and the main graph no longer needs it
     names = [t.name for t in main.tensors]
-    assert "w" in names and "v" not in names
+    assert "w" not in names and "v" not in names
     (op,) = [o for o in main.operators if o.op_type == "If"]
     then_g, else_g = op.attrs["then_branch"], op.attrs["else_branch"]
     assert isinstance(then_g, SubGraphDef) and isinstance(else_g, SubGraphDef)
-    assert then_g.outer_inputs == ["h", "w"] and then_g.inputs == []
-    assert [t.name for t in then_g.tensors] == ["h", "w", "a"]
-    assert all(t.data is None for t in then_g.tensors)  # outer values are bound by name
+    assert then_g.outer_inputs == ["h"] and then_g.inputs == []
+    assert sorted(t.name for t in then_g.tensors) == ["a", "h", "w"]
+    by_name = {t.name: t for t in then_g.tensors}
+    assert by_name["h"].data is None  # an outer value, bound by name
+    np.testing.assert_array_equal(by_name["w"].data, [1.0, 2.0])
     assert _names(then_g, then_g.outputs) == ["a"]
     k = next(t for t in else_g.tensors if t.name == "k")
     np.testing.assert_array_equal(k.data, [5.0, 6.0])
