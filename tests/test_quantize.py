@@ -371,3 +371,30 @@ def test_mixed_model_int8_and_qdq_export():
     assert ops.count("QuantizeLinear") >= 8
     q = ort.InferenceSession(qdq).run(None, {"x": x})[0]
     assert np.max(np.abs(q - ref)) < 0.05
+
+
+def test_mask_product_seen_only_at_zero_stays_float(tmp_path):
+    """(1 - mask) * float32.min with an all-ones mask in calibration (unpadded BERT inputs): the
+    product's int8 multiplier would be ~1e36; the Mul stays float and the model loads and runs."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([
+        helper.make_node("Sub", ["one", "mask"], ["inv"]),
+        helper.make_node("Mul", ["inv", "big"], ["bias"]),
+        helper.make_node("Add", ["s", "bias"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["y"], axis=-1)], "g",
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+         helper.make_tensor("big", TensorProto.FLOAT, [], [float(np.finfo(np.float32).min)])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    cal = [{"s": rng.normal(size=(1, 8)).astype(np.float32), "mask": np.ones((1, 8), np.float32)}
+           for _ in range(8)]
+    data, rep = quantize(m.SerializeToString(), calibration=cal, report=True)
+    assert "output scale too small" in rep.summary()
+    y = Interpreter(data).run(cal[0])["y"]
+    s = cal[0]["s"].astype(np.float64)
+    want = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    assert np.abs(y - want).max() <= 2 / 255  # within two steps of the int8 softmax

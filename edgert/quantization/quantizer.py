@@ -545,6 +545,10 @@ class _Rewriter:
             twice = 2.0 * max(sa, sb)
             if twice / ((1 << 20) * ys) >= 2**30:
                 return "output scale too small for the inputs"
+        elif not sa * sb / ys < 2**30:  # (inf and NaN too)
+            # e.g. an attention mask's (1 - mask) * float32.min that calibration only saw at 0:
+            # a product scale of 1e36 on a zero-width output range, no int8 multiplier holds it
+            return "output scale too small for the inputs"
         aq, bq = self.int8_of(a), self.int8_of(b)
         attrs = dict(a_scale=sa, a_zero_point=za, b_scale=sb, b_zero_point=zb, y_scale=ys,
                      y_zero_point=yz, act_min=_qbound(lo, ys, yz, QMIN),
