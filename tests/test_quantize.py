@@ -398,3 +398,26 @@ def test_mask_product_seen_only_at_zero_stays_float(tmp_path):
     s = cal[0]["s"].astype(np.float64)
     want = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
     assert np.abs(y - want).max() <= 2 / 255  # within two steps of the int8 softmax
+
+
+def test_concat_of_very_different_ranges_stays_float():
+    """YOLOv8's head: box coordinates (0..320) joined with class scores (0..1). One int8 scale
+    for both rounds every score to 0; the Concat stays float and the scores keep their own."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([
+        helper.make_node("Mul", ["x", "k"], ["boxes"]),
+        helper.make_node("Sigmoid", ["x"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [], [100.0])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(1)
+    cal = [{"x": rng.uniform(-3, 3, (1, 16)).astype(np.float32)} for _ in range(8)]
+    data, rep = quantize(m.SerializeToString(), calibration=cal, report=True)
+    assert "ranges differ" in rep.summary()
+    x = cal[0]["x"]
+    y = Interpreter(data).run({"x": x})["y"]
+    scores = 1 / (1 + np.exp(-x.astype(np.float64)))
+    assert np.abs(y[:, 16:] - scores).max() <= 1 / 255  # one step of the scores' own scale

@@ -49,6 +49,8 @@ import numpy as np
 from edgert import dtypes
 from edgert.ir import Graph, Node, Value
 
+# A Concat whose smallest input range is this many times below its output range stays float.
+_CONCAT_RANGE_RATIO = 32
 QMIN, QMAX = -128, 127
 # The reason given for an op that explicit mode keeps float on purpose (not for want of a form).
 FLOAT_ROUNDING = "averaged in float into output parameters of its own (one rounding)"
@@ -562,6 +564,12 @@ class _Rewriter:
         out = self.out_params(y)
         if out is None:
             return self.missing("its output")
+        # One int8 scale for inputs of very different ranges erases the smaller one: YOLOv8's
+        # head joins box coordinates (0..320) and class scores (0..1), whose every score then
+        # rounded to 0. Such a Concat stays float.
+        if min(self.params_of(v)[0] for v in node.inputs) * _CONCAT_RANGE_RATIO < out[0]:
+            return (f"its inputs' ranges differ more than {_CONCAT_RANGE_RATIO}x (one int8 "
+                    "scale would erase the smaller)")
         ins = [self.int8_of(v) for v in node.inputs]
         params = [(float(q.quant[0][0]), int(q.quant[1][0])) for q in ins]
         yq = self.new_q(y, *out)
@@ -771,6 +779,10 @@ def share_concat_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) ->
         r = ranges.get(node.outputs[0].name)
         if r is None:
             continue
+        widths = [ranges[v.name][1] - ranges[v.name][0] for v in node.inputs
+                  if v is not None and v.name in ranges]
+        if widths and min(widths) * _CONCAT_RANGE_RATIO < r[1] - r[0]:
+            continue  # ranges too different for one scale: the Concat stays float (concat())
         for v in node.inputs:
             if (v is not None and v.const is None and v.producer is not None
                     and len(v.consumers) == 1 and id(v) not in outputs
