@@ -261,6 +261,19 @@ def _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, 
             act_row(out[m, n0:n0 + cols], np.float32(0.0), act, p0, p1)
 
 
+@njit(inline="always")
+def _finish(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out, scale,
+            bias, act, p0, p1, out_f, trans):
+    """A tile's epilogue, shared by both drivers: float32 into ``out_f`` when it is not empty,
+    else int32 into ``out``."""
+    if out_f.size > 0:
+        _finish_tile_float(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
+                           colcorr, scale, bias, act, p0, p1, out_f)
+    else:
+        _finish_tile(c, mt, nt, mr, nr, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr,
+                     out, trans)
+
+
 @njit(parallel=True)
 def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr, out, scale,
              bias, act, p0, p1, out_f, trans, threads):
@@ -268,19 +281,14 @@ def _mm_vnni(apack, bpack, kq_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, co
     nt_n = (n_n + NRV - 1) // NRV
     tasks = mt_n * nt_n
     workers = max(1, min(threads, tasks))
-    to_float = out_f.size > 0
     for w in prange(workers):
         c = np.empty((MRV, NRV), np.int32)
         for task in range(w * tasks // workers, (w + 1) * tasks // workers):
             nt = task // mt_n
             mt = task - nt * mt_n
             _tile_vnni(apack, mt * kq_n * MRV, bpack, nt * kq_n * NRV, kq_n, c)
-            if to_float:
-                _finish_tile_float(c, mt, nt, MRV, NRV, m_n, n_n, k_n, rowsum, rowzp, colsum,
-                                   colzp, colcorr, scale, bias, act, p0, p1, out_f)
-            else:
-                _finish_tile(c, mt, nt, MRV, NRV, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
-                             colcorr, out, trans)
+            _finish(c, mt, nt, MRV, NRV, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr,
+                    out, scale, bias, act, p0, p1, out_f, trans)
 
 
 @njit(parallel=True)
@@ -290,7 +298,6 @@ def _mm_pairs(apack, bpack, kp_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, c
     nt_n = (n_n + NR - 1) // NR
     tasks = mt_n * nt_n
     workers = max(1, min(threads, tasks))
-    to_float = out_f.size > 0
     offs = np.zeros(1, np.int64)
     for w in prange(workers):
         c = np.empty((MR, NR), np.int32)
@@ -298,12 +305,8 @@ def _mm_pairs(apack, bpack, kp_n, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, c
             nt = task // mt_n
             mt = task - nt * mt_n
             _tile_pairs(apack, mt * kp_n * MR, bpack, nt * kp_n * NR * 2, offs, kp_n, 2 * NR, c)
-            if to_float:
-                _finish_tile_float(c, mt, nt, MR, NR, m_n, n_n, k_n, rowsum, rowzp, colsum,
-                                   colzp, colcorr, scale, bias, act, p0, p1, out_f)
-            else:
-                _finish_tile(c, mt, nt, MR, NR, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp,
-                             colcorr, out, trans)
+            _finish(c, mt, nt, MR, NR, m_n, n_n, k_n, rowsum, rowzp, colsum, colzp, colcorr,
+                    out, scale, bias, act, p0, p1, out_f, trans)
 
 
 _NO_I32 = np.zeros((0, 0), np.int32)
