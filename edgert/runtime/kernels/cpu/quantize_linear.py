@@ -24,6 +24,7 @@ from edgert.errors import DTypeError, ShapeError
 from edgert.runtime.kernels.cpu import float8
 from edgert.runtime.kernels.cpu.blas import matmul
 from edgert.runtime.kernels.cpu.misc import EagerKernel
+from edgert.runtime.ops.activation import parse_activation
 from edgert.runtime.registry import KernelRegistry, OpTraits, TensorInfo
 
 _INT_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32))
@@ -417,8 +418,6 @@ class MatMulIntegerToFloat(MatMulInteger):
         self._b_scale = np.ascontiguousarray(b_s.value, f32).reshape(-1)
         self._scale = np.empty(n, f32)
         self._bias = None if bias is None else np.ascontiguousarray(bias.value, f32).reshape(-1)
-        from edgert.runtime.ops.activation import parse_activation
-
         act = parse_activation(self.where(), self.attrs)  # (a fused activation, if any)
         self._act = (act.code, act.p0, act.p1)
         return [TensorInfo(shape, f32)]
@@ -505,9 +504,11 @@ class ConvInteger(EagerKernel):
                 self._packed_w = (w.value, bz, PackedB(wt, bz))
             packed = self._packed_w[2]
             p = int(np.prod(self._win.out_shape, dtype=np.int64))
+            # (3-D convs go through im2col rows and an int32 result of their own)
+            rows3d = (np.empty((p, m), np.int32), np.empty((p, packed.k), np.dtype(x.dtype))) \
+                if len(x.shape) == 5 else (None, None)
             self._fast = (packed, p, packed.a_buffer(p), np.empty(p, np.int32),
-                          np.empty(p, np.int32), np.empty((p, m), np.int32),
-                          np.empty((p, packed.k), np.dtype(x.dtype)))
+                          np.empty(p, np.int32), *rows3d)
         return [TensorInfo((x.shape[0], w.shape[0], *self._win.out_shape), np.dtype(np.int32))]
 
     def invoke(self, inputs, outputs):
