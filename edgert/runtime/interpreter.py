@@ -138,9 +138,6 @@ class _PlanCache:
     def take(self, key) -> _Plan | None:
         return self._plans.pop(key, None)
 
-    def clear(self) -> None:
-        self._plans.clear()
-
 
 # Executors for other devices: name -> a function returning the executor class (a subclass of
 # Interpreter). edgert.runtime registers "cuda" with a loader that imports numba.cuda only when
